@@ -1,0 +1,245 @@
+"""sluice's config file: TOML, read once at start-up into frozen dataclasses.
+
+Every command reads the file named by ``--config PATH``, else ``$SLUICE_CONFIG``, else
+``config/sluice.toml``. Any mistake fails at start-up with one line naming the file,
+the key, the value and what was expected; ``config/sluice.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.loading import ModelSpec
+from streams.codec import EventSchema, TensorField
+
+DEFAULT_PATH = Path("config/sluice.toml")
+ENV_PATH = "SLUICE_CONFIG"
+ENV_BROKER = "SLUICE_BROKER"
+
+
+class ConfigError(Exception):
+    """The config file is missing or wrong; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    id: str
+    broker: str
+    create_topics: bool
+    topic_partitions: int
+    torch_threads: int
+    device: str
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    input_topics: tuple[str, ...]
+    output_topic: str
+    dead_letter_topic: str
+    model: ModelSpec
+    schema: EventSchema
+    max_batch_size: int
+    poll_ms: int
+
+    @property
+    def group_id(self) -> str:
+        return f"sluice-{self.name}"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    app: AppConfig
+    pipelines: tuple[PipelineConfig, ...]
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        raise ConfigError(f"{self.path}: no pipeline named {name!r}; pipelines: {[p.name for p in self.pipelines]}")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker URL without Faust's ``kafka://`` scheme, as aiokafka wants it."""
+        return ",".join(part.split("://", 1)[-1] for part in self.app.broker.split(","))
+
+
+class _Table:
+    """A TOML table that remembers where it is, so every error can name the key."""
+
+    def __init__(self, path: Path, prefix: str, data: Mapping[str, Any]) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.data = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(f"{self.path}: key '{self.key(name)}' has value {value!r}: expected {expected}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], expected: str, default: Any = ...) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is ...:
+                raise ConfigError(f"{self.path}: key '{self.key(name)}' is missing: expected {expected}")
+            return default
+        value = self.data[name]
+        # bool is an int in Python; a config that says `true` where a number belongs is a mistake.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(name, value, expected)
+        if not isinstance(value, kind):
+            raise self.fail(name, value, expected)
+        return value
+
+    def text(self, name: str, default: Any = ...) -> str:
+        value = self.get(name, str, "a non-empty string", default)
+        if value is not None and not value.strip():
+            raise self.fail(name, value, "a non-empty string")
+        return value  # type: ignore[no-any-return]
+
+    def integer(self, name: str, default: Any = ..., minimum: int = 0) -> int:
+        value = self.get(name, int, f"an integer >= {minimum}", default)
+        if value < minimum:
+            raise self.fail(name, value, f"an integer >= {minimum}")
+        return value  # type: ignore[no-any-return]
+
+    def flag(self, name: str, default: Any = ...) -> bool:
+        return self.get(name, bool, "true or false", default)  # type: ignore[no-any-return]
+
+    def choice(self, name: str, choices: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(name, str, f"one of {list(choices)}", default)
+        if value not in choices:
+            raise self.fail(name, value, f"one of {list(choices)}")
+        return value  # type: ignore[no-any-return]
+
+    def table(self, name: str, default: Any = ...) -> _Table:
+        value = self.get(name, dict, "a table", {} if default is not ... else ...)
+        return _Table(self.path, self.key(name), value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(
+                f"{self.path}: unknown key '{self.key(unknown[0])}'; known keys here: {sorted(self.seen)}"
+            )
+
+
+def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    return Path(explicit or os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    path = resolve_path(explicit)
+    env = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (set --config PATH or ${ENV_PATH})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    root = _Table(path, "", raw)
+    app = _load_app(root.table("app"), env)
+    pipelines_table = root.table("pipelines")
+    pipelines = tuple(
+        _load_pipeline(pipelines_table.table(name), name, path.parent) for name in list(pipelines_table.data)
+    )
+    pipelines_table.done()
+    if not pipelines:
+        raise ConfigError(f"{path}: key 'pipelines' has no pipeline: expected at least one [pipelines.NAME] table")
+    root.done()
+    return Config(path=path, app=app, pipelines=pipelines)
+
+
+def _load_app(t: _Table, env: Mapping[str, str]) -> AppConfig:
+    broker = env.get(ENV_BROKER) or t.text("broker", "kafka://127.0.0.1:9092")
+    t.seen.add("broker")
+    app = AppConfig(
+        id=t.text("id", "sluice"),
+        broker=broker if "://" in broker else f"kafka://{broker}",
+        create_topics=t.flag("create_topics", True),
+        topic_partitions=t.integer("topic_partitions", 4, minimum=1),
+        torch_threads=t.integer("torch_threads", 0),
+        device=t.text("device", "auto"),
+    )
+    if not (app.device in ("auto", "cpu") or app.device.startswith("cuda")):
+        raise t.fail("device", app.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    t.done()
+    return app
+
+
+def _topics(t: _Table, name: str) -> tuple[str, ...]:
+    value = t.get(name, list, "a non-empty list of topic names")
+    if not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise t.fail(name, value, "a non-empty list of topic names")
+    return tuple(value)
+
+
+def _load_model(t: _Table, base: Path) -> ModelSpec:
+    chosen = [k for k in ("demo", "torchscript", "class") if k in t.data]
+    if len(chosen) != 1:
+        raise ConfigError(
+            f"{t.path}: table '{t.prefix}' must set exactly one of 'demo', 'torchscript' or 'class' "
+            f"(found {chosen or 'none'})"
+        )
+
+    def file(name: str) -> Path | None:
+        # Relative paths are relative to the config file, wherever the command runs from.
+        value = t.text(name, None)
+        return None if value is None else (base / value if not Path(value).is_absolute() else Path(value))
+
+    spec = ModelSpec(
+        demo=t.text("demo", None),
+        torchscript=file("torchscript"),
+        module_class=t.text("class", None),
+        state_dict=file("state_dict"),
+        init_args=dict(t.get("init_args", dict, "a table of constructor arguments", {})),
+        name=t.text("name", None),
+        version=t.text("version", None),
+    )
+    if spec.module_class and spec.state_dict is None:
+        raise ConfigError(f"{t.path}: key '{t.key('state_dict')}' is missing: expected the weights file for the class")
+    t.done()
+    return spec
+
+
+def _load_schema(t: _Table, max_payload_bytes: int) -> EventSchema:
+    inputs_raw = t.get("inputs", list, "a list of {field = NAME, shape = [N, ...]} tables")
+    if not inputs_raw:
+        raise t.fail("inputs", inputs_raw, "at least one {field = NAME, shape = [N, ...]} table")
+    inputs = []
+    for i, item in enumerate(inputs_raw):
+        entry = _Table(t.path, f"{t.key('inputs')}[{i}]", item if isinstance(item, dict) else {})
+        if not isinstance(item, dict):
+            raise t.fail("inputs", inputs_raw, "a list of tables like {field = 'features', shape = [32]}")
+        shape = entry.get("shape", list, "a list of positive integers, e.g. [32]")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+            raise entry.fail("shape", shape, "a list of positive integers, e.g. [32]")
+        inputs.append(TensorField(field=entry.text("field"), shape=tuple(shape)))
+        entry.done()
+    schema = EventSchema(id_field=t.text("id_field", "id"), inputs=tuple(inputs), max_payload_bytes=max_payload_bytes)
+    t.done()
+    return schema
+
+
+def _load_pipeline(t: _Table, name: str, base: Path) -> PipelineConfig:
+    max_payload = t.integer("max_payload_bytes", 1 << 20, minimum=1)
+    pipeline = PipelineConfig(
+        name=name,
+        input_topics=_topics(t, "input_topics"),
+        output_topic=t.text("output_topic"),
+        dead_letter_topic=t.text("dead_letter_topic"),
+        model=_load_model(t.table("model"), base),
+        schema=_load_schema(t.table("features"), max_payload),
+        max_batch_size=t.integer("max_batch_size", 512, minimum=1),
+        poll_ms=t.integer("poll_ms", 100, minimum=1),
+    )
+    t.done()
+    return pipeline

@@ -1,0 +1,133 @@
+"""One pipeline inside the Faust worker: a mode Service that owns its consumer, producer and model.
+
+Faust gives the worker its lifecycle (start-up order, signals, web server, logging);
+this service owns the consuming path, so batches flow through aiokafka's batch API
+and offsets are committed only after outputs are acknowledged, not per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from mode import Service
+
+from app.config import Config, PipelineConfig
+from app.topics import ensure_topics
+from models.loading import LoadedModel, load_model
+from models.runner import TorchRunner
+from streams.kafka_sink import KafkaSink
+from streams.kafka_source import KafkaBatchSource
+from streams.live import LiveLoop
+from streams.pipeline import Pipeline, PipelineTopics
+
+log = logging.getLogger(__name__)
+
+WARM_UP_BATCH_SIZES = (1, 8, 64, 256)
+STOP_GRACE_S = 20.0
+
+
+def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) -> TorchRunner:
+    runner = TorchRunner(
+        loaded.module,
+        name=loaded.name,
+        version=loaded.version,
+        device=config.app.device,
+        threads=config.app.torch_threads,
+    )
+    sizes = sorted({s for s in WARM_UP_BATCH_SIZES if s <= pipeline.max_batch_size} | {pipeline.max_batch_size})
+    runner.warm_up([f.shape for f in pipeline.schema.inputs], sizes)
+    return runner
+
+
+class PipelineService(Service):
+    """Runs one configured pipeline for as long as the worker runs."""
+
+    def __init__(self, config: Config, pipeline: PipelineConfig, model: LoadedModel | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.config = config
+        self.pipeline_config = pipeline
+        self._model = model
+        self.live: LiveLoop | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._runner: TorchRunner | None = None
+
+    @property
+    def shortlabel(self) -> str:
+        return f"Pipeline[{self.pipeline_config.name}]"
+
+    async def on_start(self) -> None:
+        p = self.pipeline_config
+        bootstrap = self.config.bootstrap_servers
+        await ensure_topics(
+            bootstrap,
+            [*p.input_topics, p.output_topic, p.dead_letter_topic],
+            create=self.config.app.create_topics,
+            partitions=self.config.app.topic_partitions,
+        )
+        loaded = self._model or await asyncio.to_thread(load_model, p.model)
+        self._runner = await asyncio.to_thread(build_runner, self.config, p, loaded)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=f"sluice-{p.name}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=256 * 1024,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=p.group_id,
+            client_id=f"sluice-{p.name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=min(p.poll_ms, 500),
+        )
+        await self._producer.start()
+        source = KafkaBatchSource(self._consumer, p.input_topics, max_records=p.max_batch_size, poll_ms=p.poll_ms)
+        source.subscribe()
+        await self._consumer.start()
+        pipeline = Pipeline(
+            name=p.name,
+            schema=p.schema,
+            runner=self._runner,
+            sink=KafkaSink(self._producer),
+            topics=PipelineTopics(output=p.output_topic, dead_letter=p.dead_letter_topic),
+        )
+        self.live = LiveLoop(source, pipeline)
+        self._run_task = asyncio.create_task(self.live.run(), name=f"sluice-live-{p.name}")
+        self._run_task.add_done_callback(self._on_loop_done)
+        log.info(
+            "pipeline %s: scoring %s -> %s with model %s v%s (group %s)",
+            p.name, ", ".join(p.input_topics), p.output_topic, self._runner.name, self._runner.version, p.group_id,
+        )
+
+    def _on_loop_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pipeline %s stopped on an error: %r", self.pipeline_config.name, task.exception())
+            # Crash the worker: its uncommitted batch will be scored again after a restart.
+            self.crash_reason = task.exception()
+            asyncio.ensure_future(self.crash(task.exception()))  # type: ignore[arg-type]
+
+    async def on_stop(self) -> None:
+        if self.live is not None and self._run_task is not None and not self._run_task.done():
+            self.live.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._run_task), STOP_GRACE_S)
+            except TimeoutError:
+                log.warning("pipeline %s: batch in flight did not finish in %.0fs", self.pipeline_config.name, STOP_GRACE_S)
+                self._run_task.cancel()
+            except Exception:  # noqa: BLE001 - already reported by _on_loop_done
+                pass
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._runner is not None:
+            await self._runner.aclose()
+        log.info("pipeline %s stopped", self.pipeline_config.name)

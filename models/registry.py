@@ -1,0 +1,46 @@
+"""Demo models by name: their class, the inputs they take, and where their trained weights live.
+
+A pipeline's config names a model either by one of these names or by a file
+(see :mod:`models.loading`); the registry is how the demo models are loaded
+"the way users load theirs": a module class plus a state-dict file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from models.demo import FraudMLP
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    name: str
+    version: str
+    factory: type[nn.Module]
+    description: str
+
+    @property
+    def weights(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.pt"
+
+    @property
+    def report(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.json"
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    m.name: m
+    for m in (
+        DemoModel(
+            name="fraud-mlp",
+            version="1",
+            factory=FraudMLP,
+            description="MLP over the 32 per-event features (light, transport-bound)",
+        ),
+    )
+}

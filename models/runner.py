@@ -1,0 +1,105 @@
+"""Runs a PyTorch module on whole batches in a worker thread, so the event loop keeps consuming."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.protocol import PredictionCountError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` means CUDA when this machine has it, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TorchRunner:
+    """The production runner: one module, one device, one inference thread.
+
+    One thread, because a batch already uses every core through torch's intra-op pool;
+    a second concurrent batch would only contend with it. The batcher keeps the next
+    batch filling while this one runs.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        name: str,
+        version: str,
+        device: str = "auto",
+        threads: int = 0,
+    ) -> None:
+        self._name = name
+        self._version = version
+        self.device = resolve_device(device)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.module = module.to(self.device).eval()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sluice-infer-{name}")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def predict_now(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """Score one batch on the calling thread."""
+        rows = int(inputs[0].shape[0])
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(x).to(self.device, non_blocking=True) for x in inputs]
+            out = self.module(*tensors)
+            result = out.detach().float().cpu().numpy()
+        if result.ndim == 2 and result.shape[1] == 1:
+            result = result[:, 0]
+        if result.ndim == 0 or result.shape[0] != rows:
+            got = 0 if result.ndim == 0 else result.shape[0]
+            raise PredictionCountError(
+                f"model {self._name} returned {got} predictions for a batch of {rows} inputs"
+            )
+        return result
+
+    async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.predict_now, inputs)
+
+    def warm_up(self, input_shapes: Sequence[tuple[int, ...]], batch_sizes: Sequence[int]) -> dict[int, float]:
+        """Run zero batches of each size once untimed, then timed; return seconds per batch size.
+
+        The first call of a module allocates and picks kernels; timing it would mislead
+        whoever plans batches from these numbers.
+        """
+        timings: dict[int, float] = {}
+        for size in batch_sizes:
+            batch = [np.zeros((size, *shape), dtype=np.float32) for shape in input_shapes]
+            self.predict_now(batch)
+            started = time.perf_counter()
+            self.predict_now(batch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            timings[size] = time.perf_counter() - started
+        log.info(
+            "model %s v%s warmed up on %s: %s",
+            self._name,
+            self._version,
+            self.device,
+            ", ".join(f"batch {s}: {t * 1e3:.2f} ms" for s, t in timings.items()),
+        )
+        return timings
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,56 @@
+"""The records that flow through a pipeline, in and out.
+
+``SourceRecord`` is a protocol that aiokafka's ``ConsumerRecord`` already satisfies,
+so records from the broker flow through without being copied; tests build
+``InputRecord`` directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class SourceRecord(Protocol):
+    """One consumed record and its position in the log."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds since the epoch (the record's CreateTime or LogAppendTime)."""
+        ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """A plain ``SourceRecord`` for tests and for sources other than aiokafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """A record to produce: a prediction or a dead letter."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
