@@ -62,7 +62,9 @@ class Config:
         for p in self.pipelines:
             if p.name == name:
                 return p
-        raise ConfigError(f"{self.path}: no pipeline named {name!r}; pipelines: {[p.name for p in self.pipelines]}")
+        raise ConfigError(
+            f"{self.path}: no pipeline named {name!r}; pipelines: {[p.name for p in self.pipelines]}"
+        )
 
     @property
     def bootstrap_servers(self) -> str:
@@ -103,22 +105,22 @@ class _Table:
         value = self.get(name, str, "a non-empty string", default)
         if value is not None and not value.strip():
             raise self.fail(name, value, "a non-empty string")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def integer(self, name: str, default: Any = ..., minimum: int = 0) -> int:
         value = self.get(name, int, f"an integer >= {minimum}", default)
         if value < minimum:
             raise self.fail(name, value, f"an integer >= {minimum}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def flag(self, name: str, default: Any = ...) -> bool:
-        return self.get(name, bool, "true or false", default)  # type: ignore[no-any-return]
+        return self.get(name, bool, "true or false", default)
 
     def choice(self, name: str, choices: tuple[str, ...], default: Any = ...) -> str:
         value = self.get(name, str, f"one of {list(choices)}", default)
         if value not in choices:
             raise self.fail(name, value, f"one of {list(choices)}")
-        return value  # type: ignore[no-any-return]
+        return value
 
     def table(self, name: str, default: Any = ...) -> _Table:
         value = self.get(name, dict, "a table", {} if default is not ... else ...)
@@ -136,7 +138,9 @@ def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get(ENV_PATH) or DEFAULT_PATH)
 
 
-def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
     path = resolve_path(explicit)
     env = os.environ if environ is None else environ
     try:
@@ -146,14 +150,16 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     root = _Table(path, "", raw)
-    app = _load_app(root.table("app"), env)
-    pipelines_table = root.table("pipelines")
+    app = _load_app(root.table("app", default={}), env)
+    pipelines_table = root.table("pipelines", default={})
     pipelines = tuple(
         _load_pipeline(pipelines_table.table(name), name, path.parent) for name in list(pipelines_table.data)
     )
     pipelines_table.done()
     if not pipelines:
-        raise ConfigError(f"{path}: key 'pipelines' has no pipeline: expected at least one [pipelines.NAME] table")
+        raise ConfigError(
+            f"{path}: key 'pipelines' has no pipeline: expected at least one [pipelines.NAME] table"
+        )
     root.done()
     return Config(path=path, app=app, pipelines=pipelines)
 
@@ -183,11 +189,11 @@ def _topics(t: _Table, name: str) -> tuple[str, ...]:
 
 
 def _load_model(t: _Table, base: Path) -> ModelSpec:
-    chosen = [k for k in ("demo", "torchscript", "class") if k in t.data]
+    chosen = [k for k in ("demo", "exported", "torchscript", "class") if k in t.data]
     if len(chosen) != 1:
         raise ConfigError(
-            f"{t.path}: table '{t.prefix}' must set exactly one of 'demo', 'torchscript' or 'class' "
-            f"(found {chosen or 'none'})"
+            f"{t.path}: table '{t.prefix}' must set exactly one of 'demo', 'exported', 'torchscript' "
+            f"or 'class' (found {chosen or 'none'})"
         )
 
     def file(name: str) -> Path | None:
@@ -197,6 +203,7 @@ def _load_model(t: _Table, base: Path) -> ModelSpec:
 
     spec = ModelSpec(
         demo=t.text("demo", None),
+        exported=file("exported"),
         torchscript=file("torchscript"),
         module_class=t.text("class", None),
         state_dict=file("state_dict"),
@@ -205,7 +212,9 @@ def _load_model(t: _Table, base: Path) -> ModelSpec:
         version=t.text("version", None),
     )
     if spec.module_class and spec.state_dict is None:
-        raise ConfigError(f"{t.path}: key '{t.key('state_dict')}' is missing: expected the weights file for the class")
+        raise ConfigError(
+            f"{t.path}: key '{t.key('state_dict')}' is missing: expected the weights file for the class"
+        )
     t.done()
     return spec
 
@@ -224,7 +233,9 @@ def _load_schema(t: _Table, max_payload_bytes: int) -> EventSchema:
             raise entry.fail("shape", shape, "a list of positive integers, e.g. [32]")
         inputs.append(TensorField(field=entry.text("field"), shape=tuple(shape)))
         entry.done()
-    schema = EventSchema(id_field=t.text("id_field", "id"), inputs=tuple(inputs), max_payload_bytes=max_payload_bytes)
+    schema = EventSchema(
+        id_field=t.text("id_field", "id"), inputs=tuple(inputs), max_payload_bytes=max_payload_bytes
+    )
     t.done()
     return schema
 

@@ -37,6 +37,12 @@ def demo_events(count: int, *, seed: int = 1, start: int = 0) -> Iterator[DemoEv
             event_id = f"tx-{seed}-{chunk_start + i}"
             account = f"acct-{accounts[i]:05d}"
             value = orjson.dumps(
-                {"id": event_id, "account": account, "ts": now_ms, "features": features[i], "history": history[i]}
+                {
+                    "id": event_id,
+                    "account": account,
+                    "ts": now_ms,
+                    "features": features[i],
+                    "history": history[i],
+                }
             )
             yield DemoEvent(event_id, account.encode(), value, labels[i])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
@@ -59,7 +60,7 @@ for _service in _services.values():
 
 
 @app.on_worker_init.connect
-def _preflight(app: faust.App, **kwargs: object) -> None:
+def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
     """Load every model before the worker starts, so a bad model is a clear error, not a crash later."""
     for name, service in _services.items():
         spec = service.pipeline_config.model

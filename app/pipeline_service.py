@@ -37,7 +37,9 @@ def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) 
         device=config.app.device,
         threads=config.app.torch_threads,
     )
-    sizes = sorted({s for s in WARM_UP_BATCH_SIZES if s <= pipeline.max_batch_size} | {pipeline.max_batch_size})
+    sizes = sorted(
+        {s for s in WARM_UP_BATCH_SIZES if s <= pipeline.max_batch_size} | {pipeline.max_batch_size}
+    )
     runner.warm_up([f.shape for f in pipeline.schema.inputs], sizes)
     return runner
 
@@ -45,7 +47,9 @@ def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) 
 class PipelineService(Service):
     """Runs one configured pipeline for as long as the worker runs."""
 
-    def __init__(self, config: Config, pipeline: PipelineConfig, model: LoadedModel | None = None, **kwargs: Any):
+    def __init__(
+        self, config: Config, pipeline: PipelineConfig, model: LoadedModel | None = None, **kwargs: Any
+    ):
         super().__init__(**kwargs)
         self.config = config
         self.pipeline_config = pipeline
@@ -55,6 +59,7 @@ class PipelineService(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._runner: TorchRunner | None = None
+        self._crashing: asyncio.Future[None] | None = None
 
     @property
     def shortlabel(self) -> str:
@@ -69,8 +74,8 @@ class PipelineService(Service):
             create=self.config.app.create_topics,
             partitions=self.config.app.topic_partitions,
         )
-        loaded = self._model or await asyncio.to_thread(load_model, p.model)
-        self._runner = await asyncio.to_thread(build_runner, self.config, p, loaded)
+        loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
+        runner = self._runner = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=f"sluice-{p.name}",
@@ -89,13 +94,15 @@ class PipelineService(Service):
             fetch_max_wait_ms=min(p.poll_ms, 500),
         )
         await self._producer.start()
-        source = KafkaBatchSource(self._consumer, p.input_topics, max_records=p.max_batch_size, poll_ms=p.poll_ms)
+        source = KafkaBatchSource(
+            self._consumer, p.input_topics, max_records=p.max_batch_size, poll_ms=p.poll_ms
+        )
         source.subscribe()
         await self._consumer.start()
         pipeline = Pipeline(
             name=p.name,
             schema=p.schema,
-            runner=self._runner,
+            runner=runner,
             sink=KafkaSink(self._producer),
             topics=PipelineTopics(output=p.output_topic, dead_letter=p.dead_letter_topic),
         )
@@ -104,15 +111,19 @@ class PipelineService(Service):
         self._run_task.add_done_callback(self._on_loop_done)
         log.info(
             "pipeline %s: scoring %s -> %s with model %s v%s (group %s)",
-            p.name, ", ".join(p.input_topics), p.output_topic, self._runner.name, self._runner.version, p.group_id,
+            p.name,
+            ", ".join(p.input_topics),
+            p.output_topic,
+            runner.name,
+            runner.version,
+            p.group_id,
         )
 
     def _on_loop_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("pipeline %s stopped on an error: %r", self.pipeline_config.name, task.exception())
             # Crash the worker: its uncommitted batch will be scored again after a restart.
-            self.crash_reason = task.exception()
-            asyncio.ensure_future(self.crash(task.exception()))  # type: ignore[arg-type]
+            self._crashing = asyncio.ensure_future(self.crash(task.exception()))  # type: ignore[arg-type]
 
     async def on_stop(self) -> None:
         if self.live is not None and self._run_task is not None and not self._run_task.done():
@@ -120,7 +131,11 @@ class PipelineService(Service):
             try:
                 await asyncio.wait_for(asyncio.shield(self._run_task), STOP_GRACE_S)
             except TimeoutError:
-                log.warning("pipeline %s: batch in flight did not finish in %.0fs", self.pipeline_config.name, STOP_GRACE_S)
+                log.warning(
+                    "pipeline %s: batch in flight did not finish in %.0fs",
+                    self.pipeline_config.name,
+                    STOP_GRACE_S,
+                )
                 self._run_task.cancel()
             except Exception:  # noqa: BLE001 - already reported by _on_loop_done
                 pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 
@@ -42,10 +43,8 @@ async def ensure_topics(
                 f"topic(s) {', '.join(missing)} do not exist on {bootstrap}; create them, "
                 f"or set [app] create_topics = true"
             )
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
             await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
-        except TopicAlreadyExistsError:
-            pass  # another worker created it first
         log.info("created topic(s) %s with %d partitions", ", ".join(missing), partitions)
         await _wait_for_leaders(admin, missing, timeout_s)
     finally:

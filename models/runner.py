@@ -77,7 +77,9 @@ class TorchRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.predict_now, inputs)
 
-    def warm_up(self, input_shapes: Sequence[tuple[int, ...]], batch_sizes: Sequence[int]) -> dict[int, float]:
+    def warm_up(
+        self, input_shapes: Sequence[tuple[int, ...]], batch_sizes: Sequence[int]
+    ) -> dict[int, float]:
         """Run zero batches of each size once untimed, then timed; return seconds per batch size.
 
         The first call of a module allocates and picks kernels; timing it would mislead

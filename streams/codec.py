@@ -49,7 +49,11 @@ class Reject:
 
 @dataclass
 class Decoded:
-    """The scorable part of a batch: ``rows[i]`` is the batch index of ``ids[i]`` and of row i of each input."""
+    """The scorable part of a batch.
+
+    ``rows[i]`` is the index in the batch of the record whose id is ``ids[i]`` and whose
+    tensors are row ``i`` of each input.
+    """
 
     rows: np.ndarray
     ids: list[Any]
@@ -100,7 +104,9 @@ def _decode_fast(records: Sequence[SourceRecord], schema: EventSchema) -> Decode
     n = len(docs)
     inputs = []
     for spec in schema.inputs:
-        array = np.array([d[spec.field] for d in docs], dtype=np.float32)
+        # Values beyond float32's range become inf here and are caught by the finite check.
+        with np.errstate(over="ignore"):
+            array = np.array([d[spec.field] for d in docs], dtype=np.float32)
         if array.shape != (n, *spec.shape):
             raise _BadEvent("", "")
         inputs.append(array)
@@ -160,14 +166,21 @@ def decode_one(value: bytes | None, schema: EventSchema) -> tuple[Any, list[np.n
         if spec.field not in doc:
             raise _BadEvent("MissingField", f"field {spec.field!r} is missing")
         try:
-            array = np.asarray(doc[spec.field], dtype=np.float32)
-        except (TypeError, ValueError):
+            raw = np.asarray(doc[spec.field])
+        except ValueError:
             raise _BadEvent(
-                "WrongType", f"field {spec.field!r} must be numbers of shape {list(spec.shape)}"
+                "WrongShape", f"field {spec.field!r} is ragged, expected shape {list(spec.shape)}"
             ) from None
+        if raw.dtype.kind not in "iuf":
+            raise _BadEvent(
+                "WrongType", f"field {spec.field!r} must hold only numbers, shape {list(spec.shape)}"
+            )
+        with np.errstate(over="ignore"):
+            array = raw.astype(np.float32)
         if array.shape != spec.shape:
             raise _BadEvent(
-                "WrongShape", f"field {spec.field!r} has shape {list(array.shape)}, expected {list(spec.shape)}"
+                "WrongShape",
+                f"field {spec.field!r} has shape {list(array.shape)}, expected {list(spec.shape)}",
             )
         if not np.isfinite(array).all():
             raise _BadEvent("NonFinite", f"field {spec.field!r} holds NaN or infinity")
@@ -201,7 +214,11 @@ def encode_predictions(
                         "prediction": prediction,
                         "model": model_name,
                         "model_version": model_version,
-                        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+                        "source": {
+                            "topic": record.topic,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                        },
                         "event_ts": record.timestamp,
                         "latency_ms": now_ms - record.timestamp,
                     }

@@ -30,7 +30,7 @@ def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
     return offsets
 
 
-class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+class _FinishBatchOnRevoke(ConsumerRebalanceListener):
     def __init__(self, source: KafkaBatchSource) -> None:
         self.source = source
 
@@ -48,7 +48,9 @@ class _FinishBatchOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaBatchSource:
-    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], *, max_records: int, poll_ms: int) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, topics: Sequence[str], *, max_records: int, poll_ms: int
+    ) -> None:
         self.consumer = consumer
         self.topics = list(topics)
         self.max_records = max_records

@@ -53,6 +53,12 @@ class LiveLoop:
                 rate = (c.events - reported_events) / (now - last_report)
                 log.info(
                     "pipeline %s: %d events (%.0f/s), %d scored, %d dead-lettered, %d batches (avg %.1f)",
-                    self.pipeline.name, c.events, rate, c.scored, c.dead_lettered, c.batches, c.events / c.batches,
+                    self.pipeline.name,
+                    c.events,
+                    rate,
+                    c.scored,
+                    c.dead_lettered,
+                    c.batches,
+                    c.events / c.batches,
                 )
                 last_report, reported_events = now, c.events

@@ -87,10 +87,18 @@ class Pipeline:
                 bad = records[reject.index]
                 log.warning(
                     "pipeline %s: dead-lettering %s[%d]@%d: %s",
-                    self.name, bad.topic, bad.partition, bad.offset, reject.message,
+                    self.name,
+                    bad.topic,
+                    bad.partition,
+                    bad.offset,
+                    reject.message,
                 )
             outputs += encode_dead_letters(
-                records, decoded.rejects, topic=self.topics.dead_letter, pipeline=self.name, now_ms=self.clock_ms()
+                records,
+                decoded.rejects,
+                topic=self.topics.dead_letter,
+                pipeline=self.name,
+                now_ms=self.clock_ms(),
             )
         await self.sink.send(outputs)
         return BatchOutcome(

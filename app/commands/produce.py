@@ -35,14 +35,26 @@ class Progress:
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         end = "\n" if final or not sys.stderr.isatty() else "\r"
         tail = f"in {elapsed:.1f}s" if final else f"ETA {eta:.0f}s"
-        print(f"{self.what}: {done}/{self.total} ({rate:,.0f}/s, {tail})", end=end, file=sys.stderr, flush=True)
+        print(
+            f"{self.what}: {done}/{self.total} ({rate:,.0f}/s, {tail})", end=end, file=sys.stderr, flush=True
+        )
 
 
 @app.command(
     option("--count", "-n", type=int, default=1000, show_default=True, help="How many events to produce."),
-    option("--topic", "-t", default=None, help="Topic to write to (default: the first pipeline's first input)."),
-    option("--rate", "-r", type=float, default=0.0, help="Events per second, open loop (0 = as fast as possible)."),
-    option("--seed", type=int, default=1, show_default=True, help="Seed: the same seed gives the same events."),
+    option(
+        "--topic", "-t", default=None, help="Topic to write to (default: the first pipeline's first input)."
+    ),
+    option(
+        "--rate",
+        "-r",
+        type=float,
+        default=0.0,
+        help="Events per second, open loop (0 = as fast as possible).",
+    ),
+    option(
+        "--seed", type=int, default=1, show_default=True, help="Seed: the same seed gives the same events."
+    ),
 )
 async def produce(self: AppCommand, count: int, topic: str | None, rate: float, seed: int) -> None:
     """Produce synthetic card transactions (the demo models' input) to Kafka."""

@@ -1,0 +1,168 @@
+"""Helpers for integration tests: unique topics, config files, worker processes, reading topics.
+
+Everything here talks to the real broker through aiokafka or runs the real `sluice` CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def unique(name: str) -> str:
+    """A topic or group name no other test (or earlier run) uses."""
+    return f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    directory: Path,
+    *,
+    bootstrap: str,
+    pipeline: str,
+    input_topic: str,
+    output_topic: str,
+    dead_letter_topic: str,
+    partitions: int = 3,
+    model: str = 'demo = "fraud-mlp"',
+    inputs: str = '[{ field = "features", shape = [32] }]',
+    extra: str = "",
+) -> Path:
+    path = directory / f"{pipeline}.toml"
+    path.write_text(
+        f"""
+[app]
+id = "{pipeline}-app"
+broker = "kafka://{bootstrap}"
+create_topics = true
+topic_partitions = {partitions}
+torch_threads = 1
+
+[pipelines.{pipeline}]
+input_topics = ["{input_topic}"]
+output_topic = "{output_topic}"
+dead_letter_topic = "{dead_letter_topic}"
+{extra}
+
+[pipelines.{pipeline}.model]
+{model}
+
+[pipelines.{pipeline}.features]
+inputs = {inputs}
+"""
+    )
+    return path
+
+
+def sluice(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def run_sluice(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(sluice(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def running_worker(
+    config: Path, log_path: Path, *, ready_text: str, timeout: float = 90
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A `sluice worker` process, ready once its log shows ``ready_text``; stopped with SIGTERM after."""
+    datadir = log_path.parent / f"{log_path.stem}-data"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            sluice(
+                "--config",
+                str(config),
+                "--datadir",
+                str(datadir),
+                "worker",
+                "-l",
+                "info",
+                "--web-port",
+                str(free_port()),
+            ),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while ready_text not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready after {timeout}s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expected: int, within_s: float = 60, idle: float = 0.0
+) -> list[ConsumerRecord]:
+    """Every record of ``topic`` from the start, waiting until ``expected`` have arrived (or ``within_s``).
+
+    With ``idle`` > 0 it keeps reading that long after reaching ``expected``, to catch extras.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        partitions = set()
+        deadline = time.monotonic() + within_s
+        while not partitions and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic) or set()
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[ConsumerRecord] = []
+        reached_at: float | None = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+            if len(records) >= expected:
+                reached_at = reached_at or time.monotonic()
+                if time.monotonic() - reached_at >= idle:
+                    break
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def produce_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()

@@ -1,0 +1,77 @@
+"""End to end through the real broker: events produced to a topic come out scored on another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from app.demo_events import demo_events
+from tests.integration.kafka_helpers import (
+    produce_raw,
+    read_topic,
+    run_sluice,
+    running_worker,
+    unique,
+    write_config,
+)
+
+
+def test_the_broker_is_apache_kafka_on_the_jvm(kafka):
+    result = run_sluice("--help")
+    assert result.returncode == 0
+    # The process listening on the broker port runs Kafka's own main class.
+    cmdlines = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdlines.append((proc / "cmdline").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+    brokers = [c for c in cmdlines if b"kafka.Kafka" in c and any(a.endswith(b"java") for a in c[:1])]
+    assert brokers, "no JVM running kafka.Kafka: is the broker really Apache Kafka?"
+    assert any(b"kafka_2.13" in a or b"/libs/*" in a for a in brokers[0])
+
+
+async def test_every_produced_event_gets_a_prediction_keyed_like_its_input(kafka, tmp_path):
+    name = unique("e2e")
+    topics = {"input_topic": f"{name}-in", "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq"}
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="e2e", **topics)
+    count, seed = 400, 11
+    expected_keys = {e.id: e.key for e in demo_events(count, seed=seed)}
+
+    with running_worker(config, tmp_path / "worker.log", ready_text="pipeline e2e: scoring"):
+        produced = run_sluice("--config", str(config), "produce", "--count", str(count), "--seed", str(seed))
+        assert produced.returncode == 0, produced.stderr
+        assert f"{count}/{count}" in produced.stderr
+        outputs = await read_topic(kafka, topics["output_topic"], expected=count, within_s=90)
+
+    bodies = [orjson.loads(r.value) for r in outputs]
+    ids = [b["id"] for b in bodies]
+    missing = sorted(set(expected_keys) - set(ids))
+    assert not missing, f"{len(missing)} events got no prediction, e.g. {missing[:10]}"
+    for record, body in zip(outputs, bodies, strict=True):
+        assert record.key == expected_keys[body["id"]], "a prediction is keyed like its input event"
+        assert 0.0 <= body["prediction"] <= 1.0
+        assert body["model"] == "fraud-mlp"
+        assert body["source"]["topic"] == topics["input_topic"]
+        assert body["latency_ms"] >= 0
+
+
+async def test_bad_events_are_dead_lettered_and_the_worker_keeps_scoring(kafka, tmp_path):
+    name = unique("dlq")
+    topics = {"input_topic": f"{name}-in", "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq"}
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="dlq", partitions=1, **topics)
+    good = list(demo_events(20, seed=3))
+    bad: list[tuple[bytes | None, bytes | None]] = [(b"k", b"not json"), (b"k", None), (b"k", b'{"id": "x"}')]
+    items = [(e.key, e.value) for e in good[:10]] + bad + [(e.key, e.value) for e in good[10:]]
+
+    with running_worker(config, tmp_path / "worker.log", ready_text="pipeline dlq: scoring"):
+        await produce_raw(kafka, topics["input_topic"], items)
+        outputs = await read_topic(kafka, topics["output_topic"], expected=len(good), within_s=60)
+        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=len(bad), within_s=30)
+
+    assert sorted(orjson.loads(r.value)["id"] for r in outputs) == sorted(e.id for e in good)
+    reasons = [orjson.loads(r.value) for r in dead]
+    assert [r["error"] for r in reasons] == ["InvalidJSON", "Tombstone", "MissingField"]
+    assert [r["source"]["offset"] for r in reasons] == [10, 11, 12]

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from streams.codec import EventSchema, TensorField, decode, encode_predictions
+from streams.records import InputRecord
+
+SCHEMA = EventSchema(
+    id_field="id",
+    inputs=(TensorField("features", (3,)), TensorField("history", (2, 2))),
+    max_payload_bytes=512,
+)
+
+
+def event(i: int, **overrides: object) -> dict[str, object]:
+    doc: dict[str, object] = {"id": f"e{i}", "features": [i, i + 0.5, -i], "history": [[1, 2], [3, i]]}
+    doc.update(overrides)
+    return doc
+
+
+def record(offset: int, value: bytes | None, partition: int = 0) -> InputRecord:
+    return InputRecord("in", partition, offset, 1_000 + offset, f"k{offset}".encode(), value)
+
+
+def records_of(docs: list[dict[str, object]]) -> list[InputRecord]:
+    return [record(i, orjson.dumps(d)) for i, d in enumerate(docs)]
+
+
+def test_fast_path_builds_one_tensor_per_input():
+    decoded = decode(records_of([event(i) for i in range(4)]), SCHEMA)
+    assert decoded.rows.tolist() == [0, 1, 2, 3]
+    assert decoded.ids == ["e0", "e1", "e2", "e3"]
+    assert decoded.inputs[0].dtype == np.float32
+    assert decoded.inputs[0].shape == (4, 3)
+    assert decoded.inputs[1].shape == (4, 2, 2)
+    assert decoded.inputs[0][2].tolist() == [2.0, 2.5, -2.0]
+    assert decoded.rejects == []
+
+
+BAD_VALUES: list[tuple[bytes | None, str]] = [
+    (None, "Tombstone"),
+    (b"", "EmptyValue"),
+    (b"{not json", "InvalidJSON"),
+    (b"[1, 2, 3]", "NotAnObject"),
+    (orjson.dumps({"features": [1, 2, 3], "history": [[1, 2], [3, 4]]}), "MissingField"),
+    (orjson.dumps(event(0, id=[1])), "WrongType"),
+    (orjson.dumps(event(0, features=[1, 2])), "WrongShape"),
+    (orjson.dumps(event(0, features=["a", "b", "c"])), "WrongType"),
+    (orjson.dumps(event(0, history=[[1, 2], [3]])), "WrongShape"),
+    # orjson refuses numbers beyond a double's range outright.
+    (b'{"id": "x", "features": [1, 2, 1e400], "history": [[1, 2], [3, 4]]}', "InvalidJSON"),
+    (orjson.dumps(event(0, features=[3.5e38, 1, 1e39])), "NonFinite"),
+    (b'{"id": "x", "features": [1, 2, NaN], "history": [[1, 2], [3, 4]]}', "InvalidJSON"),
+    (orjson.dumps(event(0, pad="x" * 600)), "PayloadTooLarge"),
+    (b"\xff\xfe\x00garbage", "InvalidJSON"),
+]
+
+
+@pytest.mark.parametrize(("value", "error"), BAD_VALUES, ids=[e for _, e in BAD_VALUES])
+def test_a_bad_event_is_rejected_with_its_reason_and_its_neighbours_still_decode(value, error):
+    batch = [record(0, orjson.dumps(event(0))), record(1, value), record(2, orjson.dumps(event(2)))]
+    decoded = decode(batch, SCHEMA)
+    assert decoded.rows.tolist() == [0, 2]
+    assert decoded.ids == ["e0", "e2"]
+    assert decoded.inputs[0].shape == (2, 3)
+    assert [(r.index, r.error) for r in decoded.rejects] == [(1, error)]
+    assert decoded.rejects[0].message
+
+
+def test_a_batch_of_only_bad_events_yields_empty_inputs_of_the_right_shape():
+    decoded = decode([record(0, b"nope"), record(1, None)], SCHEMA)
+    assert len(decoded) == 0
+    assert decoded.inputs[0].shape == (0, 3)
+    assert decoded.inputs[1].shape == (0, 2, 2)
+    assert len(decoded.rejects) == 2
+
+
+def test_integer_ids_are_kept_as_integers():
+    decoded = decode(records_of([event(0, id=42)]), SCHEMA)
+    assert decoded.ids == [42]
+
+
+def test_encoded_predictions_carry_id_key_model_source_and_latency():
+    records = records_of([event(0), event(1)])
+    decoded = decode(records, SCHEMA)
+    out = encode_predictions(
+        records,
+        decoded,
+        np.array([0.25, 0.75], dtype=np.float32),
+        topic="out",
+        model_name="m",
+        model_version="3",
+        now_ms=1_010,
+    )
+    assert [o.topic for o in out] == ["out", "out"]
+    assert [o.key for o in out] == [b"k0", b"k1"]
+    body = orjson.loads(out[1].value)
+    assert body == {
+        "id": "e1",
+        "prediction": 0.75,
+        "model": "m",
+        "model_version": "3",
+        "source": {"topic": "in", "partition": 0, "offset": 1},
+        "event_ts": 1_001,
+        "latency_ms": 9,
+    }
+    assert math.isclose(orjson.loads(out[0].value)["prediction"], 0.25)

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, load_config
+
+GOOD = """
+[app]
+id = "t"
+broker = "kafka://127.0.0.1:9092"
+
+[pipelines.p]
+input_topics = ["in"]
+output_topic = "out"
+dead_letter_topic = "dlq"
+
+[pipelines.p.model]
+demo = "fraud-mlp"
+
+[pipelines.p.features]
+inputs = [{ field = "features", shape = [32] }]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sluice.toml"
+    path.write_text(text)
+    return path
+
+
+def error_for(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert str(path) in message, "every config error names the file"
+    return message
+
+
+def test_the_shipped_config_loads():
+    config = load_config(Path(__file__).parents[2] / "config" / "sluice.toml", environ={})
+    assert [p.name for p in config.pipelines] == ["fraud"]
+    assert config.pipelines[0].model.demo == "fraud-mlp"
+
+
+def test_a_minimal_config_gets_documented_defaults(tmp_path):
+    config = load_config(write(tmp_path, GOOD), environ={})
+    p = config.pipeline("p")
+    assert p.input_topics == ("in",)
+    assert p.max_batch_size == 512
+    assert p.schema.id_field == "id"
+    assert p.schema.inputs[0].shape == (32,)
+    assert config.app.device == "auto"
+    assert config.bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_the_broker_environment_variable_overrides_the_file(tmp_path):
+    config = load_config(write(tmp_path, GOOD), environ={"SLUICE_BROKER": "kafka://10.1.2.3:9094"})
+    assert config.bootstrap_servers == "10.1.2.3:9094"
+
+
+def test_config_path_comes_from_the_environment_when_not_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLUICE_CONFIG", str(write(tmp_path, GOOD)))
+    assert load_config(environ={}).app.id == "t"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_not_toml(tmp_path):
+    assert "not valid TOML" in error_for(tmp_path, "[app\nid=")
+
+
+def test_unknown_key(tmp_path):
+    message = error_for(tmp_path, GOOD.replace('id = "t"', 'id = "t"\nbrokers = "x"'))
+    assert "unknown key 'app.brokers'" in message
+
+
+def test_unknown_key_in_a_pipeline(tmp_path):
+    message = error_for(tmp_path, GOOD.replace('output_topic = "out"', 'output_topic = "out"\nbatch = 3'))
+    assert "unknown key 'pipelines.p.batch'" in message
+
+
+def test_wrong_type(tmp_path):
+    message = error_for(
+        tmp_path,
+        GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\nmax_batch_size = "big"'),
+    )
+    assert "key 'pipelines.p.max_batch_size' has value 'big': expected an integer >= 1" in message
+
+
+def test_a_boolean_is_not_a_number(tmp_path):
+    message = error_for(
+        tmp_path,
+        GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\nmax_batch_size = true'),
+    )
+    assert "pipelines.p.max_batch_size" in message
+
+
+def test_negative_number(tmp_path):
+    message = error_for(
+        tmp_path, GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\npoll_ms = -5')
+    )
+    assert "key 'pipelines.p.poll_ms' has value -5: expected an integer >= 1" in message
+
+
+def test_missing_topic(tmp_path):
+    message = error_for(tmp_path, GOOD.replace('output_topic = "out"\n', ""))
+    assert "key 'pipelines.p.output_topic' is missing" in message
+
+
+def test_empty_input_topics(tmp_path):
+    message = error_for(tmp_path, GOOD.replace('["in"]', "[]"))
+    assert "pipelines.p.input_topics" in message
+    assert "non-empty list" in message
+
+
+def test_no_pipeline(tmp_path):
+    assert "no pipeline" in error_for(tmp_path, '[app]\nid = "t"\n')
+
+
+def test_model_needs_exactly_one_source(tmp_path):
+    message = error_for(
+        tmp_path, GOOD.replace('demo = "fraud-mlp"', 'demo = "fraud-mlp"\ntorchscript = "m.pt"')
+    )
+    assert "exactly one of" in message
+    assert "pipelines.p.model" in message
+
+
+def test_model_class_needs_weights(tmp_path):
+    message = error_for(tmp_path, GOOD.replace('demo = "fraud-mlp"', 'class = "models.demo:FraudMLP"'))
+    assert "pipelines.p.model.state_dict" in message
+
+
+def test_model_paths_are_relative_to_the_config_file(tmp_path):
+    config = load_config(
+        write(tmp_path, GOOD.replace('demo = "fraud-mlp"', 'torchscript = "m.pt"')), environ={}
+    )
+    assert config.pipeline("p").model.torchscript == tmp_path / "m.pt"
+
+
+def test_bad_feature_shape(tmp_path):
+    message = error_for(tmp_path, GOOD.replace("shape = [32]", "shape = [0]"))
+    assert "pipelines.p.features.inputs[0].shape" in message
+
+
+def test_bad_device(tmp_path):
+    message = error_for(tmp_path, GOOD.replace('id = "t"', 'id = "t"\ndevice = "tpu"'))
+    assert "key 'app.device' has value 'tpu'" in message

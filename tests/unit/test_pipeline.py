@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import orjson
+
+from models.protocol import Runner
+from streams.codec import EventSchema, TensorField
+from streams.pipeline import Pipeline, PipelineTopics
+from streams.records import InputRecord
+from tests.fakes import ListSink, SumRunner
+
+SCHEMA = EventSchema(id_field="id", inputs=(TensorField("x", (2,)),))
+
+
+def make_pipeline() -> tuple[Pipeline, SumRunner, ListSink]:
+    runner, sink = SumRunner(), ListSink()
+    pipeline = Pipeline(
+        name="p",
+        schema=SCHEMA,
+        runner=runner,
+        sink=sink,
+        topics=PipelineTopics(output="out", dead_letter="dlq"),
+        clock_ms=lambda: 5_000,
+    )
+    return pipeline, runner, sink
+
+
+def rec(offset: int, value: bytes | None, partition: int = 0) -> InputRecord:
+    return InputRecord("in", partition, offset, 4_000, f"key-{offset}".encode(), value)
+
+
+def test_the_fake_runner_satisfies_the_protocol():
+    assert isinstance(SumRunner(), Runner)
+
+
+async def test_every_valid_event_gets_one_prediction_keyed_like_its_input():
+    pipeline, runner, sink = make_pipeline()
+    batch = [rec(i, orjson.dumps({"id": i, "x": [i, 1]}), partition=i % 2) for i in range(6)]
+    outcome = await pipeline.process(batch)
+    assert (outcome.events, outcome.scored, outcome.dead_lettered) == (6, 6, 0)
+    assert runner.batches == [6], "the whole batch goes to the model at once"
+    bodies = [orjson.loads(r.value) for r in sink.records]
+    assert [b["id"] for b in bodies] == list(range(6))
+    assert [b["prediction"] for b in bodies] == [i + 1 for i in range(6)]
+    assert [r.key for r in sink.records] == [f"key-{i}".encode() for i in range(6)]
+    assert {r.topic for r in sink.records} == {"out"}
+    assert bodies[3]["latency_ms"] == 1_000
+
+
+async def test_bad_events_go_to_the_dead_letter_topic_and_the_rest_are_scored():
+    pipeline, _, sink = make_pipeline()
+    batch = [rec(0, orjson.dumps({"id": 0, "x": [1, 1]})), rec(1, b"\x00\x9f"), rec(2, None)]
+    outcome = await pipeline.process(batch)
+    assert (outcome.scored, outcome.dead_lettered) == (1, 2)
+    scored = [r for r in sink.records if r.topic == "out"]
+    dead = [orjson.loads(r.value) for r in sink.records if r.topic == "dlq"]
+    assert len(scored) == 1
+    assert [d["error"] for d in dead] == ["InvalidJSON", "Tombstone"]
+    assert dead[0]["source"] == {"topic": "in", "partition": 0, "offset": 1, "timestamp": 4_000}
+    assert dead[0]["value_base64"] == "AJ8="
+    assert dead[0]["pipeline"] == "p"
+    assert dead[1]["value"] is None
+
+
+async def test_a_batch_of_only_bad_events_never_calls_the_model():
+    pipeline, runner, sink = make_pipeline()
+    await pipeline.process([rec(0, b"[]")])
+    assert runner.batches == []
+    assert [r.topic for r in sink.records] == ["dlq"]
