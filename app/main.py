@@ -72,4 +72,4 @@ def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) ->
 
 
 # Commands register themselves on the app when imported.
-from app.commands import produce  # noqa: E402, F401
+from app.commands import produce, watch  # noqa: E402, F401

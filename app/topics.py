@@ -63,3 +63,16 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeo
         ):
             return
         await asyncio.sleep(0.1)
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of ``topic``; empty if it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code", 0) != 0:
+        return []
+    return sorted(p["partition"] for p in described["partitions"])

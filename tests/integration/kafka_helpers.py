@@ -19,6 +19,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from app.topics import partitions_of
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -130,17 +132,15 @@ async def read_topic(
 
     With ``idle`` > 0 it keeps reading that long after reaching ``expected``, to catch extras.
     """
+    deadline = time.monotonic() + within_s
+    partitions = await partitions_of(bootstrap, topic)
+    while not partitions and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        partitions = await partitions_of(bootstrap, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        partitions = set()
-        deadline = time.monotonic() + within_s
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic) or set()
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                await asyncio.sleep(0.2)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[ConsumerRecord] = []

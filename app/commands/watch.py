@@ -1,0 +1,104 @@
+"""``sluice watch``: print predictions (or dead letters) as they arrive on a topic."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.cli import AppCommand, option
+
+from app.main import app, config
+from app.topics import partitions_of
+
+
+def describe(value: bytes) -> str:
+    """One readable line for a prediction or a dead letter."""
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value[:120].decode("utf-8", "replace")
+    if "prediction" in body:
+        src = body.get("source", {})
+        prediction = body["prediction"]
+        shown = f"{prediction:.4f}" if isinstance(prediction, float) else str(prediction)
+        return (
+            f"{body.get('id')!s:<18} {shown:>8}  {body.get('model')} v{body.get('model_version')}"
+            f"  {src.get('topic')}[{src.get('partition')}]@{src.get('offset')}  {body.get('latency_ms')} ms"
+        )
+    if "error" in body:
+        return f"DEAD LETTER {body['error']}: {body.get('reason')}"
+    return orjson.dumps(body).decode()
+
+
+@app.command(
+    option("--topic", "-t", default=None, help="Topic to read (default: the first pipeline's output topic)."),
+    option("--from-beginning", is_flag=True, default=False, help="Start at the oldest record."),
+    option("--since", type=float, default=0.0, help="Start at records appended in the last SECONDS."),
+    option("--count", "-n", type=int, default=0, help="Stop after this many records (0 = no limit)."),
+    option("--seconds", "-s", type=float, default=0.0, help="Stop after this many seconds (0 = no limit)."),
+    option("--summary", is_flag=True, default=False, help="Print totals and latency percentiles."),
+)
+async def watch(
+    self: AppCommand,
+    topic: str | None,
+    from_beginning: bool,
+    since: float,
+    count: int,
+    seconds: float,
+    summary: bool,
+) -> None:
+    """Print predictions as they arrive (id, prediction, model, source position, latency)."""
+    topic = topic or config.pipelines[0].output_topic
+    partitions = await partitions_of(config.bootstrap_servers, topic)
+    if not partitions:
+        where = config.bootstrap_servers
+        print(f"sluice watch: topic {topic!r} does not exist (yet) on {where}", file=sys.stderr)
+        return
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        elif since > 0:
+            start_ms = int((time.time() - since) * 1000)
+            found = await consumer.offsets_for_times({tp: start_ms for tp in tps})
+            for tp, at in found.items():
+                if at is not None:  # None: nothing that recent in this partition; stay at its end
+                    consumer.seek(tp, at.offset)
+        if not summary:
+            print(f"{'id':<18} {'score':>8}  model  source  latency  (from {topic})", flush=True)
+        seen = 0
+        latencies: list[int] = []
+        deadline = time.monotonic() + seconds if seconds > 0 else None
+        while (not count or seen < count) and (deadline is None or time.monotonic() < deadline):
+            batch = await consumer.getmany(timeout_ms=200, max_records=count - seen if count else None)
+            for records in batch.values():
+                for record in records:
+                    if summary:
+                        latencies.append(orjson.loads(record.value).get("latency_ms", -1))
+                    else:
+                        print(describe(record.value), flush=True)
+                    seen += 1
+    finally:
+        await consumer.stop()
+    if summary:
+        print(summarise(topic, latencies))
+
+
+def summarise(topic: str, latencies: list[int]) -> str:
+    if not latencies:
+        return f"{topic}: no records"
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return (
+        f"{topic}: {len(ordered)} records; latency measured by the worker (event time to scored): "
+        f"p50 {pct(0.5)} ms, p99 {pct(0.99)} ms, max {ordered[-1]} ms"
+    )
