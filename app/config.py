@@ -34,6 +34,7 @@ class AppConfig:
     topic_partitions: int
     torch_threads: int
     device: str
+    stats_interval_s: float
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class PipelineConfig:
     schema: EventSchema
     max_batch_size: int
     poll_ms: int
+    latency_budget_ms: float
+    deadline_from: str
+    late_events: str
+    max_fill_wait_ms: float
+    commit_interval_ms: float
 
     @property
     def group_id(self) -> str:
@@ -62,9 +68,7 @@ class Config:
         for p in self.pipelines:
             if p.name == name:
                 return p
-        raise ConfigError(
-            f"{self.path}: no pipeline named {name!r}; pipelines: {[p.name for p in self.pipelines]}"
-        )
+        raise ConfigError(f"{self.path}: no pipeline named {name!r}; pipelines: {[p.name for p in self.pipelines]}")
 
     @property
     def bootstrap_servers(self) -> str:
@@ -113,6 +117,13 @@ class _Table:
             raise self.fail(name, value, f"an integer >= {minimum}")
         return value
 
+    def number(self, name: str, default: Any = ..., *, positive: bool = True) -> float:
+        expected = "a number > 0" if positive else "a number >= 0"
+        value = self.get(name, (int, float), expected, default)
+        if value < 0 or (positive and value == 0) or value != value:
+            raise self.fail(name, value, expected)
+        return float(value)
+
     def flag(self, name: str, default: Any = ...) -> bool:
         return self.get(name, bool, "true or false", default)
 
@@ -138,9 +149,7 @@ def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get(ENV_PATH) or DEFAULT_PATH)
 
 
-def load_config(
-    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     path = resolve_path(explicit)
     env = os.environ if environ is None else environ
     try:
@@ -157,9 +166,7 @@ def load_config(
     )
     pipelines_table.done()
     if not pipelines:
-        raise ConfigError(
-            f"{path}: key 'pipelines' has no pipeline: expected at least one [pipelines.NAME] table"
-        )
+        raise ConfigError(f"{path}: key 'pipelines' has no pipeline: expected at least one [pipelines.NAME] table")
     root.done()
     return Config(path=path, app=app, pipelines=pipelines)
 
@@ -174,6 +181,7 @@ def _load_app(t: _Table, env: Mapping[str, str]) -> AppConfig:
         topic_partitions=t.integer("topic_partitions", 4, minimum=1),
         torch_threads=t.integer("torch_threads", 0),
         device=t.text("device", "auto"),
+        stats_interval_s=t.number("stats_interval_s", 10.0),
     )
     if not (app.device in ("auto", "cpu") or app.device.startswith("cuda")):
         raise t.fail("device", app.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -212,9 +220,7 @@ def _load_model(t: _Table, base: Path) -> ModelSpec:
         version=t.text("version", None),
     )
     if spec.module_class and spec.state_dict is None:
-        raise ConfigError(
-            f"{t.path}: key '{t.key('state_dict')}' is missing: expected the weights file for the class"
-        )
+        raise ConfigError(f"{t.path}: key '{t.key('state_dict')}' is missing: expected the weights file for the class")
     t.done()
     return spec
 
@@ -233,9 +239,7 @@ def _load_schema(t: _Table, max_payload_bytes: int) -> EventSchema:
             raise entry.fail("shape", shape, "a list of positive integers, e.g. [32]")
         inputs.append(TensorField(field=entry.text("field"), shape=tuple(shape)))
         entry.done()
-    schema = EventSchema(
-        id_field=t.text("id_field", "id"), inputs=tuple(inputs), max_payload_bytes=max_payload_bytes
-    )
+    schema = EventSchema(id_field=t.text("id_field", "id"), inputs=tuple(inputs), max_payload_bytes=max_payload_bytes)
     t.done()
     return schema
 
@@ -251,6 +255,11 @@ def _load_pipeline(t: _Table, name: str, base: Path) -> PipelineConfig:
         schema=_load_schema(t.table("features"), max_payload),
         max_batch_size=t.integer("max_batch_size", 512, minimum=1),
         poll_ms=t.integer("poll_ms", 100, minimum=1),
+        latency_budget_ms=t.number("latency_budget_ms", 50.0),
+        deadline_from=t.choice("deadline_from", ("event", "arrival"), "event"),
+        late_events=t.choice("late_events", ("score", "dead_letter"), "score"),
+        max_fill_wait_ms=t.number("max_fill_wait_ms", 5.0, positive=False),
+        commit_interval_ms=t.number("commit_interval_ms", 1000.0),
     )
     t.done()
     return pipeline

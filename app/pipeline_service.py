@@ -18,6 +18,8 @@ from app.config import Config, PipelineConfig
 from app.topics import ensure_topics
 from models.loading import LoadedModel, load_model
 from models.runner import TorchRunner
+from streams.batcher import Batcher, BatchPolicy
+from streams.cost_model import CostModel
 from streams.kafka_sink import KafkaSink
 from streams.kafka_source import KafkaBatchSource
 from streams.live import LiveLoop
@@ -25,11 +27,24 @@ from streams.pipeline import Pipeline, PipelineTopics
 
 log = logging.getLogger(__name__)
 
-WARM_UP_BATCH_SIZES = (1, 8, 64, 256)
 STOP_GRACE_S = 20.0
+# Decoding, encoding and handing outputs to the producer, per event, on top of inference;
+# only a starting point: the cost model replaces it with what it measures within seconds.
+PIPELINE_SECONDS_PER_EVENT = 15e-6
 
 
-def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) -> TorchRunner:
+def warm_up_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two up to the largest batch, and the largest batch itself."""
+    sizes = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return sorted(sizes)
+
+
+def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) -> tuple[TorchRunner, CostModel]:
+    """The model on its device, warmed up, and a cost model seeded from the warm-up."""
     runner = TorchRunner(
         loaded.module,
         name=loaded.name,
@@ -37,19 +52,16 @@ def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) 
         device=config.app.device,
         threads=config.app.torch_threads,
     )
-    sizes = sorted(
-        {s for s in WARM_UP_BATCH_SIZES if s <= pipeline.max_batch_size} | {pipeline.max_batch_size}
-    )
-    runner.warm_up([f.shape for f in pipeline.schema.inputs], sizes)
-    return runner
+    timings = runner.warm_up([f.shape for f in pipeline.schema.inputs], warm_up_sizes(pipeline.max_batch_size))
+    cost = CostModel()
+    cost.seed({n: t + n * PIPELINE_SECONDS_PER_EVENT for n, t in timings.items()})
+    return runner, cost
 
 
 class PipelineService(Service):
     """Runs one configured pipeline for as long as the worker runs."""
 
-    def __init__(
-        self, config: Config, pipeline: PipelineConfig, model: LoadedModel | None = None, **kwargs: Any
-    ):
+    def __init__(self, config: Config, pipeline: PipelineConfig, model: LoadedModel | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.config = config
         self.pipeline_config = pipeline
@@ -75,13 +87,14 @@ class PipelineService(Service):
             partitions=self.config.app.topic_partitions,
         )
         loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
-        runner = self._runner = await asyncio.to_thread(build_runner, self.config, p, loaded)
+        runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
+        self._runner = runner
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=f"sluice-{p.name}",
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            linger_ms=1,
             max_batch_size=256 * 1024,
         )
         self._consumer = AIOKafkaConsumer(
@@ -94,9 +107,7 @@ class PipelineService(Service):
             fetch_max_wait_ms=min(p.poll_ms, 500),
         )
         await self._producer.start()
-        source = KafkaBatchSource(
-            self._consumer, p.input_topics, max_records=p.max_batch_size, poll_ms=p.poll_ms
-        )
+        source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms)
         source.subscribe()
         await self._consumer.start()
         pipeline = Pipeline(
@@ -106,23 +117,38 @@ class PipelineService(Service):
             sink=KafkaSink(self._producer),
             topics=PipelineTopics(output=p.output_topic, dead_letter=p.dead_letter_topic),
         )
-        self.live = LiveLoop(source, pipeline)
+        policy = BatchPolicy(
+            max_batch_size=p.max_batch_size,
+            latency_budget_ms=p.latency_budget_ms,
+            deadline_from=p.deadline_from,
+            max_fill_wait_ms=p.max_fill_wait_ms,
+        )
+        self.live = LiveLoop(
+            source,
+            pipeline,
+            Batcher(policy, cost),
+            late_events=p.late_events,
+            stats_interval_s=self.config.app.stats_interval_s,
+            commit_interval_ms=p.commit_interval_ms,
+        )
         self._run_task = asyncio.create_task(self.live.run(), name=f"sluice-live-{p.name}")
         self._run_task.add_done_callback(self._on_loop_done)
         log.info(
-            "pipeline %s: scoring %s -> %s with model %s v%s (group %s)",
+            "pipeline %s: scoring %s -> %s with model %s v%s (group %s, budget %.0f ms, batches up to %d)",
             p.name,
             ", ".join(p.input_topics),
             p.output_topic,
             runner.name,
             runner.version,
             p.group_id,
+            p.latency_budget_ms,
+            p.max_batch_size,
         )
 
     def _on_loop_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("pipeline %s stopped on an error: %r", self.pipeline_config.name, task.exception())
-            # Crash the worker: its uncommitted batch will be scored again after a restart.
+            # Crash the worker: its uncommitted batches will be scored again after a restart.
             self._crashing = asyncio.ensure_future(self.crash(task.exception()))  # type: ignore[arg-type]
 
     async def on_stop(self) -> None:
@@ -132,9 +158,7 @@ class PipelineService(Service):
                 await asyncio.wait_for(asyncio.shield(self._run_task), STOP_GRACE_S)
             except TimeoutError:
                 log.warning(
-                    "pipeline %s: batch in flight did not finish in %.0fs",
-                    self.pipeline_config.name,
-                    STOP_GRACE_S,
+                    "pipeline %s: batch in flight did not finish in %.0fs", self.pipeline_config.name, STOP_GRACE_S
                 )
                 self._run_task.cancel()
             except Exception:  # noqa: BLE001 - already reported by _on_loop_done

@@ -112,9 +112,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         try:
             module = cls(**spec.init_args)
         except TypeError as exc:
-            raise ModelLoadError(
-                f"cannot construct {spec.module_class} with {spec.init_args}: {exc}"
-            ) from exc
+            raise ModelLoadError(f"cannot construct {spec.module_class} with {spec.init_args}: {exc}") from exc
         module = load_state(module, spec.state_dict, spec.module_class)
         return LoadedModel(module, spec.name or cls.__name__, spec.version or "1")
     raise ModelLoadError("no model given: set one of demo, exported, torchscript or class")

@@ -68,18 +68,14 @@ class TorchRunner:
             result = result[:, 0]
         if result.ndim == 0 or result.shape[0] != rows:
             got = 0 if result.ndim == 0 else result.shape[0]
-            raise PredictionCountError(
-                f"model {self._name} returned {got} predictions for a batch of {rows} inputs"
-            )
+            raise PredictionCountError(f"model {self._name} returned {got} predictions for a batch of {rows} inputs")
         return result
 
     async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.predict_now, inputs)
 
-    def warm_up(
-        self, input_shapes: Sequence[tuple[int, ...]], batch_sizes: Sequence[int]
-    ) -> dict[int, float]:
+    def warm_up(self, input_shapes: Sequence[tuple[int, ...]], batch_sizes: Sequence[int]) -> dict[int, float]:
         """Run zero batches of each size once untimed, then timed; return seconds per batch size.
 
         The first call of a module allocates and picks kernels; timing it would mislead

@@ -77,9 +77,7 @@ def train(model: DemoModel, settings: TrainSettings) -> tuple[nn.Module, dict[st
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(idx)
-        print(
-            f"  {model.name} epoch {epoch + 1}/{settings.epochs}: loss {total / len(order):.4f}", flush=True
-        )
+        print(f"  {model.name} epoch {epoch + 1}/{settings.epochs}: loss {total / len(order):.4f}", flush=True)
     auc = roc_auc(holdout.labels, score(module, model_inputs(model, holdout)))
     report: dict[str, object] = {
         "model": model.name,

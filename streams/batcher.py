@@ -7,8 +7,9 @@ read) plus the budget. Whenever the runner is free, the batcher is asked for a p
   cost (``CostModel``, measured on this machine, plus the measured time for outputs to be
   acknowledged) would push the most urgent event of the batch past its deadline;
 - if all that is queued fits with time to spare and the broker already holds more records
-  for us (consumer lag), wait for them — up to the slack — since a fuller batch costs
-  little more than a small one; with no lag, waiting would only add latency, so go now;
+  for us (consumer lag), wait for them — one fetch, at most ``max_fill_wait_ms`` and never
+  past the slack — since a fuller batch costs little more than a small one; with no lag,
+  waiting could only add latency, so go now;
 - events that cannot make their deadline anyway (a backlog after a restart, a slow
   consumer) are scored in the largest batches, to catch up fastest, and counted as late.
 
@@ -37,7 +38,7 @@ class BatchPolicy:
     latency_budget_ms: float | None
     deadline_from: str = "event"  # "event": the record's timestamp; "arrival": when it was read
     # Longest wait for more records when the broker holds them (the next fetch).
-    max_fill_wait_ms: float = 20.0
+    max_fill_wait_ms: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -82,15 +83,16 @@ class _Chunk:
 
 
 class Batcher:
-    def __init__(
-        self, policy: BatchPolicy, cost: CostModel, *, overhead_ms: Callable[[], float] = lambda: 0.0
-    ) -> None:
+    def __init__(self, policy: BatchPolicy, cost: CostModel, *, overhead_ms: Callable[[], float] = lambda: 0.0) -> None:
         self.policy = policy
         self.cost = cost
         # Time after the batch is scored until its outputs are acknowledged (measured by the caller).
         self.overhead_ms = overhead_ms
         self._chunks: deque[_Chunk] = deque()
         self._size = 0
+        # Whether this batch already waited once for records the broker held: waiting again
+        # under a steady stream would spend the whole budget on filling.
+        self._waited_to_fill = False
 
     def __len__(self) -> int:
         return self._size
@@ -149,16 +151,18 @@ class Batcher:
             return Plan(take=lo, reason="deadline")
         if cap == self.policy.max_batch_size:
             return Plan(take=cap, reason="full")
-        if backlog > 0:
+        if backlog > 0 and not self._waited_to_fill and self.policy.max_fill_wait_ms > 0:
             target = min(self.policy.max_batch_size, queued + backlog)
             slack = urgent[-1] - now_ms - extra_ms - self.cost.predict(target) * 1000.0
             if slack > 0:
+                self._waited_to_fill = True
                 return Plan(take=0, wait_ms=min(slack, self.policy.max_fill_wait_ms), reason="filling")
         return Plan(take=cap, reason="runner free")
 
     def take(self, plan: Plan, now_ms: float) -> Batch:
         """Remove the first ``plan.take`` events from the queue."""
         n = min(plan.take, self._size)
+        self._waited_to_fill = False
         records: list[SourceRecord] = []
         deadlines = []
         while len(records) < n:

@@ -84,8 +84,23 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def decode(records: Sequence[SourceRecord], schema: EventSchema) -> Decoded:
-    """Turn a batch of records into input tensors, setting aside the ones that can't be scored."""
+def decode(records: Sequence[SourceRecord], schema: EventSchema, exclude: Sequence[Reject] = ()) -> Decoded:
+    """Turn a batch of records into input tensors, setting aside the ones that can't be scored.
+
+    ``exclude`` rejects records for a reason decided elsewhere (a missed deadline, say):
+    they are not decoded, and their rejects join the others in batch order.
+    """
+    if exclude:
+        gone = {r.index for r in exclude}
+        kept = [i for i in range(len(records)) if i not in gone]
+        inner = decode([records[i] for i in kept], schema)
+        rejects = [Reject(kept[r.index], r.error, r.message) for r in inner.rejects] + list(exclude)
+        return Decoded(
+            rows=np.asarray(kept, dtype=np.int64)[inner.rows],
+            ids=inner.ids,
+            inputs=inner.inputs,
+            rejects=sorted(rejects, key=lambda r: r.index),
+        )
     with _gc_paused():
         try:
             return _decode_fast(records, schema)
@@ -147,9 +162,7 @@ def decode_one(value: bytes | None, schema: EventSchema) -> tuple[Any, list[np.n
     if len(value) == 0:
         raise _BadEvent("EmptyValue", "the record's value is empty")
     if len(value) > schema.max_payload_bytes:
-        raise _BadEvent(
-            "PayloadTooLarge", f"the value is {len(value)} bytes; the limit is {schema.max_payload_bytes}"
-        )
+        raise _BadEvent("PayloadTooLarge", f"the value is {len(value)} bytes; the limit is {schema.max_payload_bytes}")
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -172,9 +185,7 @@ def decode_one(value: bytes | None, schema: EventSchema) -> tuple[Any, list[np.n
                 "WrongShape", f"field {spec.field!r} is ragged, expected shape {list(spec.shape)}"
             ) from None
         if raw.dtype.kind not in "iuf":
-            raise _BadEvent(
-                "WrongType", f"field {spec.field!r} must hold only numbers, shape {list(spec.shape)}"
-            )
+            raise _BadEvent("WrongType", f"field {spec.field!r} must hold only numbers, shape {list(spec.shape)}")
         with np.errstate(over="ignore"):
             array = raw.astype(np.float32)
         if array.shape != spec.shape:

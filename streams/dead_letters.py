@@ -48,8 +48,6 @@ def encode_dead_letters(
     records: Sequence[SourceRecord], rejects: Sequence[Reject], *, topic: str, pipeline: str, now_ms: int
 ) -> list[OutputRecord]:
     return [
-        dead_letter(
-            records[r.index], error=r.error, message=r.message, topic=topic, pipeline=pipeline, now_ms=now_ms
-        )
+        dead_letter(records[r.index], error=r.error, message=r.message, topic=topic, pipeline=pipeline, now_ms=now_ms)
         for r in rejects
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from aiokafka import AIOKafkaProducer
 
@@ -20,9 +20,13 @@ class KafkaSink:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
 
-    async def send(self, records: Sequence[OutputRecord]) -> None:
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
         # producer.send() only waits when its buffer is full (back-pressure); the returned
         # futures resolve when the broker acknowledges.
         pending = [await self.producer.send(r.topic, r.value, key=r.key) for r in records]
-        if pending:
-            await asyncio.gather(*pending)
+        return _all_acknowledged(pending)
+
+
+async def _all_acknowledged(pending: list[asyncio.Future[object]]) -> None:
+    if pending:
+        await asyncio.gather(*pending)

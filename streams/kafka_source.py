@@ -1,23 +1,25 @@
-"""The live source: a consumer-group member that hands out whole batches and commits after them.
+"""The live source: a consumer-group member that hands out whole fetches and commits after them.
 
 Consumes with aiokafka's batch API (``getmany``) rather than per-event iteration: the
 per-event cost of a stream abstraction is what a batching server cannot afford. Offsets
-are committed explicitly, never automatically, and a rebalance waits for the batch in
-flight so revoked partitions are committed before another worker takes them.
+are committed explicitly, never automatically. When a rebalance takes partitions away,
+the owner of this source is told first (``on_revoke``) so it can finish and commit what
+it has in flight for them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from streams.records import SourceRecord
 
 log = logging.getLogger(__name__)
+
+RevokeHandler = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
 def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
@@ -30,52 +32,74 @@ def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
     return offsets
 
 
-class _FinishBatchOnRevoke(ConsumerRebalanceListener):
+def _names(tps: Sequence[TopicPartition] | set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
+
+
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, source: KafkaBatchSource) -> None:
         self.source = source
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # Taking the lock waits for the batch in flight to be emitted and committed.
-        async with self.source.in_flight:
-            if revoked:
-                log.info("partitions revoked: %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        if revoked:
+            log.info("partitions revoked: %s; finishing what is in flight for them", _names(revoked))
+            await self.source.on_revoke(set(revoked))
+        for tp in revoked:
+            self.source.fetched_up_to.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        log.info(
-            "partitions assigned: %s",
-            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)) or "none",
-        )
+        log.info("partitions assigned: %s", _names(assigned))
+
+
+async def _nothing_in_flight(_: set[TopicPartition]) -> None:
+    return None
 
 
 class KafkaBatchSource:
-    def __init__(
-        self, consumer: AIOKafkaConsumer, topics: Sequence[str], *, max_records: int, poll_ms: int
-    ) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], *, poll_ms: int) -> None:
         self.consumer = consumer
         self.topics = list(topics)
-        self.max_records = max_records
         self.poll_ms = poll_ms
-        self.in_flight = asyncio.Lock()
+        self.on_revoke: RevokeHandler = _nothing_in_flight
+        # Next offset to fetch per partition, to tell how much the broker holds beyond it.
+        self.fetched_up_to: dict[TopicPartition, int] = {}
 
     def subscribe(self) -> None:
-        self.consumer.subscribe(self.topics, listener=_FinishBatchOnRevoke(self))
+        self.consumer.subscribe(self.topics, listener=_Listener(self))
 
-    async def next_batch(self) -> list[SourceRecord]:
-        """Up to ``max_records`` records, partition by partition in offset order; empty on timeout."""
-        fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=self.max_records)
+    async def next_batch(self, max_records: int) -> list[SourceRecord]:
+        """Up to ``max_records`` records, each partition's in offset order; empty on timeout."""
+        fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=max_records)
         batch: list[SourceRecord] = []
-        for records in fetched.values():
+        for tp, records in fetched.items():
             batch.extend(records)
+            self.fetched_up_to[tp] = records[-1].offset + 1
         return batch
+
+    def backlog(self) -> int:
+        """Records the broker holds for our partitions beyond what was fetched (consumer lag)."""
+        lag = 0
+        for tp, fetched in self.fetched_up_to.items():
+            high = self.consumer.highwater(tp)
+            if high is not None and high > fetched:
+                lag += high - fetched
+        return lag
 
     async def commit(self, records: Sequence[SourceRecord]) -> bool:
         """Commit past ``records``; False if the group moved on (the records will be redelivered)."""
-        offsets = next_offsets(records)
+        return await self.commit_offsets(next_offsets(records))
+
+    async def commit_offsets(self, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit these next-offsets; False if the group moved on (the records will be redelivered)."""
+        assigned = self.consumer.assignment()
+        # Partitions already taken away were committed before they went (see on_revoke),
+        # or will be redelivered to their new owner: never commit for another member.
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
         if not offsets:
             return True
         try:
             await self.consumer.commit(offsets)
-        except CommitFailedError as exc:
+        except (CommitFailedError, IllegalStateError) as exc:
             log.warning("commit failed after a rebalance; these records will be scored again: %s", exc)
             return False
         return True

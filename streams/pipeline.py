@@ -1,21 +1,23 @@
 """The one code path: decode -> infer -> encode -> emit, for the live worker and the backfill alike.
 
-The pipeline knows nothing of Kafka consumers or Faust: it is handed a batch of
-records and returns once every output for that batch (predictions and dead letters)
-has been acknowledged by its sink. Whoever feeds it commits the batch's offsets only
-after that, which is what makes delivery at-least-once.
+The pipeline knows nothing of Kafka consumers or Faust. ``score`` turns a batch of
+records into output records (predictions and dead letters); ``emit`` hands them to the
+sink and returns what to await for their acknowledgement. Whoever feeds the pipeline
+commits a batch's offsets only after that acknowledgement, which is what makes delivery
+at-least-once; splitting the two lets the next batch be scored while this one's outputs
+are still in flight.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.protocol import Runner
-from streams.codec import EventSchema, decode, encode_predictions
+from streams.codec import EventSchema, Reject, decode, encode_predictions
 from streams.dead_letters import encode_dead_letters
 from streams.records import OutputRecord, SourceRecord
 
@@ -27,9 +29,12 @@ def wall_clock_ms() -> int:
 
 
 class Sink(Protocol):
-    """Where outputs go. ``send`` returns only when every record is durably acknowledged."""
+    """Where outputs go."""
 
-    async def send(self, records: Sequence[OutputRecord]) -> None: ...
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
+        """Hand over ``records`` (in order) and return an awaitable that completes when every
+        one of them is durably acknowledged, or raises if any could not be delivered."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,13 @@ class BatchOutcome:
     scored: int
     dead_lettered: int
     infer_seconds: float
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scored:
+    outputs: list[OutputRecord]
+    outcome: BatchOutcome
 
 
 @dataclass(frozen=True)
@@ -64,9 +76,17 @@ class Pipeline:
         self.topics = topics
         self.clock_ms = clock_ms
 
-    async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
-        """Score one batch and emit its outputs; raises if they could not all be delivered."""
-        decoded = decode(records, self.schema)
+    async def score(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Scored:
+        """Predictions for the valid records, dead letters for the rest.
+
+        ``expired`` are indices of records that missed their deadline and, by configuration,
+        go to the dead-letter topic instead of the model.
+        """
+        decoded = decode(
+            records,
+            self.schema,
+            exclude=[Reject(i, "Expired", "the event missed its latency budget before it was scored") for i in expired],
+        )
         outputs: list[OutputRecord] = []
         infer_seconds = 0.0
         if len(decoded):
@@ -82,28 +102,40 @@ class Pipeline:
                 model_version=self.runner.version,
                 now_ms=self.clock_ms(),
             )
+        errors: dict[str, int] = {}
         if decoded.rejects:
-            for reject in decoded.rejects[:3]:
-                bad = records[reject.index]
-                log.warning(
-                    "pipeline %s: dead-lettering %s[%d]@%d: %s",
-                    self.name,
-                    bad.topic,
-                    bad.partition,
-                    bad.offset,
-                    reject.message,
-                )
-            outputs += encode_dead_letters(
-                records,
-                decoded.rejects,
-                topic=self.topics.dead_letter,
-                pipeline=self.name,
-                now_ms=self.clock_ms(),
+            for reject in decoded.rejects:
+                errors[reject.error] = errors.get(reject.error, 0) + 1
+            first = decoded.rejects[0]
+            bad = records[first.index]
+            log.warning(
+                "pipeline %s: %d event(s) to the dead-letter topic %s, e.g. %s[%d]@%d: %s",
+                self.name,
+                len(decoded.rejects),
+                self.topics.dead_letter,
+                bad.topic,
+                bad.partition,
+                bad.offset,
+                first.message,
             )
-        await self.sink.send(outputs)
-        return BatchOutcome(
+            outputs += encode_dead_letters(
+                records, decoded.rejects, topic=self.topics.dead_letter, pipeline=self.name, now_ms=self.clock_ms()
+            )
+        outcome = BatchOutcome(
             events=len(records),
             scored=len(decoded),
             dead_lettered=len(decoded.rejects),
             infer_seconds=infer_seconds,
+            errors=errors,
         )
+        return Scored(outputs, outcome)
+
+    async def emit(self, scored: Scored) -> Awaitable[None]:
+        """Send a scored batch's outputs; await the result for their acknowledgement."""
+        return await self.sink.send(scored.outputs)
+
+    async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
+        """Score one batch, emit it, and wait until every output is acknowledged."""
+        scored = await self.score(records)
+        await (await self.emit(scored))
+        return scored.outcome

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import numpy as np
 
@@ -32,5 +32,10 @@ class ListSink:
     def __init__(self) -> None:
         self.records: list[OutputRecord] = []
 
-    async def send(self, records: Sequence[OutputRecord]) -> None:
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
         self.records.extend(records)
+        return _acknowledged()
+
+
+async def _acknowledged() -> None:
+    return None

@@ -35,16 +35,12 @@ class Progress:
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         end = "\n" if final or not sys.stderr.isatty() else "\r"
         tail = f"in {elapsed:.1f}s" if final else f"ETA {eta:.0f}s"
-        print(
-            f"{self.what}: {done}/{self.total} ({rate:,.0f}/s, {tail})", end=end, file=sys.stderr, flush=True
-        )
+        print(f"{self.what}: {done}/{self.total} ({rate:,.0f}/s, {tail})", end=end, file=sys.stderr, flush=True)
 
 
 @app.command(
     option("--count", "-n", type=int, default=1000, show_default=True, help="How many events to produce."),
-    option(
-        "--topic", "-t", default=None, help="Topic to write to (default: the first pipeline's first input)."
-    ),
+    option("--topic", "-t", default=None, help="Topic to write to (default: the first pipeline's first input)."),
     option(
         "--rate",
         "-r",
@@ -52,17 +48,13 @@ class Progress:
         default=0.0,
         help="Events per second, open loop (0 = as fast as possible).",
     ),
-    option(
-        "--seed", type=int, default=1, show_default=True, help="Seed: the same seed gives the same events."
-    ),
+    option("--seed", type=int, default=1, show_default=True, help="Seed: the same seed gives the same events."),
 )
 async def produce(self: AppCommand, count: int, topic: str | None, rate: float, seed: int) -> None:
     """Produce synthetic card transactions (the demo models' input) to Kafka."""
     topic = topic or config.pipelines[0].input_topics[0]
     bootstrap = config.bootstrap_servers
-    await ensure_topics(
-        bootstrap, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions
-    )
+    await ensure_topics(bootstrap, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=True)
     await producer.start()
     progress = Progress(count, f"produced to {topic}")

@@ -67,9 +67,7 @@ def simulate(
             sim.batches.append(len(batch))
             sim.late_batches += batch.late
             deadlines = batch.deadlines_ms.tolist()
-            sim.completed.extend(
-                (r, d, now, batch.late) for r, d in zip(batch.records, deadlines, strict=True)
-            )
+            sim.completed.extend((r, d, now, batch.late) for r, d in zip(batch.records, deadlines, strict=True))
         else:
             next_arrival = records[i].timestamp if i < len(records) else np.inf
             now = min(next_arrival, now + plan.wait_ms) if plan.wait_ms != np.inf else next_arrival
@@ -138,13 +136,21 @@ def test_throughput_mode_always_takes_the_largest_batch():
 def test_it_waits_for_records_the_broker_already_holds_when_the_deadline_allows():
     cost = CostModel()
     cost.seed({1: 0.001, 512: 0.005})
-    batcher = Batcher(BatchPolicy(max_batch_size=512, latency_budget_ms=100, max_fill_wait_ms=20), cost)
-    batcher.add([InputRecord("in", 0, i, 1_000, None, None) for i in range(10)], now_ms=1_000)
+    policy = BatchPolicy(max_batch_size=512, latency_budget_ms=100, max_fill_wait_ms=20)
+    records = [InputRecord("in", 0, i, 1_000, None, None) for i in range(10)]
+
+    def fresh() -> Batcher:
+        batcher = Batcher(policy, cost)
+        batcher.add(records, now_ms=1_000)
+        return batcher
+
+    batcher = fresh()
     waiting = batcher.plan(now_ms=1_000, backlog=5_000)
     assert waiting.take == 0
     assert 0 < waiting.wait_ms <= 20
-    assert batcher.plan(now_ms=1_000, backlog=0).take == 10, "no lag: waiting only adds latency"
-    assert batcher.plan(now_ms=1_097, backlog=5_000).take == 10, "no slack left: go now"
+    assert batcher.plan(now_ms=1_005, backlog=5_000).take == 10, "one wait per batch, then go"
+    assert fresh().plan(now_ms=1_000, backlog=0).take == 10, "no lag: waiting only adds latency"
+    assert fresh().plan(now_ms=1_097, backlog=5_000).take == 10, "no slack left: go now"
 
 
 def test_the_measured_time_to_acknowledge_counts_against_the_budget():
@@ -228,9 +234,7 @@ def test_any_arrivals_and_costs_keep_every_event_once_in_order_within_max_batch(
     per_event=st.floats(min_value=0.0, max_value=0.2),
     budget=st.floats(min_value=10, max_value=200),
 )
-def test_when_the_cost_model_is_right_batches_not_marked_late_meet_every_deadline(
-    arrivals, fixed, per_event, budget
-):
+def test_when_the_cost_model_is_right_batches_not_marked_late_meet_every_deadline(arrivals, fixed, per_event, budget):
     # Seeding at every size makes the model exact for a linear cost.
     sim = simulate(
         arrivals,

@@ -102,9 +102,7 @@ def test_a_boolean_is_not_a_number(tmp_path):
 
 
 def test_negative_number(tmp_path):
-    message = error_for(
-        tmp_path, GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\npoll_ms = -5')
-    )
+    message = error_for(tmp_path, GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\npoll_ms = -5'))
     assert "key 'pipelines.p.poll_ms' has value -5: expected an integer >= 1" in message
 
 
@@ -124,9 +122,7 @@ def test_no_pipeline(tmp_path):
 
 
 def test_model_needs_exactly_one_source(tmp_path):
-    message = error_for(
-        tmp_path, GOOD.replace('demo = "fraud-mlp"', 'demo = "fraud-mlp"\ntorchscript = "m.pt"')
-    )
+    message = error_for(tmp_path, GOOD.replace('demo = "fraud-mlp"', 'demo = "fraud-mlp"\ntorchscript = "m.pt"'))
     assert "exactly one of" in message
     assert "pipelines.p.model" in message
 
@@ -137,9 +133,7 @@ def test_model_class_needs_weights(tmp_path):
 
 
 def test_model_paths_are_relative_to_the_config_file(tmp_path):
-    config = load_config(
-        write(tmp_path, GOOD.replace('demo = "fraud-mlp"', 'torchscript = "m.pt"')), environ={}
-    )
+    config = load_config(write(tmp_path, GOOD.replace('demo = "fraud-mlp"', 'torchscript = "m.pt"')), environ={})
     assert config.pipeline("p").model.torchscript == tmp_path / "m.pt"
 
 
@@ -151,3 +145,27 @@ def test_bad_feature_shape(tmp_path):
 def test_bad_device(tmp_path):
     message = error_for(tmp_path, GOOD.replace('id = "t"', 'id = "t"\ndevice = "tpu"'))
     assert "key 'app.device' has value 'tpu'" in message
+
+
+def test_budget_keys_have_defaults_and_are_validated(tmp_path):
+    p = load_config(write(tmp_path, GOOD), environ={}).pipeline("p")
+    assert (p.latency_budget_ms, p.deadline_from, p.late_events) == (50.0, "event", "score")
+    message = error_for(
+        tmp_path, GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\nlatency_budget_ms = -5')
+    )
+    assert "key 'pipelines.p.latency_budget_ms' has value -5: expected a number > 0" in message
+
+
+def test_deadline_source_must_be_event_or_arrival(tmp_path):
+    message = error_for(
+        tmp_path, GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\ndeadline_from = "now"')
+    )
+    assert "key 'pipelines.p.deadline_from' has value 'now': expected one of ['event', 'arrival']" in message
+
+
+def test_late_policy_must_be_known(tmp_path):
+    message = error_for(
+        tmp_path, GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\nlate_events = "drop"')
+    )
+    assert "pipelines.p.late_events" in message
+    assert "['score', 'dead_letter']" in message

@@ -66,3 +66,16 @@ async def test_a_batch_of_only_bad_events_never_calls_the_model():
     await pipeline.process([rec(0, b"[]")])
     assert runner.batches == []
     assert [r.topic for r in sink.records] == ["dlq"]
+
+
+async def test_expired_events_go_to_the_dead_letter_topic_and_the_rest_are_scored_in_order():
+    pipeline, runner, sink = make_pipeline()
+    batch = [rec(i, orjson.dumps({"id": i, "x": [i, 0]})) for i in range(5)]
+    scored = await pipeline.score(batch, expired=[0, 3])
+    await (await pipeline.emit(scored))
+    assert runner.batches == [3]
+    predictions = [orjson.loads(r.value) for r in sink.records if r.topic == "out"]
+    assert [(p["id"], p["prediction"]) for p in predictions] == [(1, 1.0), (2, 2.0), (4, 4.0)]
+    dead = [orjson.loads(r.value) for r in sink.records if r.topic == "dlq"]
+    assert [(d["source"]["offset"], d["error"]) for d in dead] == [(0, "Expired"), (3, "Expired")]
+    assert scored.outcome.errors == {"Expired": 2}
