@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.synthetic import FEATURES
+from models.synthetic import FEATURES, HISTORY_FIELDS, HISTORY_STEPS
 
 
 class FraudMLP(nn.Module):
@@ -30,3 +30,35 @@ class FraudMLP(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(features))
+
+
+class FraudTransformer(nn.Module):
+    """The heavy demo model: a small transformer over the account's recent transactions,
+    joined with the per-event features (compute-bound: batching pays most here)."""
+
+    def __init__(
+        self,
+        features: int = FEATURES,
+        steps: int = HISTORY_STEPS,
+        fields: int = HISTORY_FIELDS,
+        d_model: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        feedforward: int = 256,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(fields, d_model)
+        self.position = nn.Parameter(0.02 * torch.randn(steps, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, heads, feedforward, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.event = nn.Sequential(nn.Linear(features, d_model), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(3 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, 1))
+
+    def logits(self, features: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        encoded = self.encoder(self.embed(history) + self.position)
+        # The whole history (mean) and its most recent step, where a takeover shows.
+        summary = torch.cat([encoded.mean(dim=1), encoded[:, -1], self.event(features)], dim=-1)
+        return self.head(summary).squeeze(-1)
+
+    def forward(self, features: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(features, history))

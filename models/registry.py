@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from models.demo import FraudMLP
+from models.demo import FraudMLP, FraudTransformer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -23,6 +23,8 @@ class DemoModel:
     version: str
     factory: type[nn.Module]
     description: str
+    # The fields of models.synthetic.Transactions that forward() takes, in order.
+    inputs: tuple[str, ...] = ("features",)
 
     @property
     def weights(self) -> Path:
@@ -41,6 +43,14 @@ DEMO_MODELS: dict[str, DemoModel] = {
             version="1",
             factory=FraudMLP,
             description="MLP over the 32 per-event features (light, transport-bound)",
+        ),
+        DemoModel(
+            name="fraud-transformer",
+            version="1",
+            factory=FraudTransformer,
+            description="2-layer transformer over the 16 most recent transactions plus the event's features "
+            "(heavy, compute-bound)",
+            inputs=("features", "history"),
         ),
     )
 }

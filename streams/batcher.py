@@ -11,7 +11,9 @@ read) plus the budget. Whenever the runner is free, the batcher is asked for a p
   past the slack — since a fuller batch costs little more than a small one; with no lag,
   waiting could only add latency, so go now;
 - events that cannot make their deadline anyway (a backlog after a restart, a slow
-  consumer) are scored in the largest batches, to catch up fastest, and counted as late.
+  consumer) are scored in the batches that give the most events per second — the
+  largest, unless the measurements show a smaller size is faster per event — to catch up
+  fastest, and are counted as late.
 
 The batcher is pure logic over a clock it is given: no I/O, no asyncio.
 """
@@ -130,7 +132,7 @@ class Batcher:
             return Plan(take=0, reason="empty")
         cap = min(queued, self.policy.max_batch_size)
         if self.policy.latency_budget_ms is None:
-            return Plan(take=cap, reason="throughput")
+            return Plan(take=self._fastest(cap), reason="throughput")
         # Most urgent deadline among the first n queued, for every n.
         urgent = np.minimum.accumulate(self._deadlines(cap))
         extra_ms = self.overhead_ms()
@@ -139,7 +141,7 @@ class Batcher:
             return now_ms + self.cost.predict(n) * 1000.0 + extra_ms <= urgent[n - 1]
 
         if not fits(1):
-            return Plan(take=cap, late=True, reason="late")
+            return Plan(take=self._fastest(cap), late=True, reason="late")
         lo, hi = 1, cap
         while lo < hi:  # fits() is monotone: more events cost more and have earlier deadlines
             mid = (lo + hi + 1) // 2
@@ -158,6 +160,11 @@ class Batcher:
                 self._waited_to_fill = True
                 return Plan(take=0, wait_ms=min(slack, self.policy.max_fill_wait_ms), reason="filling")
         return Plan(take=cap, reason="runner free")
+
+    def _fastest(self, cap: int) -> int:
+        """Catching up: the most events per second, but never less than a full queue allows."""
+        best = self.cost.best_throughput_size(self.policy.max_batch_size)
+        return min(cap, best)
 
     def take(self, plan: Plan, now_ms: float) -> Batch:
         """Remove the first ``plan.take`` events from the queue."""

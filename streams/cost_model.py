@@ -94,6 +94,16 @@ class CostModel:
                 hi = mid - 1
         return lo
 
+    def best_throughput_size(self, limit: int) -> int:
+        """The batch size up to ``limit`` with the most events per second, by what was measured.
+
+        Bigger is not always faster per event (a model may switch kernels or spill caches);
+        ties go to the larger size.
+        """
+        candidates = {limit} | {round(self._buckets[k].size) for k in self._keys}
+        candidates = {c for c in candidates if 1 <= c <= limit}
+        return max(candidates, key=lambda n: (n / max(self.predict(n), 1e-12), n))
+
     def table(self, sizes: list[int]) -> dict[int, float]:
         """Predictions for a few sizes, for logs and metrics."""
         return {s: self.predict(s) for s in sizes}

@@ -47,6 +47,7 @@ def write_config(
     model: str = 'demo = "fraud-mlp"',
     inputs: str = '[{ field = "features", shape = [32] }]',
     extra: str = "",
+    app_extra: str = "",
 ) -> Path:
     path = directory / f"{pipeline}.toml"
     path.write_text(
@@ -57,6 +58,7 @@ broker = "kafka://{bootstrap}"
 create_topics = true
 topic_partitions = {partitions}
 torch_threads = 1
+{app_extra}
 
 [pipelines.{pipeline}]
 input_topics = ["{input_topic}"]

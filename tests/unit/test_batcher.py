@@ -245,3 +245,12 @@ def test_when_the_cost_model_is_right_batches_not_marked_late_meet_every_deadlin
     )
     on_time = [(deadline, done) for _, deadline, done, late in sim.completed if not late]
     assert all(done <= deadline + 1e-6 for deadline, done in on_time)
+
+
+def test_catching_up_uses_the_size_with_the_most_events_per_second():
+    cost = CostModel()
+    cost.seed({1: 0.00064, 8: 0.00096, 32: 0.00188, 128: 0.0083, 512: 0.0324})
+    batcher = Batcher(BatchPolicy(max_batch_size=512, latency_budget_ms=50), cost)
+    batcher.add([InputRecord("in", 0, i, 0, None, None) for i in range(2_000)], now_ms=0)
+    plan = batcher.plan(now_ms=60_000)
+    assert (plan.take, plan.late) == (32, True)

@@ -45,6 +45,13 @@ def test_the_shipped_config_loads():
     assert config.pipelines[0].model.demo == "fraud-mlp"
 
 
+def test_the_shipped_transformer_config_loads():
+    config = load_config(Path(__file__).parents[2] / "config" / "transformer.toml", environ={})
+    (pipeline,) = config.pipelines
+    assert pipeline.model.demo == "fraud-transformer"
+    assert [f.shape for f in pipeline.schema.inputs] == [(32,), (16, 4)]
+
+
 def test_a_minimal_config_gets_documented_defaults(tmp_path):
     config = load_config(write(tmp_path, GOOD), environ={})
     p = config.pipeline("p")

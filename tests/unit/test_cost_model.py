@@ -54,3 +54,13 @@ def test_largest_within_finds_the_edge():
 
 def test_without_measurements_it_uses_the_fallback_rate():
     assert CostModel(fallback_seconds_per_event=0.001).predict(10) == pytest.approx(0.01)
+
+
+def test_the_fastest_size_per_event_is_not_always_the_largest():
+    model = CostModel()
+    model.seed({1: 0.00064, 8: 0.00096, 32: 0.00188, 128: 0.0083, 512: 0.0324})  # the demo transformer
+    assert model.best_throughput_size(512) == 32
+    linear = CostModel()
+    linear.seed({1: 0.001, 64: 0.002, 512: 0.010})
+    assert linear.best_throughput_size(512) == 512
+    assert linear.best_throughput_size(100) == 100

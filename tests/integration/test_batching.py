@@ -1,0 +1,60 @@
+"""The adaptive batcher in a real worker: the heavy model under a trickle, then a burst."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import orjson
+
+from app.demo_events import demo_events
+from tests.integration.kafka_helpers import produce_raw, read_topic, running_worker, unique, write_config
+
+STATS = re.compile(r"pipeline burst: (\d+) events in [\d.]+s .*?mean size ([\d.]+), max (\d+);")
+
+
+def batch_stats(log: str) -> list[tuple[int, float, int]]:
+    return [(int(n), float(mean), int(largest)) for n, mean, largest in STATS.findall(log)]
+
+
+async def test_under_a_burst_the_heavy_model_keeps_every_event_and_batches_grow(kafka, tmp_path):
+    name = unique("burst")
+    topics = {"input_topic": f"{name}-in", "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq"}
+    config = write_config(
+        tmp_path,
+        bootstrap=kafka,
+        pipeline="burst",
+        partitions=2,
+        model='demo = "fraud-transformer"',
+        inputs='[{ field = "features", shape = [32] }, { field = "history", shape = [16, 4] }]',
+        extra="latency_budget_ms = 50\nmax_batch_size = 256",
+        app_extra="stats_interval_s = 1",
+        **topics,
+    )
+    events = list(demo_events(3_000, seed=21))
+    trickle, burst = events[:40], events[40:]
+    log_path = tmp_path / "worker.log"
+
+    with running_worker(config, log_path, ready_text="pipeline burst: scoring"):
+        for event in trickle:  # 20 events/s: each one should go alone
+            await produce_raw(kafka, topics["input_topic"], [(event.key, event.value)])
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)
+        trickle_stats = batch_stats(log_path.read_text())
+        await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in burst])
+        outputs = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=120)
+        await asyncio.sleep(1.5)
+        all_stats = batch_stats(log_path.read_text())
+
+    ids = {orjson.loads(r.value)["id"] for r in outputs}
+    missing = sorted({e.id for e in events} - ids)
+    assert not missing, f"{len(missing)} events got no prediction, e.g. {missing[:10]}"
+    assert trickle_stats, "the worker logged no batch statistics during the trickle"
+    burst_stats = all_stats[len(trickle_stats) :]
+    assert burst_stats, "the worker logged no batch statistics during the burst"
+    trickle_max = max(largest for _, _, largest in trickle_stats)
+    burst_max = max(largest for _, _, largest in burst_stats)
+    burst_mean = max(mean for _, mean, _ in burst_stats)
+    assert trickle_max <= 4, f"a trickle should be scored event by event, saw batches of {trickle_max}"
+    assert burst_max > 4 * trickle_max and burst_mean > 8, (trickle_stats, burst_stats)
+    assert burst_max <= 256
