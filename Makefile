@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint train kafka-start kafka-stop clean
+.PHONY: setup demo test lint train bench kafka-start kafka-stop clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+bench: setup kafka-start
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m bench.latency
 
 train: setup
 	$(PY) -m models.train

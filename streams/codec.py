@@ -234,6 +234,7 @@ def encode_predictions(
                         "latency_ms": now_ms - record.timestamp,
                     }
                 ),
+                record.partition,
             )
         )
     return out

@@ -94,15 +94,21 @@ class CostModel:
                 hi = mid - 1
         return lo
 
-    def best_throughput_size(self, limit: int) -> int:
+    def best_throughput_size(self, limit: int, margin: float = 1.05) -> int:
         """The batch size up to ``limit`` with the most events per second, by what was measured.
 
-        Bigger is not always faster per event (a model may switch kernels or spill caches);
-        ties go to the larger size.
+        Bigger is not always faster per event (a model may switch kernels or spill caches),
+        but a batch also has costs this model does not time (a fetch, a produce request, a
+        commit), so a smaller size must measure clearly faster (``margin``) to be chosen.
         """
         candidates = {limit} | {round(self._buckets[k].size) for k in self._keys}
         candidates = {c for c in candidates if 1 <= c <= limit}
-        return max(candidates, key=lambda n: (n / max(self.predict(n), 1e-12), n))
+
+        def rate(n: int) -> float:
+            return n / max(self.predict(n), 1e-12)
+
+        best = max(candidates, key=lambda n: (rate(n), n))
+        return best if rate(best) > margin * rate(limit) else limit
 
     def table(self, sizes: list[int]) -> dict[int, float]:
         """Predictions for a few sizes, for logs and metrics."""

@@ -41,7 +41,7 @@ def dead_letter(
         **_bytes_fields("key", record.key),
         **_bytes_fields("value", record.value),
     }
-    return OutputRecord(topic, record.key, orjson.dumps(body))
+    return OutputRecord(topic, record.key, orjson.dumps(body), record.partition)
 
 
 def encode_dead_letters(

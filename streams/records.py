@@ -49,8 +49,13 @@ class InputRecord:
 
 @dataclass(frozen=True, slots=True)
 class OutputRecord:
-    """A record to produce: a prediction or a dead letter."""
+    """A record to produce: a prediction or a dead letter.
+
+    ``partition`` is the partition of the input it answers, which the sink follows so
+    per-key order holds without re-hashing keys; None leaves it to the key partitioner.
+    """
 
     topic: str
     key: bytes | None
     value: bytes
+    partition: int | None = None

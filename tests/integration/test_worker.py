@@ -52,6 +52,7 @@ async def test_every_produced_event_gets_a_prediction_keyed_like_its_input(kafka
     assert not missing, f"{len(missing)} events got no prediction, e.g. {missing[:10]}"
     for record, body in zip(outputs, bodies, strict=True):
         assert record.key == expected_keys[body["id"]], "a prediction is keyed like its input event"
+        assert record.partition == body["source"]["partition"], "co-partitioned with its input"
         assert 0.0 <= body["prediction"] <= 1.0
         assert body["model"] == "fraud-mlp"
         assert body["source"]["topic"] == topics["input_topic"]

@@ -98,6 +98,7 @@ def test_encoded_predictions_carry_id_key_model_source_and_latency():
     )
     assert [o.topic for o in out] == ["out", "out"]
     assert [o.key for o in out] == [b"k0", b"k1"]
+    assert [o.partition for o in out] == [0, 0], "outputs follow their input's partition"
     body = orjson.loads(out[1].value)
     assert body == {
         "id": "e1",

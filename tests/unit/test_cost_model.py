@@ -64,3 +64,9 @@ def test_the_fastest_size_per_event_is_not_always_the_largest():
     linear.seed({1: 0.001, 64: 0.002, 512: 0.010})
     assert linear.best_throughput_size(512) == 512
     assert linear.best_throughput_size(100) == 100
+
+
+def test_a_smaller_batch_must_be_clearly_faster_to_be_preferred():
+    model = CostModel()
+    model.seed({64: 0.0064, 512: 0.0520})  # 64 is 1.6% faster per event: noise, not a reason
+    assert model.best_throughput_size(512) == 512

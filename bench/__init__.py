@@ -1,0 +1,1 @@
+"""Benchmarks against the real broker. Run them with ``python -m bench.<name>``."""

@@ -1,0 +1,118 @@
+"""The two ceilings every sluice figure is a ratio to, measured in the same run:
+
+- the model alone: in-memory tensors, no Kafka, at its best batch size;
+- the transport alone: aiokafka ``getmany`` + decode + encode + batched produce through
+  the same pipeline code, with a runner that returns zeros instead of a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app.demo_events import demo_events
+from models.loading import ModelSpec, load_model
+from models.registry import DEMO_MODELS
+from models.synthetic import generate
+from streams.codec import EventSchema, TensorField
+from streams.kafka_sink import KafkaSink
+from streams.pipeline import Pipeline, PipelineTopics
+
+SIZES = (1, 8, 32, 64, 128, 256, 512)
+SCHEMAS = {
+    "fraud-mlp": EventSchema("id", (TensorField("features", (32,)),)),
+    "fraud-transformer": EventSchema("id", (TensorField("features", (32,)), TensorField("history", (16, 4)))),
+}
+
+
+def model_alone(model: str, *, threads: int, min_seconds: float = 0.5) -> dict[str, object]:
+    """Events/s of the bare model per batch size, on in-memory tensors."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        module = load_model(ModelSpec(demo=model)).module.eval()
+        data = generate(max(SIZES), seed=5)
+        per_size: dict[int, float] = {}
+        for size in SIZES:
+            inputs = [torch.from_numpy(getattr(data, f)[:size]) for f in DEMO_MODELS[model].inputs]
+            with torch.inference_mode():
+                module(*inputs)
+                calls, started = 0, time.perf_counter()
+                while time.perf_counter() - started < min_seconds:
+                    module(*inputs)
+                    calls += 1
+                per_size[size] = calls * size / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(previous)
+    best = max(per_size, key=lambda s: per_size[s])
+    return {"per_batch_size_per_s": per_size, "best_batch": best, "best_per_s": per_size[best], "threads": threads}
+
+
+class ZeroRunner:
+    """Stands in for the model so only the transport is measured."""
+
+    name = "none"
+    version = "0"
+
+    async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        return np.zeros(inputs[0].shape[0], dtype=np.float32)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def transport_alone(bootstrap: str, model: str, count: int) -> float:
+    """Events/s through fetch + decode + encode + produce (acknowledged), no model."""
+    tag = f"bench-transport-{model}-{int(time.time())}"
+    topic_in, topic_out = f"{tag}-in", f"{tag}-out"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic_in, 2, 1), NewTopic(topic_out, 2, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
+    )
+    await consumer.start()
+    try:
+        pending = [await producer.send(topic_in, e.value, key=e.key) for e in demo_events(count, seed=3)]
+        await asyncio.gather(*pending)
+        pipeline = Pipeline(
+            name="transport",
+            schema=SCHEMAS[model],
+            runner=ZeroRunner(),
+            sink=KafkaSink(producer),
+            topics=PipelineTopics(topic_out, f"{topic_out}-dlq"),
+        )
+        tps = [TopicPartition(topic_in, p) for p in (0, 1)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        done, acks = 0, []
+        started = time.perf_counter()
+        while done < count:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=512)
+            records = [r for part in fetched.values() for r in part]
+            if not records:
+                continue
+            scored = await pipeline.score(records)
+            acks.append(await pipeline.emit(scored))
+            done += len(records)
+            if len(acks) > 4:
+                await acks.pop(0)
+        for ack in acks:
+            await ack
+        return count / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+        await producer.stop()

@@ -1,0 +1,363 @@
+"""Live scoring benchmark against the real broker: sluice's adaptive batcher vs what a Faust
+user writes first (one event at a time; fixed-size ``take()``), for both demo models, with
+the two ceilings measured in the same run.
+
+    docker/kafka-local start
+    .venv/bin/python -m bench.latency                      # both models, ~8 minutes
+    .venv/bin/python -m bench.latency --models fraud-mlp --seconds 8
+
+For each model and strategy: saturation (drain rate of a backlog, worker start-up not
+counted), then open-loop loads at fractions of the adaptive worker's saturation rate, the
+same absolute rates for every strategy. End-to-end latency is measured by the broker's
+clocks: input CreateTime (set when the load generator sends) to the output's append time
+(output topics use message.timestamp.type=LogAppendTime). Results go to
+bench/results/latency.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app.demo_events import demo_events
+from bench.ceilings import model_alone, transport_alone
+from models.registry import DEMO_MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+BOOTSTRAP = os.environ.get("SLUICE_BENCH_BOOTSTRAP", "127.0.0.1:9092")
+PARTITIONS = 2
+BUDGET_MS = 50
+# Backlog sizes for the saturation runs: about ten seconds of work each.
+BACKLOG = {"fraud-mlp": 60_000, "fraud-transformer": 20_000}
+INPUTS = {
+    "fraud-mlp": '[{ field = "features", shape = [32] }]',
+    "fraud-transformer": '[{ field = "features", shape = [32] }, { field = "history", shape = [16, 4] }]',
+}
+
+
+@dataclass
+class LoadPoint:
+    model: str
+    strategy: str
+    fraction: float
+    offered_per_s: float
+    achieved_per_s: float
+    completed: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    saturated: bool
+
+
+def events(count: int, seed: int) -> list[tuple[bytes, bytes]]:
+    return [(e.key, e.value) for e in demo_events(count, seed=seed)]
+
+
+def ids_of(items: list[tuple[bytes, bytes]]) -> set[str]:
+    return {orjson.loads(value)["id"] for _, value in items}
+
+
+async def create_topics(names: list[str], *, log_append: bool = False) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        configs = {"message.timestamp.type": "LogAppendTime"} if log_append else {}
+        await admin.create_topics([NewTopic(n, PARTITIONS, 1, topic_configs=configs) for n in names])
+    finally:
+        await admin.close()
+
+
+async def produce(topic: str, items: list[tuple[bytes, bytes]], rate: float = 0.0) -> float:
+    """Send ``items``; at ``rate`` events/s open loop if given. Returns the achieved send rate.
+
+    The generator shares the machine with the broker and the worker, so it must cost as
+    little as possible: records go out in hand-built batches (``send_batch``), spread over
+    the partitions, each stamped (CreateTime) when it is appended, i.e. when it is due.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks=1, max_batch_size=1024 * 1024)
+    await producer.start()
+    try:
+        pending: list[asyncio.Future[object]] = []
+        started = time.monotonic()
+        sent = 0
+        while sent < len(items):
+            # Open loop: everything due by now goes out, whatever the worker does.
+            due = len(items) if not rate else min(len(items), int((time.monotonic() - started) * rate) + 1)
+            while sent < due:
+                upto = min(due, sent + 2_000)
+                for partition in range(PARTITIONS):
+                    batch = producer.create_batch()
+                    for key, value in items[sent + partition : upto : PARTITIONS]:
+                        batch.append(key=key, value=value, timestamp=None)
+                    batch.close()
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                sent = upto
+            if len(pending) > 200 or sent == len(items):
+                await asyncio.gather(*pending)
+                pending.clear()
+            if rate and sent < len(items):
+                await asyncio.sleep(max(0.0005, started + sent / rate - time.monotonic()))
+        elapsed = time.monotonic() - started
+        return len(items) / elapsed if elapsed > 0 else float("inf")
+    finally:
+        await producer.stop()
+
+
+async def read_outputs(topic: str, wanted: set[str], timeout_s: float) -> dict[str, tuple[int, int]]:
+    """id -> (input timestamp, output append time) of the outputs for ``wanted`` ids, waiting for all."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen: dict[str, tuple[int, int]] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(seen) < len(wanted) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for records in batch.values():
+                for r in records:
+                    body = orjson.loads(r.value)
+                    if body["id"] in wanted:
+                        seen.setdefault(body["id"], (body["event_ts"], r.timestamp))
+        return seen
+    finally:
+        await consumer.stop()
+
+
+def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str) -> None:
+    path.write_text(
+        f"""[app]
+id = "bench-adaptive"
+broker = "kafka://{BOOTSTRAP}"
+create_topics = true
+topic_partitions = {PARTITIONS}
+torch_threads = 1
+stats_interval_s = 5
+
+[pipelines.bench]
+input_topics = ["{topic_in}"]
+output_topic = "{topic_out}"
+dead_letter_topic = "{topic_in}-dlq"
+latency_budget_ms = {BUDGET_MS}
+max_batch_size = 512
+
+[pipelines.bench.model]
+demo = "{model}"
+
+[pipelines.bench.features]
+inputs = {INPUTS[model]}
+"""
+    )
+
+
+def start_worker(strategy: str, model: str, topic_in: str, topic_out: str, workdir: Path) -> subprocess.Popen[bytes]:
+    log = (workdir / f"{model}-{strategy}.log").open("wb")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if strategy == "adaptive":
+        config = workdir / f"{model}.toml"
+        write_sluice_config(config, model, topic_in, topic_out)
+        cmd = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "--config",
+            str(config),
+            "--datadir",
+            str(workdir / "data"),
+            "worker",
+            "-l",
+            "info",
+            "--without-web",
+        ]
+    else:
+        env.update(
+            BENCH_MODE="per_event" if strategy == "per-event" else "take",
+            BENCH_MODEL=model,
+            BENCH_IN=topic_in,
+            BENCH_OUT=topic_out,
+            BENCH_BROKER=f"kafka://{BOOTSTRAP}",
+            BENCH_APP_ID=f"{topic_in}-app",
+            BENCH_PARTITIONS=str(PARTITIONS),
+            BENCH_TORCH_THREADS="1",
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "faust",
+            "-A",
+            "bench.faust_peers",
+            "--datadir",
+            str(workdir / "data"),
+            "--loop",
+            "uvloop",
+            "worker",
+            "-l",
+            "info",
+            "--without-web",
+        ]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def output_rate(outputs: dict[str, tuple[int, int]], skip: float = 0.05) -> float:
+    """Outputs per second by their append times, the first ``skip`` (start-up, ramp) not counted."""
+    appended = np.array(sorted(t for _, t in outputs.values()), dtype=np.float64)
+    start = int(skip * len(appended))
+    span_s = (appended[-1] - appended[start]) / 1000 if len(appended) > start + 1 else 0.0
+    return (len(appended) - start - 1) / span_s if span_s > 0 else 0.0
+
+
+async def saturation(
+    model: str, strategy: str, workdir: Path, seconds: float
+) -> tuple[float, float, str, str, subprocess.Popen[bytes]]:
+    """Two saturation rates, and the running worker for the loads:
+
+    - drain: how fast it works off a backlog produced beforehand (the worker has the CPUs);
+    - under load: how many outputs per second it achieves while the load generator offers
+      more than it can take (1.5x the drain rate), sharing the CPUs as in the load points.
+    """
+    tag = f"bench-{model}-{strategy}-{int(time.time())}"
+    topic_in, topic_out = f"{tag}-in", f"{tag}-out"
+    await create_topics([topic_in])
+    await create_topics([topic_out], log_append=True)
+    count = BACKLOG[model] // (4 if strategy == "per-event" else 1)
+    backlog = events(count, seed=1)
+    await produce(topic_in, backlog)
+    worker = start_worker(strategy, model, topic_in, topic_out, workdir)
+    drain = output_rate(await read_outputs(topic_out, ids_of(backlog), timeout_s=300))
+    overload = events(int(1.5 * drain * seconds), seed=2)
+    await produce(topic_in, overload, rate=1.5 * drain)
+    loaded = output_rate(await read_outputs(topic_out, ids_of(overload), timeout_s=seconds * 4), skip=0.2)
+    print(
+        f"  {model:18s} {strategy:10s} saturation: drains a backlog at {drain:,.0f}/s, "
+        f"{loaded:,.0f}/s under an open-loop overload",
+        flush=True,
+    )
+    return drain, loaded, topic_in, topic_out, worker
+
+
+async def load_point(
+    model: str, strategy: str, fraction: float, rate: float, topic_in: str, topic_out: str, seconds: float, seed: int
+) -> LoadPoint:
+    warm_up_s = min(3.0, seconds / 4)
+    count = max(20, int(rate * seconds))
+    items = events(count, seed=seed)
+    achieved = await produce(topic_in, items, rate=rate)
+    ours = await read_outputs(topic_out, ids_of(items), timeout_s=max(30.0, seconds * 3))
+    stamps = sorted(ours.values())
+    first_ts = stamps[0][0] if stamps else 0
+    latencies = np.array([out - inp for inp, out in stamps if inp >= first_ts + warm_up_s * 1000], dtype=np.float64)
+    if latencies.size == 0:
+        latencies = np.array([np.nan])
+    completed = len(ours) / count
+    p50, p99, p999 = np.percentile(latencies, [50, 99, 99.9])
+    saturated = achieved < 0.95 * rate or completed < 0.999 or p50 > 20 * BUDGET_MS
+    point = LoadPoint(
+        model,
+        strategy,
+        fraction,
+        float(rate),
+        float(achieved),
+        float(completed),
+        float(p50),
+        float(p99),
+        float(p999),
+        bool(saturated),
+    )
+    flag = "  SATURATED" if saturated else ""
+    print(
+        f"  {model:18s} {strategy:10s} {fraction:>4.0%} of saturation ({rate:,.0f}/s): "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, p99.9 {p999:.1f} ms, {completed:.1%} scored{flag}",
+        flush=True,
+    )
+    return point
+
+
+async def run(models: list[str], fractions: list[float], seconds: float, workdir: Path) -> dict[str, object]:
+    results: dict[str, object] = {
+        "models": {},
+        "budget_ms": BUDGET_MS,
+        "partitions": PARTITIONS,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(),
+    }
+    for model in models:
+        print(f"{model}: ceilings", flush=True)
+        model_ceiling = model_alone(model, threads=1)
+        transport = await transport_alone(BOOTSTRAP, model, BACKLOG[model])
+        print(
+            f"  model alone {model_ceiling['best_per_s']:,.0f}/s at batch {model_ceiling['best_batch']}; "
+            f"transport alone {transport:,.0f}/s",
+            flush=True,
+        )
+        entry: dict[str, object] = {
+            "model_alone": model_ceiling,
+            "transport_alone_per_s": transport,
+            "saturation_per_s": {},
+            "drain_per_s": {},
+            "points": [],
+        }
+        reference = 0.0
+        for strategy in ("adaptive", "take", "per-event"):
+            drain, rate, topic_in, topic_out, worker = await saturation(model, strategy, workdir, seconds)
+            entry["saturation_per_s"][strategy] = rate  # type: ignore[index]
+            entry["drain_per_s"][strategy] = drain  # type: ignore[index]
+            reference = reference or rate
+            try:
+                for i, fraction in enumerate(fractions):
+                    point = await load_point(
+                        model, strategy, fraction, fraction * reference, topic_in, topic_out, seconds, seed=100 + i
+                    )
+                    entry["points"].append(asdict(point))  # type: ignore[attr-defined]
+            finally:
+                stop_worker(worker)
+        results["models"][model] = entry  # type: ignore[index]
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(DEMO_MODELS))
+    parser.add_argument("--fractions", default="0.05,0.4,0.7")
+    parser.add_argument("--seconds", type=float, default=12.0, help="seconds per load point (warm-up included)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = args.out / "tmp"
+    workdir.mkdir(exist_ok=True)
+    results = asyncio.run(
+        run(args.models.split(","), [float(f) for f in args.fractions.split(",")], args.seconds, workdir)
+    )
+    (args.out / "latency.json").write_text(json.dumps(results, indent=2) + "\n")
+    from bench.report import write_latency_report
+
+    write_latency_report(results, args.out)
+    print(f"results: {args.out / 'latency.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

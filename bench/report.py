@@ -1,0 +1,91 @@
+"""Turn benchmark results into a page a person can read (Markdown table) and a plot (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+LABELS = {
+    "per-event": "one event at a time (Faust agent)",
+    "take": "fixed batches (Faust take(256, 10 ms))",
+    "adaptive": "sluice adaptive batcher",
+}
+
+
+def write_latency_report(results: dict[str, Any], out: Path) -> None:
+    lines = [
+        "# Live scoring: sluice's adaptive batcher vs Faust agents",
+        "",
+        f"Run {results['started']} on {results['cpus']} CPUs, real Apache Kafka broker on the same machine, "
+        f"{results['partitions']} partitions, latency budget {results['budget_ms']} ms, every worker with 1 torch "
+        "thread. Reproduce: `docker/kafka-local start && .venv/bin/python -m bench.latency`.",
+        "",
+        "Latency is end to end by the broker's clocks: input CreateTime to the output's LogAppendTime. Loads are "
+        "open loop, at fractions of the adaptive worker's saturation rate (the same absolute rates for every "
+        "strategy); a point is SATURATED when the achieved rate fell under 95% of the offered rate or events were "
+        "not all scored in time. The load generator, the broker and the worker share the machine's cores.",
+        "",
+    ]
+    for model, entry in results["models"].items():
+        ceiling = entry["model_alone"]
+        transport = entry["transport_alone_per_s"]
+        sat = entry["saturation_per_s"]
+        lines += [
+            f"## {model}",
+            "",
+            "| ceiling / strategy | events/s | vs model alone | vs transport alone | vs one at a time |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            f"| model alone (best batch {ceiling['best_batch']}) | {ceiling['best_per_s']:,.0f} | 1.00 | | |",
+            f"| transport alone (fetch+decode+encode+produce) | {transport:,.0f} | | 1.00 | |",
+        ]
+        for strategy in ("adaptive", "take", "per-event"):
+            rate = sat.get(strategy, 0.0)
+            lines.append(
+                f"| {LABELS[strategy]}, saturated | {rate:,.0f} | {rate / ceiling['best_per_s']:.2f} | "
+                f"{rate / transport:.2f} | {rate / max(sat.get('per-event', 0.0), 1e-9):.1f}x |"
+            )
+        lines += [
+            "",
+            "| strategy | load | offered/s | achieved/s | scored | p50 ms | p99 ms | p99.9 ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for p in entry["points"]:
+            flag = " SATURATED" if p["saturated"] else ""
+            lines.append(
+                f"| {LABELS[p['strategy']]} | {p['fraction']:.0%}{flag} | {p['offered_per_s']:,.0f} | "
+                f"{p['achieved_per_s']:,.0f} | {p['completed']:.1%} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | "
+                f"{p['p999_ms']:.1f} |"
+            )
+        lines.append("")
+    lines.append("![p99 latency by offered load](latency.png)")
+    (out / "latency.md").write_text("\n".join(lines) + "\n")
+    _plot(results, out / "latency.png")
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        points = results["models"][model]["points"]
+        for strategy in ("adaptive", "take", "per-event"):
+            mine = [p for p in points if p["strategy"] == strategy]
+            xs = [p["offered_per_s"] for p in mine]
+            ys = [p["p99_ms"] for p in mine]
+            ax.plot(xs, ys, marker="o", label=LABELS[strategy])
+            for p in mine:
+                if p["saturated"]:
+                    ax.annotate("saturated", (p["offered_per_s"], p["p99_ms"]), fontsize=7)
+        ax.axhline(results["budget_ms"], color="grey", linestyle="--", linewidth=1, label="budget")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load (events/s)")
+        ax.set_ylabel("p99 end-to-end latency (ms)")
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
