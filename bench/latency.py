@@ -296,7 +296,9 @@ async def load_point(
     return point
 
 
-async def run(models: list[str], fractions: list[float], seconds: float, workdir: Path) -> dict[str, object]:
+async def run(
+    models: list[str], fractions: list[float], seconds: float, workdir: Path, strategies: list[str]
+) -> dict[str, object]:
     results: dict[str, object] = {
         "models": {},
         "budget_ms": BUDGET_MS,
@@ -321,7 +323,7 @@ async def run(models: list[str], fractions: list[float], seconds: float, workdir
             "points": [],
         }
         reference = 0.0
-        for strategy in ("adaptive", "take", "per-event"):
+        for strategy in strategies:
             drain, rate, topic_in, topic_out, worker = await saturation(model, strategy, workdir, seconds)
             entry["saturation_per_s"][strategy] = rate  # type: ignore[index]
             entry["drain_per_s"][strategy] = drain  # type: ignore[index]
@@ -344,12 +346,19 @@ def main() -> int:
     parser.add_argument("--fractions", default="0.05,0.4,0.7")
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds per load point (warm-up included)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--strategies", default="adaptive,take,per-event", help="adaptive first: it sets the loads")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.out / "tmp"
     workdir.mkdir(exist_ok=True)
     results = asyncio.run(
-        run(args.models.split(","), [float(f) for f in args.fractions.split(",")], args.seconds, workdir)
+        run(
+            args.models.split(","),
+            [float(f) for f in args.fractions.split(",")],
+            args.seconds,
+            workdir,
+            args.strategies.split(","),
+        )
     )
     (args.out / "latency.json").write_text(json.dumps(results, indent=2) + "\n")
     from bench.report import write_latency_report
