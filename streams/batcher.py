@@ -3,7 +3,10 @@
 Every queued event has a deadline: its timestamp (the Kafka record's, or the time it was
 read) plus the budget. Whenever the runner is free, the batcher is asked for a plan:
 
-- take what is queued, up to ``max_batch_size``, but never so many that the predicted
+- take what is queued, up to ``max_batch_size`` — or up to the size with the most events
+  per second, when the measurements show that bigger batches are slower per event: a
+  bigger batch would then only take longer, and let the queue behind it grow — but never
+  so many that the predicted
   cost (``CostModel``, measured on this machine, plus the measured time for outputs to be
   acknowledged) would push the most urgent event of the batch past its deadline;
 - if all that is queued fits with time to spare and the broker already holds more records
@@ -130,9 +133,10 @@ class Batcher:
         queued = self._size
         if queued == 0:
             return Plan(take=0, reason="empty")
-        cap = min(queued, self.policy.max_batch_size)
+        limit = self.cost.best_throughput_size(self.policy.max_batch_size)
+        cap = min(queued, limit)
         if self.policy.latency_budget_ms is None:
-            return Plan(take=self._fastest(cap), reason="throughput")
+            return Plan(take=cap, reason="throughput")
         # Most urgent deadline among the first n queued, for every n.
         urgent = np.minimum.accumulate(self._deadlines(cap))
         extra_ms = self.overhead_ms()
@@ -141,7 +145,7 @@ class Batcher:
             return now_ms + self.cost.predict(n) * 1000.0 + extra_ms <= urgent[n - 1]
 
         if not fits(1):
-            return Plan(take=self._fastest(cap), late=True, reason="late")
+            return Plan(take=cap, late=True, reason="late")
         lo, hi = 1, cap
         while lo < hi:  # fits() is monotone: more events cost more and have earlier deadlines
             mid = (lo + hi + 1) // 2
@@ -151,20 +155,15 @@ class Batcher:
                 hi = mid - 1
         if lo < cap:
             return Plan(take=lo, reason="deadline")
-        if cap == self.policy.max_batch_size:
+        if cap == limit:
             return Plan(take=cap, reason="full")
         if backlog > 0 and not self._waited_to_fill and self.policy.max_fill_wait_ms > 0:
-            target = min(self.policy.max_batch_size, queued + backlog)
+            target = min(limit, queued + backlog)
             slack = urgent[-1] - now_ms - extra_ms - self.cost.predict(target) * 1000.0
             if slack > 0:
                 self._waited_to_fill = True
                 return Plan(take=0, wait_ms=min(slack, self.policy.max_fill_wait_ms), reason="filling")
         return Plan(take=cap, reason="runner free")
-
-    def _fastest(self, cap: int) -> int:
-        """Catching up: the most events per second, but never less than a full queue allows."""
-        best = self.cost.best_throughput_size(self.policy.max_batch_size)
-        return min(cap, best)
 
     def take(self, plan: Plan, now_ms: float) -> Batch:
         """Remove the first ``plan.take`` events from the queue."""

@@ -57,6 +57,9 @@ async def test_every_produced_event_gets_a_prediction_keyed_like_its_input(kafka
         assert body["model"] == "fraud-mlp"
         assert body["source"]["topic"] == topics["input_topic"]
         assert body["latency_ms"] >= 0
+    for partition in {r.partition for r in outputs}:
+        offsets = [b["source"]["offset"] for r, b in zip(outputs, bodies, strict=True) if r.partition == partition]
+        assert offsets == sorted(offsets), f"outputs of partition {partition} are out of input order"
 
 
 async def test_bad_events_are_dead_lettered_and_the_worker_keeps_scoring(kafka, tmp_path):

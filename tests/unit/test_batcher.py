@@ -254,3 +254,12 @@ def test_catching_up_uses_the_size_with_the_most_events_per_second():
     batcher.add([InputRecord("in", 0, i, 0, None, None) for i in range(2_000)], now_ms=0)
     plan = batcher.plan(now_ms=60_000)
     assert (plan.take, plan.late) == (32, True)
+
+
+def test_on_time_batches_stop_at_the_fastest_size_when_bigger_is_slower_per_event():
+    cost = CostModel()
+    cost.seed({1: 0.00064, 8: 0.00096, 32: 0.00188, 128: 0.0083, 512: 0.0324})
+    batcher = Batcher(BatchPolicy(max_batch_size=512, latency_budget_ms=1_000), cost)
+    batcher.add([InputRecord("in", 0, i, 0, None, None) for i in range(300)], now_ms=0)
+    plan = batcher.plan(now_ms=0)
+    assert (plan.take, plan.late, plan.reason) == (32, False, "full")
