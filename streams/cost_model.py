@@ -82,18 +82,6 @@ class CostModel:
         last = points[-1]
         return (last.seconds + last.deviation) * size / last.size
 
-    def largest_within(self, seconds: float, limit: int) -> int:
-        """The largest batch size up to ``limit`` predicted to finish within ``seconds`` (0 if none)."""
-        lo, hi = 0, limit
-        # predict() is close to monotone in size; binary search finds the edge.
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.predict(mid) <= seconds:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
     def best_throughput_size(self, limit: int, margin: float = 1.05) -> int:
         """The batch size up to ``limit`` with the most events per second, by what was measured.
 
@@ -109,7 +97,3 @@ class CostModel:
 
         best = max(candidates, key=lambda n: (rate(n), n))
         return best if rate(best) > margin * rate(limit) else limit
-
-    def table(self, sizes: list[int]) -> dict[int, float]:
-        """Predictions for a few sizes, for logs and metrics."""
-        return {s: self.predict(s) for s in sizes}

@@ -85,10 +85,6 @@ class KafkaBatchSource:
                 lag += high - fetched
         return lag
 
-    async def commit(self, records: Sequence[SourceRecord]) -> bool:
-        """Commit past ``records``; False if the group moved on (the records will be redelivered)."""
-        return await self.commit_offsets(next_offsets(records))
-
     async def commit_offsets(self, offsets: dict[TopicPartition, int]) -> bool:
         """Commit these next-offsets; False if the group moved on (the records will be redelivered)."""
         assigned = self.consumer.assignment()

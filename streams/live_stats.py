@@ -36,9 +36,6 @@ class LiveStats:
         self._interval_latencies.append(latencies_ms)
         self._interval_late += late
 
-    def mean_batch_size(self) -> float:
-        return self.events / self.batches if self.batches else 0.0
-
     def interval_summary(self, name: str, budget_ms: float | None) -> str | None:
         """One line about the interval since the last call (None if nothing happened), then reset it."""
         now = time.monotonic()

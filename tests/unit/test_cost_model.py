@@ -43,15 +43,6 @@ def test_recent_measurements_weigh_more_and_variance_makes_it_cautious():
     assert jittery.predict(64) > 0.0105, "a batch that varies is planned above its mean"
 
 
-def test_largest_within_finds_the_edge():
-    model = CostModel()
-    model.seed(TRANSFORMER)
-    n = model.largest_within(0.013, limit=1024)
-    assert model.predict(n) <= 0.013 < model.predict(n + 1)
-    assert model.largest_within(0.0001, limit=1024) == 0
-    assert model.largest_within(10.0, limit=300) == 300
-
-
 def test_without_measurements_it_uses_the_fallback_rate():
     assert CostModel(fallback_seconds_per_event=0.001).predict(10) == pytest.approx(0.01)
 
