@@ -57,6 +57,11 @@ class PipelineConfig:
     def group_id(self) -> str:
         return f"sluice-{self.name}"
 
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the pipeline reads or writes."""
+        return [*self.input_topics, self.output_topic, self.dead_letter_topic]
+
 
 @dataclass(frozen=True)
 class Config:

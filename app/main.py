@@ -7,8 +7,10 @@ A bad config stops here, with one line naming the file and the key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -16,6 +18,7 @@ from faust.app.base import BootStrategy
 
 from app.config import Config, ConfigError, load_config
 from app.pipeline_service import PipelineService
+from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics
 from models.loading import LoadedModel, load_model
 from models.protocol import ModelLoadError
 
@@ -59,9 +62,36 @@ for _service in _services.values():
     app.service(_service)  # type: ignore[arg-type]
 
 
+def _check_topics() -> None:
+    """Reach the broker and make sure every pipeline's topics exist (or are created).
+
+    Runs on its own event loop in a helper thread: Faust's loop is not running yet, and
+    must not be touched before the worker starts it.
+    """
+    wanted = [t for s in _services.values() for t in s.pipeline_config.topics]
+
+    def check() -> None:
+        asyncio.run(
+            ensure_topics(
+                config.bootstrap_servers,
+                wanted,
+                create=config.app.create_topics,
+                partitions=config.app.topic_partitions,
+                timeout_s=15.0,
+            )
+        )
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            pool.submit(check).result()
+        except (BrokerUnreachableError, TopicMissingError) as exc:
+            _fail(str(exc))
+
+
 @app.on_worker_init.connect
 def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-    """Load every model before the worker starts, so a bad model is a clear error, not a crash later."""
+    """Before the worker starts: load every model and check the broker and the topics, so a
+    mistake is one clear line, not a crash from inside the worker later."""
     for name, service in _services.items():
         spec = service.pipeline_config.model
         try:
@@ -69,6 +99,7 @@ def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) ->
         except ModelLoadError as exc:
             _fail(f"{config.path}: key 'pipelines.{name}.model' ({spec.describe()}): {exc}")
         service._model = loaded
+    _check_topics()
 
 
 # Commands register themselves on the app when imported.

@@ -16,7 +16,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from mode import Service
 
 from app.config import Config, PipelineConfig
-from app.topics import ensure_topics
 from models.loading import LoadedModel, load_model
 from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
@@ -95,12 +94,7 @@ class PipelineService(Service):
     async def on_start(self) -> None:
         p = self.pipeline_config
         bootstrap = self.config.bootstrap_servers
-        await ensure_topics(
-            bootstrap,
-            [*p.input_topics, p.output_topic, p.dead_letter_topic],
-            create=self.config.app.create_topics,
-            partitions=self.config.app.topic_partitions,
-        )
+        # The worker's preflight (app.main) checked the broker and the topics already.
         loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner

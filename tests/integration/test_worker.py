@@ -79,3 +79,21 @@ async def test_bad_events_are_dead_lettered_and_the_worker_keeps_scoring(kafka, 
     reasons = [orjson.loads(r.value) for r in dead]
     assert [r["error"] for r in reasons] == ["InvalidJSON", "Tombstone", "MissingField"]
     assert [r["source"]["offset"] for r in reasons] == [10, 11, 12]
+
+
+def test_a_missing_topic_stops_the_worker_with_its_name_when_creating_is_off(kafka, tmp_path):
+    name = unique("missing")
+    config = write_config(
+        tmp_path,
+        bootstrap=kafka,
+        pipeline="missing",
+        input_topic=f"{name}-in",
+        output_topic=f"{name}-out",
+        dead_letter_topic=f"{name}-dlq",
+    )
+    config.write_text(config.read_text().replace("create_topics = true", "create_topics = false"))
+    result = run_sluice("--config", str(config), "worker")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{name}-in" in result.stderr
+    assert "create_topics = true" in result.stderr

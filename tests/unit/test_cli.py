@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,29 @@ inputs = [{ field = "features", shape = [32] }]
     assert "Traceback" not in result.stderr
     assert "key 'pipelines.p.model'" in result.stderr
     assert "missing-weights.pt for models.demo:FraudMLP does not exist" in result.stderr
+
+
+def test_an_unreachable_broker_stops_the_worker_with_the_address_and_what_to_check(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"""
+[app]
+broker = "kafka://127.0.0.1:{port}"
+[pipelines.p]
+input_topics = ["in"]
+output_topic = "out"
+dead_letter_topic = "dlq"
+[pipelines.p.model]
+demo = "fraud-mlp"
+[pipelines.p.features]
+inputs = [{{ field = "features", shape = [32] }}]
+"""
+    )
+    result = run_cli("--config", str(config), "worker")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"no Kafka broker answered at 127.0.0.1:{port}" in result.stderr
+    assert "docker/kafka-local status" in result.stderr
