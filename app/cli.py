@@ -30,6 +30,38 @@ def take_config_option(argv: list[str]) -> tuple[list[str], str | None]:
     return rest, path
 
 
+# Faust's top-level options that take a value (so their value is not the command's name).
+_VALUED_OPTIONS = {
+    "-A",
+    "--app",
+    "-l",
+    "--loglevel",
+    "-f",
+    "--logfile",
+    "-L",
+    "--loop",
+    "-D",
+    "--datadir",
+    "-W",
+    "--workdir",
+    "--blocking-timeout",
+    "--console-port",
+    "--key-serializer",
+    "--value-serializer",
+}
+
+
+def invoked_command(argv: list[str]) -> str | None:
+    """The Faust command named on a command line (``worker``, ``produce``...), if any."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _VALUED_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def with_fast_loop(argv: list[str]) -> list[str]:
     """Default Faust's ``--loop`` to uvloop when it is installed; an explicit choice wins."""
     if any(a in ("-L", "--loop") or a.startswith("--loop=") for a in argv):

@@ -43,6 +43,7 @@ class PipelineConfig:
     input_topics: tuple[str, ...]
     output_topic: str
     dead_letter_topic: str
+    backfill_topic: str
     model: ModelSpec
     schema: EventSchema
     max_batch_size: int
@@ -256,6 +257,7 @@ def _load_pipeline(t: _Table, name: str, base: Path) -> PipelineConfig:
         input_topics=_topics(t, "input_topics"),
         output_topic=t.text("output_topic"),
         dead_letter_topic=t.text("dead_letter_topic"),
+        backfill_topic=t.text("backfill_topic", None) or f"{t.data.get('output_topic', '')}-backfill",
         model=_load_model(t.table("model"), base),
         schema=_load_schema(t.table("features"), max_payload),
         max_batch_size=t.integer("max_batch_size", 512, minimum=1),

@@ -16,6 +16,7 @@ from typing import Any
 import faust
 from faust.app.base import BootStrategy
 
+from app.cli import invoked_command
 from app.config import Config, ConfigError, load_config
 from app.pipeline_service import PipelineService
 from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics
@@ -91,7 +92,13 @@ def _check_topics() -> None:
 @app.on_worker_init.connect
 def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
     """Before the worker starts: load every model and check the broker and the topics, so a
-    mistake is one clear line, not a crash from inside the worker later."""
+    mistake is one clear line, not a crash from inside the worker later.
+
+    Faust sends this signal before any command is parsed; other commands (produce, watch,
+    backfill) neither serve the pipelines nor should create their topics.
+    """
+    if invoked_command(sys.argv[1:]) != "worker":
+        return
     for name, service in _services.items():
         spec = service.pipeline_config.model
         try:
@@ -103,4 +110,4 @@ def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) ->
 
 
 # Commands register themselves on the app when imported.
-from app.commands import produce, watch  # noqa: E402, F401
+from app.commands import backfill, produce, watch  # noqa: E402, F401

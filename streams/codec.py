@@ -199,6 +199,10 @@ def decode_one(value: bytes | None, schema: EventSchema) -> tuple[Any, list[np.n
     return event_id, arrays
 
 
+def position_key(record: SourceRecord) -> bytes:
+    return f"{record.topic}:{record.partition}:{record.offset}".encode()
+
+
 def encode_predictions(
     records: Sequence[SourceRecord],
     decoded: Decoded,
@@ -208,8 +212,11 @@ def encode_predictions(
     model_name: str,
     model_version: str,
     now_ms: int,
+    key_by_position: bool = False,
 ) -> list[OutputRecord]:
-    """One JSON output per scored record, keyed like its input so per-key order holds downstream."""
+    """One JSON output per scored record, keyed like its input so per-key order holds downstream,
+    or by its source position (``topic:partition:offset``), so that scoring the same record
+    again writes the same key (a backfill re-run overwrites on a compacted topic)."""
     values = predictions.tolist()
     out = []
     dumps = orjson.dumps
@@ -218,7 +225,7 @@ def encode_predictions(
         out.append(
             OutputRecord(
                 topic,
-                record.key,
+                position_key(record) if key_by_position else record.key,
                 dumps(
                     {
                         "id": event_id,

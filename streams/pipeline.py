@@ -68,6 +68,7 @@ class Pipeline:
         sink: Sink,
         topics: PipelineTopics,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        key_by_position: bool = False,
     ) -> None:
         self.name = name
         self.schema = schema
@@ -75,6 +76,7 @@ class Pipeline:
         self.sink = sink
         self.topics = topics
         self.clock_ms = clock_ms
+        self.key_by_position = key_by_position
 
     async def score(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Scored:
         """Predictions for the valid records, dead letters for the rest.
@@ -101,6 +103,7 @@ class Pipeline:
                 model_name=self.runner.name,
                 model_version=self.runner.version,
                 now_ms=self.clock_ms(),
+                key_by_position=self.key_by_position,
             )
         errors: dict[str, int] = {}
         if decoded.rejects:

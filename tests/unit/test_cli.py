@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import take_config_option, with_fast_loop
+from app.cli import invoked_command, take_config_option, with_fast_loop
 
 
 @pytest.mark.parametrize(
@@ -94,3 +94,17 @@ inputs = [{{ field = "features", shape = [32] }}]
     assert "Traceback" not in result.stderr
     assert f"no Kafka broker answered at 127.0.0.1:{port}" in result.stderr
     assert "docker/kafka-local status" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["worker", "-l", "info"], "worker"),
+        (["-A", "app.main", "worker"], "worker"),
+        (["--loop", "uvloop", "--datadir", "worker", "produce"], "produce"),
+        (["-l", "info", "backfill", "--pipeline", "worker"], "backfill"),
+        (["--help"], None),
+    ],
+)
+def test_the_invoked_command_is_found_past_options_and_their_values(argv, command):
+    assert invoked_command(argv) == command

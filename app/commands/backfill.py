@@ -1,0 +1,244 @@
+"""``sluice backfill``: score a pipeline's history through the live pipeline's code, then exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.cli import AppCommand, option
+
+from app.config import PipelineConfig
+from app.main import app, config
+from app.pipeline_service import build_runner
+from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics, partitions_of
+from models.loading import ModelSpec, load_model
+from models.protocol import ModelLoadError
+from models.registry import DEMO_MODELS
+from streams.backfill import BackfillSummary, Checkpoint, run_backfill
+from streams.batcher import Batcher, BatchPolicy
+from streams.file_sink import FileSink
+from streams.kafka_sink import KafkaSink
+from streams.pipeline import Pipeline, PipelineTopics, Sink
+from streams.replay import TopicNotFoundError, plan_replay
+
+log = logging.getLogger(__name__)
+DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
+
+
+class BackfillError(Exception):
+    """Something the operator must fix; the message says what."""
+
+
+def model_spec(ref: str | None, pipeline: PipelineConfig) -> ModelSpec:
+    """``--model``: a demo name, an exported program (.pt2), a TorchScript file (.ts), or
+    ``package.module:Class=weights.pt``; none means the pipeline's own model."""
+    if not ref:
+        return pipeline.model
+    if ref in DEMO_MODELS:
+        return ModelSpec(demo=ref)
+    if ":" in ref and "=" in ref:
+        cls, weights = ref.split("=", 1)
+        return ModelSpec(module_class=cls, state_dict=Path(weights))
+    if ref.endswith(".pt2"):
+        return ModelSpec(exported=Path(ref))
+    if ref.endswith(".ts"):
+        return ModelSpec(torchscript=Path(ref))
+    raise BackfillError(
+        f"--model {ref!r}: expected a demo model ({', '.join(DEMO_MODELS)}), a .pt2 or .ts file, "
+        "or package.module:Class=weights.pt"
+    )
+
+
+def parse_timestamp(text: str | None) -> int | None:
+    if not text:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        raise BackfillError(f"--from-timestamp {text!r}: expected ISO 8601 or milliseconds since the epoch") from None
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BackfillError(f"--part {text!r}: expected K/N, e.g. 1/3") from None
+    if not 1 <= k <= n:
+        raise BackfillError(f"--part {text!r}: K must be between 1 and N")
+    return k, n
+
+
+class Progress:
+    """A bar on a terminal (tqdm); a log line every few seconds elsewhere."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self.last_log = self.started
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="ev", unit_scale=True, smoothing=0.1)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= 5 or done == total:
+            rate = done / max(now - self.started, 1e-9)
+            eta = (total - done) / rate if rate > 0 else float("inf")
+            log.info(
+                "backfill: %d/%d events (%.0f%%), %.0f/s, ETA %.0fs", done, total, 100 * done / max(total, 1), rate, eta
+            )
+            self.last_log = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def backfill_run(
+    pipeline_name: str | None,
+    model: str | None,
+    sink_spec: str | None,
+    from_timestamp: str | None,
+    resume: str | None,
+    run_id: str | None,
+    part: str,
+    state_dir: Path,
+) -> BackfillSummary:
+    k, n = parse_part(part)
+    await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    bootstrap = config.bootstrap_servers
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
+    )
+    await consumer.start()
+    try:
+        if resume:
+            path = state_dir / f"{resume}.part{k}of{n}.json"
+            if not path.exists():
+                raise BackfillError(f"no checkpoint for run {resume!r} part {k}/{n} in {state_dir}")
+            checkpoint = Checkpoint.load(path)
+            if checkpoint.done:
+                log.info("backfill %s part %d/%d already finished", resume, k, n)
+        else:
+            p = config.pipeline(pipeline_name) if pipeline_name else config.pipelines[0]
+            run_id = run_id or f"{p.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+            partitions = {t: await partitions_of(bootstrap, t) for t in p.input_topics}
+            plan = await plan_replay(consumer, partitions, from_timestamp_ms=parse_timestamp(from_timestamp))
+            mine = sorted(plan.end)[k - 1 :: n]  # several processes split one run's partitions
+            plan = type(plan)({tp: plan.start[tp] for tp in mine}, {tp: plan.end[tp] for tp in mine})
+            run = {
+                "id": run_id,
+                "pipeline": p.name,
+                "model": model,
+                "sink": sink_spec or f"kafka:{p.backfill_topic}",
+                "part": [k, n],
+            }
+            checkpoint = Checkpoint(state_dir / f"{run_id}.part{k}of{n}.json", run, plan)
+            checkpoint.save()
+        run = checkpoint.run
+        p = config.pipeline(str(run["pipeline"]))
+        sink_spec = str(run["sink"])
+        log.info(
+            "backfill %s (part %d/%d): %d events in %d partitions of %s -> %s; resume with --resume %s",
+            run["id"],
+            k,
+            n,
+            checkpoint.plan.remaining(checkpoint.position),
+            len(checkpoint.plan.end),
+            ", ".join(p.input_topics),
+            run["sink"],
+            run["id"],
+        )
+        model_ref = run.get("model")
+        loaded = await asyncio.to_thread(load_model, model_spec(model_ref if isinstance(model_ref, str) else None, p))
+        runner, cost = await asyncio.to_thread(build_runner, config, p, loaded)
+        producer: AIOKafkaProducer | None = None
+        file_sink: FileSink | None = None
+        kind, _, target = sink_spec.partition(":")
+        sink: Sink
+        if kind == "kafka":
+            await ensure_topics(
+                bootstrap,
+                [target, p.dead_letter_topic],
+                create=config.app.create_topics,
+                partitions=config.app.topic_partitions,
+            )
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024
+            )
+            await producer.start()
+            sink = KafkaSink(producer)
+        elif kind == "file":
+            file_sink = FileSink(Path(target), output_topic=target)
+            sink = file_sink
+        else:
+            raise BackfillError(f"--sink {sink_spec!r}: expected kafka:TOPIC or file:PATH.jsonl|.parquet")
+        pipeline = Pipeline(
+            name=p.name,
+            schema=p.schema,
+            runner=runner,
+            sink=sink,
+            topics=PipelineTopics(output=target, dead_letter=p.dead_letter_topic),
+            key_by_position=True,
+        )
+        batcher = Batcher(BatchPolicy(max_batch_size=p.max_batch_size, latency_budget_ms=None), cost)
+        progress = Progress(checkpoint.plan.total, f"backfill {run['id']}")
+        progress(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position), checkpoint.plan.total)
+        try:
+            return await run_backfill(consumer, pipeline, batcher, checkpoint, progress=progress)
+        finally:
+            progress.close()
+            if producer is not None:
+                await producer.stop()
+            if file_sink is not None:
+                file_sink.close()
+            await runner.aclose()
+    finally:
+        await consumer.stop()
+
+
+@app.command(
+    option("--pipeline", "-p", default=None, help="Pipeline to backfill (default: the first in the config)."),
+    option("--model", "-m", default=None, help="Score with this model instead: demo name, .pt2, .ts, mod:Class=w.pt."),
+    option("--sink", default=None, help="kafka:TOPIC (default: the pipeline's backfill_topic) or file:PATH."),
+    option("--from-timestamp", default=None, help="Start at this time (ISO 8601 or epoch ms), not offset 0."),
+    option("--resume", default=None, help="Continue the run with this id where it stopped."),
+    option("--run-id", default=None, help="Name the run (default: pipeline, time and a random suffix)."),
+    option("--part", default="1/1", help="K/N: this process takes every Nth partition, starting at the Kth."),
+    option("--state-dir", type=Path, default=DEFAULT_STATE, help="Where run checkpoints are kept."),
+)
+async def backfill(
+    self: AppCommand,
+    pipeline: str | None,
+    model: str | None,
+    sink: str | None,
+    from_timestamp: str | None,
+    resume: str | None,
+    run_id: str | None,
+    part: str,
+    state_dir: Path,
+) -> None:
+    """Replay a pipeline's input topics from the beginning through the same pipeline, then exit."""
+    try:
+        summary = await backfill_run(pipeline, model, sink, from_timestamp, resume, run_id, part, state_dir)
+    except (BackfillError, TopicNotFoundError, TopicMissingError, BrokerUnreachableError, ModelLoadError) as exc:
+        print(f"sluice backfill: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(
+        f"backfill done: {summary.events} events, {summary.scored} predictions, {summary.dead_lettered} "
+        f"dead-lettered, {summary.seconds:.1f}s, {summary.rate:,.0f} events/s",
+        file=sys.stderr,
+    )

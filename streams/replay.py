@@ -1,0 +1,95 @@
+"""A bounded replay of Kafka topics: every partition from a start offset up to the end
+offset it had when the replay began, then stop.
+
+Events that arrive during the replay are the live worker's job. The replay uses no
+consumer group (it assigns partitions itself), so the live worker's committed offsets
+are never touched; progress is tracked by the caller (see ``streams.backfill``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.records import SourceRecord
+
+
+class TopicNotFoundError(Exception):
+    """A topic to replay does not exist on the broker."""
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """Per partition: the first offset to read and the end offset snapshotted at start."""
+
+    start: dict[TopicPartition, int]
+    end: dict[TopicPartition, int]
+
+    @property
+    def total(self) -> int:
+        return sum(max(0, self.end[tp] - self.start[tp]) for tp in self.end)
+
+    def remaining(self, position: Mapping[TopicPartition, int]) -> int:
+        return sum(max(0, self.end[tp] - position.get(tp, self.start[tp])) for tp in self.end)
+
+    def to_json(self) -> dict[str, list[list[object]]]:
+        return {
+            "partitions": [[tp.topic, tp.partition, self.start[tp], self.end[tp]] for tp in sorted(self.end)],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, list[list[object]]]) -> ReplayPlan:
+        start, end = {}, {}
+        for topic, partition, first, last in data["partitions"]:
+            tp = TopicPartition(str(topic), int(partition))  # type: ignore[call-overload]
+            start[tp], end[tp] = int(first), int(last)  # type: ignore[call-overload]
+        return cls(start, end)
+
+
+async def plan_replay(
+    consumer: AIOKafkaConsumer, partitions_of: Mapping[str, Sequence[int]], *, from_timestamp_ms: int | None = None
+) -> ReplayPlan:
+    """Snapshot the end offsets of every partition (``topic -> partition numbers``; an empty
+    list means the topic does not exist) and pick where to start."""
+    missing = [t for t, parts in partitions_of.items() if not parts]
+    if missing:
+        raise TopicNotFoundError(f"topic(s) {', '.join(missing)} do not exist; nothing to replay")
+    partitions = [TopicPartition(t, p) for t, parts in partitions_of.items() for p in sorted(parts)]
+    end = await consumer.end_offsets(partitions)
+    start = await consumer.beginning_offsets(partitions)
+    if from_timestamp_ms is not None:
+        found = await consumer.offsets_for_times({tp: from_timestamp_ms for tp in partitions})
+        for tp, at in found.items():
+            start[tp] = at.offset if at is not None else end[tp]
+    return ReplayPlan(start=dict(start), end=dict(end))
+
+
+async def replay(
+    consumer: AIOKafkaConsumer, plan: ReplayPlan, position: Mapping[TopicPartition, int], *, max_records: int
+) -> AsyncIterator[list[SourceRecord]]:
+    """Batches of records from ``position`` (default: the plan's start) up to the plan's end."""
+    todo = {tp: position.get(tp, plan.start[tp]) for tp in plan.end}
+    todo = {tp: at for tp, at in todo.items() if at < plan.end[tp]}
+    if not todo:
+        return
+    consumer.assign(list(todo))
+    for tp, at in todo.items():
+        consumer.seek(tp, at)
+    while todo:
+        fetched = await consumer.getmany(*todo, timeout_ms=1000, max_records=max_records)
+        batch: list[SourceRecord] = []
+        for tp, records in fetched.items():
+            end = plan.end[tp]
+            batch.extend(r for r in records if r.offset < end)
+            if records and records[-1].offset + 1 >= end:
+                del todo[tp]
+                consumer.pause(tp)
+        # A partition whose remaining records were deleted by retention or compaction
+        # ends early: its position jumps past the snapshot.
+        for tp in list(todo):
+            if await consumer.position(tp) >= plan.end[tp]:
+                del todo[tp]
+        if batch:
+            yield batch
