@@ -101,7 +101,7 @@ def write_report(results: dict[str, object], out: Path) -> None:
         "",
         f"Run {results['started']}: {results['events']:,} events per model, `sluice backfill` to a Kafka topic, "
         "real broker on the same 2-core machine, torch's default threads. Reproduce: "
-        "`docker/kafka-local start && .venv/bin/python -m bench.backfill`.",
+        f"`docker/kafka-local start && .venv/bin/python -m bench.backfill --events {results['events']}`.",
         "",
         "| model | backfill events/s | model alone (best batch) | transport alone | vs lower ceiling |",
         "| --- | ---: | ---: | ---: | ---: |",
