@@ -19,9 +19,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.batcher import Batcher
+from streams.batcher import Batch, Batcher
 from streams.kafka_source import next_offsets
-from streams.pipeline import Pipeline
+from streams.pipeline import Pipeline, Scored
 from streams.replay import ReplayPlan, replay
 
 MAX_IN_FLIGHT = 4
@@ -99,23 +99,33 @@ async def run_backfill(
                 last_save = time.monotonic()
 
     max_records = 4 * batcher.policy.max_batch_size
+    # Two stages overlap: while one batch is scored (the model runs in its own thread), the
+    # event loop decodes the next one.
+    scoring: tuple[Batch, asyncio.Task[Scored], float] | None = None
+
+    async def finish_scoring() -> None:
+        nonlocal scoring
+        if scoring is None:
+            return
+        batch, task, took = scoring
+        scoring = None
+        scored = await task
+        acknowledged = await pipeline.emit(scored)
+        batcher.cost.observe(len(batch), time.perf_counter() - took)
+        in_flight.append(
+            (batch.records, asyncio.ensure_future(acknowledged), scored.outcome.scored, scored.outcome.dead_lettered)
+        )
+        await settle(MAX_IN_FLIGHT)
+
     async for records in replay(consumer, plan, checkpoint.position, max_records=max_records):
         batcher.add(records, 0)
         while len(batcher):
             batch = batcher.take(batcher.plan(0), 0)
             took = time.perf_counter()
-            scored = await pipeline.score(batch.records)
-            acknowledged = await pipeline.emit(scored)
-            batcher.cost.observe(len(batch), time.perf_counter() - took)
-            in_flight.append(
-                (
-                    batch.records,
-                    asyncio.ensure_future(acknowledged),
-                    scored.outcome.scored,
-                    scored.outcome.dead_lettered,
-                )
-            )
-            await settle(MAX_IN_FLIGHT)
+            decoded = pipeline.decode(batch.records)
+            await finish_scoring()
+            scoring = (batch, asyncio.ensure_future(pipeline.finish(batch.records, decoded)), took)
+    await finish_scoring()
     await settle(0)
     checkpoint.done = True
     checkpoint.save()

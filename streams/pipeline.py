@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.protocol import Runner
-from streams.codec import EventSchema, Reject, decode, encode_predictions
+from streams.codec import Decoded, EventSchema, Reject, decode, encode_predictions
 from streams.dead_letters import encode_dead_letters
 from streams.records import OutputRecord, SourceRecord
 
@@ -78,17 +78,27 @@ class Pipeline:
         self.clock_ms = clock_ms
         self.key_by_position = key_by_position
 
-    async def score(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Scored:
-        """Predictions for the valid records, dead letters for the rest.
+    def decode(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Decoded:
+        """The model's inputs for the valid records, and a reason for each of the others.
 
         ``expired`` are indices of records that missed their deadline and, by configuration,
         go to the dead-letter topic instead of the model.
         """
-        decoded = decode(
+        return decode(
             records,
             self.schema,
             exclude=[Reject(i, "Expired", "the event missed its latency budget before it was scored") for i in expired],
         )
+
+    async def score(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Scored:
+        """Predictions for the valid records, dead letters for the rest."""
+        return await self.finish(records, self.decode(records, expired))
+
+    async def finish(self, records: Sequence[SourceRecord], decoded: Decoded) -> Scored:
+        """Run the model on decoded inputs and encode the outputs.
+
+        Split from ``decode`` so a caller can decode the next batch while this one is scored.
+        """
         outputs: list[OutputRecord] = []
         infer_seconds = 0.0
         if len(decoded):
