@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
-import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +14,7 @@ from faust.cli import AppCommand, option
 from app.config import PipelineConfig
 from app.main import app, config
 from app.pipeline_service import build_runner
+from app.progress import Progress
 from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics, partitions_of
 from models.loading import ModelSpec, load_model
 from models.protocol import ModelLoadError
@@ -27,7 +26,6 @@ from streams.kafka_sink import KafkaSink
 from streams.pipeline import Pipeline, PipelineTopics, Sink
 from streams.replay import TopicNotFoundError, plan_replay
 
-log = logging.getLogger(__name__)
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
 
 
@@ -76,37 +74,6 @@ def parse_part(text: str) -> tuple[int, int]:
     return k, n
 
 
-class Progress:
-    """A bar on a terminal (tqdm); a log line every few seconds elsewhere."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total = total
-        self.started = time.monotonic()
-        self.last_log = self.started
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=label, unit="ev", unit_scale=True, smoothing=0.1)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            return
-        now = time.monotonic()
-        if now - self.last_log >= 5 or done == total:
-            rate = done / max(now - self.started, 1e-9)
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            log.info(
-                "backfill: %d/%d events (%.0f%%), %.0f/s, ETA %.0fs", done, total, 100 * done / max(total, 1), rate, eta
-            )
-            self.last_log = now
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 async def backfill_run(
     pipeline_name: str | None,
     model: str | None,
@@ -131,7 +98,7 @@ async def backfill_run(
                 raise BackfillError(f"no checkpoint for run {resume!r} part {k}/{n} in {state_dir}")
             checkpoint = Checkpoint.load(path)
             if checkpoint.done:
-                log.info("backfill %s part %d/%d already finished", resume, k, n)
+                print(f"backfill {resume} part {k}/{n} already finished", file=sys.stderr)
         else:
             p = config.pipeline(pipeline_name) if pipeline_name else config.pipelines[0]
             run_id = run_id or f"{p.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -151,16 +118,13 @@ async def backfill_run(
         run = checkpoint.run
         p = config.pipeline(str(run["pipeline"]))
         sink_spec = str(run["sink"])
-        log.info(
-            "backfill %s (part %d/%d): %d events in %d partitions of %s -> %s; resume with --resume %s",
-            run["id"],
-            k,
-            n,
-            checkpoint.plan.remaining(checkpoint.position),
-            len(checkpoint.plan.end),
-            ", ".join(p.input_topics),
-            run["sink"],
-            run["id"],
+        # On stderr whatever the log level: the run id is what --resume needs after a crash.
+        print(
+            f"backfill {run['id']} (part {k}/{n}): {checkpoint.plan.remaining(checkpoint.position)} events in "
+            f"{len(checkpoint.plan.end)} partitions of {', '.join(p.input_topics)} -> {sink_spec}; "
+            f"resume with --resume {run['id']}",
+            file=sys.stderr,
+            flush=True,
         )
         model_ref = run.get("model")
         loaded = await asyncio.to_thread(load_model, model_spec(model_ref if isinstance(model_ref, str) else None, p))
@@ -196,11 +160,14 @@ async def backfill_run(
         )
         batcher = Batcher(BatchPolicy(max_batch_size=p.max_batch_size, latency_budget_ms=None), cost)
         progress = Progress(checkpoint.plan.total, f"backfill {run['id']}")
-        progress(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position), checkpoint.plan.total)
+        progress.update(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
         try:
-            return await run_backfill(consumer, pipeline, batcher, checkpoint, progress=progress)
+            summary = await run_backfill(
+                consumer, pipeline, batcher, checkpoint, progress=lambda done, _total: progress.update(done)
+            )
+            progress.finish(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
+            return summary
         finally:
-            progress.close()
             if producer is not None:
                 await producer.stop()
             if file_sink is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 
 from aiokafka import AIOKafkaProducer
@@ -11,31 +10,10 @@ from faust.cli import AppCommand, option
 
 from app.demo_events import demo_events
 from app.main import app, config
+from app.progress import Progress
 from app.topics import ensure_topics
 
 FLUSH_EVERY = 2_000
-
-
-class Progress:
-    """A one-line progress report (count, rate, ETA) at most once a second, on stderr."""
-
-    def __init__(self, total: int, what: str) -> None:
-        self.total = total
-        self.what = what
-        self.started = time.monotonic()
-        self.last = self.started
-
-    def update(self, done: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < 1.0:
-            return
-        self.last = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        end = "\n" if final or not sys.stderr.isatty() else "\r"
-        tail = f"in {elapsed:.1f}s" if final else f"ETA {eta:.0f}s"
-        print(f"{self.what}: {done}/{self.total} ({rate:,.0f}/s, {tail})", end=end, file=sys.stderr, flush=True)
 
 
 @app.command(
@@ -57,7 +35,7 @@ async def produce(self: AppCommand, count: int, topic: str | None, rate: float, 
     await ensure_topics(bootstrap, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=True)
     await producer.start()
-    progress = Progress(count, f"produced to {topic}")
+    progress = Progress(count, f"produced to {topic}", every_s=1.0)
     try:
         pending = []
         started = time.monotonic()
@@ -73,6 +51,6 @@ async def produce(self: AppCommand, count: int, topic: str | None, rate: float, 
                 pending.clear()
             progress.update(n)
         await asyncio.gather(*pending)
-        progress.update(count, final=True)
+        progress.finish(count)
     finally:
         await producer.stop()

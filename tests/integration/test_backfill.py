@@ -62,6 +62,8 @@ async def test_backfill_matches_live_scoring_and_leaves_the_live_worker_alone(ka
         )
         assert result.returncode == 0, result.stderr
         assert "backfill done: 300 events, 300 predictions" in result.stderr
+        assert "resume with --resume parity-" in result.stderr, "the run id must show at the default log level"
+        assert "300/300" in result.stderr
         after_backfill = await committed(kafka, "sluice-parity", topics["input_topic"], 3)
         # The live worker keeps scoring what arrives during and after the backfill.
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in later])
