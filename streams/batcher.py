@@ -68,7 +68,6 @@ class Plan:
 class Batch:
     records: list[SourceRecord]
     deadlines_ms: np.ndarray
-    planned_at_ms: float
     late: bool
 
     def __len__(self) -> int:
@@ -183,7 +182,6 @@ class Batcher:
         return Batch(
             records=records,
             deadlines_ms=np.concatenate(deadlines) if deadlines else np.empty(0),
-            planned_at_ms=now_ms,
             late=plan.late,
         )
 

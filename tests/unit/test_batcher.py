@@ -25,7 +25,6 @@ class Simulation:
     # record, its deadline, when its batch finished, whether its batch was planned as late
     completed: list[tuple[InputRecord, float, float, bool]] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
-    late_batches: int = 0
 
     def latencies(self) -> np.ndarray:
         return np.array([done - r.timestamp for r, _, done, _ in self.completed])
@@ -65,7 +64,6 @@ def simulate(
             cost.observe(len(batch), took / 1000)
             now += took
             sim.batches.append(len(batch))
-            sim.late_batches += batch.late
             deadlines = batch.deadlines_ms.tolist()
             sim.completed.extend((r, d, now, batch.late) for r, d in zip(batch.records, deadlines, strict=True))
         else:
