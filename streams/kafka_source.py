@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams.records import SourceRecord
 
@@ -69,7 +70,22 @@ class KafkaBatchSource:
 
     async def next_batch(self, max_records: int) -> list[SourceRecord]:
         """Up to ``max_records`` records, each partition's in offset order; empty on timeout."""
+        if self.consumer.paused():
+            self.consumer.resume(*self.consumer.paused())
+            log.info("consuming again")
         fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=max_records)
+        return self._collect(fetched)
+
+    async def keep_alive(self) -> list[SourceRecord]:
+        """Poll without fetching (partitions paused) while the owner cannot take more events, so the
+        group keeps this member and its partitions; returns anything already fetched before the pause."""
+        if not self.consumer.paused() and self.consumer.assignment():
+            self.consumer.pause(*self.consumer.assignment())
+            log.info("queue full for a while (the model is slow or down): partitions paused, still in the group")
+        fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=1)
+        return self._collect(fetched)
+
+    def _collect(self, fetched: dict[TopicPartition, list[Any]]) -> list[SourceRecord]:
         batch: list[SourceRecord] = []
         for tp, records in fetched.items():
             batch.extend(records)
@@ -86,7 +102,8 @@ class KafkaBatchSource:
         return lag
 
     async def commit_offsets(self, offsets: dict[TopicPartition, int]) -> bool:
-        """Commit these next-offsets; False if the group moved on (the records will be redelivered)."""
+        """Commit these next-offsets. True when done with them: committed, or the partitions went to
+        another member (which scores those records again); False when the commit should be retried."""
         assigned = self.consumer.assignment()
         # Partitions already taken away were committed before they went (see on_revoke),
         # or will be redelivered to their new owner: never commit for another member.
@@ -97,5 +114,7 @@ class KafkaBatchSource:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             log.warning("commit failed after a rebalance; these records will be scored again: %s", exc)
+        except KafkaError as exc:
+            log.warning("commit failed (%r); retrying with the next commit", exc)
             return False
         return True

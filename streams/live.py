@@ -17,24 +17,42 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
-from streams.batcher import Batcher
+from streams.batcher import Batch, Batcher
+from streams.isolation import ModelUnavailableError
 from streams.kafka_source import KafkaBatchSource, next_offsets
 from streams.live_stats import LiveStats
-from streams.pipeline import Pipeline, wall_clock_ms
-from streams.records import SourceRecord
+from streams.pipeline import Pipeline, Scored, wall_clock_ms
+from streams.records import OutputRecord, SourceRecord
 
 log = logging.getLogger(__name__)
+
+# Waiting for the model or the broker to come back: first retry soon, then no more often
+# than this, so a long outage neither floods the log nor hammers a struggling device.
+FIRST_RETRY_S = 0.5
+MAX_RETRY_S = 30.0
+# A fetcher blocked this long by a full queue pauses its partitions and keeps polling, so
+# the group does not take it for dead (max.poll.interval.ms) while the model is down.
+PAUSE_AFTER_S = 5.0
+
+
+def retry_delays() -> Iterator[float]:
+    delay = FIRST_RETRY_S
+    while True:
+        yield delay
+        delay = min(MAX_RETRY_S, delay * 2)
 
 
 @dataclass
 class _InFlight:
     records: list[SourceRecord]
+    outputs: list[OutputRecord]
     acknowledged: Awaitable[None]
     scored: int
     dead_lettered: int
@@ -70,6 +88,7 @@ class LiveLoop:
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._dispatching = asyncio.Lock()
+        self._model_error: ModelUnavailableError | None = None
         batcher.overhead_ms = lambda: self.ack_ms
         source.on_revoke = self._finish_revoked
 
@@ -115,7 +134,12 @@ class LiveLoop:
             room = self.queue_limit - len(self.batcher)
             if room <= 0:
                 self._room.clear()
-                await self._room.wait()
+                try:
+                    await asyncio.wait_for(self._room.wait(), PAUSE_AFTER_S)
+                except TimeoutError:
+                    records = await self.source.keep_alive()
+                    if records:
+                        self.batcher.add(records, self.clock_ms())
                 continue
             records = await self.source.next_batch(max_records=room)
             if records and not self._stopping.is_set():
@@ -141,17 +165,79 @@ class LiveLoop:
                 if self.late_events == "dead_letter" and batch.late:
                     expired = np.flatnonzero(batch.deadlines_ms < now).tolist()
                 started = time.perf_counter()
-                scored = await self.pipeline.score(batch.records, expired)
-                acknowledged = await self.pipeline.emit(scored)
-                self.batcher.cost.observe(len(batch), time.perf_counter() - started)
+                sent = await self._score_and_emit(batch, expired)
+                if sent is not None:
+                    self.batcher.cost.observe(len(batch), time.perf_counter() - started)
+            if sent is None:
+                sent = await self._retry_until_the_model_recovers(batch, expired)
+                if sent is None:
+                    return  # stopping: the batch is not committed and will be scored after a restart
+            scored, acknowledged = sent
             await self._commits.put(
                 _InFlight(
                     records=batch.records,
+                    outputs=scored.outputs,
                     acknowledged=self._timed(acknowledged),
                     scored=scored.outcome.scored,
                     dead_lettered=scored.outcome.dead_lettered,
                 )
             )
+
+    async def _score_and_emit(self, batch: Batch, expired: list[int]) -> tuple[Scored, Awaitable[None]] | None:
+        """Score and send; None when the model is down (nothing was sent)."""
+        try:
+            scored = await self.pipeline.score(batch.records, expired)
+        except ModelUnavailableError as exc:
+            self._model_error = exc
+            return None
+        try:
+            acknowledged = await self.pipeline.emit(scored)
+        except KafkaError as exc:
+            # The broker is unreachable: the committer re-sends these outputs until it is back.
+            acknowledged = _raise(exc)
+        return scored, acknowledged
+
+    async def _retry_until_the_model_recovers(
+        self, batch: Batch, expired: list[int]
+    ) -> tuple[Scored, Awaitable[None]] | None:
+        """Retry the batch with back-off; consuming stops meanwhile (the queue fills, the fetcher
+        pauses) and no offset is committed past it. Between attempts the lock is free, so a
+        rebalance can still take partitions away."""
+        first = batch.records[0]
+        down_since = time.monotonic()
+        for attempt, delay in enumerate(retry_delays(), start=1):
+            log.error(
+                "pipeline %s: MODEL UNAVAILABLE, consuming stopped, nothing committed from %s[%d]@%d on: %s; "
+                "retry %d in %.1fs",
+                self.pipeline.name,
+                first.topic,
+                first.partition,
+                first.offset,
+                self._model_error,
+                attempt,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                log.warning(
+                    "pipeline %s: stopping while the model is unavailable; %d events left unscored and "
+                    "uncommitted, for the next worker",
+                    self.pipeline.name,
+                    len(batch) + len(self.batcher),
+                )
+                return None
+            async with self._dispatching:
+                sent = await self._score_and_emit(batch, expired)
+            if sent is not None:
+                log.warning(
+                    "pipeline %s: the model recovered after %.1fs (%d retries); consuming again",
+                    self.pipeline.name,
+                    time.monotonic() - down_since,
+                    attempt,
+                )
+                return sent
+        return None  # unreachable: retry_delays never ends
 
     async def _timed(self, acknowledged: Awaitable[None]) -> None:
         sent = time.perf_counter()
@@ -164,7 +250,10 @@ class LiveLoop:
         while True:
             item = await self._commits.get()
             try:
-                await item.acknowledged
+                try:
+                    await item.acknowledged
+                except KafkaError as exc:
+                    await self._redeliver(item, exc)
                 done_ms = self.clock_ms()
                 self._committable.update(next_offsets(item.records))
                 stamps = np.fromiter((r.timestamp for r in item.records), dtype=np.float64, count=len(item.records))
@@ -180,10 +269,34 @@ class LiveLoop:
             finally:
                 self._commits.task_done()
 
+    async def _redeliver(self, item: _InFlight, error: KafkaError) -> None:
+        """Send a batch's outputs again until the broker acknowledges them; its offsets (and every
+        later batch's, which wait behind it) stay uncommitted until then."""
+        for attempt, delay in enumerate(retry_delays(), start=1):
+            log.warning(
+                "pipeline %s: outputs of %d events not acknowledged (%r); sending them again in %.1fs (attempt %d)",
+                self.pipeline.name,
+                len(item.records),
+                error,
+                delay,
+                attempt,
+            )
+            await asyncio.sleep(delay)
+            try:
+                await (await self.pipeline.sink.send(item.outputs))
+            except KafkaError as exc:
+                error = exc
+                continue
+            log.info("pipeline %s: outputs delivered after %d attempt(s)", self.pipeline.name, attempt)
+            return
+
     async def _commit_now(self) -> None:
         if self._committable:
             offsets, self._committable = self._committable, {}
-            await self.source.commit_offsets(offsets)
+            if not await self.source.commit_offsets(offsets):
+                # Not committed (the broker is away): keep them for the next try, unless newer ones came.
+                for tp, offset in offsets.items():
+                    self._committable[tp] = max(offset, self._committable.get(tp, 0))
 
     async def _commit_periodically(self) -> None:
         while True:
@@ -206,3 +319,7 @@ class LiveLoop:
             line = self.stats.interval_summary(self.pipeline.name, self.batcher.policy.latency_budget_ms)
             if line:
                 log.info(line)
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc

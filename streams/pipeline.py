@@ -16,9 +16,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from models.protocol import Runner
 from streams.codec import Decoded, EventSchema, Reject, decode, encode_predictions
 from streams.dead_letters import encode_dead_letters
+from streams.isolation import Failure, IsolatingScorer
 from streams.records import OutputRecord, SourceRecord
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class Pipeline:
         self.name = name
         self.schema = schema
         self.runner = runner
+        self.scorer = IsolatingScorer(runner)
         self.sink = sink
         self.topics = topics
         self.clock_ms = clock_ms
@@ -98,13 +102,18 @@ class Pipeline:
         """Run the model on decoded inputs and encode the outputs.
 
         Split from ``decode`` so a caller can decode the next batch while this one is scored.
+        Events the model raises on are dead-lettered (``ModelError``) and the rest scored; a
+        model that fails on everything raises ``ModelUnavailableError`` and nothing is emitted.
         """
         outputs: list[OutputRecord] = []
         infer_seconds = 0.0
         if len(decoded):
             started = time.perf_counter()
-            predictions = await self.runner.predict(decoded.inputs)
+            isolated = await self.scorer.predict(decoded.inputs)
             infer_seconds = time.perf_counter() - started
+            predictions = isolated.predictions
+            if isolated.failures:
+                decoded = without_failed_rows(decoded, isolated.kept, isolated.failures)
             outputs = encode_predictions(
                 records,
                 decoded,
@@ -152,3 +161,14 @@ class Pipeline:
         scored = await self.score(records)
         await (await self.emit(scored))
         return scored.outcome
+
+
+def without_failed_rows(decoded: Decoded, kept: np.ndarray, failures: Sequence[Failure]) -> Decoded:
+    """``decoded`` narrowed to the rows the model scored, the others rejected as ``ModelError``."""
+    rejects = list(decoded.rejects) + [Reject(int(decoded.rows[f.row]), "ModelError", f.message) for f in failures]
+    return Decoded(
+        rows=decoded.rows[kept],
+        ids=[decoded.ids[i] for i in kept.tolist()],
+        inputs=[x[kept] for x in decoded.inputs],
+        rejects=sorted(rejects, key=lambda r: r.index),
+    )

@@ -13,10 +13,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from app.topics import partitions_of
@@ -109,13 +111,7 @@ def running_worker(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        deadline = time.monotonic() + timeout
-        while ready_text not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None:
-                raise AssertionError(f"worker exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker not ready after {timeout}s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
+        wait_for_log(log_path, ready_text, proc=proc, timeout=timeout)
         yield proc
     finally:
         if proc.poll() is None:
@@ -168,3 +164,37 @@ async def produce_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+def tally(records: list[ConsumerRecord], expected_ids: set[str]) -> tuple[list[str], dict[str, int]]:
+    """The expected ids with no output record, and the ids with more than one (and how many)."""
+    counts = Counter(orjson.loads(r.value)["id"] for r in records)
+    missing = sorted(expected_ids - set(counts))
+    duplicates = {i: n for i, n in counts.items() if n > 1}
+    return missing, duplicates
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    """The consumer group's committed next-offset per partition of ``topic`` (None: nothing committed)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in await partitions_of(bootstrap, topic)}
+    finally:
+        await consumer.stop()
+
+
+def wait_for_log(log_path: Path, text: str, *, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the log after {timeout}s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.2)
+
+
+def stop_gracefully(proc: subprocess.Popen[bytes], *, within_s: float = 30) -> int:
+    """SIGTERM, and the exit status (the test fails if the worker takes longer than ``within_s``)."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=within_s)
