@@ -22,6 +22,7 @@ from models.registry import DEMO_MODELS
 from streams.backfill import BackfillSummary, Checkpoint, run_backfill
 from streams.batcher import Batcher, BatchPolicy
 from streams.file_sink import FileSink
+from streams.isolation import ModelUnavailableError
 from streams.kafka_sink import KafkaSink
 from streams.pipeline import Pipeline, PipelineTopics, Sink
 from streams.replay import TopicNotFoundError, plan_replay
@@ -204,6 +205,12 @@ async def backfill(
     except (BackfillError, TopicNotFoundError, TopicMissingError, BrokerUnreachableError, ModelLoadError) as exc:
         print(f"sluice backfill: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ModelUnavailableError as exc:
+        # Not the events' fault: dead-lettering history would be wrong. What is acknowledged is checkpointed.
+        print(
+            f"sluice backfill: {exc}\nfix the model, then continue with the --resume id printed above", file=sys.stderr
+        )
+        raise SystemExit(1) from None
     print(
         f"backfill done: {summary.events} events, {summary.scored} predictions, {summary.dead_lettered} "
         f"dead-lettered, {summary.seconds:.1f}s, {summary.rate:,.0f} events/s",

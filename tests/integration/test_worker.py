@@ -8,7 +8,6 @@ import orjson
 
 from app.demo_events import demo_events
 from tests.integration.kafka_helpers import (
-    produce_raw,
     read_topic,
     run_sluice,
     running_worker,
@@ -60,25 +59,6 @@ async def test_every_produced_event_gets_a_prediction_keyed_like_its_input(kafka
     for partition in {r.partition for r in outputs}:
         offsets = [b["source"]["offset"] for r, b in zip(outputs, bodies, strict=True) if r.partition == partition]
         assert offsets == sorted(offsets), f"outputs of partition {partition} are out of input order"
-
-
-async def test_bad_events_are_dead_lettered_and_the_worker_keeps_scoring(kafka, tmp_path):
-    name = unique("dlq")
-    topics = {"input_topic": f"{name}-in", "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq"}
-    config = write_config(tmp_path, bootstrap=kafka, pipeline="dlq", partitions=1, **topics)
-    good = list(demo_events(20, seed=3))
-    bad: list[tuple[bytes | None, bytes | None]] = [(b"k", b"not json"), (b"k", None), (b"k", b'{"id": "x"}')]
-    items = [(e.key, e.value) for e in good[:10]] + bad + [(e.key, e.value) for e in good[10:]]
-
-    with running_worker(config, tmp_path / "worker.log", ready_text="pipeline dlq: scoring"):
-        await produce_raw(kafka, topics["input_topic"], items)
-        outputs = await read_topic(kafka, topics["output_topic"], expected=len(good), within_s=60)
-        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=len(bad), within_s=30)
-
-    assert sorted(orjson.loads(r.value)["id"] for r in outputs) == sorted(e.id for e in good)
-    reasons = [orjson.loads(r.value) for r in dead]
-    assert [r["error"] for r in reasons] == ["InvalidJSON", "Tombstone", "MissingField"]
-    assert [r["source"]["offset"] for r in reasons] == [10, 11, 12]
 
 
 def test_a_missing_topic_stops_the_worker_with_its_name_when_creating_is_off(kafka, tmp_path):
