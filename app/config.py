@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from models.loading import ModelSpec
+from models.registry import WEIGHTS_DIR
 from streams.codec import EventSchema, TensorField
 
 DEFAULT_PATH = Path("config/sluice.toml")
@@ -35,6 +36,9 @@ class AppConfig:
     torch_threads: int
     device: str
     stats_interval_s: float
+    web_bind: str
+    web_port: int
+    admin_token_env: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class PipelineConfig:
     late_events: str
     max_fill_wait_ms: float
     commit_interval_ms: float
+    model_dirs: tuple[Path, ...]
 
     @property
     def group_id(self) -> str:
@@ -188,6 +193,9 @@ def _load_app(t: _Table, env: Mapping[str, str]) -> AppConfig:
         torch_threads=t.integer("torch_threads", 0),
         device=t.text("device", "auto"),
         stats_interval_s=t.number("stats_interval_s", 10.0),
+        web_bind=t.text("web_bind", "127.0.0.1"),
+        web_port=t.integer("web_port", 6066, minimum=1),
+        admin_token_env=t.text("admin_token_env", "SLUICE_ADMIN_TOKEN"),
     )
     if not (app.device in ("auto", "cpu") or app.device.startswith("cuda")):
         raise t.fail("device", app.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -267,6 +275,20 @@ def _load_pipeline(t: _Table, name: str, base: Path) -> PipelineConfig:
         late_events=t.choice("late_events", ("score", "dead_letter"), "score"),
         max_fill_wait_ms=t.number("max_fill_wait_ms", 5.0, positive=False),
         commit_interval_ms=t.number("commit_interval_ms", 1000.0),
+        model_dirs=(),
     )
+    dirs = t.get("model_dirs", list, "a list of folders new models may be loaded from", None)
+    if dirs is None:
+        dirs = default_model_dirs(pipeline.model)
+    elif not all(isinstance(d, str) and d.strip() for d in dirs):
+        raise t.fail("model_dirs", dirs, "a list of folders new models may be loaded from")
+    else:
+        dirs = [base / d if not Path(d).is_absolute() else Path(d) for d in dirs]
     t.done()
-    return pipeline
+    return replace(pipeline, model_dirs=tuple(dirs))
+
+
+def default_model_dirs(spec: ModelSpec) -> list[Path]:
+    """Where a model swap may load from when the config does not say: next to the configured model."""
+    configured = spec.exported or spec.torchscript or spec.state_dict
+    return [configured.parent] if configured is not None else [WEIGHTS_DIR]

@@ -20,8 +20,10 @@ from app.cli import invoked_command
 from app.config import Config, ConfigError, load_config
 from app.pipeline_service import PipelineService
 from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics
+from app.web import metrics_registry, register_endpoints
 from models.loading import LoadedModel, load_model
 from models.protocol import ModelLoadError
+from streams.metrics import PipelineMetrics, SluiceCollector
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,18 @@ app = SluiceApp(
     config.app.id,
     broker=config.app.broker,
     autodiscover=False,
-    web_bind="127.0.0.1",
+    web_bind=config.app.web_bind,
+    web_port=config.app.web_port,
     store="memory://",
 )
 
-_services = {p.name: PipelineService(config, p) for p in config.pipelines}
+collector = SluiceCollector()
+_services = {
+    p.name: PipelineService(config, p, metrics=collector.register(PipelineMetrics(p.name))) for p in config.pipelines
+}
 for _service in _services.values():
     app.service(_service)  # type: ignore[arg-type]
+register_endpoints(app, config, _services, metrics_registry(collector))
 
 
 def _check_topics() -> None:
@@ -110,4 +117,4 @@ def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) ->
 
 
 # Commands register themselves on the app when imported.
-from app.commands import backfill, produce, watch  # noqa: E402, F401
+from app.commands import backfill, produce, swap_model, watch  # noqa: E402, F401

@@ -16,13 +16,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from mode import Service
 
 from app.config import Config, PipelineConfig
-from models.loading import LoadedModel, load_model
+from models.loading import LoadedModel, ModelSpec, load_model
+from models.protocol import ModelLoadError
 from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
-from streams.cost_model import CostModel
+from streams.cost_model import CostModel, reference_sizes
 from streams.kafka_sink import KafkaSink
 from streams.kafka_source import KafkaBatchSource
 from streams.live import LiveLoop
+from streams.metrics import PipelineMetrics
 from streams.pipeline import Pipeline, PipelineTopics
 
 log = logging.getLogger(__name__)
@@ -31,16 +33,6 @@ STOP_GRACE_S = 20.0
 # Decoding, encoding and handing outputs to the producer, per event, on top of inference;
 # only a starting point: the cost model replaces it with what it measures within seconds.
 PIPELINE_SECONDS_PER_EVENT = 15e-6
-
-
-def warm_up_sizes(max_batch_size: int) -> list[int]:
-    """Powers of two up to the largest batch, and the largest batch itself."""
-    sizes = {max_batch_size}
-    size = 1
-    while size < max_batch_size:
-        sizes.add(size)
-        size *= 2
-    return sorted(sizes)
 
 
 def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) -> tuple[TorchRunner, CostModel]:
@@ -52,7 +44,7 @@ def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) 
         device=config.app.device,
         threads=config.app.torch_threads,
     )
-    timings = runner.warm_up([f.shape for f in pipeline.schema.inputs], warm_up_sizes(pipeline.max_batch_size))
+    timings = runner.warm_up([f.shape for f in pipeline.schema.inputs], reference_sizes(pipeline.max_batch_size))
     cost = CostModel()
     cost.seed({n: t + n * PIPELINE_SECONDS_PER_EVENT for n, t in timings.items()})
     return runner, cost
@@ -75,11 +67,20 @@ def settle_garbage_collector() -> None:
 class PipelineService(Service):
     """Runs one configured pipeline for as long as the worker runs."""
 
-    def __init__(self, config: Config, pipeline: PipelineConfig, model: LoadedModel | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        config: Config,
+        pipeline: PipelineConfig,
+        model: LoadedModel | None = None,
+        metrics: PipelineMetrics | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.config = config
         self.pipeline_config = pipeline
         self._model = model
+        self.metrics = metrics or PipelineMetrics(pipeline.name)
+        self._swapping = asyncio.Lock()
         self.live: LiveLoop | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -139,6 +140,7 @@ class PipelineService(Service):
             late_events=p.late_events,
             stats_interval_s=self.config.app.stats_interval_s,
             commit_interval_ms=p.commit_interval_ms,
+            metrics=self.metrics,
         )
         settle_garbage_collector()
         self._run_task = asyncio.create_task(self.live.run(), name=f"sluice-live-{p.name}")
@@ -154,6 +156,37 @@ class PipelineService(Service):
             p.latency_budget_ms,
             p.max_batch_size,
         )
+
+    async def swap_model(self, spec: ModelSpec) -> tuple[str, str]:
+        """Load and warm up ``spec`` beside the serving model, then swap it in between two batches.
+
+        Raises ``ModelLoadError`` (the old model keeps serving) if it cannot be loaded or does
+        not take the pipeline's inputs. Returns the new model's name and version.
+        """
+        p = self.pipeline_config
+        if self.live is None or self._runner is None:
+            raise ModelLoadError(f"pipeline {p.name} is not running yet")
+        async with self._swapping:
+            loaded = await asyncio.to_thread(load_model, spec)
+            try:
+                runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"{spec.describe()} does not score the inputs of pipeline {p.name} "
+                    f"({', '.join(f'{f.field} {list(f.shape)}' for f in p.schema.inputs)}): {exc}"
+                ) from exc
+            old = await self.live.swap_runner(runner, cost)
+            self._runner = runner
+            await old.aclose()
+        log.warning(
+            "pipeline %s: now serving model %s v%s (was %s v%s)",
+            p.name,
+            runner.name,
+            runner.version,
+            old.name,
+            old.version,
+        )
+        return runner.name, runner.version
 
     def _on_loop_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -8,6 +8,7 @@ and exported programs and TorchScript archives hold no Python code.
 from __future__ import annotations
 
 import importlib
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,7 @@ def load_state(module: nn.Module, path: Path, what: str) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
         raise ModelLoadError(f"weights file {path} does not fit {what}: {exc}") from exc
     return module
 

@@ -19,6 +19,17 @@ from dataclasses import dataclass
 GRID_RATIO = 1.5
 
 
+def reference_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes the model is warmed up at and the cost model is reported for:
+    powers of two up to the largest batch, and the largest batch itself."""
+    sizes = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return sorted(sizes)
+
+
 def bucket_of(size: int) -> int:
     """Index of the geometric bucket holding ``size`` (1, 2, 3, 4-5, 6-7, 8-11, ...)."""
     return int(math.log(max(size, 1)) / math.log(GRID_RATIO) + 1e-9)

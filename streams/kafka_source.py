@@ -47,6 +47,7 @@ class _Listener(ConsumerRebalanceListener):
             await self.source.on_revoke(set(revoked))
         for tp in revoked:
             self.source.fetched_up_to.pop(tp, None)
+            self.source.committed.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned: %s", _names(assigned))
@@ -64,6 +65,8 @@ class KafkaBatchSource:
         self.on_revoke: RevokeHandler = _nothing_in_flight
         # Next offset to fetch per partition, to tell how much the broker holds beyond it.
         self.fetched_up_to: dict[TopicPartition, int] = {}
+        # Where each partition was when this worker got it, then what it committed since.
+        self.committed: dict[TopicPartition, int] = {}
 
     def subscribe(self) -> None:
         self.consumer.subscribe(self.topics, listener=_Listener(self))
@@ -90,6 +93,7 @@ class KafkaBatchSource:
         for tp, records in fetched.items():
             batch.extend(records)
             self.fetched_up_to[tp] = records[-1].offset + 1
+            self.committed.setdefault(tp, records[0].offset)
         return batch
 
     def backlog(self) -> int:
@@ -99,6 +103,16 @@ class KafkaBatchSource:
             high = self.consumer.highwater(tp)
             if high is not None and high > fetched:
                 lag += high - fetched
+        return lag
+
+    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: records the broker holds after this worker's last commit."""
+        lag: dict[tuple[str, int], int] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            base = self.committed.get(tp)
+            if high is not None and base is not None:
+                lag[(tp.topic, tp.partition)] = max(0, high - base)
         return lag
 
     async def commit_offsets(self, offsets: dict[TopicPartition, int]) -> bool:
@@ -112,6 +126,7 @@ class KafkaBatchSource:
             return True
         try:
             await self.consumer.commit(offsets)
+            self.committed.update(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             log.warning("commit failed after a rebalance; these records will be scored again: %s", exc)
         except KafkaError as exc:

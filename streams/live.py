@@ -24,10 +24,13 @@ import numpy as np
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from models.protocol import Runner
 from streams.batcher import Batch, Batcher
+from streams.cost_model import CostModel, reference_sizes
 from streams.isolation import ModelUnavailableError
 from streams.kafka_source import KafkaBatchSource, next_offsets
 from streams.live_stats import LiveStats
+from streams.metrics import PipelineMetrics
 from streams.pipeline import Pipeline, Scored, wall_clock_ms
 from streams.records import OutputRecord, SourceRecord
 
@@ -70,12 +73,15 @@ class LiveLoop:
         commit_interval_ms: float = 1000.0,
         max_in_flight: int = 4,
         clock_ms: Callable[[], float] = wall_clock_ms,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.source = source
         self.pipeline = pipeline
         self.batcher = batcher
         self.late_events = late_events
         self.stats = LiveStats()
+        self.metrics = metrics or PipelineMetrics(pipeline.name)
+        self.metrics.probe = self
         self.stats_interval_s = stats_interval_s
         self.clock_ms = clock_ms
         # Enough queued to fill the next batches while one is scored; more only adds memory.
@@ -138,10 +144,12 @@ class LiveLoop:
                     await asyncio.wait_for(self._room.wait(), PAUSE_AFTER_S)
                 except TimeoutError:
                     records = await self.source.keep_alive()
+                    self.metrics.received += len(records)
                     if records:
                         self.batcher.add(records, self.clock_ms())
                 continue
             records = await self.source.next_batch(max_records=room)
+            self.metrics.received += len(records)
             if records and not self._stopping.is_set():
                 self.batcher.add(records, self.clock_ms())
                 self._arrived.set()
@@ -173,6 +181,7 @@ class LiveLoop:
                 if sent is None:
                     return  # stopping: the batch is not committed and will be scored after a restart
             scored, acknowledged = sent
+            self.metrics.scored_batch(len(batch), scored.outcome.infer_seconds, scored.outcome.errors)
             await self._commits.put(
                 _InFlight(
                     records=batch.records,
@@ -259,6 +268,7 @@ class LiveLoop:
                 stamps = np.fromiter((r.timestamp for r in item.records), dtype=np.float64, count=len(item.records))
                 latencies = done_ms - stamps
                 late = int((latencies > budget).sum()) if budget is not None else 0
+                self.metrics.acknowledged(item.scored, latencies / 1000, late)
                 self.stats.record(
                     events=len(item.records),
                     scored=item.scored,
@@ -312,6 +322,36 @@ class LiveLoop:
             await self._commit_now()
         if dropped:
             log.info("%d queued events of revoked partitions left for their next owner", dropped)
+
+    async def swap_runner(self, runner: Runner, cost: CostModel) -> Runner:
+        """Serve ``runner`` from the next batch on; returns the old one, no longer in use.
+
+        Taken between two batches (the dispatch lock), so every batch, and so every output,
+        is scored by exactly one model, and the output names it.
+        """
+        async with self._dispatching:
+            old = self.pipeline.runner
+            self.pipeline.use_runner(runner)
+            self.batcher.cost = cost
+            self.metrics.model_swaps += 1
+        return old
+
+    # What the metrics collector reads at scrape time (streams.metrics.LiveProbe).
+
+    def queue_depth(self) -> int:
+        return len(self.batcher)
+
+    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        return self.source.lag_by_partition()
+
+    def serving(self) -> tuple[str, str]:
+        return self.pipeline.runner.name, self.pipeline.runner.version
+
+    def predicted_batch_seconds(self) -> dict[int, float]:
+        return {n: self.batcher.cost.predict(n) for n in reference_sizes(self.batcher.policy.max_batch_size)}
+
+    def model_unavailable(self) -> bool:
+        return self._model_error is not None
 
     async def _report(self) -> None:
         while True:

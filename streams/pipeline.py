@@ -75,12 +75,16 @@ class Pipeline:
     ) -> None:
         self.name = name
         self.schema = schema
-        self.runner = runner
-        self.scorer = IsolatingScorer(runner)
+        self.use_runner(runner)
         self.sink = sink
         self.topics = topics
         self.clock_ms = clock_ms
         self.key_by_position = key_by_position
+
+    def use_runner(self, runner: Runner) -> None:
+        """Score with ``runner`` from the next batch on (the caller makes sure no batch is being scored)."""
+        self.runner = runner
+        self.scorer = IsolatingScorer(runner)
 
     def decode(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Decoded:
         """The model's inputs for the valid records, and a reason for each of the others.

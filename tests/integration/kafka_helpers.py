@@ -82,13 +82,38 @@ def sluice(*args: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", *args]
 
 
-def run_sluice(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(sluice(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run_sluice(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        sluice(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def topics_for(name: str) -> dict[str, str]:
+    """Input, output and dead-letter topic names for a test's pipeline, as ``write_config`` takes them."""
+    return {"input_topic": f"{name}-in", "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq"}
+
+
+def start_producing(config: Path, count: int, rate: float, seed: int) -> subprocess.Popen[str]:
+    """A stream of ``count`` demo events at ``rate`` per second, produced in the background by `sluice produce`."""
+    args = ("--config", str(config), "produce", "--count", str(count), "--rate", str(rate), "--seed", str(seed))
+    return subprocess.Popen(sluice(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(producer: subprocess.Popen[str]) -> None:
+    """Wait for a background producer; the test fails if it did not produce everything."""
+    _, err = producer.communicate(timeout=120)
+    assert producer.returncode == 0, err
 
 
 @contextmanager
 def running_worker(
-    config: Path, log_path: Path, *, ready_text: str, timeout: float = 90
+    config: Path,
+    log_path: Path,
+    *,
+    ready_text: str,
+    timeout: float = 90,
+    web_port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A `sluice worker` process, ready once its log shows ``ready_text``; stopped with SIGTERM after."""
     datadir = log_path.parent / f"{log_path.stem}-data"
@@ -103,12 +128,12 @@ def running_worker(
                 "-l",
                 "info",
                 "--web-port",
-                str(free_port()),
+                str(web_port or free_port()),
             ),
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     try:
         wait_for_log(log_path, ready_text, proc=proc, timeout=timeout)

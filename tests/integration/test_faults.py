@@ -18,31 +18,18 @@ from app.demo_events import demo_events
 from tests.integration.kafka_helpers import (
     ROOT,
     committed_offsets,
+    finished,
     produce_raw,
     read_topic,
     running_worker,
-    sluice,
+    start_producing,
     stop_gracefully,
     tally,
+    topics_for,
     unique,
     wait_for_log,
     write_config,
 )
-
-
-def topics_for(name: str) -> dict[str, str]:
-    return {"input_topic": f"{name}-in", "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq"}
-
-
-def start_producing(config, count: int, rate: float, seed: int) -> subprocess.Popen[str]:
-    """A stream of ``count`` demo events at ``rate`` per second, in the background."""
-    args = ("--config", str(config), "produce", "--count", str(count), "--rate", str(rate), "--seed", str(seed))
-    return subprocess.Popen(sluice(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finished(producer: subprocess.Popen[str]) -> None:
-    _, err = producer.communicate(timeout=120)
-    assert producer.returncode == 0, err
 
 
 def restart_broker() -> None:

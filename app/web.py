@@ -1,0 +1,96 @@
+"""The worker's HTTP endpoints, on Faust's web server (127.0.0.1:6066 unless configured).
+
+- ``GET /metrics``: Prometheus text format, every pipeline's metrics plus the process's.
+- ``GET /pipelines/NAME/model``: the model being served.
+- ``POST /pipelines/NAME/model``: swap in another model (``Authorization: Bearer TOKEN``,
+  the token from the environment variable ``app.admin_token_env`` names; disabled when
+  that variable is unset).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from app.config import Config
+from app.model_swap import SwapRejected, swap_spec
+from app.pipeline_service import PipelineService
+from models.protocol import ModelLoadError
+from streams.metrics import SluiceCollector
+
+log = logging.getLogger(__name__)
+
+
+def metrics_registry(collector: SluiceCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def authorized(headers: Mapping[str, str], token: str | None) -> bool:
+    if not token:
+        return False
+    given = headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def register_endpoints(
+    app: faust.App, config: Config, services: Mapping[str, PipelineService], registry: CollectorRegistry
+) -> None:
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/pipelines/{pipeline}/model")
+    class Model(View):
+        async def get(self, request: Request, pipeline: str) -> Response:
+            service = services.get(pipeline)
+            if service is None or service.live is None:
+                return self.error(404, f"no running pipeline {pipeline!r}; pipelines: {sorted(services)}")
+            name, version = service.live.serving()
+            return self.json({"pipeline": pipeline, "model": name, "version": version})
+
+        async def post(self, request: Request, pipeline: str) -> Response:
+            env = config.app.admin_token_env
+            token = os.environ.get(env)
+            if not token:
+                return self.error(403, f"model changes over HTTP are disabled: set ${env} on the worker to enable them")
+            if not authorized(request.headers, token):
+                log.warning("model swap refused: missing or wrong token")
+                return self.error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+            service = services.get(pipeline)
+            if service is None:
+                return self.error(404, f"no pipeline {pipeline!r}; pipelines: {sorted(services)}")
+            try:
+                body: Any = orjson.loads(await request.read())
+            except orjson.JSONDecodeError as exc:
+                return self.error(400, f"the body is not JSON: {exc}")
+            try:
+                spec = swap_spec(service.pipeline_config, body)
+                log.info("pipeline %s: loading %s v%s to swap in", pipeline, spec.describe(), spec.version)
+                name, version = await service.swap_model(spec)
+            except SwapRejected as exc:
+                log.warning("pipeline %s: model swap refused: %s", pipeline, exc)
+                return self.error(exc.status, str(exc))
+            except ModelLoadError as exc:
+                log.warning("pipeline %s: model swap failed, the old model keeps serving: %s", pipeline, exc)
+                return self.error(422, f"not swapped, the old model keeps serving: {exc}")
+            except Exception as exc:
+                # Loading user files can fail in ways no list of exceptions foresees; the worker serves on.
+                log.exception("pipeline %s: model swap failed, the old model keeps serving", pipeline)
+                return self.error(500, f"not swapped, the old model keeps serving: {type(exc).__name__}: {exc}")
+            return self.json({"pipeline": pipeline, "model": name, "version": version})
