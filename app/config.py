@@ -27,6 +27,34 @@ class ConfigError(Exception):
     """The config file is missing or wrong; the message says where and how to fix it."""
 
 
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """How to reach a secured cluster. Secrets are never in the file: only the names of the
+    environment variables that hold them, read when a client connects."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username_env: str | None = None
+    sasl_password_env: str | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password_env: str | None = None
+    ssl_check_hostname: bool = True
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+
 @dataclass(frozen=True)
 class AppConfig:
     id: str
@@ -39,6 +67,7 @@ class AppConfig:
     web_bind: str
     web_port: int
     admin_token_env: str
+    security: SecurityConfig = SecurityConfig()
 
 
 @dataclass(frozen=True)
@@ -170,7 +199,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     root = _Table(path, "", raw)
-    app = _load_app(root.table("app", default={}), env)
+    app = _load_app(root.table("app", default={}), env, path.parent)
     pipelines_table = root.table("pipelines", default={})
     pipelines = tuple(
         _load_pipeline(pipelines_table.table(name), name, path.parent) for name in list(pipelines_table.data)
@@ -182,7 +211,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
     return Config(path=path, app=app, pipelines=pipelines)
 
 
-def _load_app(t: _Table, env: Mapping[str, str]) -> AppConfig:
+def _load_app(t: _Table, env: Mapping[str, str], base: Path) -> AppConfig:
     broker = env.get(ENV_BROKER) or t.text("broker", "kafka://127.0.0.1:9092")
     t.seen.add("broker")
     app = AppConfig(
@@ -196,11 +225,43 @@ def _load_app(t: _Table, env: Mapping[str, str]) -> AppConfig:
         web_bind=t.text("web_bind", "127.0.0.1"),
         web_port=t.integer("web_port", 6066, minimum=1),
         admin_token_env=t.text("admin_token_env", "SLUICE_ADMIN_TOKEN"),
+        security=_load_security(t.table("security", default={}), base),
     )
     if not (app.device in ("auto", "cpu") or app.device.startswith("cuda")):
         raise t.fail("device", app.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
     t.done()
     return app
+
+
+def _load_security(t: _Table, base: Path) -> SecurityConfig:
+    def file(name: str) -> Path | None:
+        value = t.text(name, None)
+        if value is None:
+            return None
+        path = Path(value) if Path(value).is_absolute() else base / value
+        if not path.is_file():
+            raise t.fail(name, value, f"an existing file (looked at {path})")
+        return path
+
+    security = SecurityConfig(
+        protocol=t.choice("protocol", PROTOCOLS, "PLAINTEXT"),
+        sasl_mechanism=t.choice("sasl_mechanism", SASL_MECHANISMS, None) if "sasl_mechanism" in t.data else None,
+        sasl_username_env=t.text("sasl_username_env", None),
+        sasl_password_env=t.text("sasl_password_env", None),
+        ssl_cafile=file("ssl_cafile"),
+        ssl_certfile=file("ssl_certfile"),
+        ssl_keyfile=file("ssl_keyfile"),
+        ssl_key_password_env=t.text("ssl_key_password_env", None),
+        ssl_check_hostname=t.flag("ssl_check_hostname", True),
+    )
+    if security.sasl:
+        if security.sasl_mechanism is None:
+            raise t.fail("sasl_mechanism", None, f"one of {list(SASL_MECHANISMS)} with protocol {security.protocol}")
+        for key in ("sasl_username_env", "sasl_password_env"):
+            if getattr(security, key) is None:
+                raise t.fail(key, None, f"the name of the environment variable holding it, with {security.protocol}")
+    t.done()
+    return security
 
 
 def _topics(t: _Table, name: str) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from faust.app.base import BootStrategy
 
 from app.cli import invoked_command
 from app.config import Config, ConfigError, load_config
+from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
 from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics
 from app.web import metrics_registry, register_endpoints
@@ -42,9 +43,11 @@ def _load() -> Config:
 
 
 class SluiceBoot(BootStrategy):
-    # Pipelines own their consumers (batch API, explicit commits); Faust's own
-    # per-event consumer and its group would only add a rebalance participant.
+    # Pipelines own their consumers (batch API, explicit commits) and producers; Faust's own
+    # per-event consumer would only add a rebalance participant, and its producer an idle
+    # connection that needs credentials of its own on a secured cluster.
     enable_kafka_consumer = False
+    enable_kafka_producer = False
 
 
 class SluiceApp(faust.App):
@@ -78,10 +81,15 @@ def _check_topics() -> None:
     """
     wanted = [t for s in _services.values() for t in s.pipeline_config.topics]
 
+    try:
+        conn = connection(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+
     def check() -> None:
         asyncio.run(
             ensure_topics(
-                config.bootstrap_servers,
+                conn,
                 wanted,
                 create=config.app.create_topics,
                 partitions=config.app.topic_partitions,

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from mode import Service
 
 from app.config import Config, PipelineConfig
+from app.kafka_clients import connection, make_consumer, make_producer
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.protocol import ModelLoadError
 from models.runner import TorchRunner
@@ -94,24 +95,21 @@ class PipelineService(Service):
 
     async def on_start(self) -> None:
         p = self.pipeline_config
-        bootstrap = self.config.bootstrap_servers
+        conn = connection(self.config)
         # The worker's preflight (app.main) checked the broker and the topics already.
         loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+        self._producer = make_producer(
+            conn,
             client_id=f"sluice-{p.name}",
-            acks="all",
-            enable_idempotence=True,
             linger_ms=1,
             max_batch_size=256 * 1024,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+        self._consumer = make_consumer(
+            conn,
             group_id=p.group_id,
             client_id=f"sluice-{p.name}",
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=min(p.poll_ms, 500),

@@ -8,7 +8,10 @@ import logging
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from app.kafka_clients import Connection, describe, make_admin
 
 log = logging.getLogger(__name__)
 
@@ -18,20 +21,58 @@ class TopicMissingError(Exception):
 
 
 class BrokerUnreachableError(Exception):
-    """No broker answered at the configured address."""
+    """No broker answered at the configured address, or it refused the credentials."""
+
+
+def as_connection(conn: Connection | str) -> Connection:
+    return {"bootstrap_servers": conn} if isinstance(conn, str) else conn
+
+
+async def _why_unreachable(conn: Connection, timeout_s: float) -> str:
+    """The broker's own reason when a secured connection fails (aiokafka's bootstrap only says
+    it could not connect): wrong credentials, a TLS error, or nothing listening."""
+    host, _, port = str(conn["bootstrap_servers"]).split(",")[0].rpartition(":")
+    try:
+        connection = await asyncio.wait_for(
+            create_conn(
+                host,
+                int(port),
+                security_protocol=conn.get("security_protocol", "PLAINTEXT"),
+                ssl_context=conn.get("ssl_context"),
+                sasl_mechanism=conn.get("sasl_mechanism"),
+                sasl_plain_username=conn.get("sasl_plain_username"),
+                sasl_plain_password=conn.get("sasl_plain_password"),
+                request_timeout_ms=int(timeout_s * 1000),
+            ),
+            timeout_s,
+        )
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return str(exc) or type(exc).__name__
+    connection.close()
+    return "it answered a direct connection, but not a metadata request"
 
 
 async def ensure_topics(
-    bootstrap: str, topics: Iterable[str], *, create: bool, partitions: int, timeout_s: float = 30.0
+    conn: Connection | str, topics: Iterable[str], *, create: bool, partitions: int, timeout_s: float = 30.0
 ) -> None:
+    conn = as_connection(conn)
+    bootstrap = conn["bootstrap_servers"]
     wanted = sorted(set(topics))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except (KafkaConnectionError, TimeoutError) as exc:
+        await admin.close()
+        if conn.get("security_protocol", "PLAINTEXT") != "PLAINTEXT":
+            reason = await _why_unreachable(conn, min(timeout_s, 10.0))
+            raise BrokerUnreachableError(
+                f"cannot connect to Kafka at {describe(conn)}: {reason}; check the credentials in the environment "
+                f"variables [app.security] names, and its protocol and mechanism"
+            ) from exc
         raise BrokerUnreachableError(
             f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s; check that it is running "
-            f"(docker/kafka-local status) and that [app] broker or $SLUICE_BROKER points at it"
+            f"(docker/kafka-local status), that [app] broker or $SLUICE_BROKER points at it, and whether the "
+            f"cluster needs TLS or SASL ([app.security])"
         ) from exc
     try:
         existing = set(await admin.list_topics())
@@ -51,6 +92,11 @@ async def ensure_topics(
         await admin.close()
 
 
+async def check_broker(conn: Connection | str, timeout_s: float = 15.0) -> None:
+    """Connect once, so an unreachable broker or refused credentials is one clear error up front."""
+    await ensure_topics(conn, [], create=False, partitions=1, timeout_s=timeout_s)
+
+
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float) -> None:
     # A topic is usable once every partition has a leader; producing earlier only earns retries.
     loop = asyncio.get_running_loop()
@@ -65,9 +111,9 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeo
         await asyncio.sleep(0.1)
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(conn: Connection | str, topic: str) -> list[int]:
     """The partition numbers of ``topic``; empty if it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = make_admin(as_connection(conn))
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])

@@ -8,16 +8,17 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from faust.cli import AppCommand, option
 
 from app.config import PipelineConfig
+from app.errors import exit_on_operator_error
+from app.kafka_clients import connection, make_consumer, make_producer
 from app.main import app, config
 from app.pipeline_service import build_runner
 from app.progress import Progress
-from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics, partitions_of
+from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec, load_model
-from models.protocol import ModelLoadError
 from models.registry import DEMO_MODELS
 from streams.backfill import BackfillSummary, Checkpoint, run_backfill
 from streams.batcher import Batcher, BatchPolicy
@@ -87,10 +88,10 @@ async def backfill_run(
 ) -> BackfillSummary:
     k, n = parse_part(part)
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
-    bootstrap = config.bootstrap_servers
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
-    )
+    conn = connection(config)
+    await check_broker(conn)
+    # No group: the backfill never touches the live worker's committed offsets.
+    consumer = make_consumer(conn, group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
     try:
         if resume:
@@ -103,7 +104,7 @@ async def backfill_run(
         else:
             p = config.pipeline(pipeline_name) if pipeline_name else config.pipelines[0]
             run_id = run_id or f"{p.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-            partitions = {t: await partitions_of(bootstrap, t) for t in p.input_topics}
+            partitions = {t: await partitions_of(conn, t) for t in p.input_topics}
             plan = await plan_replay(consumer, partitions, from_timestamp_ms=parse_timestamp(from_timestamp))
             mine = sorted(plan.end)[k - 1 :: n]  # several processes split one run's partitions
             plan = type(plan)({tp: plan.start[tp] for tp in mine}, {tp: plan.end[tp] for tp in mine})
@@ -136,14 +137,12 @@ async def backfill_run(
         sink: Sink
         if kind == "kafka":
             await ensure_topics(
-                bootstrap,
+                conn,
                 [target, p.dead_letter_topic],
                 create=config.app.create_topics,
                 partitions=config.app.topic_partitions,
             )
-            producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024
-            )
+            producer = make_producer(conn, linger_ms=5, max_batch_size=512 * 1024)
             await producer.start()
             sink = KafkaSink(producer)
         elif kind == "file":
@@ -201,10 +200,8 @@ async def backfill(
 ) -> None:
     """Replay a pipeline's input topics from the beginning through the same pipeline, then exit."""
     try:
-        summary = await backfill_run(pipeline, model, sink, from_timestamp, resume, run_id, part, state_dir)
-    except (BackfillError, TopicNotFoundError, TopicMissingError, BrokerUnreachableError, ModelLoadError) as exc:
-        print(f"sluice backfill: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        with exit_on_operator_error("backfill", BackfillError, TopicNotFoundError):
+            summary = await backfill_run(pipeline, model, sink, from_timestamp, resume, run_id, part, state_dir)
     except ModelUnavailableError as exc:
         # Not the events' fault: dead-lettering history would be wrong. What is acknowledged is checkpointed.
         print(

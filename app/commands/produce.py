@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaProducer
 from faust.cli import AppCommand, option
 
 from app.demo_events import demo_events
+from app.errors import exit_on_operator_error
+from app.kafka_clients import connection, make_producer
 from app.main import app, config
 from app.progress import Progress
 from app.topics import ensure_topics
@@ -31,9 +32,10 @@ FLUSH_EVERY = 2_000
 async def produce(self: AppCommand, count: int, topic: str | None, rate: float, seed: int) -> None:
     """Produce synthetic card transactions (the demo models' input) to Kafka."""
     topic = topic or config.pipelines[0].input_topics[0]
-    bootstrap = config.bootstrap_servers
-    await ensure_topics(bootstrap, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=True)
+    with exit_on_operator_error("produce"):
+        conn = connection(config)
+        await ensure_topics(conn, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions)
+    producer = make_producer(conn, linger_ms=5)
     await producer.start()
     progress = Progress(count, f"produced to {topic}", every_s=1.0)
     try:

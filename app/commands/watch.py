@@ -6,11 +6,13 @@ import sys
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from faust.cli import AppCommand, option
 
+from app.errors import exit_on_operator_error
+from app.kafka_clients import connection, make_consumer
 from app.main import app, config
-from app.topics import partitions_of
+from app.topics import check_broker, partitions_of
 
 
 def describe(value: bytes) -> str:
@@ -51,12 +53,15 @@ async def watch(
 ) -> None:
     """Print predictions as they arrive (id, prediction, model, source position, latency)."""
     topic = topic or config.pipelines[0].output_topic
-    partitions = await partitions_of(config.bootstrap_servers, topic)
+    with exit_on_operator_error("watch"):
+        conn = connection(config)
+        await check_broker(conn)
+    partitions = await partitions_of(conn, topic)
     if not partitions:
         where = config.bootstrap_servers
         print(f"sluice watch: topic {topic!r} does not exist (yet) on {where}", file=sys.stderr)
         return
-    consumer = AIOKafkaConsumer(bootstrap_servers=config.bootstrap_servers, enable_auto_commit=False)
+    consumer = make_consumer(conn)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
