@@ -24,13 +24,13 @@ RevokeHandler = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
 def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
-    """The offsets to commit after ``records``: one past the last record of each partition."""
-    offsets: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        if record.offset >= offsets.get(tp, -1):
-            offsets[tp] = record.offset + 1
-    return offsets
+    """The offsets to commit after ``records``: one past the last record of each partition.
+
+    Each partition's records come in offset order (fetches and batches keep it), so the last
+    one seen is the highest; were it ever not, this would commit less, never more.
+    """
+    last = {(r.topic, r.partition): r.offset for r in records}  # one dict store per record: this runs per event
+    return {TopicPartition(topic, partition): offset + 1 for (topic, partition), offset in last.items()}
 
 
 def _names(tps: Sequence[TopicPartition] | set[TopicPartition]) -> str:

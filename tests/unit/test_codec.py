@@ -110,3 +110,38 @@ def test_encoded_predictions_carry_id_key_model_source_and_latency():
         "latency_ms": 9,
     }
     assert math.isclose(orjson.loads(out[0].value)["prediction"], 0.25)
+
+
+def test_the_fast_encoding_writes_the_same_json_as_a_dict_would_even_for_awkward_names():
+    docs = [event(0, id='naïve "quoted" %s'), event(1, id=7), event(2)]
+    records = [InputRecord('odd "topic" 100%', 3, 10 + i, 1_000 + i, b"k", orjson.dumps(d)) for i, d in enumerate(docs)]
+    decoded = decode(records, SCHEMA)
+    predictions = np.array([1e-7, 0.5, 123456.789], dtype=np.float32)
+    names = {"model_name": 'm "x" 50%d', "model_version": "v%r"}
+    fast = encode_predictions(records, decoded, predictions, topic="out", now_ms=2_000, **names)
+    reference = [
+        {
+            "id": d["id"],
+            "prediction": p,
+            "model": 'm "x" 50%d',
+            "model_version": "v%r",
+            "source": {"topic": 'odd "topic" 100%', "partition": 3, "offset": 10 + i},
+            "event_ts": 1_000 + i,
+            "latency_ms": 1_000 - i,
+        }
+        for i, (d, p) in enumerate(zip(docs, predictions.tolist(), strict=True))
+    ]
+    assert [orjson.loads(o.value) for o in fast] == reference
+
+
+def test_non_finite_and_multi_output_predictions_are_still_valid_json():
+    records = records_of([event(0), event(1)])
+    decoded = decode(records, SCHEMA)
+    nan = encode_predictions(
+        records, decoded, np.array([np.nan, 1.0]), topic="o", model_name="m", model_version="1", now_ms=0
+    )
+    assert orjson.loads(nan[0].value)["prediction"] is None
+    multi = encode_predictions(
+        records, decoded, np.array([[0.1, 0.9], [0.4, 0.6]]), topic="o", model_name="m", model_version="1", now_ms=0
+    )
+    assert orjson.loads(multi[1].value)["prediction"] == [0.4, 0.6]
