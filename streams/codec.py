@@ -218,9 +218,10 @@ def encode_predictions(
     or by its source position (``topic:partition:offset``), so that scoring the same record
     again writes the same key (a backfill re-run overwrites on a compacted topic)."""
     if predictions.ndim == 1 and np.isfinite(predictions).all():
-        body = _scalar_bodies(records, decoded, predictions.tolist(), model_name, model_version, now_ms)
-    else:
-        body = _general_bodies(records, decoded, predictions.tolist(), model_name, model_version, now_ms)
+        return _encode_scalars(
+            records, decoded, predictions.tolist(), topic, model_name, model_version, now_ms, key_by_position
+        )
+    body = _general_bodies(records, decoded, predictions.tolist(), model_name, model_version, now_ms)
     out = []
     for row, value in zip(decoded.rows.tolist(), body, strict=True):
         record = records[row]
@@ -229,42 +230,46 @@ def encode_predictions(
     return out
 
 
-def _scalar_bodies(
+def _encode_scalars(
     records: Sequence[SourceRecord],
     decoded: Decoded,
     values: list[float],
+    topic: str,
     model_name: str,
     model_version: str,
     now_ms: int,
-) -> list[bytes]:
-    # One float per event, the common case: filling a bytes template is about 3x faster than
-    # building and serialising a dict per event, and this runs once per event. The constant
-    # parts are serialised by orjson once per batch, so names are escaped exactly as before.
+    key_by_position: bool,
+) -> list[OutputRecord]:
+    # One float per event, the common case, and this runs once per event: filling bytes
+    # templates is about 3x faster than building and serialising a dict per event. The
+    # constant parts are serialised by orjson once per batch, so names are escaped as before.
     dumps = orjson.dumps
     model = (dumps(model_name) + b',"model_version":' + dumps(model_version)).replace(b"%", b"%%")
     template = (
         b'{"id":%b,"prediction":%r,"model":' + model + b',"source":{"topic":%b,"partition":%d,"offset":%d},'
         b'"event_ts":%d,"latency_ms":%d}'
     )
-    topics: dict[str, bytes] = {}
+    topic_json: dict[str, bytes] = {}
+    topic_key: dict[str, bytes] = {}
     out = []
     for row, event_id, prediction in zip(decoded.rows.tolist(), decoded.ids, values, strict=True):
         record = records[row]
-        topic_json = topics.get(record.topic)
-        if topic_json is None:
-            topic_json = topics[record.topic] = dumps(record.topic)
-        out.append(
-            template
-            % (
-                dumps(event_id),
-                prediction,
-                topic_json,
-                record.partition,
-                record.offset,
-                record.timestamp,
-                now_ms - record.timestamp,
-            )
+        source = record.topic
+        if source not in topic_json:
+            topic_json[source] = dumps(source)
+            topic_key[source] = source.encode().replace(b"%", b"%%") + b":%d:%d"
+        partition, offset, timestamp = record.partition, record.offset, record.timestamp
+        body = template % (
+            dumps(event_id),
+            prediction,
+            topic_json[source],
+            partition,
+            offset,
+            timestamp,
+            now_ms - timestamp,
         )
+        key = topic_key[source] % (partition, offset) if key_by_position else record.key
+        out.append(OutputRecord(topic, key, body, partition))
     return out
 
 

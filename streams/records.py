@@ -8,7 +8,7 @@ so records from the broker flow through without being copied; tests build
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class SourceRecord(Protocol):
@@ -47,12 +47,12 @@ class InputRecord:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class OutputRecord:
+class OutputRecord(NamedTuple):
     """A record to produce: a prediction or a dead letter.
 
     ``partition`` is the partition of the input it answers, which the sink follows so
     per-key order holds without re-hashing keys; None leaves it to the key partitioner.
+    A named tuple, not a dataclass: one is made per event, and a tuple costs a third as much.
     """
 
     topic: str

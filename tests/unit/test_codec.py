@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from streams.codec import EventSchema, TensorField, decode, encode_predictions
+from streams.codec import EventSchema, TensorField, decode, encode_predictions, position_key
 from streams.records import InputRecord
 
 SCHEMA = EventSchema(
@@ -132,6 +132,12 @@ def test_the_fast_encoding_writes_the_same_json_as_a_dict_would_even_for_awkward
         for i, (d, p) in enumerate(zip(docs, predictions.tolist(), strict=True))
     ]
     assert [orjson.loads(o.value) for o in fast] == reference
+    keyed = encode_predictions(records, decoded, predictions, topic="out", now_ms=2_000, key_by_position=True, **names)
+    assert (
+        [o.key for o in keyed]
+        == [position_key(r) for r in records]
+        == [b'odd "topic" 100%:3:10', *[f'odd "topic" 100%:3:{o}'.encode() for o in (11, 12)]]
+    )
 
 
 def test_non_finite_and_multi_output_predictions_are_still_valid_json():
