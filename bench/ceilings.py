@@ -1,15 +1,17 @@
 """The two ceilings every sluice figure is a ratio to, measured in the same run:
 
 - the model alone: in-memory tensors, no Kafka, at its best batch size;
-- the transport alone: aiokafka ``getmany`` + decode + encode + batched produce through
-  the same pipeline code, with a runner that returns zeros instead of a model.
+- the transport alone, live: aiokafka ``getmany`` + decode + encode + batched produce
+  through the same pipeline code, with a runner that returns zeros instead of a model;
+- the transport alone, for a backfill: aiokafka ``getmany`` + decode of a topic from its
+  first offset, nothing produced (``fetch_and_decode``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from models.synthetic import generate
 from streams.codec import EventSchema, TensorField
 from streams.kafka_sink import KafkaSink
 from streams.pipeline import Pipeline, PipelineTopics
+from streams.records import OutputRecord
 
 SIZES = (1, 8, 32, 64, 128, 256, 512)
 SCHEMAS = {
@@ -116,3 +119,47 @@ async def transport_alone(bootstrap: str, model: str, count: int) -> float:
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -> float:
+    """Events/s reading ``count`` events of ``topic`` from the beginning with ``getmany`` and
+    decoding them with the pipeline's own decoder: no model, nothing produced."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
+    )
+    await consumer.start()
+    try:
+        pipeline = Pipeline(
+            name="fetch-decode",
+            schema=SCHEMAS[model],
+            runner=ZeroRunner(),
+            sink=_Unused(),
+            topics=PipelineTopics(f"{topic}-unused", f"{topic}-unused-dlq"),
+        )
+        partitions = sorted(consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        done = 0
+        started = time.perf_counter()
+        while done < count:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=2048)
+            records = [r for part in fetched.values() for r in part]
+            if records:
+                pipeline.decode(records)
+                done += len(records)
+        return done / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+class _Unused:
+    """The fetch-and-decode ceiling never emits."""
+
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
+        raise AssertionError("the fetch-and-decode ceiling produces nothing")
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()

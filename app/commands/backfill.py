@@ -15,7 +15,7 @@ from app.config import PipelineConfig
 from app.errors import exit_on_operator_error
 from app.kafka_clients import connection, make_consumer, make_producer
 from app.main import app, config
-from app.pipeline_service import build_runner
+from app.pipeline_service import build_runner, settle_garbage_collector
 from app.progress import Progress
 from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec, load_model
@@ -131,6 +131,7 @@ async def backfill_run(
         model_ref = run.get("model")
         loaded = await asyncio.to_thread(load_model, model_spec(model_ref if isinstance(model_ref, str) else None, p))
         runner, cost = await asyncio.to_thread(build_runner, config, p, loaded)
+        settle_garbage_collector()  # as the worker does: full collections over torch's heap cost more than decoding
         producer: AIOKafkaProducer | None = None
         file_sink: FileSink | None = None
         kind, _, target = sink_spec.partition(":")
