@@ -1,4 +1,8 @@
-"""What the live loop did: counters since start, and the interval summary it logs."""
+"""What the live loop did over the last interval, as the one line it logs.
+
+The cumulative view (counters, histograms) is ``streams.metrics``; this keeps only what
+the log line needs: the interval's samples and three running totals.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,11 @@ import numpy as np
 
 @dataclass
 class LiveStats:
-    """Cumulative counters (for metrics and tests) plus the samples of the current interval."""
+    """Running totals for the log line, plus the samples of the current interval."""
 
     events: int = 0
     scored: int = 0
     dead_lettered: int = 0
-    late: int = 0
-    batches: int = 0
-    batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> how many batches
     _interval_started: float = field(default_factory=time.monotonic)
     _interval_events: int = 0
     _interval_batches: list[int] = field(default_factory=list)
@@ -28,9 +29,6 @@ class LiveStats:
         self.events += events
         self.scored += scored
         self.dead_lettered += dead_lettered
-        self.late += late
-        self.batches += 1
-        self.batch_sizes[events] = self.batch_sizes.get(events, 0) + 1
         self._interval_events += events
         self._interval_batches.append(events)
         self._interval_latencies.append(latencies_ms)
