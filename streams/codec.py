@@ -217,17 +217,8 @@ def encode_predictions(
     """One JSON output per scored record, keyed like its input so per-key order holds downstream,
     or by its source position (``topic:partition:offset``), so that scoring the same record
     again writes the same key (a backfill re-run overwrites on a compacted topic)."""
-    if predictions.ndim == 1 and np.isfinite(predictions).all():
-        return _encode_scalars(
-            records, decoded, predictions.tolist(), topic, model_name, model_version, now_ms, key_by_position
-        )
-    body = _general_bodies(records, decoded, predictions.tolist(), model_name, model_version, now_ms)
-    out = []
-    for row, value in zip(decoded.rows.tolist(), body, strict=True):
-        record = records[row]
-        key = position_key(record) if key_by_position else record.key
-        out.append(OutputRecord(topic, key, value, record.partition))
-    return out
+    encode = _encode_scalars if predictions.ndim == 1 and np.isfinite(predictions).all() else _encode_general
+    return encode(records, decoded, predictions.tolist(), topic, model_name, model_version, now_ms, key_by_position)
 
 
 def _encode_scalars(
@@ -273,29 +264,31 @@ def _encode_scalars(
     return out
 
 
-def _general_bodies(
+def _encode_general(
     records: Sequence[SourceRecord],
     decoded: Decoded,
     values: list[Any],
+    topic: str,
     model_name: str,
     model_version: str,
     now_ms: int,
-) -> list[bytes]:
+    key_by_position: bool,
+) -> list[OutputRecord]:
     # Several outputs per event, or NaN/inf (which orjson writes as null): a dict per event.
     out = []
     for row, event_id, prediction in zip(decoded.rows.tolist(), decoded.ids, values, strict=True):
         record = records[row]
-        out.append(
-            orjson.dumps(
-                {
-                    "id": event_id,
-                    "prediction": prediction,
-                    "model": model_name,
-                    "model_version": model_version,
-                    "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-                    "event_ts": record.timestamp,
-                    "latency_ms": now_ms - record.timestamp,
-                }
-            )
+        body = orjson.dumps(
+            {
+                "id": event_id,
+                "prediction": prediction,
+                "model": model_name,
+                "model_version": model_version,
+                "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+                "event_ts": record.timestamp,
+                "latency_ms": now_ms - record.timestamp,
+            }
         )
+        key = position_key(record) if key_by_position else record.key
+        out.append(OutputRecord(topic, key, body, record.partition))
     return out
