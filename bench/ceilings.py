@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.demo_events import demo_events
+from app.topics import partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 from models.synthetic import generate
@@ -136,7 +137,7 @@ async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -
             sink=_Unused(),
             topics=PipelineTopics(f"{topic}-unused", f"{topic}-unused-dlq"),
         )
-        partitions = sorted(consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+        partitions = await partitions_of(bootstrap, topic)
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -158,8 +159,3 @@ class _Unused:
 
     async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
         raise AssertionError("the fetch-and-decode ceiling produces nothing")
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    return consumer.partitions_for_topic(topic) or set()
