@@ -243,8 +243,23 @@ def _load_security(t: _Table, base: Path) -> SecurityConfig:
             raise t.fail(name, value, f"an existing file (looked at {path})")
         return path
 
+    protocol = t.choice("protocol", PROTOCOLS, "PLAINTEXT")
+    # Keys the protocol would not use are a mistake, not a default: a user who set a SASL password
+    # or a CA file believes the connection is authenticated or encrypted.
+    sasl_keys = ("sasl_mechanism", "sasl_username_env", "sasl_password_env")
+    tls_keys = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password_env", "ssl_check_hostname")
+    for keys, kind, used, protocols in (
+        (sasl_keys, "SASL", protocol.startswith("SASL_"), "'SASL_PLAINTEXT' or 'SASL_SSL'"),
+        (tls_keys, "TLS", protocol in ("SSL", "SASL_SSL"), "'SSL' or 'SASL_SSL'"),
+    ):
+        unused = [f"'{t.key(k)}'" for k in keys if k in t.data]
+        if unused and not used:
+            raise ConfigError(
+                f"{t.path}: key(s) {', '.join(unused)} would be ignored: key '{t.key('protocol')}' is "
+                f"{protocol!r}, which does not use {kind}; set it to {protocols}, or remove those keys"
+            )
     security = SecurityConfig(
-        protocol=t.choice("protocol", PROTOCOLS, "PLAINTEXT"),
+        protocol=protocol,
         sasl_mechanism=t.choice("sasl_mechanism", SASL_MECHANISMS, None) if "sasl_mechanism" in t.data else None,
         sasl_username_env=t.text("sasl_username_env", None),
         sasl_password_env=t.text("sasl_password_env", None),
@@ -260,6 +275,10 @@ def _load_security(t: _Table, base: Path) -> SecurityConfig:
         for key in ("sasl_username_env", "sasl_password_env"):
             if getattr(security, key) is None:
                 raise t.fail(key, None, f"the name of the environment variable holding it, with {security.protocol}")
+    # A client key or its password without the client certificate would be ignored too.
+    for key in ("ssl_keyfile", "ssl_key_password_env"):
+        if key in t.data and security.ssl_certfile is None:
+            raise t.fail(key, t.data[key], "only with key 'app.security.ssl_certfile', the client certificate")
     t.done()
     return security
 

@@ -176,3 +176,72 @@ def test_late_policy_must_be_known(tmp_path):
     )
     assert "pipelines.p.late_events" in message
     assert "['score', 'dead_letter']" in message
+
+
+def _security(table: str) -> str:
+    return GOOD.replace(
+        'broker = "kafka://127.0.0.1:9092"\n', f'broker = "kafka://127.0.0.1:9092"\n\n[app.security]\n{table}\n'
+    )
+
+
+SASL_KEYS = 'sasl_mechanism = "SCRAM-SHA-256"\nsasl_username_env = "U"\nsasl_password_env = "P"'
+
+
+@pytest.mark.parametrize("protocol", [None, "PLAINTEXT", "SSL"])
+def test_sasl_settings_without_a_sasl_protocol_are_an_error_not_ignored(tmp_path, protocol):
+    # The user believes they authenticate; the connection would not even try.
+    table = (f'protocol = "{protocol}"\n' if protocol else "") + SASL_KEYS
+    message = error_for(tmp_path, _security(table))
+    assert (
+        "key(s) 'app.security.sasl_mechanism', 'app.security.sasl_username_env', 'app.security.sasl_password_env' "
+        f"would be ignored: key 'app.security.protocol' is '{protocol or 'PLAINTEXT'}', which does not use SASL; "
+        "set it to 'SASL_PLAINTEXT' or 'SASL_SSL', or remove those keys"
+    ) in message
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
+@pytest.mark.parametrize("key", ["ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password_env"])
+def test_tls_settings_without_a_tls_protocol_are_an_error_not_ignored(tmp_path, protocol, key):
+    (tmp_path / "x.pem").write_text("")
+    table = f'protocol = "{protocol}"\n{key} = "x.pem"'
+    if protocol == "SASL_PLAINTEXT":
+        table += "\n" + SASL_KEYS
+    message = error_for(tmp_path, _security(table))
+    assert (
+        f"key(s) 'app.security.{key}' would be ignored: key 'app.security.protocol' is '{protocol}', "
+        "which does not use TLS; set it to 'SSL' or 'SASL_SSL', or remove those keys"
+    ) in message
+
+
+def test_hostname_checking_off_without_tls_is_an_error_too(tmp_path):
+    message = error_for(tmp_path, _security("ssl_check_hostname = false"))
+    assert "key(s) 'app.security.ssl_check_hostname' would be ignored" in message
+
+
+@pytest.mark.parametrize("key", ["ssl_keyfile", "ssl_key_password_env"])
+def test_a_client_key_without_its_certificate_is_an_error(tmp_path, key):
+    (tmp_path / "client.key").write_text("")
+    message = error_for(tmp_path, _security(f'protocol = "SSL"\n{key} = "client.key"'))
+    assert (
+        f"key 'app.security.{key}' has value 'client.key': expected only with key 'app.security.ssl_certfile', "
+        "the client certificate"
+    ) in message
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_tls_settings_load_with_a_tls_protocol(tmp_path, protocol):
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("")
+    table = (
+        f'protocol = "{protocol}"\nssl_cafile = "ca.pem"\nssl_certfile = "client.pem"\nssl_keyfile = "client.key"\n'
+        'ssl_key_password_env = "KEY_PASSWORD"\nssl_check_hostname = false'
+    )
+    if protocol == "SASL_SSL":
+        table += "\n" + SASL_KEYS
+    security = load_config(write(tmp_path, _security(table)), environ={}).app.security
+    assert (security.ssl_cafile, security.ssl_certfile, security.ssl_keyfile) == (
+        tmp_path / "ca.pem",
+        tmp_path / "client.pem",
+        tmp_path / "client.key",
+    )
+    assert security.ssl_key_password_env == "KEY_PASSWORD" and security.ssl_check_hostname is False
