@@ -7,16 +7,20 @@ made; they are never logged, and a variable that is not set is an error naming i
 from __future__ import annotations
 
 import os
+import ssl
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.helpers import create_ssl_context
 
 from app.config import Config, ConfigError, SecurityConfig
 
 Connection = Mapping[str, Any]
+
+# What each TLS context trusts and presents, for describe(): an SSLContext cannot say it itself.
+_tls_identity: weakref.WeakKeyDictionary[ssl.SSLContext, str] = weakref.WeakKeyDictionary()
 
 
 def _secret(config: Config, key: str, variable: str | None, environ: Mapping[str, str]) -> str | None:
@@ -41,15 +45,49 @@ def connection(config: Config, environ: Mapping[str, str] | None = None) -> Conn
         settings["sasl_plain_username"] = _secret(config, "sasl_username_env", security.sasl_username_env, env)
         settings["sasl_plain_password"] = _secret(config, "sasl_password_env", security.sasl_password_env, env)
     if security.tls:
-        context = create_ssl_context(
-            cafile=str(security.ssl_cafile) if security.ssl_cafile else None,
-            certfile=str(security.ssl_certfile) if security.ssl_certfile else None,
-            keyfile=str(security.ssl_keyfile) if security.ssl_keyfile else None,
-            password=_secret(config, "ssl_key_password_env", security.ssl_key_password_env, env),
-        )
-        context.check_hostname = security.ssl_check_hostname
-        settings["ssl_context"] = context
+        settings["ssl_context"] = _tls_context(config, security, env)
     return settings
+
+
+def _tls_context(config: Config, security: SecurityConfig, env: Mapping[str, str]) -> ssl.SSLContext:
+    """What aiokafka's create_ssl_context makes, loaded step by step so that a file that cannot be
+    used is a config error naming its key, not an ssl.SSLError at the first connection."""
+    where = f"{config.path}: key 'app.security"
+    try:
+        # The CA file alone when one is given, else the system's CAs.
+        context = ssl.create_default_context(cafile=security.ssl_cafile)
+    except (ssl.SSLError, OSError) as exc:
+        what = f"not a PEM file of CA certificates ({exc})"
+        raise ConfigError(f"{where}.ssl_cafile' ({security.ssl_cafile}): {what}") from None
+    context.check_hostname = security.ssl_check_hostname
+    identity = f"CA {security.ssl_cafile}" if security.ssl_cafile else "the system's CAs"
+    if security.ssl_certfile is not None:
+        password = _secret(config, "ssl_key_password_env", security.ssl_key_password_env, env)
+        asked: list[bool] = []
+
+        def key_password() -> str:
+            # Called only for an encrypted key; without it OpenSSL would prompt on the terminal.
+            asked.append(True)
+            return password or ""
+
+        try:
+            context.load_cert_chain(security.ssl_certfile, security.ssl_keyfile, key_password)
+        except (ssl.SSLError, OSError) as exc:
+            files = f"{security.ssl_certfile}" + (f", key {security.ssl_keyfile}" if security.ssl_keyfile else "")
+            if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+                why = "the private key does not belong to the certificate"
+            elif asked and password is None:
+                why = "the private key is encrypted: set key 'app.security.ssl_key_password_env'"
+            elif asked:
+                why = f"the password in ${security.ssl_key_password_env} does not decrypt the private key"
+            else:
+                why = f"expected a PEM certificate and its private key ({exc})"
+            raise ConfigError(f"{where}.ssl_certfile' ({files}): {why}") from None
+        identity += f", client certificate {security.ssl_certfile}"
+    else:
+        identity += ", no client certificate"
+    _tls_identity[context] = identity
+    return context
 
 
 def describe(conn: Connection) -> str:
@@ -57,6 +95,8 @@ def describe(conn: Connection) -> str:
     text = f"{conn['bootstrap_servers']} ({conn.get('security_protocol', 'PLAINTEXT')}"
     if conn.get("sasl_mechanism"):
         text += f", {conn['sasl_mechanism']} as user {conn.get('sasl_plain_username')!r}"
+    if conn.get("ssl_context") in _tls_identity:
+        text += f", {_tls_identity[conn['ssl_context']]}"
     return text + ")"
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,91 @@ def test_a_secret_that_is_not_set_is_named(tmp_path):
 )
 def test_security_mistakes_fail_at_start_up(tmp_path, table, says):
     assert says in error_for(tmp_path, with_security(f"\n[app.security]\n{table}\n"))
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA and a client certificate it signed, made with openssl as docker/kafka-local makes them."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=unit test CA", cwd=d)  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
+             "-subj", "/CN=unit test client", cwd=d)  # fmt: skip
+    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "7",
+             "-days", "2", "-out", "client.pem", cwd=d)  # fmt: skip
+    _openssl("pkey", "-in", "client.key", "-aes256", "-passout", "pass:right", "-out", "encrypted.key", cwd=d)
+    return d
+
+
+def tls_config(tmp_path, pki: Path, extra: str = "") -> Path:
+    table = f'\n[app.security]\nprotocol = "SSL"\nssl_cafile = "{pki / "ca.pem"}"\n{extra}'
+    return write(tmp_path, with_security(table))
+
+
+def test_tls_trusts_the_configured_ca_and_presents_the_client_certificate(tmp_path, pki):
+    extra = f'ssl_certfile = "{pki / "client.pem"}"\nssl_keyfile = "{pki / "client.key"}"\n'
+    conn = connection(load_config(tls_config(tmp_path, pki, extra), environ={}), environ={})
+    context = conn["ssl_context"]
+    assert conn["security_protocol"] == "SSL"
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [dict(c["subject"][0])["commonName"] for c in context.get_ca_certs()] == ["unit test CA"]
+    assert describe(conn) == (f"127.0.0.1:9092 (SSL, CA {pki / 'ca.pem'}, client certificate {pki / 'client.pem'})")
+
+
+def test_hostname_checking_can_be_turned_off_but_the_certificate_is_still_verified(tmp_path, pki):
+    conn = connection(load_config(tls_config(tmp_path, pki, "ssl_check_hostname = false\n"), environ={}), environ={})
+    assert not conn["ssl_context"].check_hostname
+    assert conn["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+    assert describe(conn) == f"127.0.0.1:9092 (SSL, CA {pki / 'ca.pem'}, no client certificate)"
+
+
+def test_an_encrypted_client_key_is_opened_with_the_password_from_the_environment(tmp_path, pki):
+    extra = (
+        f'ssl_certfile = "{pki / "client.pem"}"\nssl_keyfile = "{pki / "encrypted.key"}"\n'
+        'ssl_key_password_env = "KEY_PASSWORD"\n'
+    )
+    config = load_config(tls_config(tmp_path, pki, extra), environ={})
+    assert isinstance(connection(config, environ={"KEY_PASSWORD": "right"})["ssl_context"], ssl.SSLContext)
+    with pytest.raises(ConfigError, match=r"the password in \$KEY_PASSWORD does not decrypt the private key$"):
+        connection(config, environ={"KEY_PASSWORD": "wrong"})
+    with pytest.raises(ConfigError, match=r"names the environment variable \$KEY_PASSWORD, which is not set"):
+        connection(config, environ={})
+
+
+@pytest.mark.parametrize(
+    ("files", "says"),
+    [
+        (
+            'ssl_certfile = "{pki}/client.pem"\nssl_keyfile = "{pki}/encrypted.key"\n',
+            # Never OpenSSL's prompt on the terminal: a worker has no one to type the password.
+            "key 'app.security.ssl_certfile' ({pki}/client.pem, key {pki}/encrypted.key): the private key is "
+            "encrypted: set key 'app.security.ssl_key_password_env'",
+        ),
+        (
+            'ssl_certfile = "{pki}/client.pem"\nssl_keyfile = "{pki}/ca.key"\n',
+            "key 'app.security.ssl_certfile' ({pki}/client.pem, key {pki}/ca.key): the private key does not "
+            "belong to the certificate",
+        ),
+        (
+            'ssl_certfile = "{pki}/client.key"\n',
+            "key 'app.security.ssl_certfile' ({pki}/client.key): expected a PEM certificate and its private key",
+        ),
+    ],
+)
+def test_client_files_that_cannot_be_used_are_named_at_start(tmp_path, pki, files, says):
+    config = load_config(tls_config(tmp_path, pki, files.format(pki=pki)), environ={})
+    with pytest.raises(ConfigError) as info:
+        connection(config, environ={})
+    assert says.format(pki=pki) in str(info.value)
+    assert str(info.value).startswith(f"{config.path}: ")
+
+
+def test_a_ca_file_that_holds_no_certificate_is_named_at_start(tmp_path, pki):
+    table = f'\n[app.security]\nprotocol = "SSL"\nssl_cafile = "{pki / "client.key"}"\n'
+    config = load_config(write(tmp_path, with_security(table)), environ={})
+    with pytest.raises(ConfigError, match=r"key 'app.security.ssl_cafile' \(.*client.key\): not a PEM file of CA"):
+        connection(config, environ={})
