@@ -312,6 +312,9 @@ def _load_model(t: _Table, base: Path) -> ModelSpec:
         init_args=dict(t.get("init_args", dict, "a table of constructor arguments", {})),
         name=t.text("name", None),
         version=t.text("version", None),
+        # TorchScript files are programs: the operator says so here, per model, or they are refused.
+        # It also lets a model swap on this pipeline load TorchScript from model_dirs.
+        trust_torchscript=t.flag("trust_torchscript", False),
     )
     if spec.module_class and spec.state_dict is None:
         raise ConfigError(f"{t.path}: key '{t.key('state_dict')}' is missing: expected the weights file for the class")

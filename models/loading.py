@@ -1,22 +1,34 @@
 """Load a model the ways users ship theirs: a demo name, a ``torch.export`` archive, a
 TorchScript file, or a class plus a state dict.
 
-Nothing here unpickles arbitrary objects: state dicts load with ``weights_only=True``,
-and exported programs and TorchScript archives hold no Python code.
+What each format trusts (the README's Security section says the same):
+
+- state dicts load with ``torch.load(weights_only=True)``: tensors only, no objects;
+- ``torch.export`` archives are checked entry by entry before torch opens them
+  (``models.export_archive``), and torch reads exactly the bytes that were checked;
+- TorchScript files are programs (torch's own security policy says so): they load only
+  when the config opts in with ``trust_torchscript = true`` on that model.
+
+Every file is opened once, after a check that it is a regular file (a FIFO would block the
+open forever), and every failure, whatever torch raises, becomes a ``ModelLoadError`` that
+names the file.
 """
 
 from __future__ import annotations
 
 import importlib
-import pickle
+import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
+from models.export_archive import check_export_archive, reason
 from models.protocol import ModelLoadError
 from models.registry import DEMO_MODELS
 
@@ -36,6 +48,11 @@ class ModelSpec:
     init_args: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     version: str | None = None
+    # TorchScript runs the code in the file; only an explicit opt-in in the config sets this.
+    trust_torchscript: bool = False
+    # Set for a model swap: the file, as opened, must still lie inside these folders (no
+    # symlink followed at the last step), so what was checked is what is loaded.
+    confine_to: tuple[Path, ...] = ()
 
     def describe(self) -> str:
         if self.demo:
@@ -54,27 +71,103 @@ class LoadedModel:
     version: str
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for a message: "a FIFO", "a directory", ..."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device")):
+        if test(mode):
+            return kind
+    return "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
+def open_model_file(path: Path, what: str, confine_to: tuple[Path, ...] = ()) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file (inside ``confine_to`` when given)."""
+    try:
+        before = os.stat(path)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(before.st_mode):
+        # Checked before opening: opening a FIFO waits for a writer, a device may act on open.
+        raise ModelLoadError(f"{what} {path} is {file_kind(before.st_mode)}, not a regular file")
+    # Non-blocking, in case the path became a FIFO since the stat; no symlink at the last step
+    # for a swap, whose path was resolved when it was checked.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if confine_to:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot open {what} {path}: {exc.strerror}") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise ModelLoadError(f"{what} {path} is {file_kind(opened.st_mode)}, not a regular file")
+        if confine_to:
+            real = _real_path(fd, path)
+            if not any(real.is_relative_to(folder.resolve()) for folder in confine_to):
+                raise ModelLoadError(f"{what} {path} now lies at {real}, outside {[str(f) for f in confine_to]}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _real_path(fd: int, path: Path) -> Path:
+    """Where the open file really is: Linux tells it by descriptor, whatever was renamed since."""
+    by_fd = Path(f"/proc/self/fd/{fd}")
+    return Path(os.readlink(by_fd)) if by_fd.is_symlink() else path.resolve()
+
+
 def import_class(dotted: str) -> type[nn.Module]:
     module_name, sep, attr = dotted.partition(":")
     if not sep or not module_name or not attr:
         raise ModelLoadError(f"model class {dotted!r} must look like 'package.module:ClassName'")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import model class {dotted!r}: {exc}") from exc
+    except Exception as exc:  # Broad on purpose: importing user code can fail any way (SyntaxError, ...)
+        raise ModelLoadError(f"cannot import model class {dotted!r}: {reason(exc)}") from exc
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ModelLoadError(f"{dotted!r} is not a torch.nn.Module subclass")
     return cls
 
 
-def load_state(module: nn.Module, path: Path, what: str) -> nn.Module:
-    if not path.is_file():
-        raise ModelLoadError(f"weights file {path} for {what} does not exist")
+def load_state(module: nn.Module, path: Path, what: str, confine_to: tuple[Path, ...] = ()) -> nn.Module:
+    with open_model_file(path, f"weights file for {what}", confine_to) as file:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            module.load_state_dict(state, strict=True)
+        except Exception as exc:  # Broad on purpose: torch raises many types for a bad file; each is a load error
+            raise ModelLoadError(f"weights file {path} does not fit {what}: {reason(exc)}") from exc
+    return module
+
+
+def load_exported(path: Path, confine_to: tuple[Path, ...] = ()) -> nn.Module:
+    with open_model_file(path, "exported program", confine_to) as file:
+        data = file.read()
+    check_export_archive(data, path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        module.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
-        raise ModelLoadError(f"weights file {path} does not fit {what}: {exc}") from exc
+        # From the checked bytes, not the path: the file may change after the check.
+        return torch.export.load(io.BytesIO(data)).module()
+    except Exception as exc:  # Broad on purpose: torch's deserializer and verifier raise any type
+        raise ModelLoadError(f"{path} is not a loadable torch.export archive: {reason(exc)}") from exc
+
+
+def load_torchscript(path: Path, trusted: bool, confine_to: tuple[Path, ...] = ()) -> nn.Module:
+    if not trusted:
+        raise ModelLoadError(
+            f"refusing TorchScript file {path}: TorchScript is code that runs when loaded; "
+            "set trust_torchscript = true on this model in the config to serve it"
+        )
+    with open_model_file(path, "TorchScript file", confine_to) as file:
+        try:
+            with warnings.catch_warnings():
+                # torch deprecates TorchScript in favour of torch.export; the README says so,
+                # and users with TorchScript files still deserve to be served.
+                warnings.simplefilter("ignore", FutureWarning)
+                module: nn.Module = torch.jit.load(file, map_location="cpu")
+        except Exception as exc:  # Broad on purpose: torch.jit.load raises many types for a bad file
+            raise ModelLoadError(f"{path} is not a loadable TorchScript archive: {reason(exc)}") from exc
     return module
 
 
@@ -87,24 +180,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         module = load_state(demo.factory(), demo.weights, f"demo model {demo.name!r}")
         return LoadedModel(module, spec.name or demo.name, spec.version or demo.version)
     if spec.exported is not None:
-        if not spec.exported.is_file():
-            raise ModelLoadError(f"exported program {spec.exported} does not exist")
-        try:
-            module = torch.export.load(str(spec.exported)).module()
-        except (RuntimeError, ValueError, KeyError, OSError) as exc:
-            raise ModelLoadError(f"{spec.exported} is not a loadable torch.export archive: {exc}") from exc
+        module = load_exported(spec.exported, spec.confine_to)
         return LoadedModel(module, spec.name or spec.exported.stem, spec.version or "1")
     if spec.torchscript is not None:
-        if not spec.torchscript.is_file():
-            raise ModelLoadError(f"TorchScript file {spec.torchscript} does not exist")
-        try:
-            with warnings.catch_warnings():
-                # torch deprecates TorchScript in favour of torch.export; the README says so,
-                # and users with TorchScript files still deserve to be served.
-                warnings.simplefilter("ignore", FutureWarning)
-                module = torch.jit.load(str(spec.torchscript), map_location="cpu")
-        except RuntimeError as exc:
-            raise ModelLoadError(f"{spec.torchscript} is not a loadable TorchScript archive: {exc}") from exc
+        module = load_torchscript(spec.torchscript, spec.trust_torchscript, spec.confine_to)
         return LoadedModel(module, spec.name or spec.torchscript.stem, spec.version or "1")
     if spec.module_class is not None:
         if spec.state_dict is None:
@@ -112,8 +191,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         cls = import_class(spec.module_class)
         try:
             module = cls(**spec.init_args)
-        except TypeError as exc:
-            raise ModelLoadError(f"cannot construct {spec.module_class} with {spec.init_args}: {exc}") from exc
-        module = load_state(module, spec.state_dict, spec.module_class)
+        except Exception as exc:  # Broad on purpose: a user's constructor can raise anything
+            raise ModelLoadError(f"cannot construct {spec.module_class} with {spec.init_args}: {reason(exc)}") from exc
+        module = load_state(module, spec.state_dict, spec.module_class, spec.confine_to)
         return LoadedModel(module, spec.name or cls.__name__, spec.version or "1")
     raise ModelLoadError("no model given: set one of demo, exported, torchscript or class")

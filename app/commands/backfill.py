@@ -37,7 +37,11 @@ class BackfillError(Exception):
 
 def model_spec(ref: str | None, pipeline: PipelineConfig) -> ModelSpec:
     """``--model``: a demo name, an exported program (.pt2), a TorchScript file (.ts), or
-    ``package.module:Class=weights.pt``; none means the pipeline's own model."""
+    ``package.module:Class=weights.pt``; none means the pipeline's own model.
+
+    A TorchScript file is code, so as for a model swap, the opt-in is the operator's, in the
+    config: ``trust_torchscript = true`` on the pipeline's model. A flag would let whoever
+    types the command (or wrote a checkpoint that a ``--resume`` reads) decide instead."""
     if not ref:
         return pipeline.model
     if ref in DEMO_MODELS:
@@ -48,7 +52,12 @@ def model_spec(ref: str | None, pipeline: PipelineConfig) -> ModelSpec:
     if ref.endswith(".pt2"):
         return ModelSpec(exported=Path(ref))
     if ref.endswith(".ts"):
-        return ModelSpec(torchscript=Path(ref))
+        if not pipeline.model.trust_torchscript:
+            raise BackfillError(
+                f"--model {ref!r}: a TorchScript file is code that runs when loaded; it is used only where "
+                f"the config trusts it: trust_torchscript = true in [pipelines.{pipeline.name}.model]"
+            )
+        return ModelSpec(torchscript=Path(ref), trust_torchscript=True)
     raise BackfillError(
         f"--model {ref!r}: expected a demo model ({', '.join(DEMO_MODELS)}), a .pt2 or .ts file, "
         "or package.module:Class=weights.pt"
@@ -180,7 +189,13 @@ async def backfill_run(
 
 @app.command(
     option("--pipeline", "-p", default=None, help="Pipeline to backfill (default: the first in the config)."),
-    option("--model", "-m", default=None, help="Score with this model instead: demo name, .pt2, .ts, mod:Class=w.pt."),
+    option(
+        "--model",
+        "-m",
+        default=None,
+        help="Score with this model instead: demo name, .pt2, mod:Class=w.pt, or .ts (TorchScript is code: only "
+        "where the pipeline's model has trust_torchscript = true in the config).",
+    ),
     option("--sink", default=None, help="kafka:TOPIC (default: the pipeline's backfill_topic) or file:PATH."),
     option("--from-timestamp", default=None, help="Start at this time (ISO 8601 or epoch ms), not offset 0."),
     option("--resume", default=None, help="Continue the run with this id where it stopped."),

@@ -57,7 +57,7 @@ def test_loading_names_what_is_wrong(tmp_path):
     with pytest.raises(ModelLoadError, match="unknown demo model 'nope'"):
         load_model(ModelSpec(demo="nope"))
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_model(ModelSpec(torchscript=tmp_path / "missing.pt"))
+        load_model(ModelSpec(torchscript=tmp_path / "missing.pt", trust_torchscript=True))
     with pytest.raises(ModelLoadError, match="cannot import model class"):
         load_model(ModelSpec(module_class="nowhere.at_all:Net", state_dict=tmp_path / "w.pt"))
     wrong = tmp_path / "wrong.pt"
@@ -85,7 +85,7 @@ def test_every_kind_of_model_file_loads_like_the_demo(tmp_path):
     by_class = load_model(ModelSpec(module_class="models.demo:FraudMLP", state_dict=weights, version="7"))
     assert by_class.version == "7"
     assert torch.equal(by_class.module(x), expected)
-    by_script = load_model(ModelSpec(torchscript=scripted))
+    by_script = load_model(ModelSpec(torchscript=scripted, trust_torchscript=True))
     assert torch.allclose(by_script.module(x), expected)
     by_export = load_model(ModelSpec(exported=exported))
     assert by_export.name == "m"

@@ -1,0 +1,185 @@
+"""Check a ``torch.export`` archive (``.pt2``) before torch reads it.
+
+``torch.export.load`` runs code a crafted archive carries, in four places (torch 2.15,
+``torch/export/pt2_archive/_package.py`` and ``torch/_export/serde/serialize.py``):
+
+- weights and tensor constants marked ``use_pickle`` in ``data/weights/*_weights_config.json``
+  and ``data/constants/*_constants_config.json`` are read with ``torch.load(weights_only=False)``;
+  constants named ``custom_obj_*`` or ``opaque_obj_*`` are unpickled outright;
+- legacy ``data/weights/NAME.pt`` / ``data/constants/NAME.pt`` files and the sample inputs
+  ``data/sample_inputs/NAME.pt`` go through a ``torch.load`` that falls back to
+  ``weights_only=False`` when the safe loader refuses them;
+- every symbolic shape (``expr_str`` in ``models/NAME.json``) is parsed by ``sympy.sympify``,
+  which evaluates the string as Python;
+- ``data/aotinductor/`` holds compiled native libraries that are loaded into the process.
+
+So an archive passes only when it is made of what ``torch.export.save`` writes for plain
+tensors: raw weight and constant bytes, sample inputs the safe loader accepts, and shape
+expressions in the grammar sympy's own ``srepr`` prints. Anything else is refused with the
+entry that made the decision. The caller hands torch the very bytes checked here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.protocol import ModelLoadError
+
+WEIGHTS_CONFIG = "data/weights/{}_weights_config.json"
+CONSTANTS_CONFIG = "data/constants/{}_constants_config.json"
+SAMPLE_INPUTS = "data/sample_inputs/{}.pt"
+LEGACY_FILES = ("data/weights/{}.pt", "data/constants/{}.pt")
+NATIVE_CODE_DIR = "data/aotinductor/"
+MODELS_DIR = "models/"
+
+# What sympy's srepr prints for the shapes torch.export records: constructors, their keyword
+# assumptions, and the functions torch's deserializer registers. No attribute access, no
+# subscripts, no builtins: nothing in this grammar can reach eval, open or __import__.
+# fmt: off
+_SYMPY_NAMES = frozenset({
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs", "floor", "ceiling",
+    "sqrt", "Piecewise", "ExprCondPair", "Equality", "Unequality", "StrictLessThan", "LessThan",
+    "StrictGreaterThan", "GreaterThan", "And", "Or", "Not", "Tuple", "true", "false", "BooleanTrue", "BooleanFalse",
+    "oo", "zoo", "nan", "int_oo", "Infinity", "NegativeInfinity", "Half", "One", "Zero", "NegativeOne", "FloorDiv",
+    "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv", "LShift", "RShift",
+    "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat",
+    "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "positive", "negative", "nonnegative",
+    "nonpositive", "integer", "real", "finite", "infinite", "zero", "nonzero", "even", "odd", "rational",
+    "commutative", "precision", "evaluate", "True", "False", "None"
+})
+# fmt: on
+_TOKEN = re.compile(
+    r"\s+"
+    r"|'[A-Za-z0-9_.+\-]*'"  # a symbol's name or a Float's digits, as srepr quotes them
+    r"|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|[-+*/%(),=<>!]"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as one short line: torch's messages run to pages (a SpecViolationError prints
+    the graph, a refused ``weights_only`` load two paragraphs of advice before the cause)."""
+    lines = [_ANSI.sub("", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    cause = next((line for line in lines if line.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {cause[:300]}" if cause else type(exc).__name__
+
+
+def check_export_archive(data: bytes, path: Path) -> None:
+    """Raise ``ModelLoadError`` naming the entry unless ``data`` holds only plain tensors and shapes."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        entries = _entries(archive, path)
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(
+            f"exported program {path} is not a torch.export archive (not a zip file: {reason(exc)})"
+        ) from exc
+
+    def refuse(entry: str, why: str) -> ModelLoadError:
+        return ModelLoadError(f"refusing exported program {path}: {entry} {why}")
+
+    native = sorted(name for name in entries if name.startswith(NATIVE_CODE_DIR))
+    if native:
+        raise refuse(native[0], "is AOTInductor native code, which torch would load into the process")
+    models = sorted(name[len(MODELS_DIR) : -len(".json")] for name in entries if _is_model(name))
+    if not models:
+        raise ModelLoadError(f"exported program {path} is not a torch.export archive: it has no {MODELS_DIR}*.json")
+    for model in models:
+        for legacy in (f.format(model) for f in LEGACY_FILES):
+            if legacy in entries:
+                raise refuse(legacy, "is a legacy pickled file, which torch may unpickle with weights_only=False")
+        for config_name, prefix in ((WEIGHTS_CONFIG, "weight_"), (CONSTANTS_CONFIG, "tensor_")):
+            name = config_name.format(model)
+            if name not in entries:
+                raise refuse(name, "is missing: only archives written by torch.export.save (torch>=2.6) are checked")
+            _check_payloads(_json(archive, entries[name], name, refuse), name, prefix, refuse)
+        sample = SAMPLE_INPUTS.format(model)
+        if sample in entries:
+            try:
+                torch.load(io.BytesIO(archive.read(entries[sample])), map_location="cpu", weights_only=True)
+            except Exception as exc:  # Broad on purpose: whatever the safe loader rejects, torch would unpickle
+                raise refuse(sample, f"is not plain tensors (torch would unpickle it): {reason(exc)}") from exc
+        model_json = f"{MODELS_DIR}{model}.json"
+        for expr in _expressions(_json(archive, entries[model_json], model_json, refuse)):
+            _check_expression(expr, lambda why, n=model_json: refuse(n, why))
+
+
+def _entries(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:
+    """Entries by name under the archive's root folder, lower-cased: torch's zip reader finds
+    records case-insensitively and takes its root from the first entry, so two names that
+    differ in case, or an entry outside that root, could show torch something else than us."""
+    infos = archive.infolist()
+    if not infos or "/" not in infos[0].filename:
+        raise ModelLoadError(f"exported program {path} is not a torch.export archive (no root folder)")
+    root = infos[0].filename.split("/", 1)[0].lower() + "/"
+    entries: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename.lower()
+        if not name.startswith(root):
+            raise ModelLoadError(f"refusing exported program {path}: {info.filename} lies outside its root {root}")
+        if name[len(root) :] in entries:
+            raise ModelLoadError(f"refusing exported program {path}: {info.filename} appears twice")
+        entries[name[len(root) :]] = info
+    return entries
+
+
+def _is_model(name: str) -> bool:
+    return name.startswith(MODELS_DIR) and name.endswith(".json") and "/" not in name[len(MODELS_DIR) :]
+
+
+def _json(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, refuse: Any) -> Any:
+    try:
+        return json.loads(archive.read(info))
+    except (ValueError, RecursionError) as exc:
+        raise refuse(name, f"is not valid JSON: {reason(exc)}") from exc
+
+
+def _check_payloads(config: Any, name: str, prefix: str, refuse: Any) -> None:
+    payloads = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(payloads, dict):
+        raise refuse(name, "has no 'config' table")
+    for fqn, meta in payloads.items():
+        if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
+            # Anything but an explicit false (missing, true, 1) is what torch treats as a pickle.
+            raise refuse(name, f"declares {fqn!r} as pickled (use_pickle), which torch would unpickle")
+        path_name = meta.get("path_name")
+        if not isinstance(path_name, str) or not path_name.startswith(prefix) or meta.get("tensor_meta") is None:
+            raise refuse(name, f"declares {fqn!r} as {path_name!r}, not a raw tensor ({prefix}N with tensor_meta)")
+
+
+def _expressions(node: Any) -> Iterator[Any]:
+    """Every ``expr_str`` value in the serialized program, however deep."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == "expr_str":
+                    yield value
+                else:
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _check_expression(expr: Any, refuse: Any) -> None:
+    if not isinstance(expr, str):
+        raise refuse(f"holds a shape expression that is not a string: {expr!r:.80}")
+    position = 0
+    while position < len(expr):
+        match = _TOKEN.match(expr, position)
+        name = match and match.group("name")
+        if match is None or (name and name not in _SYMPY_NAMES):
+            shown = name or expr[position : position + 20]
+            raise refuse(f"holds a shape expression sympy would evaluate as Python ({shown!r} in {expr:.80})")
+        position = match.end()

@@ -1,0 +1,291 @@
+"""Model files crafted to run code on load are refused before torch reads them.
+
+Each hostile archive is built here from a real ``torch.export.save`` output, rewritten the
+way an attacker would. Where torch itself would run the payload, the test proves it (a
+plain ``torch.export.load`` of the same file writes the marker), so a refusal that passes
+is a refusal of something live, not of a file that was harmless anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from app.config import ConfigError, load_config
+from models.loading import ModelSpec, load_model
+from models.protocol import ModelLoadError
+
+
+class WritesMarker:
+    """Unpickling this creates the folder ``path``: proof that code from the file ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))  # leaves no open file behind, unlike open()
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+        self.register_buffer("offset", torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.offset + torch.tensor([2.0])  # the tensor literal is a lifted constant
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.pt2"
+    batch = torch.export.Dim("batch")
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(Tiny(), (torch.zeros(4, 3),), dynamic_shapes={"x": {0: batch}}), str(path))
+    return path
+
+
+def rewrite(src: Path, dst: Path, replace: dict[str, bytes] | None = None, add: dict[str, bytes] | None = None) -> Path:
+    """Copy a zip, replacing entries (named without the root folder) and adding others."""
+    replace, add = replace or {}, dict(add or {})
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w") as new:
+        root = old.namelist()[0].split("/", 1)[0]
+        for info in old.infolist():
+            name = info.filename.split("/", 1)[1]
+            new.writestr(info, replace.get(name, old.read(info)))
+        for name, data in add.items():
+            new.writestr(f"{root}/{name}" if not name.startswith("/") else name[1:], data)
+    return dst
+
+
+def read(path: Path, name: str) -> bytes:
+    with zipfile.ZipFile(path) as z:
+        return z.read(f"{z.namelist()[0].split('/', 1)[0]}/{name}")
+
+
+def edit_json(path: Path, name: str, change) -> bytes:
+    data = json.loads(read(path, name))
+    change(data)
+    return json.dumps(data).encode()
+
+
+def torch_saved(obj: object) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def plain_torch_runs_it(path: Path, marker: Path) -> bool:
+    """Whether a plain ``torch.export.load`` of ``path`` runs the payload (creates ``marker``)."""
+    assert not marker.exists()
+    with warnings.catch_warnings(), contextlib.suppress(Exception):
+        warnings.simplefilter("ignore")
+        torch.export.load(str(path))
+    return marker.exists()
+
+
+def refused(path: Path, says: str) -> str:
+    with pytest.raises(ModelLoadError, match=says) as caught:
+        load_model(ModelSpec(exported=path))
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message, "one line, naming the file"
+    return message
+
+
+def test_a_clean_archive_loads_and_computes(archive):
+    module = load_model(ModelSpec(exported=archive)).module
+    torch.manual_seed(0)
+    original, x = Tiny(), torch.randn(5, 3)
+    assert torch.allclose(module(x), original(x)), "same weights, constants and batch size as exported"
+
+
+def test_an_archive_with_pickled_weights_is_refused_before_any_code_runs(archive, tmp_path):
+    marker = tmp_path / "ran"
+    config = "data/weights/model_weights_config.json"
+
+    def mark_pickled(data):
+        meta = data["config"]["linear.weight"]
+        meta["use_pickle"] = True
+        meta["tensor_meta"] = None
+
+    evil = rewrite(
+        archive,
+        tmp_path / "evil.pt2",
+        replace={
+            config: edit_json(archive, config, mark_pickled),
+            "data/weights/weight_0": torch_saved(WritesMarker(marker)),
+        },
+    )
+    message = refused(evil, "model_weights_config.json declares 'linear.weight' as pickled")
+    assert message.startswith(f"refusing exported program {evil}: ")
+    assert not marker.exists(), "no code from the file ran"
+    assert plain_torch_runs_it(evil, marker), "the payload is live: plain torch.export.load runs it"
+
+
+@pytest.mark.parametrize(
+    ("path_name", "payload", "live"),
+    [
+        ("tensor_0", "torch", True),  # a tensor constant marked use_pickle: torch.load(weights_only=False)
+        ("opaque_obj_0", "pickle", True),  # an opaque object: pickle.loads
+        ("custom_obj_0", "pickle", False),  # a torchbind object: torch's own unpickler
+    ],
+)
+def test_pickled_or_opaque_constants_are_refused(archive, tmp_path, path_name, payload, live):
+    marker = tmp_path / "ran"
+    config = "data/constants/model_constants_config.json"
+
+    def mark(data):
+        meta = data["config"]["lifted_tensor_0"]
+        meta.update(path_name=path_name, use_pickle=True, tensor_meta=None)
+
+    body = torch_saved(WritesMarker(marker)) if payload == "torch" else pickle.dumps(WritesMarker(marker))
+    changes = {config: edit_json(archive, config, mark)}
+    if path_name == "tensor_0":
+        evil = rewrite(archive, tmp_path / "evil.pt2", replace={**changes, "data/constants/tensor_0": body})
+    else:
+        evil = rewrite(archive, tmp_path / "evil.pt2", replace=changes, add={f"data/constants/{path_name}": body})
+    refused(evil, "model_constants_config.json declares 'lifted_tensor_0' as pickled")
+    assert not marker.exists()
+    if live:
+        assert plain_torch_runs_it(evil, marker)
+
+
+def test_a_missing_or_truthy_use_pickle_counts_as_pickled(archive, tmp_path):
+    config = "data/weights/model_weights_config.json"
+    for i, value in enumerate((1, "false", None)):
+        evil = rewrite(
+            archive,
+            tmp_path / f"evil{i}.pt2",
+            replace={
+                config: edit_json(archive, config, lambda d, v=value: d["config"]["linear.weight"].update(use_pickle=v))
+            },
+        )
+        refused(evil, "as pickled")
+
+
+def test_a_shape_expression_that_is_python_is_refused(archive, tmp_path):
+    # torch parses each symbolic shape with sympy.sympify, which evaluates the string as Python.
+    marker = tmp_path / "ran"
+    model = read(archive, "models/model.json").decode()
+    symbol = re.search(r"Symbol\('s\d+'[^)]*\)", model)
+    assert symbol, "the dynamic batch dimension is recorded as a symbol"
+    code = f"__import__('os').mkdir({str(marker)!r}) or {symbol.group(0)}"
+    evil = rewrite(
+        archive, tmp_path / "evil.pt2", replace={"models/model.json": model.replace(symbol.group(0), code).encode()}
+    )
+    refused(evil, r"models/model.json holds a shape expression sympy would evaluate as Python \('__import__'")
+    assert not marker.exists()
+    assert plain_torch_runs_it(evil, marker)
+
+
+def test_sample_inputs_that_need_unpickling_are_refused(archive, tmp_path):
+    # torch.load of the sample inputs falls back to weights_only=False when the safe loader refuses.
+    marker = tmp_path / "ran"
+    evil = rewrite(
+        archive,
+        tmp_path / "evil.pt2",
+        replace={"data/sample_inputs/model.pt": torch_saved(((WritesMarker(marker),), {}))},
+    )
+    refused(evil, r"data/sample_inputs/model.pt is not plain tensors")
+    assert not marker.exists()
+    assert plain_torch_runs_it(evil, marker)
+
+
+@pytest.mark.parametrize(
+    ("add", "says"),
+    [
+        ({"data/aotinductor/model/model.so": b"\x7fELF"}, "data/aotinductor/model/model.so is AOTInductor native code"),
+        ({"data/weights/model.pt": b"PK"}, "data/weights/model.pt is a legacy pickled file"),
+        ({"/version": b"0"}, "version lies outside its root"),
+        ({"models/model.json": b"{}"}, "appears twice"),
+        ({"MODELS/Model.json": b"{}"}, "appears twice"),  # torch's zip reader matches names case-insensitively
+    ],
+)
+def test_entries_torch_would_load_as_code_or_read_differently_are_refused(archive, tmp_path, add, says):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about the duplicate name we mean to write
+        evil = rewrite(archive, tmp_path / "evil.pt2", add=add)
+    refused(evil, says)
+
+
+def test_whatever_torch_raises_becomes_one_line_naming_the_file(archive, tmp_path):
+    not_zip = tmp_path / "junk.pt2"
+    not_zip.write_bytes(b"\x00" * 100)
+    refused(not_zip, "is not a torch.export archive \\(not a zip file")
+    # Passes the check (nothing pickled, no expressions) but is no program: torch raises deep inside.
+    broken = rewrite(archive, tmp_path / "broken.pt2", replace={"models/model.json": b'{"graph_module": 1}'})
+    refused(broken, "is not a loadable torch.export archive: ")
+
+
+def test_torchscript_needs_an_opt_in_on_that_model(tmp_path):
+    scripted = tmp_path / "m.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(nn.Linear(3, 1)), str(scripted))
+    with pytest.raises(ModelLoadError, match=f"refusing TorchScript file {scripted}: .* trust_torchscript = true"):
+        load_model(ModelSpec(torchscript=scripted))
+    assert load_model(ModelSpec(torchscript=scripted, trust_torchscript=True)).module(torch.zeros(2, 3)).shape == (2, 1)
+    garbage = tmp_path / "bad.ts"
+    garbage.write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match=f"{garbage} is not a loadable TorchScript archive"):
+        load_model(ModelSpec(torchscript=garbage, trust_torchscript=True))
+
+
+def config_file(tmp_path: Path, model: str) -> Path:
+    path = tmp_path / "sluice.toml"
+    path.write_text(
+        '[pipelines.p]\ninput_topics = ["in"]\noutput_topic = "out"\ndead_letter_topic = "dlq"\n'
+        f"[pipelines.p.model]\n{model}\n"
+        '[pipelines.p.features]\ninputs = [{ field = "features", shape = [32] }]\n'
+    )
+    return path
+
+
+def test_the_config_opts_in_per_model_and_only_with_a_boolean(tmp_path):
+    assert load_config(config_file(tmp_path, 'torchscript = "m.ts"')).pipeline("p").model.trust_torchscript is False
+    trusted = load_config(config_file(tmp_path, 'torchscript = "m.ts"\ntrust_torchscript = true')).pipeline("p")
+    assert trusted.model.trust_torchscript is True
+    with pytest.raises(ConfigError, match=r"trust_torchscript.*true or false"):
+        load_config(config_file(tmp_path, 'torchscript = "m.ts"\ntrust_torchscript = "yes"'))
+
+
+def test_a_backfill_takes_a_torchscript_file_only_where_the_config_trusts_it(tmp_path):
+    from app.commands.backfill import BackfillError, model_spec
+
+    untrusted = load_config(config_file(tmp_path, 'demo = "fraud-mlp"')).pipeline("p")
+    with pytest.raises(
+        BackfillError, match=r"only where the config trusts it: trust_torchscript = true in \[pipelines.p"
+    ):
+        model_spec("candidate.ts", untrusted)
+    trusted = load_config(config_file(tmp_path, 'demo = "fraud-mlp"\ntrust_torchscript = true')).pipeline("p")
+    assert model_spec("candidate.ts", trusted) == ModelSpec(torchscript=Path("candidate.ts"), trust_torchscript=True)
+
+
+@pytest.mark.timeout(60)  # a regression would block in open(); fail instead of hanging the suite
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_model_path_that_is_not_a_regular_file_is_refused_without_opening_it(tmp_path, kind):
+    path = tmp_path / "model.pt2"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    expected = "a FIFO" if kind == "fifo" else "a directory"
+    for spec in (
+        ModelSpec(exported=path),
+        ModelSpec(torchscript=path, trust_torchscript=True),
+        ModelSpec(module_class="models.demo:FraudMLP", state_dict=path),
+    ):
+        with pytest.raises(ModelLoadError, match=f"{path} is {expected}, not a regular file"):
+            load_model(spec)
