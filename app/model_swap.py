@@ -2,19 +2,24 @@
 
 A swap names the new model the way the config does, minus anything that would run code
 the operator did not configure: a demo model, a ``torch.export`` archive, a TorchScript
-file, or a new state dict for the pipeline's configured class (loaded with
-``weights_only=True``). Files must lie inside the pipeline's ``model_dirs``, after
-symlinks are resolved, and a version is required so every output says which model made it.
+file (only where the config trusts TorchScript for that pipeline's model), or a new state
+dict for the pipeline's configured class (loaded with ``weights_only=True``). Files must lie
+inside the pipeline's ``model_dirs`` after symlinks are resolved, and the resolved path is
+what gets loaded, opened without following a symlink and checked again once open, so a link
+re-pointed after the check cannot bring in another file. A version is required so every
+output says which model made it.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from app.config import PipelineConfig
-from models.loading import ModelSpec
+from models.loading import ModelSpec, file_kind
 from models.registry import DEMO_MODELS
 
 KINDS = ("demo", "exported", "torchscript", "state_dict")
@@ -28,9 +33,23 @@ class SwapRejected(Exception):
         self.status = status
 
 
-def _inside(path: Path, folders: tuple[Path, ...]) -> bool:
+def _checked_file(path: Path, folders: tuple[Path, ...], pipeline: str) -> Path:
+    """The real path of ``path`` (symlinks resolved once, here), if it may be loaded."""
     real = path.resolve()
-    return any(real.is_relative_to(folder.resolve()) for folder in folders)
+    if not any(real.is_relative_to(folder.resolve()) for folder in folders):
+        raise SwapRejected(
+            403,
+            f"{path} is outside the folders models may be loaded from "
+            f"(pipelines.{pipeline}.model_dirs = {[str(f) for f in folders]})",
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return real  # missing or unreadable: the loader says which, and the old model keeps serving
+    if not stat.S_ISREG(mode):
+        # Before anything opens it: opening a FIFO would hang the swap until someone writes to it.
+        raise SwapRejected(400, f"{path} is {file_kind(mode)}, not a regular file")
+    return real
 
 
 def swap_spec(pipeline: PipelineConfig, request: Any) -> ModelSpec:
@@ -57,17 +76,18 @@ def swap_spec(pipeline: PipelineConfig, request: Any) -> ModelSpec:
             raise SwapRejected(400, f"unknown demo model {value!r}; known: {sorted(DEMO_MODELS)}")
         return ModelSpec(demo=value, name=name, version=version)
     folders = pipeline.model_dirs
-    path = Path(value) if Path(value).is_absolute() else folders[0] / value
-    if not _inside(path, folders):
-        raise SwapRejected(
-            403,
-            f"{path} is outside the folders models may be loaded from "
-            f"(pipelines.{pipeline.name}.model_dirs = {[str(f) for f in folders]})",
-        )
+    path = _checked_file(Path(value) if Path(value).is_absolute() else folders[0] / value, folders, pipeline.name)
     if kind == "exported":
-        return ModelSpec(exported=path, name=name, version=version)
+        return ModelSpec(exported=path, name=name, version=version, confine_to=folders)
     if kind == "torchscript":
-        return ModelSpec(torchscript=path, name=name, version=version)
+        # Never implied by a request: only the operator's opt-in on this pipeline's model allows code.
+        if not pipeline.model.trust_torchscript:
+            raise SwapRejected(
+                403,
+                f"pipeline {pipeline.name} does not trust TorchScript (a TorchScript file is code): "
+                f"set trust_torchscript = true in [pipelines.{pipeline.name}.model] to allow it",
+            )
+        return ModelSpec(torchscript=path, name=name, version=version, trust_torchscript=True, confine_to=folders)
     return _new_weights(pipeline, path, name, version)
 
 
@@ -77,9 +97,17 @@ def _new_weights(pipeline: PipelineConfig, path: Path, name: str | None, version
     if current.demo is not None:
         factory = DEMO_MODELS[current.demo].factory
         dotted = f"{factory.__module__}:{factory.__qualname__}"
-        return ModelSpec(module_class=dotted, state_dict=path, name=name or current.demo, version=version)
+        return ModelSpec(
+            module_class=dotted,
+            state_dict=path,
+            name=name or current.demo,
+            version=version,
+            confine_to=pipeline.model_dirs,
+        )
     if current.module_class is not None:
-        return replace(current, state_dict=path, name=name or current.name, version=version)
+        return replace(
+            current, state_dict=path, name=name or current.name, version=version, confine_to=pipeline.model_dirs
+        )
     raise SwapRejected(
         400,
         f"pipeline {pipeline.name} serves {current.describe()}, which has no class to load a state dict "

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
@@ -40,11 +41,49 @@ def metrics_registry(collector: SluiceCollector) -> CollectorRegistry:
 
 
 def authorized(headers: Mapping[str, str], token: str | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>``; any malformed header is a no."""
     if not token:
         return False
     given = headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+    if scheme.lower() != "bearer":
+        return False
+    try:
+        # aiohttp hands undecodable header bytes over as lone surrogates (surrogateescape):
+        # encoding them back gives the bytes that were sent, and anything else is not a token.
+        presented = value.strip().encode("utf-8", "surrogateescape")
+    except UnicodeError:
+        return False
+    # os.environ decodes with surrogateescape too: the token's own bytes, whatever they are.
+    return hmac.compare_digest(presented, token.encode("utf-8", "surrogateescape"))
+
+
+class ThrottledWarning:
+    """At most one WARNING per ``every_s`` seconds; the next one says how many were held back.
+
+    Anyone who can reach the port can send wrong tokens as fast as they like: each deserves
+    a count, not a log line.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger, self.every_s, self.clock = logger, every_s, clock
+        self.last: float | None = None
+        self.held_back = 0
+
+    def warning(self, message: str, *args: object) -> bool:
+        """Log ``message`` unless one was logged less than ``every_s`` ago; True when logged."""
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every_s:
+            self.held_back += 1
+            return False
+        if self.held_back:
+            message += " (and %d more in the last %.0fs, not logged)"
+            args = (*args, self.held_back, now - self.last if self.last is not None else 0.0)
+        self.logger.warning(message, *args)
+        self.last, self.held_back = now, 0
+        return True
 
 
 def register_endpoints(
@@ -54,6 +93,8 @@ def register_endpoints(
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    refused = ThrottledWarning(log)
 
     @app.page("/pipelines/{pipeline}/model")
     class Model(View):
@@ -70,7 +111,10 @@ def register_endpoints(
             if not token:
                 return self.error(403, f"model changes over HTTP are disabled: set ${env} on the worker to enable them")
             if not authorized(request.headers, token):
-                log.warning("model swap refused: missing or wrong token")
+                # Faust's Request type does not declare the peer; aiohttp's request, which it is, does.
+                refused.warning(
+                    "model swap refused from %s: missing, malformed or wrong token", getattr(request, "remote", "?")
+                )
                 return self.error(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
             service = services.get(pipeline)
             if service is None:

@@ -7,8 +7,10 @@ name every worker with ``--worker`` (each serves its own partitions).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -31,6 +33,35 @@ def request_body(version: str, name: str | None, **choices: str | None) -> dict[
     return body
 
 
+def token_exposed(url: str) -> str | None:
+    """Why sending the admin token to ``url`` would show it to the network, or None when it would not.
+
+    Over plain HTTP the token crosses the network readable; only the loopback interface, or
+    HTTPS (a TLS-terminating proxy in front of the worker's web port), keeps it private.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return None
+    if parts.scheme != "http":
+        return f"--worker {url!r}: expected http://127.0.0.1:PORT on the worker's host, or https://"
+    host = parts.hostname or ""
+    if host == "localhost":
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+        # 0.0.0.0 / :: as a destination is this host too (a web_bind of 0.0.0.0 makes the default URL that).
+        loopback = address.is_loopback or address.is_unspecified
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"--worker {url}: refusing to send the admin token over plain HTTP to {host}, where the network can "
+        "read it; keep the worker's web port on 127.0.0.1 and reach it through a TLS proxy (https://...), "
+        "or run swap-model on that host"
+    )
+
+
 @app.command(
     option("--pipeline", "-p", default=None, help="Pipeline whose model to swap (default: the first)."),
     option("--version", "version_", required=True, help="Version of the new model; every output carries it."),
@@ -43,7 +74,8 @@ def request_body(version: str, name: str | None, **choices: str | None) -> dict[
         "--worker",
         "workers",
         multiple=True,
-        help="Worker web address, repeatable (default: this config's web_bind:web_port).",
+        help="Worker web address, repeatable (default: this config's web_bind:web_port): http:// only on "
+        "this host (127.0.0.1), else https:// through a TLS proxy, since the admin token travels with it.",
     ),
 )
 async def swap_model(
@@ -65,6 +97,10 @@ async def swap_model(
         raise SystemExit(2)
     body = request_body(version_, name, state_dict=state_dict, exported=exported, torchscript=torchscript, demo=demo)
     urls = workers or (f"http://{config.app.web_bind}:{config.app.web_port}",)
+    for url in urls:
+        if problem := token_exposed(url):
+            print(f"sluice swap-model: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     failed = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         for url in urls:

@@ -227,6 +227,12 @@ def test_whatever_torch_raises_becomes_one_line_naming_the_file(archive, tmp_pat
     # Passes the check (nothing pickled, no expressions) but is no program: torch raises deep inside.
     broken = rewrite(archive, tmp_path / "broken.pt2", replace={"models/model.json": b'{"graph_module": 1}'})
     refused(broken, "is not a loadable torch.export archive: ")
+    # A call to something that is not a torch operator: torch's verifier raises SpecViolationError.
+    model = read(archive, "models/model.json").replace(b'"torch.ops.aten.linear.default"', b'"torch.os.system"')
+    calls_os = rewrite(archive, tmp_path / "calls_os.pt2", replace={"models/model.json": model})
+    refused(
+        calls_os, "is not a loadable torch.export archive: SpecViolationError: Operator '<built-in function system>'"
+    )
 
 
 def test_torchscript_needs_an_opt_in_on_that_model(tmp_path):
