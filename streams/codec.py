@@ -5,12 +5,19 @@ orjson and builds each input tensor with one ``np.array`` call over the batch; w
 anything in the batch is wrong (a record that is not JSON, a missing field, a ragged
 feature vector) it falls back to checking records one by one, so the valid records of
 a batch are still scored and each bad one gets its own reason.
+
+Both paths apply one rule, so whether an event is scored never depends on its neighbours
+(live and backfill batch the same events differently): a feature is a JSON number, or
+``true``/``false`` read as 1/0, converted as a double and then to float32. Strings (even
+numeric ones), nulls and objects are ``WrongType``. The fast path lets numpy infer the
+type of the whole batch and accepts only a numeric or boolean result; anything else sends
+the batch to the careful path, which checks each value the same way.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +91,16 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# The most value bytes parsed at once. Parsed JSON can take far more memory than its text
+# (nested empty arrays cost ~30x), so a batch of maximum-size events is decoded in slices.
+MAX_DECODE_BYTES = 8 << 20
+
+# What numpy may infer for a batch of features that the careful path would also accept:
+# booleans, integers (signed or not) and floats. Strings infer as "U", nulls and ragged
+# or too-large integers as "O": those batches take the careful path.
+_NUMERIC_KINDS = frozenset("biuf")
+
+
 def decode(records: Sequence[SourceRecord], schema: EventSchema, exclude: Sequence[Reject] = ()) -> Decoded:
     """Turn a batch of records into input tensors, setting aside the ones that can't be scored.
 
@@ -101,11 +118,52 @@ def decode(records: Sequence[SourceRecord], schema: EventSchema, exclude: Sequen
             inputs=inner.inputs,
             rejects=sorted(rejects, key=lambda r: r.index),
         )
+    slices = _byte_bounded_slices(records)
+    if len(slices) > 1:
+        return _concatenate([(start, decode(records[start:stop], schema)) for start, stop in slices], schema)
     with _gc_paused():
         try:
             return _decode_fast(records, schema)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, _BadEvent):
             return _decode_careful(records, schema)
+
+
+def _byte_bounded_slices(records: Sequence[SourceRecord]) -> list[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` slices whose values add up to at most ``MAX_DECODE_BYTES``
+    (a slice holds at least one record)."""
+    slices: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, record in enumerate(records):
+        length = len(record.value) if record.value is not None else 0
+        if size + length > MAX_DECODE_BYTES and i > start:
+            slices.append((start, i))
+            start, size = i, 0
+        size += length
+    slices.append((start, len(records)))
+    return slices
+
+
+def _concatenate(parts: list[tuple[int, Decoded]], schema: EventSchema) -> Decoded:
+    """One ``Decoded`` from the decoded slices of a batch (each with the index it starts at)."""
+    rows = [part.rows + start for start, part in parts]
+    inputs = [
+        np.concatenate([part.inputs[i] for _, part in parts]) if parts else np.empty((0, *spec.shape), dtype=np.float32)
+        for i, spec in enumerate(schema.inputs)
+    ]
+    return Decoded(
+        rows=np.concatenate(rows) if rows else np.empty(0, dtype=np.int64),
+        ids=[event_id for _, part in parts for event_id in part.ids],
+        inputs=inputs,
+        rejects=[Reject(r.index + start, r.error, r.message) for start, part in parts for r in part.rejects],
+    )
+
+
+def _as_float32(values: Any) -> np.ndarray:
+    """Numbers (or booleans) to float32, always through a double: the same result whether an
+    event is converted alone or inside a batch. Values beyond float32's range become inf,
+    which the finite check rejects."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=np.float64).astype(np.float32)
 
 
 def _decode_fast(records: Sequence[SourceRecord], schema: EventSchema) -> Decoded:
@@ -119,12 +177,10 @@ def _decode_fast(records: Sequence[SourceRecord], schema: EventSchema) -> Decode
     n = len(docs)
     inputs = []
     for spec in schema.inputs:
-        # Values beyond float32's range become inf here and are caught by the finite check.
-        with np.errstate(over="ignore"):
-            array = np.array([d[spec.field] for d in docs], dtype=np.float32)
-        if array.shape != (n, *spec.shape):
+        inferred = np.array([d[spec.field] for d in docs])
+        if inferred.dtype.kind not in _NUMERIC_KINDS or inferred.shape != (n, *spec.shape):
             raise _BadEvent("", "")
-        inputs.append(array)
+        inputs.append(_as_float32(inferred))
     finite = np.ones(n, dtype=bool)
     for array in inputs:
         finite &= np.isfinite(array.reshape(n, -1)).all(axis=1)
@@ -178,25 +234,36 @@ def decode_one(value: bytes | None, schema: EventSchema) -> tuple[Any, list[np.n
     for spec in schema.inputs:
         if spec.field not in doc:
             raise _BadEvent("MissingField", f"field {spec.field!r} is missing")
+        value_of_field = doc[spec.field]
         try:
-            raw = np.asarray(doc[spec.field])
+            raw = np.asarray(value_of_field)
         except ValueError:
             raise _BadEvent(
                 "WrongShape", f"field {spec.field!r} is ragged, expected shape {list(spec.shape)}"
             ) from None
-        if raw.dtype.kind not in "iuf":
+        if raw.dtype.kind not in _NUMERIC_KINDS and not (raw.dtype.kind == "O" and _only_numbers(value_of_field)):
             raise _BadEvent("WrongType", f"field {spec.field!r} must hold only numbers, shape {list(spec.shape)}")
-        with np.errstate(over="ignore"):
-            array = raw.astype(np.float32)
-        if array.shape != spec.shape:
+        if raw.shape != spec.shape:
             raise _BadEvent(
                 "WrongShape",
-                f"field {spec.field!r} has shape {list(array.shape)}, expected {list(spec.shape)}",
+                f"field {spec.field!r} has shape {list(raw.shape)}, expected {list(spec.shape)}",
             )
+        try:
+            array = _as_float32(value_of_field)
+        except OverflowError:
+            raise _BadEvent("NonFinite", f"field {spec.field!r} holds a number beyond float32's range") from None
         if not np.isfinite(array).all():
             raise _BadEvent("NonFinite", f"field {spec.field!r} holds NaN or infinity")
         arrays.append(array)
     return event_id, arrays
+
+
+def _only_numbers(value: Any) -> bool:
+    """True for a number, a boolean, or nested lists of them: integers too large for numpy's
+    integer types infer as objects, and are still numbers."""
+    if type(value) in (int, float, bool):
+        return True
+    return type(value) is list and all(_only_numbers(v) for v in value)
 
 
 def position_key(record: SourceRecord) -> bytes:
@@ -213,12 +280,28 @@ def encode_predictions(
     model_version: str,
     now_ms: int,
     key_by_position: bool = False,
+    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]] | None = None,
 ) -> list[OutputRecord]:
     """One JSON output per scored record, keyed like its input so per-key order holds downstream,
     or by its source position (``topic:partition:offset``), so that scoring the same record
-    again writes the same key (a backfill re-run overwrites on a compacted topic)."""
+    again writes the same key (a backfill re-run overwrites on a compacted topic). Each output
+    carries ``headers_of(record)`` as its headers (none by default)."""
     encode = _encode_scalars if predictions.ndim == 1 and np.isfinite(predictions).all() else _encode_general
-    return encode(records, decoded, predictions.tolist(), topic, model_name, model_version, now_ms, key_by_position)
+    return encode(
+        records,
+        decoded,
+        predictions.tolist(),
+        topic,
+        model_name,
+        model_version,
+        now_ms,
+        key_by_position,
+        headers_of or _no_headers,
+    )
+
+
+def _no_headers(record: SourceRecord) -> Sequence[tuple[str, bytes]]:
+    return ()
 
 
 def _encode_scalars(
@@ -230,6 +313,7 @@ def _encode_scalars(
     model_version: str,
     now_ms: int,
     key_by_position: bool,
+    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
 ) -> list[OutputRecord]:
     # One float per event, the common case, and this runs once per event: filling bytes
     # templates is about 3x faster than building and serialising a dict per event. The
@@ -260,7 +344,7 @@ def _encode_scalars(
             now_ms - timestamp,
         )
         key = topic_key[source] % (partition, offset) if key_by_position else record.key
-        out.append(OutputRecord(topic, key, body, partition))
+        out.append(OutputRecord(topic, key, body, partition, headers_of(record)))
     return out
 
 
@@ -273,6 +357,7 @@ def _encode_general(
     model_version: str,
     now_ms: int,
     key_by_position: bool,
+    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
 ) -> list[OutputRecord]:
     # Several outputs per event, or NaN/inf (which orjson writes as null): a dict per event.
     out = []
@@ -290,5 +375,5 @@ def _encode_general(
             }
         )
         key = position_key(record) if key_by_position else record.key
-        out.append(OutputRecord(topic, key, body, record.partition))
+        out.append(OutputRecord(topic, key, body, record.partition, headers_of(record)))
     return out

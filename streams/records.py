@@ -7,8 +7,9 @@ so records from the broker flow through without being copied; tests build
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 
 class SourceRecord(Protocol):
@@ -34,6 +35,11 @@ class SourceRecord(Protocol):
     @property
     def value(self) -> bytes | None: ...
 
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]:
+        """The record's headers (a trace id, say), carried on to its outputs."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class InputRecord:
@@ -45,6 +51,21 @@ class InputRecord:
     timestamp: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+# Which input headers an output carries: all of them, none, or those whose names are listed.
+HeaderPolicy = Literal["all", "none"] | tuple[str, ...]
+
+
+def header_picker(policy: HeaderPolicy) -> Callable[[SourceRecord], tuple[tuple[str, bytes], ...]]:
+    """A function from an input record to the headers its outputs carry, under ``policy``."""
+    if policy == "all":
+        return lambda record: tuple(record.headers)
+    if policy == "none":
+        return lambda record: ()
+    wanted = frozenset(policy)
+    return lambda record: tuple(h for h in record.headers if h[0] in wanted)
 
 
 class OutputRecord(NamedTuple):
@@ -59,3 +80,4 @@ class OutputRecord(NamedTuple):
     key: bytes | None
     value: bytes
     partition: int | None = None
+    headers: Sequence[tuple[str, bytes]] = ()

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from streams import codec
 from streams.codec import EventSchema, TensorField, decode, encode_predictions, position_key
 from streams.records import InputRecord
 
@@ -151,3 +155,81 @@ def test_non_finite_and_multi_output_predictions_are_still_valid_json():
         records, decoded, np.array([[0.1, 0.9], [0.4, 0.6]]), topic="o", model_name="m", model_version="1", now_ms=0
     )
     assert orjson.loads(multi[1].value)["prediction"] == [0.4, 0.6]
+
+
+# Leaves a producer might put where numbers belong: numbers of every size, booleans, numeric
+# strings, nulls. Only numbers and booleans are features; the rest must be WrongType however
+# the event is batched.
+_leaves = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.sampled_from(["1", "2.5", "1e3", "x"]),
+    st.none(),
+)
+_features = st.one_of(
+    st.lists(_leaves, min_size=3, max_size=3),
+    st.lists(st.integers(-5, 5), min_size=2, max_size=4),  # wrong shape
+    st.lists(st.booleans(), min_size=3, max_size=3),
+    st.integers(),
+)
+_history = st.one_of(
+    st.lists(st.lists(_leaves, min_size=2, max_size=2), min_size=2, max_size=2),
+    st.just([[1, 2], [3]]),  # ragged
+)
+_values = st.one_of(
+    st.builds(
+        lambda i, f, h: json.dumps({"id": i, "features": f, "history": h}).encode(),
+        st.one_of(st.text(max_size=4), st.integers(-3, 3), st.booleans()),
+        _features,
+        _history,
+    ),
+    st.sampled_from([b"", b"{not json", b"[1]", b"\xff\xfe"]),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_values, min_size=1, max_size=8))
+def test_an_event_decodes_the_same_inside_any_batch_as_alone(values):
+    batch = [record(i, v) for i, v in enumerate(values)]
+    together = decode(batch, SCHEMA)
+    rows = together.rows.tolist()
+    for i, one in enumerate(batch):
+        alone = decode([one], SCHEMA)
+        if len(alone):
+            assert i in rows, f"event {values[i]!r} is scored alone but rejected in its batch"
+            row = rows.index(i)
+            assert together.ids[row] == alone.ids[0]
+            for batched, single in zip(together.inputs, alone.inputs, strict=True):
+                assert batched[row].tobytes() == single[0].tobytes()
+        else:
+            assert i not in rows, f"event {values[i]!r} is rejected alone but scored in its batch"
+            [reject] = [r for r in together.rejects if r.index == i]
+            assert (reject.error, reject.message) == (alone.rejects[0].error, alone.rejects[0].message)
+
+
+def test_booleans_are_features_and_numeric_strings_are_not_whatever_the_batch():
+    flags = orjson.dumps(event(0, features=[True, False, True]))
+    strings = orjson.dumps(event(1, features=["1", "2.5", "1e3"]))
+    for batch in ([flags], [strings], [flags, strings], [strings, flags]):
+        decoded = decode([record(i, v) for i, v in enumerate(batch)], SCHEMA)
+        for i, value in enumerate(batch):
+            if value == flags:
+                row = decoded.rows.tolist().index(i)
+                assert decoded.inputs[0][row].tolist() == [1.0, 0.0, 1.0]
+            else:
+                assert [r.error for r in decoded.rejects if r.index == i] == ["WrongType"]
+
+
+def test_a_batch_bigger_than_the_decode_bound_is_decoded_in_slices_with_the_same_result(monkeypatch):
+    docs = [event(i) for i in range(10)]
+    docs[4] = {"id": "bad"}
+    whole = decode(records_of(docs), SCHEMA)
+    monkeypatch.setattr(codec, "MAX_DECODE_BYTES", 150)  # about two events per slice
+    sliced = decode(records_of(docs), SCHEMA)
+    assert sliced.rows.tolist() == whole.rows.tolist()
+    assert sliced.ids == whole.ids
+    assert [r.index for r in sliced.rejects] == [4]
+    for a, b in zip(sliced.inputs, whole.inputs, strict=True):
+        assert np.array_equal(a, b)
