@@ -17,6 +17,14 @@ from typing import Any
 from models.loading import ModelSpec
 from models.registry import WEIGHTS_DIR
 from streams.codec import EventSchema, TensorField
+from streams.dead_letters import DEFAULT_MAX_COPY_BYTES
+from streams.records import HeaderPolicy
+
+# Below this a dead letter could not even hold the start of a typical event.
+MIN_COPY_BYTES = 256
+# Everything in a dead letter but the copies: the reason (at most 2,000 characters, which
+# escaping can grow), the source position, names and the record's own framing.
+DEAD_LETTER_OVERHEAD_BYTES = 16 * 1024
 
 DEFAULT_PATH = Path("config/sluice.toml")
 ENV_PATH = "SLUICE_CONFIG"
@@ -29,6 +37,7 @@ class ConfigError(Exception):
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,8 @@ class AppConfig:
     web_port: int
     admin_token_env: str
     security: SecurityConfig = SecurityConfig()
+    # The codec of every record batch sluice produces (outputs, dead letters, `sluice produce`).
+    compression: str = "none"
 
 
 @dataclass(frozen=True)
@@ -87,10 +98,10 @@ class PipelineConfig:
     max_fill_wait_ms: float
     commit_interval_ms: float
     model_dirs: tuple[Path, ...]
-
-    @property
-    def group_id(self) -> str:
-        return f"sluice-{self.name}"
+    # The consumer group: "<app id>.<pipeline>" unless the file names one (see group_id in sluice.toml).
+    group_id: str = ""
+    dead_letter_copy_bytes: int = DEFAULT_MAX_COPY_BYTES
+    headers: HeaderPolicy = "all"
 
     @property
     def topics(self) -> list[str]:
@@ -202,7 +213,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
     app = _load_app(root.table("app", default={}), env, path.parent)
     pipelines_table = root.table("pipelines", default={})
     pipelines = tuple(
-        _load_pipeline(pipelines_table.table(name), name, path.parent) for name in list(pipelines_table.data)
+        _load_pipeline(pipelines_table.table(name), name, path.parent, app.id) for name in list(pipelines_table.data)
     )
     pipelines_table.done()
     if not pipelines:
@@ -225,6 +236,7 @@ def _load_app(t: _Table, env: Mapping[str, str], base: Path) -> AppConfig:
         web_bind=t.text("web_bind", "127.0.0.1"),
         web_port=t.integer("web_port", 6066, minimum=1),
         admin_token_env=t.text("admin_token_env", "SLUICE_ADMIN_TOKEN"),
+        compression=t.choice("compression", COMPRESSIONS, "none"),
         security=_load_security(t.table("security", default={}), base),
     )
     if not (app.device in ("auto", "cpu") or app.device.startswith("cuda")):
@@ -341,7 +353,17 @@ def _load_schema(t: _Table, max_payload_bytes: int) -> EventSchema:
     return schema
 
 
-def _load_pipeline(t: _Table, name: str, base: Path) -> PipelineConfig:
+def _headers(t: _Table) -> HeaderPolicy:
+    expected = "true (carry every input header to the outputs), false, or a list of header names"
+    value = t.get("headers", (bool, list), expected, True)
+    if isinstance(value, bool):
+        return "all" if value else "none"
+    if not all(isinstance(v, str) and v for v in value):
+        raise t.fail("headers", value, expected)
+    return tuple(value)
+
+
+def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineConfig:
     max_payload = t.integer("max_payload_bytes", 1 << 20, minimum=1)
     pipeline = PipelineConfig(
         name=name,
@@ -359,6 +381,10 @@ def _load_pipeline(t: _Table, name: str, base: Path) -> PipelineConfig:
         max_fill_wait_ms=t.number("max_fill_wait_ms", 5.0, positive=False),
         commit_interval_ms=t.number("commit_interval_ms", 1000.0),
         model_dirs=(),
+        # Two apps on one cluster may both name a pipeline "fraud": the app id keeps their groups apart.
+        group_id=t.text("group_id", f"{app_id}.{name}"),
+        dead_letter_copy_bytes=t.integer("dead_letter_copy_bytes", DEFAULT_MAX_COPY_BYTES, minimum=MIN_COPY_BYTES),
+        headers=_headers(t),
     )
     dirs = t.get("model_dirs", list, "a list of folders new models may be loaded from", None)
     if dirs is None:
@@ -369,6 +395,22 @@ def _load_pipeline(t: _Table, name: str, base: Path) -> PipelineConfig:
         dirs = [base / d if not Path(d).is_absolute() else Path(d) for d in dirs]
     t.done()
     return replace(pipeline, model_dirs=tuple(dirs))
+
+
+def dead_letters_too_big(pipeline: PipelineConfig, max_message_bytes: Mapping[str, int]) -> str | None:
+    """Why the pipeline's dead letters may not fit its dead-letter topic, or None if they fit.
+
+    A dead letter holds up to ``dead_letter_copy_bytes`` of the value and as much of the key,
+    plus its reason and source position."""
+    limit = max_message_bytes.get(pipeline.dead_letter_topic)
+    largest = 2 * pipeline.dead_letter_copy_bytes + DEAD_LETTER_OVERHEAD_BYTES
+    if limit is None or largest <= limit:
+        return None
+    return (
+        f"key 'pipelines.{pipeline.name}.dead_letter_copy_bytes' has value {pipeline.dead_letter_copy_bytes}: "
+        f"dead letters of up to {largest} bytes would not fit topic {pipeline.dead_letter_topic!r} "
+        f"(max.message.bytes {limit}); expected at most {(limit - DEAD_LETTER_OVERHEAD_BYTES) // 2}"
+    )
 
 
 def default_model_dirs(spec: ModelSpec) -> list[Path]:

@@ -17,10 +17,10 @@ import faust
 from faust.app.base import BootStrategy
 
 from app.cli import invoked_command
-from app.config import Config, ConfigError, load_config
+from app.config import Config, ConfigError, dead_letters_too_big, load_config
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
-from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics
+from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics, max_message_bytes
 from app.web import metrics_registry, register_endpoints
 from models.loading import LoadedModel, load_model
 from models.protocol import ModelLoadError
@@ -100,8 +100,13 @@ def _check_topics() -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
         try:
             pool.submit(check).result()
+            limits = pool.submit(asyncio.run, max_message_bytes(conn, wanted)).result()
         except (BrokerUnreachableError, TopicMissingError) as exc:
             _fail(str(exc))
+    for service in _services.values():
+        problem = dead_letters_too_big(service.pipeline_config, limits)
+        if problem:
+            _fail(f"{config.path}: {problem}")
 
 
 @app.on_worker_init.connect

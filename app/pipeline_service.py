@@ -12,11 +12,12 @@ import gc
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from mode import Service
 
 from app.config import Config, PipelineConfig
 from app.kafka_clients import connection, make_consumer, make_producer
+from app.topics import max_message_bytes
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.protocol import ModelLoadError
 from models.runner import TorchRunner
@@ -85,7 +86,7 @@ class PipelineService(Service):
         self.live: LiveLoop | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._sink: KafkaSink | None = None
         self._runner: TorchRunner | None = None
         self._crashing: asyncio.Future[None] | None = None
 
@@ -100,12 +101,11 @@ class PipelineService(Service):
         loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner
-        self._producer = make_producer(
-            conn,
-            client_id=f"sluice-{p.name}",
-            linger_ms=1,
-            max_batch_size=256 * 1024,
+        sink = KafkaSink(
+            lambda: make_producer(conn, client_id=f"sluice-{p.name}", linger_ms=1, max_batch_size=256 * 1024),
+            max_record_bytes=await max_message_bytes(conn, [p.output_topic, p.dead_letter_topic]),
         )
+        self._sink = sink
         self._consumer = make_consumer(
             conn,
             group_id=p.group_id,
@@ -114,7 +114,7 @@ class PipelineService(Service):
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=min(p.poll_ms, 500),
         )
-        await self._producer.start()
+        await sink.start()
         source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms)
         source.subscribe()
         await self._consumer.start()
@@ -122,8 +122,10 @@ class PipelineService(Service):
             name=p.name,
             schema=p.schema,
             runner=runner,
-            sink=KafkaSink(self._producer),
+            sink=sink,
             topics=PipelineTopics(output=p.output_topic, dead_letter=p.dead_letter_topic),
+            dead_letter_copy_bytes=p.dead_letter_copy_bytes,
+            headers=p.headers,
         )
         policy = BatchPolicy(
             max_batch_size=p.max_batch_size,
@@ -206,8 +208,8 @@ class PipelineService(Service):
                 pass
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        if self._sink is not None:
+            await self._sink.stop()
         if self._runner is not None:
             await self._runner.aclose()
         log.info("pipeline %s stopped", self.pipeline_config.name)

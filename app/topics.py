@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
@@ -122,3 +123,23 @@ async def partitions_of(conn: Connection | str, topic: str) -> list[int]:
     if described.get("error_code", 0) != 0:
         return []
     return sorted(p["partition"] for p in described["partitions"])
+
+
+async def max_message_bytes(conn: Connection | str, topics: Iterable[str]) -> dict[str, int]:
+    """Each existing topic's ``max.message.bytes``: the largest record batch it accepts."""
+    wanted = sorted(set(topics))
+    admin = make_admin(as_connection(conn))
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in wanted]
+        )
+    finally:
+        await admin.close()
+    limits: dict[str, int] = {}
+    for response in responses:
+        for error_code, _, _, topic, entries in response.resources:
+            for name, value, *_ in entries if error_code == 0 else ():
+                if name == "max.message.bytes":
+                    limits[topic] = int(value)
+    return limits

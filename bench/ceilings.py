@@ -92,11 +92,17 @@ async def transport_alone(bootstrap: str, model: str, count: int) -> float:
     try:
         pending = [await producer.send(topic_in, e.value, key=e.key) for e in demo_events(count, seed=3)]
         await asyncio.gather(*pending)
+        sink = KafkaSink(
+            lambda: AIOKafkaProducer(
+                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1, max_batch_size=256 * 1024
+            )
+        )
+        await sink.start()
         pipeline = Pipeline(
             name="transport",
             schema=SCHEMAS[model],
             runner=ZeroRunner(),
-            sink=KafkaSink(producer),
+            sink=sink,
             topics=PipelineTopics(topic_out, f"{topic_out}-dlq"),
         )
         tps = [TopicPartition(topic_in, p) for p in (0, 1)]
@@ -116,6 +122,7 @@ async def transport_alone(bootstrap: str, model: str, count: int) -> float:
                 await acks.pop(0)
         for ack in acks:
             await ack
+        await sink.stop()
         return count / (time.perf_counter() - started)
     finally:
         await consumer.stop()

@@ -9,25 +9,112 @@ count) and keeps its input's key. Per-key order holds, since one key's events al
 from one input partition; when both topics have the same partition count (the default
 for topics sluice creates) the output is co-partitioned with its input, exactly where
 the default key partitioner would have put it if the input was produced with it.
+
+Records the broker will never take must not stall the pipeline. A record larger than the
+topic accepts is not sent at all; a batch the broker refuses for good (too large, invalid)
+is sent again one record at a time to find which records it refuses, and those are
+reported as ``OutputRefused`` for the pipeline to replace. A refused batch also breaks the
+idempotent producer's sequence numbers for its partition (every later batch there fails
+with ``OutOfOrderSequenceNumber``), so the sink then starts a fresh producer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    UnknownProducerId,
+)
 
+from streams.pipeline import OutputRefused
 from streams.records import OutputRecord
+
+log = logging.getLogger(__name__)
+
+# The broker's default record limit (message.max.bytes / max.message.bytes) and the
+# producer's max_request_size are both about 1 MiB.
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+# A record batch's header, plus the per-record varints, attributes and timestamp delta.
+_BATCH_OVERHEAD_BYTES = 61 + 32
+# Refusals that are about the client, not the record: sending records again one by one
+# would only fail the same way, and replacing them would throw the outputs away.
+_NOT_ABOUT_THE_RECORD = (
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
+
+# The producer's own state is broken (a refusal elsewhere in its partition's sequence):
+# a fresh producer sends the same record fine.
+_PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
+# Attempts at sending one record alone when each fresh producer is broken again by a
+# concurrent refusal; past them the failure is raised, for the caller's retry with back-off.
+_ALONE_ATTEMPTS = 5
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """Whether a produce failure may be about the records themselves and will not pass on a retry."""
+    return isinstance(exc, KafkaError) and not exc.retriable and not isinstance(exc, _NOT_ABOUT_THE_RECORD)
+
+
+def record_size(record: OutputRecord) -> int:
+    """An upper bound of the bytes ``record`` takes alone in a record batch."""
+    headers = sum(len(name.encode()) + len(value) + 10 for name, value in record.headers)
+    return len(record.key or b"") + len(record.value) + headers + _BATCH_OVERHEAD_BYTES
 
 
 class KafkaSink:
-    """The producer should be idempotent (``enable_idempotence=True``) so that retries keep
-    per-partition order and never duplicate within a session."""
+    """Owns its producer: ``new_producer`` makes one (idempotent, ``enable_idempotence=True``,
+    so that retries keep per-partition order and never duplicate within a session); the sink
+    starts it, and starts another when a refusal breaks it.
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self.producer = producer
+    ``max_record_bytes`` maps topics to the largest record they accept (their
+    ``max.message.bytes``); other topics get ``DEFAULT_MAX_RECORD_BYTES``.
+    """
+
+    def __init__(
+        self,
+        new_producer: Callable[[], AIOKafkaProducer],
+        *,
+        max_record_bytes: Mapping[str, int] | None = None,
+    ) -> None:
+        self._new_producer = new_producer
+        self._limits = dict(max_record_bytes or {})
         self._partition_counts: dict[str, int] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._generation = 0
+        self._sending = asyncio.Lock()
+        # One batch is taken apart at a time: each refusal found breaks the producer for
+        # everything sent beside it.
+        self._isolating = asyncio.Lock()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("KafkaSink.start() was not called")
+        return self._producer
+
+    async def start(self) -> None:
+        producer = self._new_producer()
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    def limit(self, topic: str) -> int:
+        return self._limits.get(topic, DEFAULT_MAX_RECORD_BYTES)
 
     async def _partitions(self, topic: str) -> int:
         count = self._partition_counts.get(topic)
@@ -37,29 +124,112 @@ class KafkaSink:
         return count
 
     async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
-        by_partition: dict[tuple[str, int], list[OutputRecord]] = {}
-        pending: list[asyncio.Future[object]] = []
+        by_partition: dict[tuple[str, int | None], list[OutputRecord]] = {}
+        refused: list[tuple[OutputRecord, str]] = []
         for record in records:
-            if record.partition is None:
-                # No input partition to follow: let the producer's key partitioner decide.
-                pending.append(await self.producer.send(record.topic, record.value, key=record.key))
+            if record_size(record) > self.limit(record.topic):
+                refused.append((record, f"the record is over {self.limit(record.topic)} bytes, the topic's limit"))
                 continue
-            partition = record.partition % await self._partitions(record.topic)
+            # No input partition to follow (None): the producer's key partitioner decides.
+            partition = None if record.partition is None else record.partition % await self._partitions(record.topic)
             by_partition.setdefault((record.topic, partition), []).append(record)
-        for (topic, partition), group in by_partition.items():
-            batch = self.producer.create_batch()
-            for record in group:
-                if batch.append(key=record.key, value=record.value, timestamp=None) is None:
-                    # Full: ship it and start the next one (order within the partition holds).
-                    batch.close()
-                    pending.append(await self.producer.send_batch(batch, topic, partition=partition))
+        sent: list[tuple[list[OutputRecord], asyncio.Future[object]]] = []
+        async with self._sending:
+            generation = self._generation
+            for (topic, partition), group in by_partition.items():
+                if partition is None:
+                    for record in group:
+                        future = await self.producer.send(
+                            record.topic, record.value, key=record.key, headers=record.headers
+                        )
+                        sent.append(([record], future))
+                    continue
+                batch = self.producer.create_batch()
+                members: list[OutputRecord] = []
+                for record in group:
+                    if (
+                        batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
+                        is None
+                    ):
+                        # Full: ship it and start the next one (order within the partition holds).
+                        batch.close()
+                        sent.append((members, await self.producer.send_batch(batch, topic, partition=partition)))
+                        batch, members = self.producer.create_batch(), []
+                        batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
+                    members.append(record)
+                batch.close()
+                sent.append((members, await self.producer.send_batch(batch, topic, partition=partition)))
+        return self._acknowledged(sent, refused, generation)
+
+    async def _acknowledged(
+        self,
+        sent: list[tuple[list[OutputRecord], asyncio.Future[object]]],
+        refused: list[tuple[OutputRecord, str]],
+        generation: int,
+    ) -> None:
+        results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+        failed = [(members, r) for (members, _), r in zip(sent, results, strict=True) if isinstance(r, BaseException)]
+        if any(refused_for_good(exc) for _, exc in failed):
+            await self._restart(generation)
+        for _, exc in failed:
+            if not refused_for_good(exc):
+                raise exc  # worth retrying: the caller sends everything again
+        async with self._isolating:
+            for members, exc in failed:
+                log.warning(
+                    "the broker refused a batch of %d output(s) to %s (%r); sending them one by one",
+                    len(members),
+                    members[0].topic,
+                    exc,
+                )
+                for record in members:
+                    reason = await self._send_alone(record)
+                    if reason is not None:
+                        refused.append((record, reason))
+        if refused:
+            raise OutputRefused(refused)
+
+    async def _send_alone(self, record: OutputRecord) -> str | None:
+        """Send one record in a batch of its own; the broker's reason if it refuses it for good."""
+        for attempt in range(1, _ALONE_ATTEMPTS + 1):
+            async with self._sending:
+                generation = self._generation
+                partition = (
+                    None if record.partition is None else record.partition % await self._partitions(record.topic)
+                )
+                if partition is None:
+                    future = await self.producer.send(
+                        record.topic, record.value, key=record.key, headers=list(record.headers)
+                    )
+                else:
                     batch = self.producer.create_batch()
-                    batch.append(key=record.key, value=record.value, timestamp=None)
-            batch.close()
-            pending.append(await self.producer.send_batch(batch, topic, partition=partition))
-        return _all_acknowledged(pending)
+                    batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
+                    batch.close()
+                    future = await self.producer.send_batch(batch, record.topic, partition=partition)
+            try:
+                await future
+            except KafkaError as exc:
+                broken = isinstance(exc, _PRODUCER_BROKEN)
+                if not refused_for_good(exc) or (broken and attempt == _ALONE_ATTEMPTS):
+                    raise
+                await self._restart(generation)
+                if broken:
+                    continue  # not about this record: send it again with the fresh producer
+                return f"{type(exc).__name__}: {exc}"
+            return None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-
-async def _all_acknowledged(pending: list[asyncio.Future[object]]) -> None:
-    if pending:
-        await asyncio.gather(*pending)
+    async def _restart(self, generation: int) -> None:
+        """Replace the producer that sent ``generation``'s batches, unless that was done already."""
+        async with self._sending:
+            if generation != self._generation:
+                return
+            old = self.producer
+            fresh = self._new_producer()
+            await fresh.start()
+            self._producer = fresh
+            self._generation += 1
+        log.warning("started a new Kafka producer: a refused batch breaks the old one's sequence numbers")
+        # Whatever the old producer still holds is flushed (or fails) before it closes; each
+        # batch's own acknowledgement handles that.
+        await old.stop()

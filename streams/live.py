@@ -239,6 +239,7 @@ class LiveLoop:
             async with self._dispatching:
                 sent = await self._score_and_emit(batch, expired)
             if sent is not None:
+                self._model_error = None
                 log.warning(
                     "pipeline %s: the model recovered after %.1fs (%d retries); consuming again",
                     self.pipeline.name,
@@ -293,7 +294,7 @@ class LiveLoop:
             )
             await asyncio.sleep(delay)
             try:
-                await (await self.pipeline.sink.send(item.outputs))
+                await (await self.pipeline.deliver(item.outputs))
             except KafkaError as exc:
                 error = exc
                 continue
@@ -352,6 +353,9 @@ class LiveLoop:
 
     def model_unavailable(self) -> bool:
         return self._model_error is not None
+
+    def lost_outputs(self) -> int:
+        return self.pipeline.lost_outputs
 
     async def _report(self) -> None:
         while True:

@@ -67,6 +67,10 @@ class LiveProbe(Protocol):
 
     def model_unavailable(self) -> bool: ...
 
+    def lost_outputs(self) -> int:
+        """Outputs the broker refused whose minimal dead letter it refused too."""
+        ...
+
 
 @dataclass
 class PipelineMetrics:
@@ -142,6 +146,11 @@ class SluiceCollector(Collector):
         down = GaugeMetricFamily(
             "sluice_model_unavailable", "1 while the model fails on every input and consuming is paused.", labels=p
         )
+        lost = CounterMetricFamily(
+            "sluice_outputs_lost",
+            "Outputs the broker refused for good whose minimal dead letter it refused too (each logged at ERROR).",
+            labels=p,
+        )
         predicted = GaugeMetricFamily(
             "sluice_cost_model_batch_seconds",
             "What the online cost model predicts a batch of this size costs, end to end.",
@@ -165,7 +174,8 @@ class SluiceCollector(Collector):
                 model_name, version = m.probe.serving()
                 model.add_metric([name, model_name, version], 1)
                 down.add_metric([name], 1 if m.probe.model_unavailable() else 0)
+                lost.add_metric([name], m.probe.lost_outputs())
                 for size, seconds in sorted(m.probe.predicted_batch_seconds().items()):
                     predicted.add_metric([name, str(size)], seconds)
         yield from (received, predictions, dead, late, batches, swaps, latency, inference, batch_size)
-        yield from (queue, lag, model, down, predicted)
+        yield from (queue, lag, model, down, lost, predicted)

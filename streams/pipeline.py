@@ -20,9 +20,9 @@ import numpy as np
 
 from models.protocol import Runner
 from streams.codec import Decoded, EventSchema, Reject, decode, encode_predictions
-from streams.dead_letters import encode_dead_letters
+from streams.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters, replacement_for_refused
 from streams.isolation import Failure, IsolatingScorer
-from streams.records import OutputRecord, SourceRecord
+from streams.records import HeaderPolicy, OutputRecord, SourceRecord, header_picker
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,21 @@ class Sink(Protocol):
 
     async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
         """Hand over ``records`` (in order) and return an awaitable that completes when every
-        one of them is durably acknowledged, or raises if any could not be delivered."""
+        one of them is durably acknowledged, or raises if any could not be delivered:
+        ``OutputRefused`` for records the destination will never take (all the others are
+        then acknowledged), anything else for a failure worth retrying."""
         ...
+
+
+class OutputRefused(Exception):
+    """The destination refused these records for good (too large, invalid), each with its reason.
+
+    Retrying them would fail forever; the pipeline replaces each with a minimal dead letter.
+    """
+
+    def __init__(self, refused: Sequence[tuple[OutputRecord, str]]) -> None:
+        super().__init__(f"{len(refused)} output(s) refused, e.g. {refused[0][1] if refused else ''}")
+        self.refused = list(refused)
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,8 @@ class Pipeline:
         topics: PipelineTopics,
         clock_ms: Callable[[], int] = wall_clock_ms,
         key_by_position: bool = False,
+        dead_letter_copy_bytes: int = DEFAULT_MAX_COPY_BYTES,
+        headers: HeaderPolicy = "all",
     ) -> None:
         self.name = name
         self.schema = schema
@@ -80,6 +95,11 @@ class Pipeline:
         self.topics = topics
         self.clock_ms = clock_ms
         self.key_by_position = key_by_position
+        self.dead_letter_copy_bytes = dead_letter_copy_bytes
+        self.headers_of = header_picker(headers)
+        # Outputs refused by the destination whose minimal dead letter was refused too:
+        # logged with their source position, and counted here for the metrics.
+        self.lost_outputs = 0
 
     def use_runner(self, runner: Runner) -> None:
         """Score with ``runner`` from the next batch on (the caller makes sure no batch is being scored)."""
@@ -116,8 +136,20 @@ class Pipeline:
             isolated = await self.scorer.predict(decoded.inputs)
             infer_seconds = time.perf_counter() - started
             predictions = isolated.predictions
-            if isolated.failures:
-                decoded = without_failed_rows(decoded, isolated.kept, isolated.failures)
+            failures = list(isolated.failures)
+            kept = isolated.kept
+            non_finite = non_finite_rows(predictions)
+            if non_finite.size:
+                # A null score downstream is a silent failure: say which events and why instead.
+                failures += [
+                    Failure(int(kept[row]), "the model returned NaN or infinity for this event")
+                    for row in non_finite.tolist()
+                ]
+                keep = np.ones(len(predictions), dtype=bool)
+                keep[non_finite] = False
+                predictions, kept = predictions[keep], kept[keep]
+            if failures:
+                decoded = without_failed_rows(decoded, kept, failures)
             outputs = encode_predictions(
                 records,
                 decoded,
@@ -127,6 +159,7 @@ class Pipeline:
                 model_version=self.runner.version,
                 now_ms=self.clock_ms(),
                 key_by_position=self.key_by_position,
+                headers_of=self.headers_of,
             )
         errors: dict[str, int] = {}
         if decoded.rejects:
@@ -145,7 +178,13 @@ class Pipeline:
                 first.message,
             )
             outputs += encode_dead_letters(
-                records, decoded.rejects, topic=self.topics.dead_letter, pipeline=self.name, now_ms=self.clock_ms()
+                records,
+                decoded.rejects,
+                topic=self.topics.dead_letter,
+                pipeline=self.name,
+                now_ms=self.clock_ms(),
+                max_copy_bytes=self.dead_letter_copy_bytes,
+                headers_of=self.headers_of,
             )
         outcome = BatchOutcome(
             events=len(records),
@@ -158,13 +197,60 @@ class Pipeline:
 
     async def emit(self, scored: Scored) -> Awaitable[None]:
         """Send a scored batch's outputs; await the result for their acknowledgement."""
-        return await self.sink.send(scored.outputs)
+        return await self.deliver(scored.outputs)
+
+    async def deliver(self, outputs: Sequence[OutputRecord]) -> Awaitable[None]:
+        """Send ``outputs``; the result completes once each is acknowledged or, if the destination
+        refused it for good, replaced by a minimal dead letter (or, if even that is refused,
+        logged with its source position and counted). Other failures raise, for a retry."""
+        return self._settled(await self.sink.send(outputs))
+
+    async def _settled(self, acknowledged: Awaitable[None]) -> None:
+        try:
+            await acknowledged
+        except OutputRefused as refused:
+            now = self.clock_ms()
+            replacements = [
+                replacement_for_refused(
+                    record,
+                    reason,
+                    topic=self.topics.dead_letter,
+                    pipeline=self.name,
+                    now_ms=now,
+                    max_copy_bytes=self.dead_letter_copy_bytes,
+                )
+                for record, reason in refused.refused
+            ]
+            log.warning(
+                "pipeline %s: the broker refused %d output(s) for good (%s); sending minimal dead letters instead",
+                self.name,
+                len(replacements),
+                refused.refused[0][1],
+            )
+            try:
+                await (await self.sink.send(replacements))
+            except OutputRefused as again:
+                for record, reason in again.refused:
+                    self.lost_outputs += 1
+                    log.error(
+                        "pipeline %s: LOST OUTPUT: the broker refused even the minimal dead letter for %s: %s",
+                        self.name,
+                        record.value[:300].decode("utf-8", "replace"),
+                        reason,
+                    )
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         """Score one batch, emit it, and wait until every output is acknowledged."""
         scored = await self.score(records)
         await (await self.emit(scored))
         return scored.outcome
+
+
+def non_finite_rows(predictions: np.ndarray) -> np.ndarray:
+    """Indices of the rows holding NaN or infinity anywhere."""
+    if predictions.size == 0 or np.isfinite(predictions).all():
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(~np.isfinite(predictions.reshape(len(predictions), -1)).all(axis=1))
 
 
 def without_failed_rows(decoded: Decoded, kept: np.ndarray, failures: Sequence[Failure]) -> Decoded:

@@ -19,9 +19,11 @@ from tests.integration.kafka_helpers import (
     ROOT,
     committed_offsets,
     finished,
+    free_port,
     produce_raw,
     read_topic,
     running_worker,
+    scrape,
     start_producing,
     stop_gracefully,
     tally,
@@ -214,23 +216,28 @@ async def test_a_model_down_on_everything_stops_consuming_and_resumes_when_it_re
     events = list(demo_events(500, seed=26))
     log = tmp_path / "worker.log"
 
-    with running_worker(config, log, ready_text="pipeline down: scoring") as worker:
+    port = free_port()
+    unavailable = ("sluice_model_unavailable", (("pipeline", "down"),))
+    with running_worker(config, log, ready_text="pipeline down: scoring", web_port=port) as worker:
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in events[:100]])
         await read_topic(kafka, topics["output_topic"], expected=100, within_s=60)
-        committed_before = await committed_offsets(kafka, "sluice-down", topics["input_topic"])
+        assert scrape(port)[unavailable] == 0
+        committed_before = await committed_offsets(kafka, "down-app.down", topics["input_topic"])
         flag.touch()
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in events[100:]])
         wait_for_log(log, "MODEL UNAVAILABLE", proc=worker)
         await asyncio.sleep(3)  # the worker retries meanwhile; nothing may be committed or dead-lettered
         during = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=2)
         assert len(during) == 100, "nothing scored while the model is down"
-        committed_during = await committed_offsets(kafka, "sluice-down", topics["input_topic"])
+        assert scrape(port)[unavailable] == 1
+        committed_during = await committed_offsets(kafka, "down-app.down", topics["input_topic"])
         assert sum(o or 0 for o in committed_during.values()) <= 100
         assert committed_during == committed_before or sum(o or 0 for o in committed_before.values()) < 100
         flag.unlink()
         outputs = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=60)
         dead = await read_topic(kafka, topics["dead_letter_topic"], expected=1, within_s=2)
         assert worker.poll() is None
+        assert scrape(port)[unavailable] == 0, "the gauge falls back once the model recovers"
 
     missing, _ = tally(outputs, {e.id for e in events})
     assert not missing, f"{len(missing)} events never scored after the model recovered, e.g. {missing[:10]}"

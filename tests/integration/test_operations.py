@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.demo_events import demo_events
 from tests.integration.kafka_helpers import (
@@ -20,6 +18,7 @@ from tests.integration.kafka_helpers import (
     read_topic,
     run_sluice,
     running_worker,
+    scrape,
     start_producing,
     stop_gracefully,
     tally,
@@ -28,18 +27,6 @@ from tests.integration.kafka_helpers import (
     wait_for_log,
     write_config,
 )
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the worker's /metrics, by name and labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        assert reply.headers["Content-Type"].startswith("text/plain; version=")
-        text = reply.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
 
 
 async def test_metrics_move_with_the_traffic_the_worker_scores(kafka, tmp_path):

@@ -23,6 +23,9 @@ class StillProbe:
     def model_unavailable(self) -> bool:
         return False
 
+    def lost_outputs(self) -> int:
+        return 2
+
 
 def test_buckets_count_values_up_to_and_including_each_bound():
     buckets = Buckets([1.0, 2.0, 5.0])
@@ -64,5 +67,6 @@ def test_the_collector_exports_each_pipeline_in_the_prometheus_text_format():
     assert got[("sluice_consumer_lag", (("partition", "0"), ("pipeline", "fraud"), ("topic", "in")))] == 3
     assert got[("sluice_model_info", (("model", "fraud-mlp"), ("pipeline", "fraud"), ("version", "2")))] == 1
     assert got[("sluice_cost_model_batch_seconds", (("batch_size", "64"), ("pipeline", "fraud")))] == 0.004
+    assert got[("sluice_outputs_lost_total", fraud)] == 2
     assert got[("sluice_events_received_total", (("pipeline", "idle"),))] == 0
     assert ("sluice_queue_depth", (("pipeline", "idle"),)) not in got, "no live state before the loop runs"

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
+
+import numpy as np
 import orjson
+import pytest
 
 from models.protocol import Runner
 from streams.codec import EventSchema, TensorField
-from streams.pipeline import Pipeline, PipelineTopics
-from streams.records import InputRecord
+from streams.pipeline import OutputRefused, Pipeline, PipelineTopics
+from streams.records import InputRecord, OutputRecord
 from tests.fakes import ListSink, SumRunner
 
 SCHEMA = EventSchema(id_field="id", inputs=(TensorField("x", (2,)),))
@@ -79,3 +83,84 @@ async def test_expired_events_go_to_the_dead_letter_topic_and_the_rest_are_score
     dead = [orjson.loads(r.value) for r in sink.records if r.topic == "dlq"]
     assert [(d["source"]["offset"], d["error"]) for d in dead] == [(0, "Expired"), (3, "Expired")]
     assert scored.outcome.errors == {"Expired": 2}
+
+
+class RefusingSink(ListSink):
+    """Refuses for good every record whose value holds ``marker``, as a broker refuses a record
+    that is too large or invalid; acknowledges the rest."""
+
+    def __init__(self, marker: bytes) -> None:
+        super().__init__()
+        self.marker = marker
+
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
+        refused = [(r, "InvalidRecord") for r in records if self.marker in r.value]
+        await (await super().send([r for r in records if self.marker not in r.value]))
+        return _refuse(refused)
+
+
+async def _refuse(refused: list[tuple[OutputRecord, str]]) -> None:
+    if refused:
+        raise OutputRefused(refused)
+
+
+async def test_an_output_refused_for_good_becomes_a_minimal_dead_letter_and_the_batch_completes():
+    pipeline, _, _ = make_pipeline()
+    sink = RefusingSink(marker=b'"id":"refuse-me"')
+    pipeline.sink = sink
+    batch = [rec(i, orjson.dumps({"id": "refuse-me" if i == 1 else i, "x": [i, 1]})) for i in range(3)]
+    await (await pipeline.emit(await pipeline.score(batch)))
+    assert [orjson.loads(r.value)["id"] for r in sink.records if r.topic == "out"] == [0, 2]
+    [letter] = [orjson.loads(r.value) for r in sink.records if r.topic == "dlq"]
+    assert letter["error"] == "OutputRefused" and letter["source"]["offset"] == 1
+    assert pipeline.lost_outputs == 0
+
+
+async def test_an_output_whose_minimal_dead_letter_is_refused_too_is_counted_as_lost_and_the_batch_completes(caplog):
+    pipeline, _, _ = make_pipeline()
+    pipeline.sink = RefusingSink(marker=b'"offset":1')  # refuses the prediction and its replacement
+    batch = [rec(i, orjson.dumps({"id": i, "x": [i, 1]})) for i in range(3)]
+    await (await pipeline.emit(await pipeline.score(batch)))
+    assert pipeline.lost_outputs == 1
+    assert "LOST OUTPUT" in caplog.text and '"offset":1' in caplog.text
+
+
+class NaNRunner(SumRunner):
+    async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        sums = await super().predict(inputs)
+        return np.where(sums > 10, np.nan, sums)
+
+
+async def test_a_nan_prediction_is_dead_lettered_as_a_model_error_not_emitted_as_null():
+    pipeline, _, sink = make_pipeline()
+    pipeline.use_runner(NaNRunner())
+    batch = [rec(i, orjson.dumps({"id": i, "x": [i * 4, 0]})) for i in range(5)]  # sums 0, 4, 8, 12, 16
+    outcome = await pipeline.process(batch)
+    assert (outcome.scored, outcome.dead_lettered) == (3, 2)
+    assert [orjson.loads(r.value)["prediction"] for r in sink.records if r.topic == "out"] == [0, 4, 8]
+    dead = [orjson.loads(r.value) for r in sink.records if r.topic == "dlq"]
+    assert [(d["source"]["offset"], d["error"]) for d in dead] == [(3, "ModelError"), (4, "ModelError")]
+    assert "NaN" in dead[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "carried"),
+    [("all", (("trace-id", b"t1"), ("tenant", b"a"))), ("none", ()), (("trace-id",), (("trace-id", b"t1"),))],
+)
+async def test_input_headers_are_carried_to_predictions_and_dead_letters(policy, carried):
+    runner, sink = SumRunner(), ListSink()
+    pipeline = Pipeline(
+        name="p",
+        schema=SCHEMA,
+        runner=runner,
+        sink=sink,
+        topics=PipelineTopics(output="out", dead_letter="dlq"),
+        headers=policy,
+    )
+    headers = (("trace-id", b"t1"), ("tenant", b"a"))
+    batch = [
+        InputRecord("in", 0, 0, 4_000, b"k", orjson.dumps({"id": 0, "x": [1, 1]}), headers),
+        InputRecord("in", 0, 1, 4_000, b"k", b"broken", headers),
+    ]
+    await pipeline.process(batch)
+    assert [(r.topic, tuple(r.headers)) for r in sink.records] == [("out", carried), ("dlq", carried)]
