@@ -8,6 +8,7 @@ are never touched; progress is tracked by the caller (see ``streams.backfill``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,12 +41,48 @@ class ReplayPlan:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, list[list[object]]]) -> ReplayPlan:
+    def from_json(cls, data: object) -> ReplayPlan:
+        """The plan ``to_json`` wrote; ``ValueError`` saying what is wrong with anything else."""
+        entries = data.get("partitions") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError("expected an object with a list 'partitions'")
         start, end = {}, {}
-        for topic, partition, first, last in data["partitions"]:
-            tp = TopicPartition(str(topic), int(partition))  # type: ignore[call-overload]
-            start[tp], end[tp] = int(first), int(last)  # type: ignore[call-overload]
+        for entry in entries:
+            if not (
+                isinstance(entry, list)
+                and len(entry) == 4
+                and isinstance(entry[0], str)
+                and entry[0]
+                and all(type(x) is int and x >= 0 for x in entry[1:])
+                and entry[2] <= entry[3]
+            ):
+                raise ValueError(f"partition {entry!r}: expected [topic, partition, start, end] with 0 <= start <= end")
+            tp = TopicPartition(entry[0], entry[1])
+            if tp in end:
+                raise ValueError(f"partition {entry[0]}[{entry[1]}] appears twice")
+            start[tp], end[tp] = entry[2], entry[3]
         return cls(start, end)
+
+
+async def start_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.start()``, then one turn of the loop so that the background task of a consumer
+    with no group starts: aiokafka 0.14 stops such a consumer by cancelling that task and
+    awaiting it, which raises ``CancelledError`` if it never ran. In a ``finally`` that error
+    replaced the one that made the caller stop: a wrong pipeline name ended ``sluice backfill``
+    with status 0 and nothing said (a cancelled command is a clean stop to Faust)."""
+    await consumer.start()
+    await asyncio.sleep(0)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """``consumer.stop()`` that never turns the error being handled into aiokafka's
+    ``CancelledError`` (see ``start_consumer``) unless the caller itself is being cancelled."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the caller is being cancelled: that is not aiokafka's error
 
 
 async def plan_replay(
@@ -55,7 +92,7 @@ async def plan_replay(
     list means the topic does not exist) and pick where to start."""
     missing = [t for t, parts in partitions_of.items() if not parts]
     if missing:
-        raise TopicNotFoundError(f"topic(s) {', '.join(missing)} do not exist; nothing to replay")
+        raise TopicNotFoundError(f"topic(s) {', '.join(missing)} do not exist")
     partitions = [TopicPartition(t, p) for t, parts in partitions_of.items() for p in sorted(parts)]
     end = await consumer.end_offsets(partitions)
     start = await consumer.beginning_offsets(partitions)

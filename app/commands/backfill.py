@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import sys
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from faust.cli import AppCommand, option
 
 from app.config import PipelineConfig
@@ -17,18 +22,21 @@ from app.kafka_clients import connection, make_consumer, make_producer
 from app.main import app, config
 from app.pipeline_service import build_runner, settle_garbage_collector
 from app.progress import Progress
-from app.topics import check_broker, ensure_topics, partitions_of
+from app.topics import check_broker, ensure_topics, max_message_bytes, partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
-from streams.backfill import BackfillSummary, Checkpoint, run_backfill
+from streams.backfill import BackfillSummary, Checkpoint, CheckpointError, checkpoint_path, run_backfill
 from streams.batcher import Batcher, BatchPolicy
-from streams.file_sink import FileSink
+from streams.file_sink import FileSink, FileSinkError, FileState, check_target
 from streams.isolation import ModelUnavailableError
 from streams.kafka_sink import KafkaSink
 from streams.pipeline import Pipeline, PipelineTopics, Sink
-from streams.replay import TopicNotFoundError, plan_replay
+from streams.records import OutputRecord
+from streams.replay import TopicNotFoundError, plan_replay, start_consumer, stop_consumer
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+CRASH_HOOK_ENV = "SLUICE_TEST_CRASH_AFTER_CHECKPOINTS"
 
 
 class BackfillError(Exception):
@@ -85,6 +93,163 @@ def parse_part(text: str) -> tuple[int, int]:
     return k, n
 
 
+@dataclass(frozen=True)
+class SinkTarget:
+    """Where a run's outputs go: ``kafka`` and a topic, or ``file`` and an absolute path."""
+
+    kind: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+
+def parse_sink(text: str, where: str = "--sink") -> SinkTarget:
+    """``kafka:TOPIC`` or ``file:PATH.jsonl|.parquet``, checked before anything is opened; the
+    same rules for the command line and for the sink a checkpoint names (``where`` says which)."""
+    kind, colon, target = text.partition(":")
+    if kind == "kafka" and colon:
+        if not TOPIC_NAME.fullmatch(target) or target in (".", ".."):
+            raise BackfillError(
+                f"{where} {text!r}: {target!r} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')"
+            )
+        return SinkTarget("kafka", target)
+    if kind == "file" and colon:
+        if not target or "\0" in target:
+            raise BackfillError(f"{where} {text!r}: give a file path after 'file:'")
+        path = Path(os.path.abspath(os.path.expanduser(target)))
+        try:
+            check_target(path)
+        except (FileSinkError, OSError) as exc:
+            raise BackfillError(f"{where} {text!r}: {exc}") from None
+        return SinkTarget("file", str(path))
+    raise BackfillError(f"{where} {text!r}: expected kafka:TOPIC, file:PATH.jsonl or file:PATH.parquet")
+
+
+def pipeline_named(name: str, where: str = "--pipeline") -> PipelineConfig:
+    names = [p.name for p in config.pipelines]
+    if name not in names:
+        raise BackfillError(f"{where} {name!r}: no such pipeline in {config.path}; pipelines: {', '.join(names)}")
+    return config.pipeline(name)
+
+
+def run_checkpoint(run_id: str, part: tuple[int, int], state_dir: Path, option: str) -> Path:
+    try:
+        return checkpoint_path(state_dir, run_id, part)
+    except CheckpointError as exc:
+        raise BackfillError(f"{option} {exc}") from None
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run to start or continue, every part of it checked."""
+
+    id: str
+    pipeline: PipelineConfig
+    model: str | None
+    sink: SinkTarget
+    checkpoint: Checkpoint | None  # None: a new run, checkpointed once its plan is made
+    path: Path
+
+
+def new_run(
+    pipeline_name: str | None, model: str | None, sink_spec: str | None, run_id: str | None, part: tuple[int, int]
+) -> tuple[str, PipelineConfig, SinkTarget]:
+    p = pipeline_named(pipeline_name) if pipeline_name else config.pipelines[0]
+    sink = parse_sink(sink_spec or f"kafka:{p.backfill_topic}")
+    run_id = run_id or f"{p.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return run_id, p, sink
+
+
+def resumed_run(
+    resume: str,
+    part: tuple[int, int],
+    state_dir: Path,
+    *,
+    pipeline_name: str | None,
+    model: str | None,
+    sink_spec: str | None,
+    from_timestamp: str | None,
+    run_id: str | None,
+) -> Run:
+    """The run a checkpoint describes, checked with the command line's own rules: whoever could
+    write to the state folder wrote its pipeline, model and sink."""
+    k, n = part
+    path = run_checkpoint(resume, part, state_dir, "--resume")
+    if not path.is_file():
+        raise BackfillError(f"--resume {resume!r}: no checkpoint for part {k}/{n} in {state_dir}")
+    checkpoint = Checkpoint.load(path)
+    where = f"checkpoint {path}:"
+    run = checkpoint.run
+    if run["id"] != resume or run["part"] != [k, n]:
+        raise BackfillError(f"{where} it is for run {run['id']!r} part {run['part']}, not {resume!r} part {k}/{n}")
+    p = pipeline_named(run["pipeline"], f"{where} pipeline")
+    sink = parse_sink(run["sink"], f"{where} sink")
+    strays = sorted({tp.topic for tp in checkpoint.plan.end} - set(p.input_topics))
+    if strays:
+        raise BackfillError(f"{where} it replays {', '.join(strays)}, which pipeline {p.name} does not read")
+    if checkpoint.sink is not None:
+        if sink.kind != "file":
+            raise BackfillError(f"{where} key 'sink': a Kafka sink keeps no state")
+        try:
+            FileState.from_json(checkpoint.sink)
+        except FileSinkError as exc:
+            raise BackfillError(f"{where} key 'sink': {exc}") from None
+    given = {
+        "--pipeline": (pipeline_name, p.name),
+        "--model": (model, run["model"]),
+        "--sink": (str(parse_sink(sink_spec)) if sink_spec else None, str(sink)),
+        "--run-id": (run_id, resume),
+    }
+    for flag, (value, recorded) in given.items():
+        if value is not None and value != recorded:
+            raise BackfillError(
+                f"{flag} {value!r}: run {resume} was started with {recorded!r}, and --resume continues it "
+                f"as it started: drop {flag}"
+            )
+    if from_timestamp:
+        raise BackfillError(f"--from-timestamp: run {resume} keeps its start offsets; drop --from-timestamp")
+    return Run(resume, p, run["model"], sink, checkpoint, path)
+
+
+def no_sink_state() -> None:
+    return None
+
+
+def file_state(sink: FileSink) -> Callable[[], dict[str, Any]]:
+    return lambda: sink.commit().to_json()
+
+
+class _CrashAfterCheckpoints:
+    """Test hook, ``SLUICE_TEST_CRASH_AFTER_CHECKPOINTS=N``: checkpoint after every batch, and
+    once N checkpoints are saved, hand the next batch to the sink and kill this process with
+    SIGKILL, so the outputs written after the last checkpoint are on disk but not counted.
+    Tests that interrupt a backfill do it here, at a known point, never by racing it."""
+
+    def __init__(self, sink: Sink, after: int) -> None:
+        self.sink = sink
+        self.after = after
+        self.saved = 0
+
+    def checkpointed(self, checkpoint: Checkpoint) -> None:
+        self.saved += 1
+
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
+        acknowledged = await self.sink.send(records)
+        if self.saved >= self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return acknowledged
+
+
+def crash_hook() -> int | None:
+    value = os.environ.get(CRASH_HOOK_ENV)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise BackfillError(f"${CRASH_HOOK_ENV} {value!r}: expected a number of checkpoints >= 1")
+    return int(value)
+
+
 async def backfill_run(
     pipeline_name: str | None,
     model: str | None,
@@ -95,96 +260,142 @@ async def backfill_run(
     part: str,
     state_dir: Path,
 ) -> BackfillSummary:
+    # Everything the operator gave is checked before the broker is reached or a file written.
     k, n = parse_part(part)
-    await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    crash_after = crash_hook()
+    if resume:
+        run = resumed_run(
+            resume,
+            (k, n),
+            state_dir,
+            pipeline_name=pipeline_name,
+            model=model,
+            sink_spec=sink_spec,
+            from_timestamp=from_timestamp,
+            run_id=run_id,
+        )
+        start_ms = None
+    else:
+        start_ms = parse_timestamp(from_timestamp)
+        new_id, p, sink_target = new_run(pipeline_name, model, sink_spec, run_id, (k, n))
+        path = run_checkpoint(new_id, (k, n), state_dir, "--run-id")
+        if path.exists():
+            raise BackfillError(
+                f"--run-id {new_id!r}: part {k}/{n} of that run is already checkpointed in {state_dir}; "
+                f"continue it with --resume {new_id}, or name a new run"
+            )
+        run = Run(new_id, p, model, sink_target, None, path)
+    p, sink_target = run.pipeline, run.sink
+    spec = model_spec(run.model, p)
+    try:
+        await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackfillError(f"--state-dir {state_dir}: {exc.strerror}") from None
+
     conn = connection(config)
     await check_broker(conn)
     # No group: the backfill never touches the live worker's committed offsets.
     consumer = make_consumer(conn, group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
-    await consumer.start()
+    await start_consumer(consumer)
     try:
-        if resume:
-            path = state_dir / f"{resume}.part{k}of{n}.json"
-            if not path.exists():
-                raise BackfillError(f"no checkpoint for run {resume!r} part {k}/{n} in {state_dir}")
-            checkpoint = Checkpoint.load(path)
-            if checkpoint.done:
-                print(f"backfill {resume} part {k}/{n} already finished", file=sys.stderr)
-        else:
-            p = config.pipeline(pipeline_name) if pipeline_name else config.pipelines[0]
-            run_id = run_id or f"{p.name}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        plan = run.checkpoint.plan if run.checkpoint is not None else None
+        if plan is None:
             partitions = {t: await partitions_of(conn, t) for t in p.input_topics}
-            plan = await plan_replay(consumer, partitions, from_timestamp_ms=parse_timestamp(from_timestamp))
+            try:
+                plan = await plan_replay(consumer, partitions, from_timestamp_ms=start_ms)
+            except TopicNotFoundError as exc:
+                raise BackfillError(
+                    f"pipeline {p.name}: {exc} on {config.bootstrap_servers}, nothing to replay: "
+                    f"check its input_topics in {config.path}"
+                ) from None
             mine = sorted(plan.end)[k - 1 :: n]  # several processes split one run's partitions
             plan = type(plan)({tp: plan.start[tp] for tp in mine}, {tp: plan.end[tp] for tp in mine})
-            run = {
-                "id": run_id,
-                "pipeline": p.name,
-                "model": model,
-                "sink": sink_spec or f"kafka:{p.backfill_topic}",
-                "part": [k, n],
-            }
-            checkpoint = Checkpoint(state_dir / f"{run_id}.part{k}of{n}.json", run, plan)
-            checkpoint.save()
-        run = checkpoint.run
-        p = config.pipeline(str(run["pipeline"]))
-        sink_spec = str(run["sink"])
-        # On stderr whatever the log level: the run id is what --resume needs after a crash.
-        print(
-            f"backfill {run['id']} (part {k}/{n}): {checkpoint.plan.remaining(checkpoint.position)} events in "
-            f"{len(checkpoint.plan.end)} partitions of {', '.join(p.input_topics)} -> {sink_spec}; "
-            f"resume with --resume {run['id']}",
-            file=sys.stderr,
-            flush=True,
-        )
-        model_ref = run.get("model")
-        loaded = await asyncio.to_thread(load_model, model_spec(model_ref if isinstance(model_ref, str) else None, p))
+        loaded = await asyncio.to_thread(load_model, spec)
         runner, cost = await asyncio.to_thread(build_runner, config, p, loaded)
         settle_garbage_collector()  # as the worker does: full collections over torch's heap cost more than decoding
-        producer: AIOKafkaProducer | None = None
+        kafka_sink: KafkaSink | None = None
         file_sink: FileSink | None = None
-        kind, _, target = sink_spec.partition(":")
         sink: Sink
-        if kind == "kafka":
+        commit_sink: Callable[[], dict[str, Any] | None] = no_sink_state
+        if sink_target.kind == "kafka":
             await ensure_topics(
                 conn,
-                [target, p.dead_letter_topic],
+                [sink_target.target, p.dead_letter_topic],
                 create=config.app.create_topics,
                 partitions=config.app.topic_partitions,
             )
-            producer = make_producer(conn, linger_ms=5, max_batch_size=512 * 1024)
-            await producer.start()
-            sink = KafkaSink(producer)
-        elif kind == "file":
-            file_sink = FileSink(Path(target), output_topic=target)
-            sink = file_sink
+            kafka_sink = KafkaSink(
+                lambda: make_producer(conn, linger_ms=5, max_batch_size=512 * 1024),
+                max_record_bytes=await max_message_bytes(conn, [sink_target.target, p.dead_letter_topic]),
+            )
+            await kafka_sink.start()
+            sink = kafka_sink
+            topics = PipelineTopics(output=sink_target.target, dead_letter=p.dead_letter_topic)
         else:
-            raise BackfillError(f"--sink {sink_spec!r}: expected kafka:TOPIC or file:PATH.jsonl|.parquet")
-        pipeline = Pipeline(
-            name=p.name,
-            schema=p.schema,
-            runner=runner,
-            sink=sink,
-            topics=PipelineTopics(output=target, dead_letter=p.dead_letter_topic),
-            key_by_position=True,
-        )
-        batcher = Batcher(BatchPolicy(max_batch_size=p.max_batch_size, latency_budget_ms=None), cost)
-        progress = Progress(checkpoint.plan.total, f"backfill {run['id']}")
-        progress.update(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
+            saved = run.checkpoint.sink if run.checkpoint is not None else None
+            state = FileState.from_json(saved) if saved is not None else None
+            try:
+                file_sink = FileSink(Path(sink_target.target), writer=run.id, part=(k, n), resume=state)
+            except OSError as exc:
+                raise BackfillError(f"sink {sink_target}: {exc.strerror}: {exc.filename}") from None
+            sink, topics = file_sink, file_sink.topics
+            commit_sink = file_state(file_sink)
+        hook = _CrashAfterCheckpoints(sink, crash_after) if crash_after else None
         try:
+            checkpoint = run.checkpoint
+            if checkpoint is None:
+                recorded = {
+                    "id": run.id,
+                    "pipeline": p.name,
+                    "model": run.model,
+                    "sink": str(sink_target),
+                    "part": [k, n],
+                }
+                checkpoint = Checkpoint(run.path, recorded, plan, sink=commit_sink())
+                checkpoint.save()
+            elif checkpoint.done:
+                print(f"backfill {run.id} part {k}/{n} already finished", file=sys.stderr)
+            # On stderr whatever the log level: the run id is what --resume needs after a crash.
+            print(
+                f"backfill {run.id} (part {k}/{n}): {checkpoint.plan.remaining(checkpoint.position)} events in "
+                f"{len(checkpoint.plan.end)} partitions of {', '.join(p.input_topics)} -> {sink_target}; "
+                f"resume with --resume {run.id}",
+                file=sys.stderr,
+                flush=True,
+            )
+            pipeline = Pipeline(
+                name=p.name,
+                schema=p.schema,
+                runner=runner,
+                sink=hook or sink,
+                topics=topics,
+                key_by_position=True,
+            )
+            batcher = Batcher(BatchPolicy(max_batch_size=p.max_batch_size, latency_budget_ms=None), cost)
+            progress = Progress(checkpoint.plan.total, f"backfill {run.id}")
+            progress.update(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
+            # A Parquet part is closed at each checkpoint: every 10 s keeps parts large enough to read fast.
+            every_s = 0.0 if hook else (10.0 if Path(sink_target.target).suffix == ".parquet" else 1.0)
             summary = await run_backfill(
-                consumer, pipeline, batcher, checkpoint, progress=lambda done, _total: progress.update(done)
+                consumer,
+                pipeline,
+                batcher,
+                checkpoint,
+                progress=lambda done, _total: progress.update(done),
+                checkpoint_every_s=every_s if sink_target.kind == "file" or hook else 1.0,
+                commit_sink=commit_sink,
+                on_checkpoint=hook.checkpointed if hook else lambda _checkpoint: None,
             )
             progress.finish(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
             return summary
         finally:
-            if producer is not None:
-                await producer.stop()
+            if kafka_sink is not None:
+                await kafka_sink.stop()
             if file_sink is not None:
                 file_sink.close()
             await runner.aclose()
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 @app.command(
@@ -199,7 +410,7 @@ async def backfill_run(
     option("--sink", default=None, help="kafka:TOPIC (default: the pipeline's backfill_topic) or file:PATH."),
     option("--from-timestamp", default=None, help="Start at this time (ISO 8601 or epoch ms), not offset 0."),
     option("--resume", default=None, help="Continue the run with this id where it stopped."),
-    option("--run-id", default=None, help="Name the run (default: pipeline, time and a random suffix)."),
+    option("--run-id", default=None, help="Name the run: letters, digits, '.', '-', '_' (default: pipeline and time)."),
     option("--part", default="1/1", help="K/N: this process takes every Nth partition, starting at the Kth."),
     option("--state-dir", type=Path, default=DEFAULT_STATE, help="Where run checkpoints are kept."),
 )
@@ -216,7 +427,7 @@ async def backfill(
 ) -> None:
     """Replay a pipeline's input topics from the beginning through the same pipeline, then exit."""
     try:
-        with exit_on_operator_error("backfill", BackfillError, TopicNotFoundError):
+        with exit_on_operator_error("backfill", BackfillError, TopicNotFoundError, CheckpointError, FileSinkError):
             summary = await backfill_run(pipeline, model, sink, from_timestamp, resume, run_id, part, state_dir)
     except ModelUnavailableError as exc:
         # Not the events' fault: dead-lettering history would be wrong. What is acknowledged is checkpointed.

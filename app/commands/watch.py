@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import orjson
@@ -13,6 +12,11 @@ from app.errors import exit_on_operator_error
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
 from app.topics import check_broker, partitions_of
+from streams.replay import start_consumer, stop_consumer
+
+
+class WatchError(Exception):
+    """Something the operator must fix; the message says what."""
 
 
 def describe(value: bytes) -> str:
@@ -53,16 +57,21 @@ async def watch(
 ) -> None:
     """Print predictions as they arrive (id, prediction, model, source position, latency)."""
     topic = topic or config.pipelines[0].output_topic
-    with exit_on_operator_error("watch"):
+    with exit_on_operator_error("watch", WatchError):
+        for flag, value in (("--count", count), ("--seconds", seconds), ("--since", since)):
+            if value < 0:
+                raise WatchError(f"{flag} {value}: expected a number >= 0")
         conn = connection(config)
         await check_broker(conn)
-    partitions = await partitions_of(conn, topic)
-    if not partitions:
-        where = config.bootstrap_servers
-        print(f"sluice watch: topic {topic!r} does not exist (yet) on {where}", file=sys.stderr)
-        return
+        partitions = await partitions_of(conn, topic)
+        if not partitions:
+            ours = ", ".join(t for p in config.pipelines for t in (p.output_topic, p.dead_letter_topic))
+            raise WatchError(
+                f"topic {topic!r} does not exist on {config.bootstrap_servers}: check --topic "
+                f"(this config's outputs and dead letters: {ours})"
+            )
     consumer = make_consumer(conn)
-    await consumer.start()
+    await start_consumer(consumer)
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
@@ -90,7 +99,7 @@ async def watch(
                         print(describe(record.value), flush=True)
                     seen += 1
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     if summary:
         print(summarise(topic, latencies))
 

@@ -5,27 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import time
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.demo_events import demo_events
 from app.topics import ensure_topics
 from tests.integration.kafka_helpers import (
-    ROOT,
     produce_raw,
     read_topic,
     run_sluice,
     running_worker,
-    sluice,
     unique,
     write_config,
 )
 
-TRANSFORMER_INPUTS = '[{ field = "features", shape = [32] }, { field = "history", shape = [16, 4] }]'
+GROUP = "parity-app.parity"  # the live worker's consumer group: "<app id>.<pipeline>"
 
 
 def topics_for(name: str) -> dict[str, str]:
@@ -55,8 +55,13 @@ async def test_backfill_matches_live_scoring_and_leaves_the_live_worker_alone(ka
     with running_worker(config, tmp_path / "worker.log", ready_text="pipeline parity: scoring"):
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in first])
         live = await read_topic(kafka, topics["output_topic"], expected=len(first), within_s=60)
-        await asyncio.sleep(1.5)  # one commit interval
-        before = await committed(kafka, "sluice-parity", topics["input_topic"], 3)
+        # Wait for the worker to commit what it scored (a condition, not a guess at its interval).
+        before = await committed(kafka, GROUP, topics["input_topic"], 3)
+        for _ in range(300):
+            if sum(o or 0 for o in before.values()) == len(first):
+                break
+            await asyncio.sleep(0.1)
+            before = await committed(kafka, GROUP, topics["input_topic"], 3)
         result = run_sluice(
             "--config", str(config), "backfill", "--sink", f"file:{out}", "--state-dir", str(tmp_path / "state")
         )
@@ -64,7 +69,7 @@ async def test_backfill_matches_live_scoring_and_leaves_the_live_worker_alone(ka
         assert "backfill done: 300 events, 300 predictions" in result.stderr
         assert "resume with --resume parity-" in result.stderr, "the run id must show at the default log level"
         assert "300/300" in result.stderr
-        after_backfill = await committed(kafka, "sluice-parity", topics["input_topic"], 3)
+        after_backfill = await committed(kafka, GROUP, topics["input_topic"], 3)
         # The live worker keeps scoring what arrives during and after the backfill.
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in later])
         live_all = await read_topic(kafka, topics["output_topic"], expected=len(first) + len(later), within_s=60)
@@ -121,64 +126,71 @@ def test_a_topic_that_does_not_exist_is_a_clear_error(kafka, tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert f"{name}-in do not exist" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"sluice backfill: pipeline ghost: topic(s) {name}-in do not exist on {kafka}, nothing to replay: "
+        f"check its input_topics in {config}"
+    ]
 
 
-async def test_an_interrupted_backfill_resumes_with_no_gap(kafka, tmp_path):
+def positions_in(checkpoint: dict[str, Any]) -> int:
+    """How many events a saved checkpoint counts as written."""
+    start = {(t, p): first for t, p, first, _ in checkpoint["plan"]["partitions"]}
+    return sum(at - start[(t, p)] for t, p, at in checkpoint["position"])
+
+
+def read_outputs(out: Path) -> list[tuple[int, int]]:
+    """The source (partition, offset) of every prediction in a JSON lines file or a Parquet folder."""
+    if out.suffix == ".jsonl":
+        return [(b["source"]["partition"], b["source"]["offset"]) for b in read_jsonl(out)]
+    table = pq.read_table(out).to_pydict()
+    return list(zip(table["source_partition"], table["source_offset"], strict=True))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+async def test_a_backfill_killed_after_a_checkpoint_resumes_with_every_position_once(kafka, tmp_path, suffix):
     name = unique("resume")
     topics = topics_for(name)
+    # Small batches: the crash hook checkpoints after each one, and stops the run long before its end.
     config = write_config(
-        tmp_path,
-        bootstrap=kafka,
-        pipeline="resume",
-        partitions=2,
-        model='demo = "fraud-transformer"',
-        inputs=TRANSFORMER_INPUTS,
-        **topics,
+        tmp_path, bootstrap=kafka, pipeline="resume", partitions=2, extra="max_batch_size = 50", **topics
     )
-    events = list(demo_events(12_000, seed=34))
+    events = list(demo_events(1_000, seed=34))
+    items: list[tuple[bytes | None, bytes | None]] = [(e.key, e.value) for e in events]
+    for at in (10, 400, 900):  # dead letters, too, are counted once
+        items.insert(at, (b"bad", b"broken"))
     await ensure_topics(kafka, list(topics.values()), create=True, partitions=2)
-    await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in events])
-    out, state = tmp_path / "resume.jsonl", tmp_path / "state"
+    await produce_raw(kafka, topics["input_topic"], items)
+    out, state = tmp_path / f"scores{suffix}", tmp_path / "state"
     checkpoint = state / "run-1.part1of1.json"
-    proc = subprocess.Popen(  # noqa: ASYNC220 - the backfill must run as its own process
-        sluice(
-            "--config", str(config), "backfill", "--sink", f"file:{out}", "--state-dir", str(state), "--run-id", "run-1"
-        ),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if checkpoint.exists():
-                saved = json.loads(checkpoint.read_text())
-                if saved["position"] and not saved["done"]:
-                    break
-            await asyncio.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)  # a crash: nothing is flushed or saved on the way out
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    args = ("--config", str(config), "backfill", "--sink", f"file:{out}", "--state-dir", str(state))
+
+    killed = run_sluice(*args, "--run-id", "run-1", env={"SLUICE_TEST_CRASH_AFTER_CHECKPOINTS": "3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     interrupted = json.loads(checkpoint.read_text())
-    assert not interrupted["done"], "the backfill finished before it could be interrupted"
-    resumed = run_sluice(
-        "--config",
-        str(config),
-        "backfill",
-        "--resume",
-        "run-1",
-        "--sink",
-        "ignored:x",
-        "--state-dir",
-        str(state),
-        timeout=300,
-    )
+    assert not interrupted["done"]
+    counted = positions_in(interrupted)
+    assert 0 < counted < len(items)
+    dead_letters = tmp_path / "scores.dead-letters.jsonl"
+    lengths = interrupted["sink"]["lengths"]
+    dead_counted = dead_letters.read_bytes()[: lengths[dead_letters.name]].count(b"\n")
+    if suffix == ".parquet":
+        # What the checkpoint counts is in closed parts, readable on their own; the part in
+        # progress at the kill has no footer, and is hidden from readers.
+        parts = interrupted["sink"]["parts"]
+        assert sum(pq.read_table(out / part).num_rows for part in parts) + dead_counted == counted
+        (torn,) = [p for p in out.iterdir() if p.name.endswith(".inprogress")]
+        with pytest.raises(pa.ArrowInvalid):
+            pq.read_table(torn)
+    else:
+        assert out.read_bytes()[: lengths[out.name]].count(b"\n") + dead_counted == counted
+        assert out.stat().st_size > lengths[out.name], "the kill came after outputs the checkpoint does not count"
+
+    resumed = run_sluice(*args, "--resume", "run-1", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    scored = read_jsonl(out)
-    positions = {(b["source"]["partition"], b["source"]["offset"]) for b in scored}
-    assert {b["id"] for b in scored} == {e.id for e in events}, "an event was lost between the two runs"
-    assert len(positions) == len(events)
     assert json.loads(checkpoint.read_text())["done"]
+    scored = read_outputs(out)
+    dead = [(d["source"]["partition"], d["source"]["offset"]) for d in read_jsonl(dead_letters)]
+    produced = await read_topic(kafka, topics["input_topic"], expected=len(items))
+    assert sorted(scored + dead) == sorted((r.partition, r.offset) for r in produced), "each position exactly once"
+    assert len(dead) == 3
+    assert not [p for p in out.parent.rglob(".*")], "no part in progress is left behind"

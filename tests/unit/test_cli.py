@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 
 from app.cli import invoked_command, take_config_option, with_fast_loop
+from streams.backfill import Checkpoint
+from streams.replay import ReplayPlan
 
 
 @pytest.mark.parametrize(
@@ -108,3 +111,109 @@ inputs = [{{ field = "features", shape = [32] }}]
 )
 def test_the_invoked_command_is_found_past_options_and_their_values(argv, command):
     assert invoked_command(argv) == command
+
+
+def unreachable_config(tmp_path: Path) -> Path:
+    """A valid config whose broker nothing answers: operator mistakes must be caught before it is reached."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"""
+[app]
+broker = "kafka://127.0.0.1:{port}"
+[pipelines.fraud]
+input_topics = ["in"]
+output_topic = "out"
+dead_letter_topic = "dlq"
+[pipelines.fraud.model]
+demo = "fraud-mlp"
+[pipelines.fraud.features]
+inputs = [{{ field = "features", shape = [32] }}]
+[pipelines.audit]
+input_topics = ["in"]
+output_topic = "audit-out"
+dead_letter_topic = "audit-dlq"
+[pipelines.audit.model]
+demo = "fraud-mlp"
+[pipelines.audit.features]
+inputs = [{{ field = "features", shape = [32] }}]
+"""
+    )
+    return config
+
+
+def one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("sink", [[], ["--sink", "file:scores.jsonl"]])
+def test_a_backfill_of_a_pipeline_that_does_not_exist_names_the_ones_that_do(tmp_path, sink):
+    config = unreachable_config(tmp_path)
+    result = run_cli("--config", str(config), "backfill", "-p", "nosuch", *sink, "--state-dir", str(tmp_path / "s"))
+    line = one_line_exit_2(result)
+    assert line == f"sluice backfill: --pipeline 'nosuch': no such pipeline in {config}; pipelines: fraud, audit"
+
+
+@pytest.mark.parametrize(
+    ("sink", "says"),
+    [
+        ("file:scores.csv", "the file name must end in .jsonl or .parquet"),
+        ("kafka:", "'' is not a Kafka topic name"),
+        ("s3://bucket/x", "expected kafka:TOPIC, file:PATH.jsonl or file:PATH.parquet"),
+    ],
+)
+def test_a_backfill_to_a_sink_it_cannot_write_says_what_it_takes(tmp_path, sink, says):
+    config = unreachable_config(tmp_path)
+    result = run_cli("--config", str(config), "backfill", "--sink", sink, "--state-dir", str(tmp_path / "s"))
+    line = one_line_exit_2(result)
+    assert line.startswith(f"sluice backfill: --sink {sink!r}: ")
+    assert says in line
+
+
+@pytest.mark.parametrize("run_id", ["../../x", "a/b"])
+def test_a_run_id_that_is_not_a_plain_name_is_refused_and_nothing_is_written(tmp_path, run_id):
+    config = unreachable_config(tmp_path)
+    state = tmp_path / "deep" / "er" / "state"
+    result = run_cli("--config", str(config), "backfill", "--run-id", run_id, "--state-dir", str(state))
+    assert "is not a plain name: use 1 to 100 letters, digits" in one_line_exit_2(result)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["c.toml"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("pipeline", "nosuch", "pipeline 'nosuch': no such pipeline in"),
+        ("sink", "file:/tmp/x.csv", "sink 'file:/tmp/x.csv': /tmp/x.csv: the file name must end in .jsonl or .parquet"),
+    ],
+)
+def test_a_checkpoint_naming_what_the_command_line_refuses_is_refused_on_resume(tmp_path, key, value, says):
+    config = unreachable_config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    run = {"id": "r1", "pipeline": "fraud", "model": None, "sink": "kafka:out", "part": [1, 1], key: value}
+    tp = TopicPartition("in", 0)
+    Checkpoint(state / "r1.part1of1.json", run, ReplayPlan({tp: 0}, {tp: 5})).save()
+    result = run_cli("--config", str(config), "backfill", "--resume", "r1", "--state-dir", str(state))
+    assert one_line_exit_2(result).startswith(f"sluice backfill: checkpoint {state / 'r1.part1of1.json'}: {says}")
+
+
+def test_resume_refuses_options_that_would_change_the_run(tmp_path):
+    config = unreachable_config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    run = {"id": "r1", "pipeline": "fraud", "model": None, "sink": "kafka:out", "part": [1, 1]}
+    tp = TopicPartition("in", 0)
+    Checkpoint(state / "r1.part1of1.json", run, ReplayPlan({tp: 0}, {tp: 5})).save()
+    result = run_cli(
+        "--config", str(config), "backfill", "--resume", "r1", "--sink", "kafka:x", "--state-dir", str(state)
+    )
+    assert one_line_exit_2(result) == (
+        "sluice backfill: --sink 'kafka:x': run r1 was started with 'kafka:out', "
+        "and --resume continues it as it started: drop --sink"
+    )

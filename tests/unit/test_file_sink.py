@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import orjson
 import pyarrow.parquet as pq
 import pytest
 
 from streams.codec import EventSchema, TensorField
-from streams.file_sink import FileSink
-from streams.pipeline import Pipeline, PipelineTopics
-from streams.records import InputRecord
+from streams.file_sink import FileSink, FileSinkError, FileState, check_target
+from streams.pipeline import Pipeline
+from streams.records import InputRecord, OutputRecord
 from tests.fakes import SumRunner
 
 SCHEMA = EventSchema(id_field="id", inputs=(TensorField("x", (2,)),))
@@ -18,26 +24,47 @@ def batch() -> list[InputRecord]:
     return [*good, InputRecord("in", 1, 3, 1_000, b"k", b"broken")]
 
 
+class TwoOutputs:
+    """A model with two outputs per event: the row sum and the row's first value."""
+
+    name = "two"
+    version = "1"
+
+    async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        x = inputs[0].reshape(inputs[0].shape[0], -1)
+        return np.stack([x.sum(axis=1), x[:, 0]], axis=1)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def pipeline_for(sink: FileSink, runner: Any = None) -> Pipeline:
+    return Pipeline(
+        name="p",
+        schema=SCHEMA,
+        runner=runner or SumRunner(),
+        sink=sink,
+        topics=sink.topics,
+        key_by_position=True,
+    )
+
+
+def read_parquet(folder: Path) -> list[dict[str, Any]]:
+    table = pq.read_table(folder).to_pydict()
+    return [dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 async def test_predictions_go_to_the_file_and_dead_letters_beside_it(tmp_path, suffix):
     path = tmp_path / f"scores{suffix}"
-    sink = FileSink(path, output_topic="out")
-    pipeline = Pipeline(
-        name="p",
-        schema=SCHEMA,
-        runner=SumRunner(),
-        sink=sink,
-        topics=PipelineTopics(output="out", dead_letter="dlq"),
-        key_by_position=True,
-    )
-    await pipeline.process(batch())
+    sink = FileSink(path)
+    await pipeline_for(sink).process(batch())
     sink.close()
     if suffix == ".jsonl":
         rows = [orjson.loads(line) for line in path.read_bytes().splitlines()]
         positions = [r["source"]["offset"] for r in rows]
     else:
-        table = pq.read_table(path).to_pydict()
-        rows = [dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)]
+        rows = read_parquet(path)
         positions = [r["source_offset"] for r in rows]
     assert [r["id"] for r in rows] == ["e0", "e1", "e2"]
     assert [r["prediction"] for r in rows] == [1.0, 2.0, 3.0]
@@ -46,29 +73,110 @@ async def test_predictions_go_to_the_file_and_dead_letters_beside_it(tmp_path, s
     assert [(d["error"], d["source"]["offset"]) for d in dead] == [("InvalidJSON", 3)]
 
 
-async def test_a_resumed_parquet_run_writes_a_new_part_beside_the_first(tmp_path):
-    for _ in range(2):
-        sink = FileSink(tmp_path / "s.parquet", output_topic="out")
-        pipeline = Pipeline(
-            name="p",
-            schema=SCHEMA,
-            runner=SumRunner(),
-            sink=sink,
-            topics=PipelineTopics(output="out", dead_letter="dlq"),
-        )
-        await pipeline.process(batch()[:1])
-        sink.close()
-    assert sorted(p.name for p in tmp_path.glob("*.parquet")) == ["s.parquet", "s.part1.parquet"]
+async def test_outputs_addressed_to_neither_file_are_refused(tmp_path):
+    sink = FileSink(tmp_path / "s.jsonl")
+    with pytest.raises(ValueError, match="addressed to 'out'"):
+        await sink.send([OutputRecord("out", None, b"{}")])
+    sink.close()
+
+
+async def test_several_outputs_per_event_become_a_list_column(tmp_path):
+    sink = FileSink(tmp_path / "s.parquet")
+    await pipeline_for(sink, TwoOutputs()).process(batch()[:3])
+    sink.close()
+    assert [r["prediction"] for r in read_parquet(tmp_path / "s.parquet")] == [[1.0, 0.0], [2.0, 1.0], [3.0, 2.0]]
+
+
+async def test_each_commit_closes_a_parquet_part_readable_on_its_own(tmp_path):
+    folder = tmp_path / "s.parquet"
+    sink = FileSink(folder, writer="run-1")
+    pipeline = pipeline_for(sink)
+    await pipeline.process(batch()[:2])
+    state = sink.commit()
+    assert state.parts == ("run-1-00000.parquet",)
+    assert sink.commit() == state, "a commit with nothing new written closes no empty part"
+    await pipeline.process(batch()[2:3])
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [".run-1-00001.parquet.inprogress"]
+    assert len(read_parquet(folder)) == 2, "a part in progress is hidden from readers"
+    sink.close()
+    assert [pq.read_table(folder / name).num_rows for name in sorted(os.listdir(folder))] == [2, 1]
+
+
+async def test_a_resumed_parquet_sink_drops_what_its_checkpoint_does_not_count(tmp_path):
+    folder = tmp_path / "s.parquet"
+    sink = FileSink(folder, writer="run-1")
+    await pipeline_for(sink).process(batch()[:1])
+    state = sink.commit()
+    await pipeline_for(sink).process(batch()[1:2])
+    sink.commit()  # closed after the checkpoint that recorded ``state``
+    await pipeline_for(sink).process(batch()[2:3])  # in progress when the process died
+    sink.abort()
+    (folder / "other-00000.parquet").write_bytes((folder / state.parts[0]).read_bytes())  # another writer's
+    resumed = FileSink(folder, writer="run-1", resume=state)
+    assert sorted(os.listdir(folder)) == ["other-00000.parquet", "run-1-00000.parquet"]
+    await pipeline_for(resumed).process(batch()[1:3])
+    resumed.close()
+    rows = read_parquet(folder)
+    assert sorted(r["source_offset"] for r in rows) == [0, 0, 1, 2]  # offset 0 twice: the other writer's copy
+
+
+async def test_a_resumed_jsonl_sink_cuts_lines_written_after_the_checkpoint_a_torn_one_too(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b'{"earlier":"run"}\n')
+    sink = FileSink(path)
+    await pipeline_for(sink).process(batch()[:2])
+    state = sink.commit()
+    await pipeline_for(sink).process(batch()[2:])
+    sink.close()
+    with path.open("ab") as file:
+        file.write(b'{"id":"e9","predic')  # a write cut short by SIGKILL
+    resumed = FileSink(path, resume=state)
+    await pipeline_for(resumed).process(batch()[2:])
+    resumed.close()
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [line.get("id") for line in lines] == [None, "e0", "e1", "e2"]
+    dead = (tmp_path / "s.dead-letters.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(d)["source"]["offset"] for d in dead] == [3]
+
+
+async def test_a_resume_refuses_files_that_lost_rows_the_checkpoint_counts(tmp_path):
+    sink = FileSink(tmp_path / "s.jsonl")
+    await pipeline_for(sink).process(batch()[:2])
+    state = sink.commit()
+    sink.close()
+    (tmp_path / "s.jsonl").write_bytes(b"")
+    with pytest.raises(FileSinkError, match="changed since"):
+        FileSink(tmp_path / "s.jsonl", resume=state)
+    with pytest.raises(FileSinkError, match="gone"):
+        FileSink(tmp_path / "p.parquet", resume=FileState({"p.dead-letters.jsonl": 0}, ("out-00000.parquet",)))
+    with pytest.raises(FileSinkError, match="not a part this writer"):
+        FileSink(tmp_path / "q.parquet", resume=FileState({"q.dead-letters.jsonl": 0}, ("../../etc/passwd",)))
+
+
+def test_processes_of_one_run_write_files_of_their_own(tmp_path):
+    sink = FileSink(tmp_path / "s.jsonl", part=(2, 3))
+    sink.close()
+    assert sorted(os.listdir(tmp_path)) == ["s.part2of3.dead-letters.jsonl", "s.part2of3.jsonl"]
 
 
 def test_unknown_file_formats_are_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"\.jsonl or \.parquet"):
-        FileSink(tmp_path / "x.csv", output_topic="out")
+    with pytest.raises(FileSinkError, match=r"\.jsonl or \.parquet"):
+        FileSink(tmp_path / "x.csv")
+
+
+def test_targets_in_the_way_are_refused_before_anything_is_opened(tmp_path):
+    os.mkfifo(tmp_path / "fifo.jsonl")  # opening it to append would block
+    with pytest.raises(FileSinkError, match="not a regular file"):
+        check_target(tmp_path / "fifo.jsonl")
+    (tmp_path / "old.parquet").write_bytes(b"PAR1")
+    with pytest.raises(FileSinkError, match="is a file: Parquet output is a folder"):
+        check_target(tmp_path / "old.parquet")
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(FileSinkError, match="not a regular file"):
+        check_target(tmp_path / "dir.jsonl")
 
 
 def test_backfill_outputs_can_be_keyed_by_source_position():
-    import numpy as np
-
     from streams.codec import decode, encode_predictions
 
     records = batch()[:2]
