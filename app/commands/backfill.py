@@ -286,7 +286,12 @@ async def backfill_run(
             )
         run = Run(new_id, p, model, sink_target, None, path)
     p, sink_target = run.pipeline, run.sink
-    spec = model_spec(run.model, p)
+    try:
+        spec = model_spec(run.model, p)
+    except BackfillError as exc:
+        if run.checkpoint is None:
+            raise
+        raise BackfillError(f"checkpoint {run.path}: model: {exc}") from None
     try:
         await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     except OSError as exc:

@@ -190,6 +190,7 @@ def test_a_run_id_that_is_not_a_plain_name_is_refused_and_nothing_is_written(tmp
     [
         ("pipeline", "nosuch", "pipeline 'nosuch': no such pipeline in"),
         ("sink", "file:/tmp/x.csv", "sink 'file:/tmp/x.csv': /tmp/x.csv: the file name must end in .jsonl or .parquet"),
+        ("model", "bogus", "model: --model 'bogus': expected a demo model"),
     ],
 )
 def test_a_checkpoint_naming_what_the_command_line_refuses_is_refused_on_resume(tmp_path, key, value, says):
