@@ -52,12 +52,13 @@ def write_config(
     inputs: str = '[{ field = "features", shape = [32] }]',
     extra: str = "",
     app_extra: str = "",
+    app_id: str | None = None,
 ) -> Path:
     path = directory / f"{pipeline}.toml"
     path.write_text(
         f"""
 [app]
-id = "{pipeline}-app"
+id = "{app_id or f"{pipeline}-app"}"
 broker = "kafka://{bootstrap}"
 create_topics = true
 topic_partitions = {partitions}

@@ -76,7 +76,7 @@ async def test_values_that_grow_when_escaped_are_dead_lettered_within_the_broker
 
     assert len(dead) == 4
     letters = [orjson.loads(r.value) for r in dead]
-    for record, letter in zip(dead, letters, strict=True):
+    for record in dead:
         assert len(record.value) + len(record.key or b"") < BROKER_LIMIT // 4
         assert dict(record.headers) == {"trace-id": b"abc-123"}
     by_size = {letter.get("value_bytes"): letter for letter in letters if letter["error"] == "PayloadTooLarge"}
@@ -131,3 +131,25 @@ async def test_an_output_the_broker_refuses_for_good_becomes_a_minimal_dead_lett
     positions = {(letter["source"]["partition"], letter["source"]["offset"]) for letter in letters}
     assert len(positions) == len(keyless), "each refused prediction is named by its source position"
     assert "sending minimal dead letters instead" in log.read_text()
+
+
+async def test_two_apps_with_a_pipeline_of_the_same_name_each_score_the_whole_topic(kafka, tmp_path):
+    # Staging and production (or two teams) both call their pipeline "fraud": before the
+    # group was named after the app too, the second app joined the first one's group,
+    # started from its committed offsets and scored nothing.
+    name = unique("twoapps")
+    events = list(demo_events(200, seed=43))
+    outputs = {}
+    for app in ("staging", "production"):
+        topics = {**topics_for(name), "output_topic": f"{name}-{app}-out"}
+        directory = tmp_path / app
+        directory.mkdir()
+        config = write_config(directory, bootstrap=kafka, pipeline="fraud", app_id=f"{name}-{app}", **topics)
+        with running_worker(config, directory / "worker.log", ready_text="pipeline fraud: scoring") as worker:
+            if app == "staging":  # the first worker has created the topics
+                await produce(kafka, topics["input_topic"], [(e.key, e.value, []) for e in events])
+            outputs[app] = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=90)
+            assert stop_gracefully(worker) == 0
+    for app, records in outputs.items():
+        missing, _ = tally(records, {e.id for e in events})
+        assert not missing, f"app {app}: {len(missing)} events not scored"
