@@ -19,6 +19,10 @@ from app.config import Config, ConfigError, SecurityConfig
 
 Connection = Mapping[str, Any]
 
+# Settings a connection carries for producers only (so every producer made from it gets them);
+# consumers and admin clients would refuse them.
+_PRODUCER_ONLY = frozenset({"compression_type"})
+
 # What each TLS context trusts and presents, for describe(): an SSLContext cannot say it itself.
 _tls_identity: weakref.WeakKeyDictionary[ssl.SSLContext, str] = weakref.WeakKeyDictionary()
 
@@ -46,6 +50,8 @@ def connection(config: Config, environ: Mapping[str, str] | None = None) -> Conn
         settings["sasl_plain_password"] = _secret(config, "sasl_password_env", security.sasl_password_env, env)
     if security.tls:
         settings["ssl_context"] = _tls_context(config, security, env)
+    if config.app.compression != "none":
+        settings["compression_type"] = config.app.compression
     return settings
 
 
@@ -102,13 +108,18 @@ def describe(conn: Connection) -> str:
 
 def make_producer(conn: Connection, **settings: Any) -> AIOKafkaProducer:
     """An idempotent producer that waits for every in-sync replica: outputs are never lost
-    or duplicated by a retry, and per-partition order holds."""
-    return AIOKafkaProducer(**conn, **{"acks": "all", "enable_idempotence": True, **settings})
+    or duplicated by a retry, and per-partition order holds. Batches are compressed as
+    ``[app] compression`` says (the connection carries it)."""
+    return AIOKafkaProducer(**{"acks": "all", "enable_idempotence": True, **conn, **settings})
 
 
 def make_consumer(conn: Connection, **settings: Any) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(**conn, **{"enable_auto_commit": False, **settings})
+    return AIOKafkaConsumer(**_without_producer_settings(conn), **{"enable_auto_commit": False, **settings})
 
 
 def make_admin(conn: Connection, **settings: Any) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**conn, **settings)
+    return AIOKafkaAdminClient(**_without_producer_settings(conn), **settings)
+
+
+def _without_producer_settings(conn: Connection) -> dict[str, Any]:
+    return {key: value for key, value in conn.items() if key not in _PRODUCER_ONLY}

@@ -5,22 +5,52 @@ per-event cost of a stream abstraction is what a batching server cannot afford. 
 are committed explicitly, never automatically. When a rebalance takes partitions away,
 the owner of this source is told first (``on_revoke``) so it can finish and commit what
 it has in flight for them.
+
+A record batch that cannot be decoded (a CRC that does not match, bytes its codec cannot
+decompress, a codec aiokafka has no library for) makes aiokafka's ``getmany`` raise, losing
+whatever that call had already taken from other partitions, and naming no partition. This
+source then reads carefully (``_read_around_undecodable``): every partition goes back to its
+first record not yet handed out, partitions are read one at a time, and in the one that fails
+again (a second, fresh fetch) records are read one at a time; each record that cannot be
+decoded is skipped, logged at ERROR with its position and counted (``undecodable``). The
+worker goes on with the next record instead of stopping and meeting the same batch again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import logging
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import cramjam
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    CorruptRecordException,
+    IllegalStateError,
+    KafkaError,
+    UnsupportedCodecError,
+)
 
 from streams.records import SourceRecord
 
 log = logging.getLogger(__name__)
 
 RevokeHandler = Callable[[set[TopicPartition]], Awaitable[None]]
+
+# What aiokafka raises, from inside getmany, for a fetched record batch it cannot turn into
+# records: its own errors, or the codec library's (snappy, lz4 and zstd through cramjam; gzip).
+UNDECODABLE = (
+    CorruptRecordException,
+    UnsupportedCodecError,
+    cramjam.DecompressionError,
+    gzip.BadGzipFile,
+    EOFError,
+    zlib.error,
+)
 
 
 def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
@@ -67,6 +97,8 @@ class KafkaBatchSource:
         self.fetched_up_to: dict[TopicPartition, int] = {}
         # Where each partition was when this worker got it, then what it committed since.
         self.committed: dict[TopicPartition, int] = {}
+        # Records skipped because they could not be decoded, since this source was made.
+        self.undecodable = 0
 
     def subscribe(self) -> None:
         self.consumer.subscribe(self.topics, listener=_Listener(self))
@@ -76,8 +108,82 @@ class KafkaBatchSource:
         if self.consumer.paused():
             self.consumer.resume(*self.consumer.paused())
             log.info("consuming again")
-        fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=max_records)
+        try:
+            fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=max_records)
+        except UNDECODABLE as exc:
+            return await self._read_around_undecodable(max_records, exc)
         return self._collect(fetched)
+
+    async def _read_around_undecodable(self, max_records: int, error: Exception) -> list[SourceRecord]:
+        """After a fetch that could not be decoded: the records that can be, in each partition's
+        order, with every record that cannot skipped (see the module's docstring)."""
+        log.warning("a fetch could not be decoded (%r); reading partition by partition to find the record", error)
+        await self._rewind()
+        batch: list[SourceRecord] = []
+        for tp in sorted(self.consumer.assignment()):
+            if len(batch) >= max_records:
+                break
+            try:
+                batch += await self._read_carefully(tp, max_records - len(batch))
+            except IllegalStateError:
+                continue  # taken away by a rebalance meanwhile: its next owner reads it
+        return batch
+
+    async def _rewind(self) -> None:
+        """Every partition back to its first record not yet handed out: the failed getmany may have
+        moved some past records it then dropped."""
+        for tp in self.consumer.assignment():
+            offset = self.fetched_up_to.get(tp)
+            # A partition a rebalance takes away meanwhile is its next owner's to read.
+            with contextlib.suppress(IllegalStateError):
+                if offset is None:
+                    # Nothing handed out since this member got it: it started at the group's commit,
+                    # or, with none, at the beginning (the live consumer resets to "earliest").
+                    offset = await self.consumer.committed(tp)
+                if offset is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, offset)
+
+    async def _read_carefully(self, tp: TopicPartition, room: int) -> list[SourceRecord]:
+        """Up to ``room`` records of one partition, skipping each one that cannot be decoded."""
+        try:
+            return self._collect(await self.consumer.getmany(tp, timeout_ms=self.poll_ms, max_records=room))
+        except UNDECODABLE:
+            pass
+        # Fails again with a fresh fetch: one record at a time from where this partition stands
+        # (a failed getmany does not move it; seeking drops what aiokafka holds of the bad fetch).
+        self.consumer.seek(tp, await self.consumer.position(tp))
+        records: list[SourceRecord] = []
+        skipped: list[int] = []
+        error: Exception | None = None
+        while len(records) + len(skipped) < room:
+            position = await self.consumer.position(tp)
+            try:
+                fetched = await self.consumer.getmany(tp, timeout_ms=self.poll_ms, max_records=1)
+            except UNDECODABLE as exc:
+                skipped.append(position)
+                error = exc
+                self.consumer.seek(tp, position + 1)
+                self.fetched_up_to[tp] = position + 1
+                continue
+            if not fetched:
+                break
+            records += self._collect(fetched)
+            if skipped:
+                break  # past the undecodable records: the next fetch goes on at full speed
+        if skipped:
+            self.undecodable += len(skipped)
+            log.error(
+                "%s[%d] offsets %d..%d (%d records): cannot be decoded (%r); skipped, consuming goes on after them",
+                tp.topic,
+                tp.partition,
+                skipped[0],
+                skipped[-1],
+                len(skipped),
+                error,
+            )
+        return records
 
     async def keep_alive(self) -> list[SourceRecord]:
         """Poll without fetching (partitions paused) while the owner cannot take more events, so the

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import ConfigError, load_config
-from app.kafka_clients import connection, describe
+from app.kafka_clients import connection, describe, make_admin, make_consumer, make_producer
 from tests.unit.test_config import GOOD, error_for, write
 
 SASL = """
@@ -65,6 +65,29 @@ def test_a_secret_that_is_not_set_is_named(tmp_path):
 )
 def test_security_mistakes_fail_at_start_up(tmp_path, table, says):
     assert says in error_for(tmp_path, with_security(f"\n[app.security]\n{table}\n"))
+
+
+async def test_every_producer_compresses_as_configured_and_consumers_are_not_handed_the_setting(tmp_path):
+    config = load_config(write(tmp_path, GOOD.replace('id = "t"', 'id = "t"\ncompression = "lz4"')), environ={})
+    conn = connection(config, environ={})
+    assert conn["compression_type"] == "lz4"
+    # Nothing connects until started; aiokafka checks the settings (and the codec's library) here.
+    producer = make_producer(conn, linger_ms=5)
+    consumer = make_consumer(conn, group_id=None)  # would raise TypeError if handed compression_type
+    admin = make_admin(conn)
+    try:
+        assert producer._compression_type == "lz4"
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        await admin.close()
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_every_kafka_codec_is_installed(codec):
+    import aiokafka.codec
+
+    assert getattr(aiokafka.codec, f"has_{codec}")(), f"aiokafka cannot read or write {codec}: its library is missing"
 
 
 def _openssl(*args: str, cwd: Path) -> None:
