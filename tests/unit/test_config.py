@@ -154,6 +154,16 @@ def test_bad_device(tmp_path):
     assert "key 'app.device' has value 'tpu'" in message
 
 
+def test_output_compression_defaults_to_none_and_must_be_a_kafka_codec(tmp_path):
+    assert load_config(write(tmp_path, GOOD), environ={}).app.compression == "none"
+    zstd = load_config(write(tmp_path, GOOD.replace('id = "t"', 'id = "t"\ncompression = "zstd"')), environ={})
+    assert zstd.app.compression == "zstd"
+    message = error_for(tmp_path, GOOD.replace('id = "t"', 'id = "t"\ncompression = "brotli"'))
+    assert (
+        "key 'app.compression' has value 'brotli': expected one of ['none', 'gzip', 'snappy', 'lz4', 'zstd']" in message
+    )
+
+
 def test_budget_keys_have_defaults_and_are_validated(tmp_path):
     p = load_config(write(tmp_path, GOOD), environ={}).pipeline("p")
     assert (p.latency_budget_ms, p.deadline_from, p.late_events) == (50.0, "event", "score")
