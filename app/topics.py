@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -53,6 +53,29 @@ async def _why_unreachable(conn: Connection, timeout_s: float) -> str:
     return "it answered a direct connection, but not a metadata request"
 
 
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _what_to_check(protocol: str) -> str:
+    checks = []
+    if protocol.startswith("SASL_"):
+        checks.append("the credentials in the environment variables [app.security] names, and sasl_mechanism")
+    if protocol in ("SSL", "SASL_SSL"):
+        checks.append(
+            "that ssl_cafile is the CA that signed the broker's certificate and, if the broker wants one, "
+            "the client certificate (ssl_certfile, ssl_keyfile)"
+        )
+    checks.append("that the port speaks protocol " + protocol)
+    return "; ".join(checks)
+
+
 async def ensure_topics(
     conn: Connection | str, topics: Iterable[str], *, create: bool, partitions: int, timeout_s: float = 30.0
 ) -> None:
@@ -61,14 +84,17 @@ async def ensure_topics(
     wanted = sorted(set(topics))
     admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
     try:
-        await asyncio.wait_for(admin.start(), timeout_s)
+        # aiokafka logs each failed attempt at ERROR; the one line raised below says it all.
+        with _quiet(logging.getLogger("aiokafka")):
+            await asyncio.wait_for(admin.start(), timeout_s)
     except (KafkaConnectionError, TimeoutError) as exc:
         await admin.close()
-        if conn.get("security_protocol", "PLAINTEXT") != "PLAINTEXT":
-            reason = await _why_unreachable(conn, min(timeout_s, 10.0))
+        protocol = conn.get("security_protocol", "PLAINTEXT")
+        if protocol != "PLAINTEXT":
+            with _quiet(logging.getLogger("aiokafka")):
+                reason = await _why_unreachable(conn, min(timeout_s, 10.0))
             raise BrokerUnreachableError(
-                f"cannot connect to Kafka at {describe(conn)}: {reason}; check the credentials in the environment "
-                f"variables [app.security] names, and its protocol and mechanism"
+                f"cannot connect to Kafka at {describe(conn)}: {reason}; check {_what_to_check(protocol)}"
             ) from exc
         raise BrokerUnreachableError(
             f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s; check that it is running "

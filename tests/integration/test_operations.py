@@ -108,7 +108,9 @@ async def test_a_model_swapped_mid_stream_scores_every_event_with_exactly_one_ve
         broken.write_bytes(b"not a state dict")
         failed = await asyncio.to_thread(run_sluice, *swap, "--version", "4", "--state-dict", str(broken), env=env)
         assert failed.returncode == 1 and "the old model keeps serving" in failed.stderr
-        # Now the real one, in the middle of a stream (a CLI start costs seconds: the stream is long).
+        # Now the real one, in the middle of a stream. The stream may or may not have ended when
+        # the swap lands (a CLI start costs seconds, more on a loaded machine); the events
+        # produced after the swap returned make sure v2 serves some, whatever the timing.
         producer = start_producing(config, count, rate, seed)
         await read_topic(kafka, topics["output_topic"], expected=count // 5, within_s=60)
         swapped = await asyncio.to_thread(
@@ -116,10 +118,14 @@ async def test_a_model_swapped_mid_stream_scores_every_event_with_exactly_one_ve
         )
         assert swapped.returncode == 0, swapped.stderr
         assert "now serves fraud-mlp v2" in swapped.stderr
+        after = list(demo_events(500, seed=seed + 1))
+        await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in after])
         finished(producer)
-        outputs = await read_topic(kafka, topics["output_topic"], expected=count, within_s=90, idle=2)
+        total = count + len(after)
+        outputs = await read_topic(kafka, topics["output_topic"], expected=total, within_s=90, idle=2)
 
-    missing, duplicates = tally(outputs, {e.id for e in demo_events(count, seed=seed)})
+    expected = {e.id for e in demo_events(count, seed=seed)} | {e.id for e in after}
+    missing, duplicates = tally(outputs, expected)
     assert not missing, f"{len(missing)} events never scored, e.g. {missing[:10]}"
     assert not duplicates, "no fault, so exactly one prediction per event"
     bodies = [orjson.loads(r.value) for r in outputs]

@@ -82,6 +82,8 @@ def test_wrong_credentials_stop_the_worker_at_start_with_a_clear_error(kafka, tm
         result.stderr
     )
     assert "Authentication failed" in result.stderr
+    assert "the credentials in the environment variables" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "not-the-password" not in result.stderr + result.stdout
 
 
@@ -132,7 +134,8 @@ def refused_at_start(config: Path) -> str:
     result = run_sluice("--config", str(config), "worker", "--web-port", "0", timeout=90)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("sluice: ")]
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("sluice: "), "the one line is sluice's (aiokafka's own errors are not printed)"
     return line
 
 
@@ -155,6 +158,7 @@ def test_a_worker_that_trusts_another_ca_stops_at_start_with_one_line(kafka, tls
         f"sluice: cannot connect to Kafka at 127.0.0.1:{SSL_PORT} (SSL, CA {tmp_path / 'other-ca.pem'}, no client "
         "certificate): [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
     ), line
+    assert "check that ssl_cafile is the CA that signed the broker's certificate" in line
 
 
 @pytest.fixture
