@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streams.records import OutputRecord, SourceRecord
+from streams.records import OutputRecord, SourceRecord, UndecodableRecord
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,8 @@ def _decode_careful(records: Sequence[SourceRecord], schema: EventSchema) -> Dec
     rejects: list[Reject] = []
     for index, record in enumerate(records):
         try:
+            if type(record) is UndecodableRecord:
+                raise _BadEvent("Undecodable", f"the consumer could not decode the record's batch: {record.reason}")
             event_id, arrays = decode_one(record.value, schema)
         except _BadEvent as bad:
             rejects.append(Reject(index, bad.error, bad.message))

@@ -12,8 +12,10 @@ whatever that call had already taken from other partitions, and naming no partit
 source then reads carefully (``_read_around_undecodable``): every partition goes back to its
 first record not yet handed out, partitions are read one at a time, and in the one that fails
 again (a second, fresh fetch) records are read one at a time; each record that cannot be
-decoded is skipped, logged at ERROR with its position and counted (``undecodable``). The
-worker goes on with the next record instead of stopping and meeting the same batch again.
+decoded is logged at ERROR with its position, counted (``undecodable``) and handed out as an
+``UndecodableRecord``, which the pipeline dead-letters (``Undecodable``) and commits like any
+bad event. The worker goes on with the next record instead of stopping and meeting the same
+batch again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -35,7 +38,7 @@ from aiokafka.errors import (
     UnsupportedCodecError,
 )
 
-from streams.records import SourceRecord
+from streams.records import SourceRecord, UndecodableRecord
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +160,17 @@ class KafkaBatchSource:
         records: list[SourceRecord] = []
         skipped: list[int] = []
         error: Exception | None = None
-        while len(records) + len(skipped) < room:
+        while len(records) < room:
             position = await self.consumer.position(tp)
             try:
                 fetched = await self.consumer.getmany(tp, timeout_ms=self.poll_ms, max_records=1)
             except UNDECODABLE as exc:
                 skipped.append(position)
                 error = exc
+                # In its place, a record that is dead-lettered (and so accounted for) like any bad event.
+                records.append(
+                    UndecodableRecord(tp.topic, tp.partition, position, time.time_ns() // 1_000_000, repr(exc))
+                )
                 self.consumer.seek(tp, position + 1)
                 self.fetched_up_to[tp] = position + 1
                 continue
@@ -175,7 +182,7 @@ class KafkaBatchSource:
         if skipped:
             self.undecodable += len(skipped)
             log.error(
-                "%s[%d] offsets %d..%d (%d records): cannot be decoded (%r); skipped, consuming goes on after them",
+                "%s[%d] offsets %d..%d (%d records): cannot be decoded (%r); dead-lettered, consuming goes on",
                 tp.topic,
                 tp.partition,
                 skipped[0],

@@ -54,6 +54,21 @@ class InputRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class UndecodableRecord:
+    """Stands in for a record the consumer could not decode (a damaged or undecompressible batch):
+    it keeps the record's position, so it is dead-lettered and committed like any bad event."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    reason: str
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
 # Which input headers an output carries: all of them, none, or those whose names are listed.
 HeaderPolicy = Literal["all", "none"] | tuple[str, ...]
 

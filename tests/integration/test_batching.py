@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from pathlib import Path
 
 import orjson
 
@@ -15,6 +17,17 @@ STATS = re.compile(r"pipeline burst: (\d+) events in [\d.]+s .*?mean size ([\d.]
 
 def batch_stats(log: str) -> list[tuple[int, float, int]]:
     return [(int(n), float(mean), int(largest)) for n, mean, largest in STATS.findall(log)]
+
+
+async def stats_covering(log_path: Path, events: int, within_s: float = 60) -> list[tuple[int, float, int]]:
+    """The worker's batch statistics once its lines account for ``events`` events: waits for the
+    log to say so instead of guessing how long the next stats line takes."""
+    deadline = time.monotonic() + within_s
+    while True:
+        stats = batch_stats(await asyncio.to_thread(log_path.read_text))
+        if sum(n for n, _, _ in stats) >= events or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.2)
 
 
 async def test_under_a_burst_the_heavy_model_keeps_every_event_and_batches_grow(kafka, tmp_path):
@@ -39,12 +52,11 @@ async def test_under_a_burst_the_heavy_model_keeps_every_event_and_batches_grow(
         for event in trickle:  # 20 events/s: each one should go alone
             await produce_raw(kafka, topics["input_topic"], [(event.key, event.value)])
             await asyncio.sleep(0.05)
-        await asyncio.sleep(1.5)
-        trickle_stats = batch_stats(log_path.read_text())
+        await read_topic(kafka, topics["output_topic"], expected=len(trickle), within_s=60)
+        trickle_stats = await stats_covering(log_path, len(trickle))
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in burst])
         outputs = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=120)
-        await asyncio.sleep(1.5)
-        all_stats = batch_stats(log_path.read_text())
+        all_stats = await stats_covering(log_path, len(events))
 
     ids = {orjson.loads(r.value)["id"] for r in outputs}
     missing = sorted({e.id for e in events} - ids)

@@ -205,6 +205,7 @@ async def test_a_batch_that_cannot_be_decoded_is_skipped_and_named_and_the_worke
     log = tmp_path / "worker.log"
     with running_worker(config, log, ready_text="pipeline undecodable: scoring") as worker:
         outputs = await read_topic(kafka, topics["output_topic"], expected=len(expected), within_s=120, idle=1.0)
+        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=40, within_s=30, idle=1.0)
         assert worker.poll() is None, "the worker stopped"
 
     scored = [orjson.loads(r.value)["id"] for r in outputs]
@@ -221,3 +222,8 @@ async def test_a_batch_that_cannot_be_decoded_is_skipped_and_named_and_the_worke
         **dict.fromkeys(range(120, 140), "DecompressionError"),
     }
     assert "stopped on an error" not in text
+    # And each is accounted for by a dead letter naming its position, like any bad event.
+    letters = [orjson.loads(r.value) for r in dead]
+    assert {letter["error"] for letter in letters} == {"Undecodable"}
+    assert sorted(letter["source"]["offset"] for letter in letters) == [*range(50, 70), *range(120, 140)]
+    assert all(letter["source"]["partition"] == 0 for letter in letters)
