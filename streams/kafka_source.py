@@ -21,39 +21,19 @@ batch again.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
-import time
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import cramjam
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import (
-    CommitFailedError,
-    CorruptRecordException,
-    IllegalStateError,
-    KafkaError,
-    UnsupportedCodecError,
-)
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams.records import SourceRecord, UndecodableRecord
+from streams.undecodable import UNDECODABLE, read_past_undecodable
 
 log = logging.getLogger(__name__)
 
 RevokeHandler = Callable[[set[TopicPartition]], Awaitable[None]]
-
-# What aiokafka raises, from inside getmany, for a fetched record batch it cannot turn into
-# records: its own errors, or the codec library's (snappy, lz4 and zstd through cramjam; gzip).
-UNDECODABLE = (
-    CorruptRecordException,
-    UnsupportedCodecError,
-    cramjam.DecompressionError,
-    gzip.BadGzipFile,
-    EOFError,
-    zlib.error,
-)
 
 
 def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
@@ -149,47 +129,13 @@ class KafkaBatchSource:
                     self.consumer.seek(tp, offset)
 
     async def _read_carefully(self, tp: TopicPartition, room: int) -> list[SourceRecord]:
-        """Up to ``room`` records of one partition, skipping each one that cannot be decoded."""
-        try:
-            return self._collect(await self.consumer.getmany(tp, timeout_ms=self.poll_ms, max_records=room))
-        except UNDECODABLE:
-            pass
-        # Fails again with a fresh fetch: one record at a time from where this partition stands
-        # (a failed getmany does not move it; seeking drops what aiokafka holds of the bad fetch).
-        self.consumer.seek(tp, await self.consumer.position(tp))
-        records: list[SourceRecord] = []
-        skipped: list[int] = []
-        error: Exception | None = None
-        while len(records) < room:
-            position = await self.consumer.position(tp)
-            try:
-                fetched = await self.consumer.getmany(tp, timeout_ms=self.poll_ms, max_records=1)
-            except UNDECODABLE as exc:
-                skipped.append(position)
-                error = exc
-                # In its place, a record that is dead-lettered (and so accounted for) like any bad event.
-                records.append(
-                    UndecodableRecord(tp.topic, tp.partition, position, time.time_ns() // 1_000_000, repr(exc))
-                )
-                self.consumer.seek(tp, position + 1)
-                self.fetched_up_to[tp] = position + 1
-                continue
-            if not fetched:
-                break
-            records += self._collect(fetched)
-            if skipped:
-                break  # past the undecodable records: the next fetch goes on at full speed
-        if skipped:
-            self.undecodable += len(skipped)
-            log.error(
-                "%s[%d] offsets %d..%d (%d records): cannot be decoded (%r); dead-lettered, consuming goes on",
-                tp.topic,
-                tp.partition,
-                skipped[0],
-                skipped[-1],
-                len(skipped),
-                error,
-            )
+        """Up to ``room`` records of one partition, an ``UndecodableRecord`` in place of each one
+        that cannot be decoded."""
+        records = await read_past_undecodable(self.consumer, tp, room, self.poll_ms)
+        if records:
+            self.fetched_up_to[tp] = records[-1].offset + 1
+            self.committed.setdefault(tp, records[0].offset)
+        self.undecodable += sum(1 for r in records if type(r) is UndecodableRecord)
         return records
 
     async def keep_alive(self) -> list[SourceRecord]:

@@ -9,12 +9,16 @@ are never touched; progress is tracked by the caller (see ``streams.backfill``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.records import SourceRecord
+from streams.undecodable import UNDECODABLE, read_past_undecodable
+
+log = logging.getLogger(__name__)
 
 
 class TopicNotFoundError(Exception):
@@ -114,12 +118,24 @@ async def replay(
     consumer.assign(list(todo))
     for tp, at in todo.items():
         consumer.seek(tp, at)
+    # The first offset of each partition not yet handed out, to go back to if a fetch cannot be decoded.
+    upcoming = dict(todo)
     while todo:
-        fetched = await consumer.getmany(*todo, timeout_ms=1000, max_records=max_records)
+        try:
+            fetched = await consumer.getmany(*todo, timeout_ms=1000, max_records=max_records)
+        except UNDECODABLE as exc:
+            log.warning("a fetch could not be decoded (%r); reading partition by partition to find the record", exc)
+            fetched = {}
+            for tp in list(todo):
+                consumer.seek(tp, upcoming[tp])
+            for tp in list(todo):
+                fetched[tp] = await read_past_undecodable(consumer, tp, max_records, 1000)
         batch: list[SourceRecord] = []
         for tp, records in fetched.items():
             end = plan.end[tp]
             batch.extend(r for r in records if r.offset < end)
+            if records:
+                upcoming[tp] = records[-1].offset + 1
             if records and records[-1].offset + 1 >= end:
                 del todo[tp]
                 consumer.pause(tp)

@@ -12,18 +12,34 @@ from app.errors import exit_on_operator_error
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
 from app.topics import check_broker, partitions_of
+from streams.records import UndecodableRecord
 from streams.replay import start_consumer, stop_consumer
+from streams.undecodable import UNDECODABLE, read_past_undecodable
 
 
 class WatchError(Exception):
     """Something the operator must fix; the message says what."""
 
 
-def describe(value: bytes) -> str:
+def latency_of(value: bytes | None) -> int:
+    """A prediction's latency_ms, or -1 for anything else on the topic."""
+    try:
+        body = orjson.loads(value or b"null")
+    except orjson.JSONDecodeError:
+        return -1
+    latency = body.get("latency_ms", -1) if isinstance(body, dict) else -1
+    return latency if isinstance(latency, int) else -1
+
+
+def describe(value: bytes | None) -> str:
     """One readable line for a prediction or a dead letter."""
+    if value is None:
+        return "(no value: a tombstone)"
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError:
+        return value[:120].decode("utf-8", "replace")
+    if not isinstance(body, dict):
         return value[:120].decode("utf-8", "replace")
     if "prediction" in body:
         src = body.get("source", {})
@@ -89,12 +105,25 @@ async def watch(
         seen = 0
         latencies: list[int] = []
         deadline = time.monotonic() + seconds if seconds > 0 else None
+        upcoming = {tp: await consumer.position(tp) for tp in tps}
         while (not count or seen < count) and (deadline is None or time.monotonic() < deadline):
-            batch = await consumer.getmany(timeout_ms=200, max_records=count - seen if count else None)
-            for records in batch.values():
+            room = count - seen if count else None
+            try:
+                batch = await consumer.getmany(timeout_ms=200, max_records=room)
+            except UNDECODABLE:
+                # A damaged batch: go back to what was not shown yet and read around it.
+                batch = {}
+                for tp in tps:
+                    consumer.seek(tp, upcoming[tp])
+                    batch[tp] = await read_past_undecodable(consumer, tp, room or 500, 200)
+            for tp, records in batch.items():
+                if records:
+                    upcoming[tp] = records[-1].offset + 1
                 for record in records:
-                    if summary:
-                        latencies.append(orjson.loads(record.value).get("latency_ms", -1))
+                    if type(record) is UndecodableRecord:
+                        print(f"UNDECODABLE {record.topic}[{record.partition}]@{record.offset}: {record.reason}")
+                    elif summary:
+                        latencies.append(latency_of(record.value))
                     else:
                         print(describe(record.value), flush=True)
                     seen += 1

@@ -27,7 +27,7 @@ from aiokafka.record.util import calc_crc32c
 
 from app.demo_events import demo_events
 from app.topics import ensure_topics
-from tests.integration.kafka_helpers import read_topic, running_worker, topics_for, unique, write_config
+from tests.integration.kafka_helpers import read_topic, run_sluice, running_worker, topics_for, unique, write_config
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 # The codec ids a record batch's attributes carry.
@@ -227,3 +227,26 @@ async def test_a_batch_that_cannot_be_decoded_is_skipped_and_named_and_the_worke
     assert {letter["error"] for letter in letters} == {"Undecodable"}
     assert sorted(letter["source"]["offset"] for letter in letters) == [*range(50, 70), *range(120, 140)]
     assert all(letter["source"]["partition"] == 0 for letter in letters)
+
+
+async def test_a_backfill_over_a_batch_that_cannot_be_decoded_dead_letters_it_and_replays_the_rest(kafka, tmp_path):
+    name = unique("undecodable-backfill")
+    topics = topics_for(name)
+    await ensure_topics(kafka, [topics["input_topic"]], create=True, partitions=2)
+    events = [e.value for e in demo_events(150, seed=8)]
+    ids = [orjson.loads(v)["id"] for v in events]
+    await send_batches(kafka, topics["input_topic"], 0, [events[:40], events[40:60], events[60:100]])
+    await send_batches(kafka, topics["input_topic"], 1, [events[100:]])
+    damage(topics["input_topic"], 0, 40, keep_crc_valid=False)
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="undecodable", partitions=2, **topics)
+
+    out = tmp_path / "scores.jsonl"
+    result = await asyncio.to_thread(
+        run_sluice, "--config", str(config), "backfill", "--sink", f"file:{out}", "--state-dir", str(tmp_path / "s")
+    )
+    assert result.returncode == 0, result.stderr
+    scored = {orjson.loads(line)["id"] for line in out.read_text().splitlines()}
+    assert scored == set(ids) - set(ids[40:60])
+    letters = [orjson.loads(line) for line in (tmp_path / "scores.dead-letters.jsonl").read_text().splitlines()]
+    assert {letter["error"] for letter in letters} == {"Undecodable"}
+    assert sorted(letter["source"]["offset"] for letter in letters) == list(range(40, 60))
