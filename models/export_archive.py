@@ -39,6 +39,8 @@ SAMPLE_INPUTS = "data/sample_inputs/{}.pt"
 LEGACY_FILES = ("data/weights/{}.pt", "data/constants/{}.pt")
 NATIVE_CODE_DIR = "data/aotinductor/"
 MODELS_DIR = "models/"
+# Entries torch.export.save writes beside the programs: format markers, no code.
+ARCHIVE_METADATA = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
 
 # What sympy's srepr prints for the shapes torch.export records: constructors, their keyword
 # assumptions, and the functions torch's deserializer registers. No attribute access, no
@@ -91,9 +93,15 @@ def check_export_archive(data: bytes, path: Path) -> None:
     native = sorted(name for name in entries if name.startswith(NATIVE_CODE_DIR))
     if native:
         raise refuse(native[0], "is AOTInductor native code, which torch would load into the process")
+    # torch takes every entry under models/ for a program (whatever its name ends with), and
+    # reads its weights, constants and sample inputs: each must be one this check reads too.
+    stray = sorted(name for name in entries if name.startswith(MODELS_DIR) and not _is_model(name))
+    if stray:
+        raise refuse(stray[0], f"is not {MODELS_DIR}NAME.json, yet torch would load it as a program")
     models = sorted(name[len(MODELS_DIR) : -len(".json")] for name in entries if _is_model(name))
     if not models:
         raise ModelLoadError(f"exported program {path} is not a torch.export archive: it has no {MODELS_DIR}*.json")
+    allowed = set(ARCHIVE_METADATA)
     for model in models:
         for legacy in (f.format(model) for f in LEGACY_FILES):
             if legacy in entries:
@@ -102,8 +110,11 @@ def check_export_archive(data: bytes, path: Path) -> None:
             name = config_name.format(model)
             if name not in entries:
                 raise refuse(name, "is missing: only archives written by torch.export.save (torch>=2.6) are checked")
-            _check_payloads(_json(archive, entries[name], name, refuse), name, prefix, refuse)
+            payloads = _check_payloads(_json(archive, entries[name], name, refuse), name, prefix, refuse)
+            folder = name.rsplit("/", 1)[0]
+            allowed |= {name, *(f"{folder}/{payload}" for payload in payloads)}
         sample = SAMPLE_INPUTS.format(model)
+        allowed |= {sample, f"{MODELS_DIR}{model}.json"}
         if sample in entries:
             try:
                 torch.load(io.BytesIO(archive.read(entries[sample])), map_location="cpu", weights_only=True)
@@ -112,6 +123,11 @@ def check_export_archive(data: bytes, path: Path) -> None:
         model_json = f"{MODELS_DIR}{model}.json"
         for expr in _expressions(_json(archive, entries[model_json], model_json, refuse)):
             _check_expression(expr, lambda why, n=model_json: refuse(n, why))
+    unknown = sorted(name for name in entries if name not in allowed and not name.endswith("/"))
+    if unknown:
+        # Only what torch.export.save writes for plain tensors: anything else is something torch
+        # may read in a way this check does not know.
+        raise refuse(unknown[0], "is not an entry torch.export.save writes for plain tensors")
 
 
 def _entries(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:
@@ -144,10 +160,12 @@ def _json(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, refuse: An
         raise refuse(name, f"is not valid JSON: {reason(exc)}") from exc
 
 
-def _check_payloads(config: Any, name: str, prefix: str, refuse: Any) -> None:
+def _check_payloads(config: Any, name: str, prefix: str, refuse: Any) -> list[str]:
+    """The raw tensor files ``config`` names; refuses anything declared otherwise."""
     payloads = config.get("config") if isinstance(config, dict) else None
     if not isinstance(payloads, dict):
         raise refuse(name, "has no 'config' table")
+    names: list[str] = []
     for fqn, meta in payloads.items():
         if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
             # Anything but an explicit false (missing, true, 1) is what torch treats as a pickle.
@@ -155,6 +173,10 @@ def _check_payloads(config: Any, name: str, prefix: str, refuse: Any) -> None:
         path_name = meta.get("path_name")
         if not isinstance(path_name, str) or not path_name.startswith(prefix) or meta.get("tensor_meta") is None:
             raise refuse(name, f"declares {fqn!r} as {path_name!r}, not a raw tensor ({prefix}N with tensor_meta)")
+        if "/" in path_name:
+            raise refuse(name, f"declares {fqn!r} in {path_name!r}, outside its folder")
+        names.append(path_name.lower())
+    return names
 
 
 def _expressions(node: Any) -> Iterator[Any]:

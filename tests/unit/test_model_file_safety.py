@@ -220,6 +220,39 @@ def test_entries_torch_would_load_as_code_or_read_differently_are_refused(archiv
     refused(evil, says)
 
 
+@pytest.mark.parametrize("program", ["models/x/y.json", "models/evil.txt"])
+def test_a_second_program_hidden_under_models_is_refused_before_torch_reads_its_pickles(archive, tmp_path, program):
+    # torch loads every entry under models/ as a program (named by cutting 7 characters off the
+    # front and 5 off the end), then reads that name's weights config: pickled weights there ran.
+    marker = tmp_path / "ran"
+    name = program[len("models/") : -len(".json")]
+    weights = f"data/weights/{name}_weights_config.json"
+
+    def pickled(data):
+        for meta in data["config"].values():
+            meta["use_pickle"], meta["tensor_meta"], meta["path_name"] = True, None, "weight_evil"
+
+    evil = rewrite(
+        archive,
+        tmp_path / "evil.pt2",
+        add={
+            "data/weights/weight_evil": torch_saved(WritesMarker(marker)),
+            program: read(archive, "models/model.json"),
+            weights: edit_json(archive, "data/weights/model_weights_config.json", pickled),
+            f"data/constants/{name}_constants_config.json": read(archive, "data/constants/model_constants_config.json"),
+            f"data/sample_inputs/{name}.pt": read(archive, "data/sample_inputs/model.pt"),
+        },
+    )
+    refused(evil, f"{program} is not models/NAME.json, yet torch would load it as a program")
+    assert not marker.exists(), "no code from the file ran"
+    assert plain_torch_runs_it(evil, marker), "the payload is live: plain torch.export.load runs it"
+
+
+def test_an_entry_torch_export_save_does_not_write_is_refused(archive, tmp_path):
+    evil = rewrite(archive, tmp_path / "evil.pt2", add={"data/extra/payload.bin": b"anything"})
+    refused(evil, "data/extra/payload.bin is not an entry torch.export.save writes")
+
+
 def test_whatever_torch_raises_becomes_one_line_naming_the_file(archive, tmp_path):
     not_zip = tmp_path / "junk.pt2"
     not_zip.write_bytes(b"\x00" * 100)
