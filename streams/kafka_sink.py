@@ -26,12 +26,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
-    ClusterAuthorizationFailedError,
     InvalidProducerEpoch,
+    InvalidTimestampError,
     KafkaError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
-    TopicAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
+    ProducerFenced,
+    RecordListTooLargeError,
+    UnknownError,
     UnknownProducerId,
 )
 
@@ -45,18 +47,15 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 # A record batch's header, plus the per-record varints, attributes and timestamp delta.
 _BATCH_OVERHEAD_BYTES = 61 + 32
-# Refusals that are about the client, not the record: sending records again one by one
-# would only fail the same way, and replacing them would throw the outputs away.
-_NOT_ABOUT_THE_RECORD = (
-    TopicAuthorizationFailedError,
-    ClusterAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
-)
-
-
-# The producer's own state is broken (a refusal elsewhere in its partition's sequence):
-# a fresh producer sends the same record fine.
-_PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
+# What the broker answers about a record it will never take: too large, a bad timestamp, or
+# invalid (INVALID_RECORD, e.g. no key on a compacted topic, which aiokafka does not know by
+# name and reports as UnknownError). Anything else that is not retriable (authorization, an
+# unsupported format) is about the client or the cluster: raised, for a retry with back-off,
+# never turned into dead letters.
+_ABOUT_THE_RECORD = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidTimestampError, UnknownError)
+# The producer's own state is broken (a refusal elsewhere in its partition's sequence, or
+# fenced): a fresh producer sends the same record fine.
+_PRODUCER_BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 # Attempts at sending one record alone when each fresh producer is broken again by a
 # concurrent refusal; past them the failure is raised, for the caller's retry with back-off.
 _ALONE_ATTEMPTS = 5
@@ -64,7 +63,12 @@ _ALONE_ATTEMPTS = 5
 
 def refused_for_good(exc: BaseException) -> bool:
     """Whether a produce failure may be about the records themselves and will not pass on a retry."""
-    return isinstance(exc, KafkaError) and not exc.retriable and not isinstance(exc, _NOT_ABOUT_THE_RECORD)
+    return isinstance(exc, _ABOUT_THE_RECORD)
+
+
+def needs_a_fresh_producer(exc: BaseException) -> bool:
+    """Whether a failed batch breaks (or was failed by) the producer's sequence numbers."""
+    return isinstance(exc, _ABOUT_THE_RECORD + _PRODUCER_BROKEN)
 
 
 def record_size(record: OutputRecord) -> int:
@@ -169,10 +173,10 @@ class KafkaSink:
     ) -> None:
         results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
         failed = [(members, r) for (members, _), r in zip(sent, results, strict=True) if isinstance(r, BaseException)]
-        if any(refused_for_good(exc) for _, exc in failed):
+        if any(needs_a_fresh_producer(exc) for _, exc in failed):
             await self._restart(generation)
         for _, exc in failed:
-            if not refused_for_good(exc):
+            if not needs_a_fresh_producer(exc):
                 raise exc  # worth retrying: the caller sends everything again
         async with self._isolating:
             for members, exc in failed:
@@ -209,13 +213,14 @@ class KafkaSink:
             try:
                 await future
             except KafkaError as exc:
-                broken = isinstance(exc, _PRODUCER_BROKEN)
-                if not refused_for_good(exc) or (broken and attempt == _ALONE_ATTEMPTS):
+                if not needs_a_fresh_producer(exc):
                     raise
                 await self._restart(generation)
-                if broken:
-                    continue  # not about this record: send it again with the fresh producer
-                return f"{type(exc).__name__}: {exc}"
+                if refused_for_good(exc):
+                    return f"{type(exc).__name__}: {exc}"
+                if attempt == _ALONE_ATTEMPTS:
+                    raise
+                continue  # not about this record: send it again with the fresh producer
             return None
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -226,7 +231,11 @@ class KafkaSink:
                 return
             old = self.producer
             fresh = self._new_producer()
-            await fresh.start()
+            try:
+                await fresh.start()
+            except BaseException:
+                await fresh.stop()
+                raise
             self._producer = fresh
             self._generation += 1
         log.warning("started a new Kafka producer: a refused batch breaks the old one's sequence numbers")

@@ -144,7 +144,12 @@ class KafkaBatchSource:
         if not self.consumer.paused() and self.consumer.assignment():
             self.consumer.pause(*self.consumer.assignment())
             log.info("queue full for a while (the model is slow or down): partitions paused, still in the group")
-        fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=1)
+        try:
+            fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=1)
+        except UNDECODABLE:
+            # Dropped here, read again (and around) by next_batch once the queue has room.
+            await self._rewind()
+            return []
         return self._collect(fetched)
 
     def _collect(self, fetched: dict[TopicPartition, list[Any]]) -> list[SourceRecord]:

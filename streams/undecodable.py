@@ -33,6 +33,8 @@ UNDECODABLE = (
     gzip.BadGzipFile,
     EOFError,
     zlib.error,
+    # A header key that is not UTF-8 (the protocol says strings; some clients send any bytes).
+    UnicodeDecodeError,
 )
 
 

@@ -250,3 +250,42 @@ async def test_a_backfill_over_a_batch_that_cannot_be_decoded_dead_letters_it_an
     letters = [orjson.loads(line) for line in (tmp_path / "scores.dead-letters.jsonl").read_text().splitlines()]
     assert {letter["error"] for letter in letters} == {"Undecodable"}
     assert sorted(letter["source"]["offset"] for letter in letters) == list(range(40, 60))
+
+
+async def test_a_record_whose_header_key_is_not_utf8_is_dead_lettered_and_the_worker_goes_on(kafka, tmp_path):
+    # Kafka's protocol says header keys are strings; some clients send any bytes, and aiokafka
+    # cannot decode such a batch. Made here by editing a stored batch (CRC kept valid).
+    name = unique("header-key")
+    topics = topics_for(name)
+    await ensure_topics(kafka, [topics["input_topic"]], create=True, partitions=1)
+    events = [e.value for e in demo_events(21, seed=9)]
+    ids = [orjson.loads(v)["id"] for v in events]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka)
+    await producer.start()
+    try:
+        for i, value in enumerate(events):
+            headers = [("zz-header-key", b"v")] if i == 10 else []
+            await (await producer.send(topics["input_topic"], value, partition=0, headers=headers))
+    finally:
+        await producer.stop()
+    [position] = [p for p, b in stored_batches(topics["input_topic"], 0) if b.base_offset == 10]
+    segment = sorted(broker_log_dir(topics["input_topic"], 0).glob("*.log"))[0]
+    data = bytearray(segment.read_bytes())
+    (length,) = struct.unpack_from(">i", data, position + 8)
+    end = position + 12 + length
+    at = data.index(b"zz-header-key", position, end)
+    data[at : at + 2] = b"\xff\xfe"
+    struct.pack_into(">I", data, position + CRC_AT, calc_crc32c(bytes(data[position + ATTRIBUTES_AT : end])))
+    with segment.open("r+b") as f:
+        f.seek(position)
+        f.write(data[position:end])
+
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="headerkey", partitions=1, **topics)
+    with running_worker(config, tmp_path / "worker.log", ready_text="pipeline headerkey: scoring") as worker:
+        outputs = await read_topic(kafka, topics["output_topic"], expected=20, within_s=60, idle=1.0)
+        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=1, within_s=30)
+        assert worker.poll() is None, "the worker stopped"
+    assert {orjson.loads(r.value)["id"] for r in outputs} == set(ids) - {ids[10]}
+    [letter] = [orjson.loads(r.value) for r in dead]
+    assert (letter["error"], letter["source"]["offset"]) == ("Undecodable", 10)
+    assert "UnicodeDecodeError" in letter["reason"]
