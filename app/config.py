@@ -400,16 +400,16 @@ def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineCon
 def dead_letters_too_big(pipeline: PipelineConfig, max_message_bytes: Mapping[str, int]) -> str | None:
     """Why the pipeline's dead letters may not fit its dead-letter topic, or None if they fit.
 
-    A dead letter holds up to ``dead_letter_copy_bytes`` of the value and as much of the key,
-    plus its reason and source position."""
+    A dead letter holds up to ``dead_letter_copy_bytes`` of the value, as much of the key (in its
+    body, and as its record key) and of the input's headers, plus its reason and source position."""
     limit = max_message_bytes.get(pipeline.dead_letter_topic)
-    largest = 2 * pipeline.dead_letter_copy_bytes + DEAD_LETTER_OVERHEAD_BYTES
+    largest = 4 * pipeline.dead_letter_copy_bytes + DEAD_LETTER_OVERHEAD_BYTES
     if limit is None or largest <= limit:
         return None
     return (
         f"key 'pipelines.{pipeline.name}.dead_letter_copy_bytes' has value {pipeline.dead_letter_copy_bytes}: "
         f"dead letters of up to {largest} bytes would not fit topic {pipeline.dead_letter_topic!r} "
-        f"(max.message.bytes {limit}); expected at most {(limit - DEAD_LETTER_OVERHEAD_BYTES) // 2}"
+        f"(max.message.bytes {limit}); expected at most {(limit - DEAD_LETTER_OVERHEAD_BYTES) // 4}"
     )
 
 

@@ -8,7 +8,9 @@ it. Escaping can multiply a value's size by six (``\\u0001`` per control byte), 
 copy (value and key) is bounded by ``max_copy_bytes`` of JSON: past it the dead letter keeps
 a prefix and says so (``value_truncated``, the original length, the SHA-256 of the whole
 value). A key longer than that is replaced, as the dead letter's record key, by its hash:
-the same input key always maps to the same record key, so per-key order still holds.
+the same input key always maps to the same record key, so per-key order still holds. The
+input's headers are carried only if they add up to at most that much too. So a dead letter
+holds at most four such amounts (two copies, its record key, its headers) plus its reason.
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def _encoded(name: str, data: bytes, *, partial: bool = False) -> dict[str, str]
         return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
 
 
+def bounded_headers(headers: Sequence[tuple[str, bytes]], limit: int) -> tuple[tuple[str, bytes], ...] | None:
+    """``headers`` if they add up to at most ``limit`` bytes, else None: a dead letter must fit the
+    broker whatever the input carried, and carrying half of a trace context would mislead."""
+    size = sum(len(name.encode()) + len(value or b"") for name, value in headers)
+    return tuple(headers) if size <= limit else None
+
+
 def record_key(key: bytes | None, limit: int) -> bytes | None:
     """The key a dead letter is produced with: the input's, or its SHA-256 when it is too long."""
     if key is None or len(key) <= limit:
@@ -96,8 +105,11 @@ def dead_letter(
         **_copy_fields("key", record.key, max_copy_bytes),
         **_copy_fields("value", record.value, max_copy_bytes),
     }
+    carried = bounded_headers(headers, max_copy_bytes)
+    if carried is None:
+        body["headers_dropped"] = True
     return OutputRecord(
-        topic, record_key(record.key, max_copy_bytes), orjson.dumps(body), record.partition, tuple(headers)
+        topic, record_key(record.key, max_copy_bytes), orjson.dumps(body), record.partition, carried or ()
     )
 
 
@@ -149,6 +161,5 @@ def replacement_for_refused(
         "output_refused": True,
         "key_sha256": hashlib.sha256(refused.key).hexdigest() if refused.key is not None else None,
     }
-    return OutputRecord(
-        topic, record_key(refused.key, max_copy_bytes), orjson.dumps(letter), refused.partition, refused.headers
-    )
+    # No headers: they may be what made the output too large.
+    return OutputRecord(topic, record_key(refused.key, max_copy_bytes), orjson.dumps(letter), refused.partition)

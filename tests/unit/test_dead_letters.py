@@ -83,7 +83,7 @@ def test_a_refused_output_is_replaced_by_a_minimal_dead_letter_naming_its_source
         prediction, "RecordTooLarge", topic="dlq", pipeline="p", now_ms=5, max_copy_bytes=LIMIT
     )
     body = orjson.loads(out.value)
-    assert (out.topic, out.partition, out.headers) == ("dlq", 1, (("trace-id", b"abc"),))
+    assert (out.topic, out.partition, out.headers) == ("dlq", 1, ())
     assert body["error"] == "OutputRefused" and body["output_refused"] is True
     assert body["source"] == {"topic": "in", "partition": 1, "offset": 9}
     assert "RecordTooLarge" in body["reason"]
@@ -94,3 +94,17 @@ def test_a_refused_output_is_replaced_by_a_minimal_dead_letter_naming_its_source
         replacement_for_refused(refused_letter, "why", topic="dlq", pipeline="p", now_ms=5, max_copy_bytes=LIMIT).value
     )
     assert body["error"] == "InvalidJSON" and body["source"] == {"offset": 3}
+
+
+def test_headers_too_large_for_a_dead_letter_are_dropped_and_the_dead_letter_says_so():
+    record = InputRecord("in", 0, 1, 1_000, b"k", b"\x01" * 10_000, (("trace-id", b"t"), ("blob", b"x" * 1_000_000)))
+    out = dead_letter(record, error="E", message="m", topic="dlq", pipeline="p", now_ms=5, headers=record.headers)
+    assert out.headers == () and orjson.loads(out.value)["headers_dropped"] is True
+    small = dead_letter(record, error="E", message="m", topic="dlq", pipeline="p", now_ms=5, headers=(("a", b"b"),))
+    assert small.headers == (("a", b"b"),) and "headers_dropped" not in orjson.loads(small.value)
+
+
+def test_a_minimal_dead_letter_carries_no_headers_they_may_be_what_was_too_large():
+    refused = OutputRecord("out", b"k", b'{"source": {"offset": 1}}', 0, (("blob", b"x" * 1_000_000),))
+    out = replacement_for_refused(refused, "too large", topic="dlq", pipeline="p", now_ms=5, max_copy_bytes=LIMIT)
+    assert out.headers == ()
