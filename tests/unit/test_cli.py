@@ -70,7 +70,10 @@ inputs = [{ field = "features", shape = [32] }]
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "key 'pipelines.p.model'" in result.stderr
-    assert "missing-weights.pt for models.demo:FraudMLP does not exist" in result.stderr
+    assert (
+        "weights file for models.demo:FraudMLP" in result.stderr
+        and "missing-weights.pt does not exist" in result.stderr
+    )
 
 
 def test_an_unreachable_broker_stops_the_worker_with_the_address_and_what_to_check(tmp_path):
