@@ -166,21 +166,32 @@ async def send_batches(bootstrap: str, topic: str, partition: int, groups: list[
         await producer.stop()
 
 
-def damage(topic: str, partition: int, base_offset: int, *, keep_crc_valid: bool) -> None:
-    """Overwrite the compressed records of the stored batch at ``base_offset``, as a failing disk
-    would: its CRC then no longer matches, or (``keep_crc_valid``) it does but lz4 cannot decompress it."""
-    ((position, batch),) = [(p, b) for p, b in stored_batches(topic, partition) if b.base_offset == base_offset]
-    assert batch.compression_type == CODEC_IDS["lz4"]
+def edit_stored_batch(topic: str, partition: int, base_offset: int, edit, *, keep_crc_valid: bool = True) -> None:
+    """Change the stored batch at ``base_offset`` in the broker's log file, as a failing disk or a
+    careless client would: ``edit(data, start, end)`` changes the bytes of the batch in place."""
+    [position] = [p for p, b in stored_batches(topic, partition) if b.base_offset == base_offset]
     segment = sorted(broker_log_dir(topic, partition).glob("*.log"))[0]
     data = bytearray(segment.read_bytes())
     (length,) = struct.unpack_from(">i", data, position + 8)
     end = position + 12 + length
-    data[position + HEADER_SIZE : end] = bytes(end - position - HEADER_SIZE)
+    edit(data, position, end)
     if keep_crc_valid:
         struct.pack_into(">I", data, position + CRC_AT, calc_crc32c(bytes(data[position + ATTRIBUTES_AT : end])))
     with segment.open("r+b") as f:
         f.seek(position)
         f.write(data[position:end])
+
+
+def damage(topic: str, partition: int, base_offset: int, *, keep_crc_valid: bool) -> None:
+    """Overwrite the compressed records of the stored lz4 batch at ``base_offset``: its CRC then
+    no longer matches, or (``keep_crc_valid``) it does but lz4 cannot decompress it."""
+    ((_, batch),) = [(p, b) for p, b in stored_batches(topic, partition) if b.base_offset == base_offset]
+    assert batch.compression_type == CODEC_IDS["lz4"]
+
+    def zero_records(data: bytearray, start: int, end: int) -> None:
+        data[start + HEADER_SIZE : end] = bytes(end - start - HEADER_SIZE)
+
+    edit_stored_batch(topic, partition, base_offset, zero_records, keep_crc_valid=keep_crc_valid)
 
 
 async def test_a_batch_that_cannot_be_decoded_is_skipped_and_named_and_the_worker_goes_on(kafka, tmp_path):
@@ -268,17 +279,12 @@ async def test_a_record_whose_header_key_is_not_utf8_is_dead_lettered_and_the_wo
             await (await producer.send(topics["input_topic"], value, partition=0, headers=headers))
     finally:
         await producer.stop()
-    [position] = [p for p, b in stored_batches(topics["input_topic"], 0) if b.base_offset == 10]
-    segment = sorted(broker_log_dir(topics["input_topic"], 0).glob("*.log"))[0]
-    data = bytearray(segment.read_bytes())
-    (length,) = struct.unpack_from(">i", data, position + 8)
-    end = position + 12 + length
-    at = data.index(b"zz-header-key", position, end)
-    data[at : at + 2] = b"\xff\xfe"
-    struct.pack_into(">I", data, position + CRC_AT, calc_crc32c(bytes(data[position + ATTRIBUTES_AT : end])))
-    with segment.open("r+b") as f:
-        f.seek(position)
-        f.write(data[position:end])
+
+    def break_header_key(data: bytearray, start: int, end: int) -> None:
+        at = data.index(b"zz-header-key", start, end)
+        data[at : at + 2] = b"\xff\xfe"
+
+    edit_stored_batch(topics["input_topic"], 0, 10, break_header_key)
 
     config = write_config(tmp_path, bootstrap=kafka, pipeline="headerkey", partitions=1, **topics)
     with running_worker(config, tmp_path / "worker.log", ready_text="pipeline headerkey: scoring") as worker:

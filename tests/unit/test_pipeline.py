@@ -9,13 +9,13 @@ import pytest
 from models.protocol import Runner
 from streams.codec import EventSchema, TensorField
 from streams.pipeline import OutputRefused, Pipeline, PipelineTopics
-from streams.records import InputRecord, OutputRecord
+from streams.records import HeaderPolicy, InputRecord, OutputRecord
 from tests.fakes import ListSink, SumRunner
 
 SCHEMA = EventSchema(id_field="id", inputs=(TensorField("x", (2,)),))
 
 
-def make_pipeline() -> tuple[Pipeline, SumRunner, ListSink]:
+def make_pipeline(headers: HeaderPolicy = "all") -> tuple[Pipeline, SumRunner, ListSink]:
     runner, sink = SumRunner(), ListSink()
     pipeline = Pipeline(
         name="p",
@@ -24,6 +24,7 @@ def make_pipeline() -> tuple[Pipeline, SumRunner, ListSink]:
         sink=sink,
         topics=PipelineTopics(output="out", dead_letter="dlq"),
         clock_ms=lambda: 5_000,
+        headers=headers,
     )
     return pipeline, runner, sink
 
@@ -148,15 +149,7 @@ async def test_a_nan_prediction_is_dead_lettered_as_a_model_error_not_emitted_as
     [("all", (("trace-id", b"t1"), ("tenant", b"a"))), ("none", ()), (("trace-id",), (("trace-id", b"t1"),))],
 )
 async def test_input_headers_are_carried_to_predictions_and_dead_letters(policy, carried):
-    runner, sink = SumRunner(), ListSink()
-    pipeline = Pipeline(
-        name="p",
-        schema=SCHEMA,
-        runner=runner,
-        sink=sink,
-        topics=PipelineTopics(output="out", dead_letter="dlq"),
-        headers=policy,
-    )
+    pipeline, _, sink = make_pipeline(headers=policy)
     headers = (("trace-id", b"t1"), ("tenant", b"a"))
     batch = [
         InputRecord("in", 0, 0, 4_000, b"k", orjson.dumps({"id": 0, "x": [1, 1]}), headers),
