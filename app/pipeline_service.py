@@ -8,62 +8,33 @@ and offsets are committed only after outputs are acknowledged, not per event.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from mode import Service
 
+from app.build import (
+    FETCH_BYTES_PER_PARTITION,
+    build_batcher,
+    build_kafka_sink,
+    build_pipeline,
+    build_runner,
+    settle_garbage_collector,
+)
 from app.config import Config, PipelineConfig
-from app.kafka_clients import connection, make_consumer, make_producer
-from app.topics import max_message_bytes
+from app.kafka_clients import connection, make_consumer
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.protocol import ModelLoadError
 from models.runner import TorchRunner
-from streams.batcher import Batcher, BatchPolicy
-from streams.cost_model import CostModel, reference_sizes
 from streams.kafka_sink import KafkaSink
 from streams.kafka_source import KafkaBatchSource
 from streams.live import LiveLoop
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Pipeline, PipelineTopics
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 20.0
-# Decoding, encoding and handing outputs to the producer, per event, on top of inference;
-# only a starting point: the cost model replaces it with what it measures within seconds.
-PIPELINE_SECONDS_PER_EVENT = 15e-6
-
-
-def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) -> tuple[TorchRunner, CostModel]:
-    """The model on its device, warmed up, and a cost model seeded from the warm-up."""
-    runner = TorchRunner(
-        loaded.module,
-        name=loaded.name,
-        version=loaded.version,
-        device=config.app.device,
-        threads=config.app.torch_threads,
-    )
-    timings = runner.warm_up([f.shape for f in pipeline.schema.inputs], reference_sizes(pipeline.max_batch_size))
-    cost = CostModel()
-    cost.seed({n: t + n * PIPELINE_SECONDS_PER_EVENT for n, t in timings.items()})
-    return runner, cost
-
-
-def settle_garbage_collector() -> None:
-    """Keep Python's cyclic GC off the latency tail.
-
-    Everything alive after start-up (torch, Faust, the model) lives for the whole process;
-    freezing it keeps full collections from walking those objects again and again, and a
-    higher young-generation threshold makes collections rarer under a stream of short-lived
-    records. Measured on the MLP (bench.latency, 2 cores): p99 at 40% of saturation 73 -> 50 ms,
-    backlog drain rate 35k -> 41k events/s.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 class PipelineService(Service):
@@ -101,42 +72,24 @@ class PipelineService(Service):
         loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner
-        sink = KafkaSink(
-            lambda: make_producer(conn, client_id=f"sluice-{p.name}", linger_ms=1, max_batch_size=256 * 1024),
-            max_record_bytes=await max_message_bytes(conn, [p.output_topic, p.dead_letter_topic]),
-        )
+        sink = await build_kafka_sink(conn, [p.output_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}")
         self._sink = sink
         self._consumer = make_consumer(
             conn,
             group_id=p.group_id,
             client_id=f"sluice-{p.name}",
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
             fetch_max_wait_ms=min(p.poll_ms, 500),
         )
         await sink.start()
         source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms)
         source.subscribe()
         await self._consumer.start()
-        pipeline = Pipeline(
-            name=p.name,
-            schema=p.schema,
-            runner=runner,
-            sink=sink,
-            topics=PipelineTopics(output=p.output_topic, dead_letter=p.dead_letter_topic),
-            dead_letter_copy_bytes=p.dead_letter_copy_bytes,
-            headers=p.headers,
-        )
-        policy = BatchPolicy(
-            max_batch_size=p.max_batch_size,
-            latency_budget_ms=p.latency_budget_ms,
-            deadline_from=p.deadline_from,
-            max_fill_wait_ms=p.max_fill_wait_ms,
-        )
         self.live = LiveLoop(
             source,
-            pipeline,
-            Batcher(policy, cost),
+            build_pipeline(p, runner, sink, "live"),
+            build_batcher(p, cost, "live"),
             late_events=p.late_events,
             stats_interval_s=self.config.app.stats_interval_s,
             commit_interval_ms=p.commit_interval_ms,

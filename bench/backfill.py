@@ -27,33 +27,28 @@ from pathlib import Path
 
 import torch
 
-from app.pipeline_service import settle_garbage_collector
+from app.build import settle_garbage_collector
+from app.pipeline_toml import write_pipeline_config
 from bench.ceilings import fetch_and_decode, model_alone
-from bench.latency import BOOTSTRAP, INPUTS, PARTITIONS, RESULTS, ROOT, create_topics, events, produce
+from bench.latency import BOOTSTRAP, PARTITIONS, RESULTS, ROOT, create_topics, events, produce
 from models.registry import DEMO_MODELS
 
 SUMMARY = re.compile(r"backfill done: (\d+) events, (\d+) predictions, (\d+) dead-lettered, ([\d.]+)s")
 
 
 def write_config(path: Path, model: str, topic: str) -> None:
-    path.write_text(
-        f"""[app]
-id = "bench-backfill"
-broker = "kafka://{BOOTSTRAP}"
-topic_partitions = {PARTITIONS}
-
-[pipelines.bench]
-input_topics = ["{topic}"]
-output_topic = "{topic}-out"
-dead_letter_topic = "{topic}-dlq"
-max_batch_size = 512
-
-[pipelines.bench.model]
-demo = "{model}"
-
-[pipelines.bench.features]
-inputs = {INPUTS[model]}
-"""
+    write_pipeline_config(
+        path,
+        bootstrap=BOOTSTRAP,
+        pipeline="bench",
+        app_id="bench-backfill",
+        input_topic=topic,
+        output_topic=f"{topic}-out",
+        dead_letter_topic=f"{topic}-dlq",
+        partitions=PARTITIONS,
+        demo=model,
+        torch_threads=0,  # torch's default, as the backfill figures were measured
+        extra="max_batch_size = 512",
     )
 
 

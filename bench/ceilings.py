@@ -18,6 +18,7 @@ import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS
 from app.demo_events import demo_events
 from app.topics import partitions_of
 from models.loading import ModelSpec, load_model
@@ -30,8 +31,8 @@ from streams.records import OutputRecord
 
 SIZES = (1, 8, 32, 64, 128, 256, 512)
 SCHEMAS = {
-    "fraud-mlp": EventSchema("id", (TensorField("features", (32,)),)),
-    "fraud-transformer": EventSchema("id", (TensorField("features", (32,)), TensorField("history", (16, 4)))),
+    name: EventSchema("id", tuple(TensorField(f, s) for f, s in zip(m.inputs, m.shapes, strict=True)))
+    for name, m in DEMO_MODELS.items()
 }
 
 
@@ -82,11 +83,11 @@ async def transport_alone(bootstrap: str, model: str, count: int) -> float:
     finally:
         await admin.close()
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1, max_batch_size=256 * 1024
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **PRODUCER_SETTINGS["live"]
     )
     await producer.start()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION
     )
     await consumer.start()
     try:
@@ -94,7 +95,7 @@ async def transport_alone(bootstrap: str, model: str, count: int) -> float:
         await asyncio.gather(*pending)
         sink = KafkaSink(
             lambda: AIOKafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1, max_batch_size=256 * 1024
+                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **PRODUCER_SETTINGS["live"]
             )
         )
         await sink.start()
@@ -133,7 +134,7 @@ async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -
     """Events/s reading ``count`` events of ``topic`` from the beginning with ``getmany`` and
     decoding them with the pipeline's own decoder: no model, nothing produced."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION
     )
     await consumer.start()
     try:

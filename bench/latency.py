@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.demo_events import demo_events
+from app.pipeline_toml import write_pipeline_config
 from bench.ceilings import model_alone, transport_alone
 from models.registry import DEMO_MODELS
 
@@ -43,10 +44,6 @@ PARTITIONS = 2
 BUDGET_MS = 50
 # Backlog sizes for the saturation runs: about ten seconds of work each.
 BACKLOG = {"fraud-mlp": 60_000, "fraud-transformer": 20_000}
-INPUTS = {
-    "fraud-mlp": '[{ field = "features", shape = [32] }]',
-    "fraud-transformer": '[{ field = "features", shape = [32] }, { field = "history", shape = [16, 4] }]',
-}
 
 
 @dataclass
@@ -140,28 +137,18 @@ async def read_outputs(topic: str, wanted: set[str], timeout_s: float) -> dict[s
 
 
 def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str) -> None:
-    path.write_text(
-        f"""[app]
-id = "bench-adaptive"
-broker = "kafka://{BOOTSTRAP}"
-create_topics = true
-topic_partitions = {PARTITIONS}
-torch_threads = 1
-stats_interval_s = 5
-
-[pipelines.bench]
-input_topics = ["{topic_in}"]
-output_topic = "{topic_out}"
-dead_letter_topic = "{topic_in}-dlq"
-latency_budget_ms = {BUDGET_MS}
-max_batch_size = 512
-
-[pipelines.bench.model]
-demo = "{model}"
-
-[pipelines.bench.features]
-inputs = {INPUTS[model]}
-"""
+    write_pipeline_config(
+        path,
+        bootstrap=BOOTSTRAP,
+        pipeline="bench",
+        app_id="bench-adaptive",
+        input_topic=topic_in,
+        output_topic=topic_out,
+        dead_letter_topic=f"{topic_in}-dlq",
+        partitions=PARTITIONS,
+        demo=model,
+        app_extra="stats_interval_s = 5",
+        extra=f"latency_budget_ms = {BUDGET_MS}\nmax_batch_size = 512",
     )
 
 

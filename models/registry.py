@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from models.demo import FraudMLP, FraudTransformer
+from models.synthetic import FEATURES, HISTORY_FIELDS, HISTORY_STEPS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -23,8 +24,10 @@ class DemoModel:
     version: str
     factory: type[nn.Module]
     description: str
-    # The fields of models.synthetic.Transactions that forward() takes, in order.
+    # The fields of models.synthetic.Transactions that forward() takes, in order, and the
+    # shape of each per event (what a pipeline's `features.inputs` must say for this model).
     inputs: tuple[str, ...] = ("features",)
+    shapes: tuple[tuple[int, ...], ...] = ((FEATURES,),)
 
     @property
     def weights(self) -> Path:
@@ -51,6 +54,7 @@ DEMO_MODELS: dict[str, DemoModel] = {
             description="2-layer transformer over the 16 most recent transactions plus the event's features "
             "(heavy, compute-bound)",
             inputs=("features", "history"),
+            shapes=((FEATURES,), (HISTORY_STEPS, HISTORY_FIELDS)),
         ),
     )
 }

@@ -21,12 +21,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.batcher import Batch, Batcher
+from streams.batcher import IN_FLIGHT_BATCHES, QUEUED_BATCHES, Batch, Batcher
 from streams.kafka_source import next_offsets
 from streams.pipeline import Pipeline, Scored
 from streams.replay import ReplayPlan, replay
 
-MAX_IN_FLIGHT = 4
 RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
 
@@ -190,7 +189,7 @@ async def run_backfill(
         last_save = time.monotonic()
         on_checkpoint(checkpoint)
 
-    max_records = 4 * batcher.policy.max_batch_size
+    max_records = QUEUED_BATCHES * batcher.policy.max_batch_size
     # Two stages overlap: while one batch is scored (the model runs in its own thread), the
     # event loop decodes the next one.
     scoring: tuple[Batch, asyncio.Task[Scored], float] | None = None
@@ -207,7 +206,7 @@ async def run_backfill(
         in_flight.append(
             (batch.records, asyncio.ensure_future(acknowledged), scored.outcome.scored, scored.outcome.dead_lettered)
         )
-        await settle(MAX_IN_FLIGHT)
+        await settle(IN_FLIGHT_BATCHES)
         if time.monotonic() - last_save >= checkpoint_every_s:
             await save()
 

@@ -34,6 +34,12 @@ from streams.cost_model import CostModel
 from streams.records import SourceRecord
 
 INF = math.inf
+# How many of the largest batches a driver keeps fetched ahead of the model: enough to fill
+# the next batches while one is scored; more only adds memory (and re-scoring after a crash).
+QUEUED_BATCHES = 4
+# How many scored batches may wait for their outputs' acknowledgement at once: enough to hide
+# the broker's round trip behind scoring, few enough that a stall stops fetching soon.
+IN_FLIGHT_BATCHES = 4
 
 
 @dataclass(frozen=True)

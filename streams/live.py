@@ -25,7 +25,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from models.protocol import Runner
-from streams.batcher import Batch, Batcher
+from streams.batcher import IN_FLIGHT_BATCHES, QUEUED_BATCHES, Batch, Batcher
 from streams.cost_model import CostModel, reference_sizes
 from streams.isolation import ModelUnavailableError
 from streams.kafka_source import KafkaBatchSource, next_offsets
@@ -71,7 +71,7 @@ class LiveLoop:
         late_events: str = "score",
         stats_interval_s: float = 10.0,
         commit_interval_ms: float = 1000.0,
-        max_in_flight: int = 4,
+        max_in_flight: int = IN_FLIGHT_BATCHES,
         clock_ms: Callable[[], float] = wall_clock_ms,
         metrics: PipelineMetrics | None = None,
     ) -> None:
@@ -84,8 +84,7 @@ class LiveLoop:
         self.metrics.probe = self
         self.stats_interval_s = stats_interval_s
         self.clock_ms = clock_ms
-        # Enough queued to fill the next batches while one is scored; more only adds memory.
-        self.queue_limit = 4 * batcher.policy.max_batch_size
+        self.queue_limit = QUEUED_BATCHES * batcher.policy.max_batch_size
         self.ack_ms = 5.0  # running estimate of send -> acknowledged, seeded low
         self.commit_interval_s = commit_interval_ms / 1000
         self._committable: dict[TopicPartition, int] = {}

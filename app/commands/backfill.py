@@ -16,21 +16,27 @@ from typing import Any
 
 from faust.cli import AppCommand, option
 
+from app.build import (
+    FETCH_BYTES_PER_PARTITION,
+    build_batcher,
+    build_kafka_sink,
+    build_pipeline,
+    build_runner,
+    settle_garbage_collector,
+)
 from app.config import PipelineConfig
 from app.errors import exit_on_operator_error
-from app.kafka_clients import connection, make_consumer, make_producer
+from app.kafka_clients import connection, make_consumer
 from app.main import app, config
-from app.pipeline_service import build_runner, settle_garbage_collector
 from app.progress import Progress
-from app.topics import check_broker, ensure_topics, max_message_bytes, partitions_of
+from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 from streams.backfill import BackfillSummary, Checkpoint, CheckpointError, checkpoint_path, run_backfill
-from streams.batcher import Batcher, BatchPolicy
 from streams.file_sink import FileSink, FileSinkError, FileState, check_target
 from streams.isolation import ModelUnavailableError
 from streams.kafka_sink import KafkaSink
-from streams.pipeline import Pipeline, PipelineTopics, Sink
+from streams.pipeline import PipelineTopics, Sink
 from streams.records import OutputRecord
 from streams.replay import TopicNotFoundError, plan_replay, start_consumer, stop_consumer
 
@@ -300,7 +306,7 @@ async def backfill_run(
     conn = connection(config)
     await check_broker(conn)
     # No group: the backfill never touches the live worker's committed offsets.
-    consumer = make_consumer(conn, group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
+    consumer = make_consumer(conn, group_id=None, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION)
     await start_consumer(consumer)
     try:
         plan = run.checkpoint.plan if run.checkpoint is not None else None
@@ -329,10 +335,7 @@ async def backfill_run(
                 create=config.app.create_topics,
                 partitions=config.app.topic_partitions,
             )
-            kafka_sink = KafkaSink(
-                lambda: make_producer(conn, linger_ms=5, max_batch_size=512 * 1024),
-                max_record_bytes=await max_message_bytes(conn, [sink_target.target, p.dead_letter_topic]),
-            )
+            kafka_sink = await build_kafka_sink(conn, [sink_target.target, p.dead_letter_topic], "backfill")
             await kafka_sink.start()
             sink = kafka_sink
             topics = PipelineTopics(output=sink_target.target, dead_letter=p.dead_letter_topic)
@@ -368,15 +371,8 @@ async def backfill_run(
                 file=sys.stderr,
                 flush=True,
             )
-            pipeline = Pipeline(
-                name=p.name,
-                schema=p.schema,
-                runner=runner,
-                sink=hook or sink,
-                topics=topics,
-                key_by_position=True,
-            )
-            batcher = Batcher(BatchPolicy(max_batch_size=p.max_batch_size, latency_budget_ms=None), cost)
+            pipeline = build_pipeline(p, runner, hook or sink, "backfill", topics=topics)
+            batcher = build_batcher(p, cost, "backfill")
             progress = Progress(checkpoint.plan.total, f"backfill {run.id}")
             progress.update(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
             # A Parquet part is closed at each checkpoint: every 10 s keeps parts large enough to read fast.

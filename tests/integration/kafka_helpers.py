@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.pipeline_toml import demo_inputs, write_pipeline_config
 from app.topics import partitions_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,36 +50,26 @@ def write_config(
     dead_letter_topic: str,
     partitions: int = 3,
     model: str = 'demo = "fraud-mlp"',
-    inputs: str = '[{ field = "features", shape = [32] }]',
+    inputs: str | None = None,
     extra: str = "",
     app_extra: str = "",
     app_id: str | None = None,
 ) -> Path:
-    path = directory / f"{pipeline}.toml"
-    path.write_text(
-        f"""
-[app]
-id = "{app_id or f"{pipeline}-app"}"
-broker = "kafka://{bootstrap}"
-create_topics = true
-topic_partitions = {partitions}
-torch_threads = 1
-{app_extra}
-
-[pipelines.{pipeline}]
-input_topics = ["{input_topic}"]
-output_topic = "{output_topic}"
-dead_letter_topic = "{dead_letter_topic}"
-{extra}
-
-[pipelines.{pipeline}.model]
-{model}
-
-[pipelines.{pipeline}.features]
-inputs = {inputs}
-"""
+    """``directory/<pipeline>.toml``: one pipeline, the MLP's inputs unless ``inputs`` says otherwise."""
+    return write_pipeline_config(
+        directory / f"{pipeline}.toml",
+        bootstrap=bootstrap,
+        pipeline=pipeline,
+        input_topic=input_topic,
+        output_topic=output_topic,
+        dead_letter_topic=dead_letter_topic,
+        app_id=app_id,
+        partitions=partitions,
+        model=model,
+        inputs=inputs or demo_inputs("fraud-mlp"),
+        extra=extra,
+        app_extra=app_extra,
     )
-    return path
 
 
 def sluice(*args: str) -> list[str]:

@@ -1,0 +1,104 @@
+"""One builder for the objects a pipeline runs with, in both modes: the worker (live), the
+backfill, and the benchmarks all get the same model runner, pipeline, batcher, Kafka sink and
+consumer settings from here, so the two modes differ only where a setting below says why.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from app.config import Config, PipelineConfig
+from app.kafka_clients import Connection, make_producer
+from app.topics import max_message_bytes
+from models.loading import LoadedModel
+from models.runner import TorchRunner
+from streams.batcher import Batcher, BatchPolicy
+from streams.cost_model import CostModel, reference_sizes
+from streams.kafka_sink import KafkaSink
+from streams.pipeline import Pipeline, PipelineTopics, Sink
+
+Mode = Literal["live", "backfill"]
+
+# Bytes fetched per partition per request: a few thousand demo events, enough to fill the
+# largest batch from one partition in one round trip (the broker's default, 1 MiB, needed several).
+FETCH_BYTES_PER_PARTITION = 4 * 1024 * 1024
+# Producer batching by mode. Live: outputs leave within a millisecond, since every one counts
+# against the latency budget. Backfill: nobody waits on one output, so wait a little longer and
+# send larger batches, fewer requests per event.
+PRODUCER_SETTINGS: dict[Mode, dict[str, int]] = {
+    "live": {"linger_ms": 1, "max_batch_size": 256 * 1024},
+    "backfill": {"linger_ms": 5, "max_batch_size": 512 * 1024},
+}
+# Decoding, encoding and handing outputs to the producer, per event, on top of inference;
+# only a starting point: the cost model replaces it with what it measures within seconds.
+PIPELINE_SECONDS_PER_EVENT = 15e-6
+
+
+def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) -> tuple[TorchRunner, CostModel]:
+    """The model on its device, warmed up, and a cost model seeded from the warm-up."""
+    runner = TorchRunner(
+        loaded.module,
+        name=loaded.name,
+        version=loaded.version,
+        device=config.app.device,
+        threads=config.app.torch_threads,
+    )
+    timings = runner.warm_up([f.shape for f in pipeline.schema.inputs], reference_sizes(pipeline.max_batch_size))
+    cost = CostModel()
+    cost.seed({n: t + n * PIPELINE_SECONDS_PER_EVENT for n, t in timings.items()})
+    return runner, cost
+
+
+def build_pipeline(
+    pipeline: PipelineConfig, runner: TorchRunner, sink: Sink, mode: Mode, *, topics: PipelineTopics | None = None
+) -> Pipeline:
+    """The pipeline of ``mode``: a backfill keys outputs by source position (a re-run overwrites on
+    a compacted topic) and writes where ``topics`` say; the worker keys them like their input."""
+    return Pipeline(
+        name=pipeline.name,
+        schema=pipeline.schema,
+        runner=runner,
+        sink=sink,
+        topics=topics or PipelineTopics(output=pipeline.output_topic, dead_letter=pipeline.dead_letter_topic),
+        key_by_position=mode == "backfill",
+        dead_letter_copy_bytes=pipeline.dead_letter_copy_bytes,
+        headers=pipeline.headers,
+    )
+
+
+def build_batcher(pipeline: PipelineConfig, cost: CostModel, mode: Mode) -> Batcher:
+    """Live: batches sized to the latency budget. Backfill: no budget, the sizes with the most events per second."""
+    if mode == "backfill":
+        return Batcher(BatchPolicy(max_batch_size=pipeline.max_batch_size, latency_budget_ms=None), cost)
+    policy = BatchPolicy(
+        max_batch_size=pipeline.max_batch_size,
+        latency_budget_ms=pipeline.latency_budget_ms,
+        deadline_from=pipeline.deadline_from,
+        max_fill_wait_ms=pipeline.max_fill_wait_ms,
+    )
+    return Batcher(policy, cost)
+
+
+async def build_kafka_sink(conn: Connection, topics: Sequence[str], mode: Mode, **settings: Any) -> KafkaSink:
+    """A Kafka sink for ``topics`` (the limits it checks records against are theirs), not started."""
+    producer_settings = {**PRODUCER_SETTINGS[mode], **settings}
+    return KafkaSink(
+        lambda: make_producer(conn, **producer_settings),
+        max_record_bytes=await max_message_bytes(conn, topics),
+    )
+
+
+def settle_garbage_collector() -> None:
+    """Keep Python's cyclic GC off the latency tail.
+
+    Everything alive after start-up (torch, Faust, the model) lives for the whole process;
+    freezing it keeps full collections from walking those objects again and again, and a
+    higher young-generation threshold makes collections rarer under a stream of short-lived
+    records. Measured on the MLP (bench.latency, 2 cores): p99 at 40% of saturation 73 -> 50 ms,
+    backlog drain rate 35k -> 41k events/s.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
