@@ -18,6 +18,7 @@ from models.loading import ModelSpec
 from models.registry import WEIGHTS_DIR
 from streams.codec import EventSchema, TensorField
 from streams.dead_letters import DEFAULT_MAX_COPY_BYTES
+from streams.errors import ConfigError
 from streams.records import HeaderPolicy
 
 # Below this a dead letter could not even hold the start of a typical event.
@@ -29,10 +30,6 @@ DEAD_LETTER_OVERHEAD_BYTES = 16 * 1024
 DEFAULT_PATH = Path("config/sluice.toml")
 ENV_PATH = "SLUICE_CONFIG"
 ENV_BROKER = "SLUICE_BROKER"
-
-
-class ConfigError(Exception):
-    """The config file is missing or wrong; the message says where and how to fix it."""
 
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

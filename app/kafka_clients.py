@@ -15,7 +15,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.config import Config, ConfigError, SecurityConfig
+from app.config import Config, SecurityConfig
+from streams.errors import ConfigError
 
 Connection = Mapping[str, Any]
 

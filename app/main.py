@@ -17,29 +17,22 @@ import faust
 from faust.app.base import BootStrategy
 
 from app.cli import invoked_command
-from app.config import Config, ConfigError, dead_letters_too_big, load_config
+from app.config import Config, dead_letters_too_big, load_config
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
-from app.topics import BrokerUnreachableError, TopicMissingError, ensure_topics, max_message_bytes
+from app.topics import ensure_topics, max_message_bytes
 from app.web import metrics_registry, register_endpoints
 from models.loading import LoadedModel, load_model
-from models.protocol import ModelLoadError
+from streams.errors import ConfigError, ModelLoadError, exit_on_operator_error
 from streams.metrics import PipelineMetrics, SluiceCollector
 
 log = logging.getLogger(__name__)
 
 
-def _fail(message: str) -> None:
-    print(f"sluice: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _load() -> Config:
-    try:
-        return load_config()
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise  # unreachable: _fail exits
+    with exit_on_operator_error(invoked_command(sys.argv[1:])):
+        loaded = load_config()
+    return loaded
 
 
 class SluiceBoot(BootStrategy):
@@ -80,11 +73,7 @@ def _check_topics() -> None:
     must not be touched before the worker starts it.
     """
     wanted = [t for s in _services.values() for t in s.pipeline_config.topics]
-
-    try:
-        conn = connection(config)
-    except ConfigError as exc:
-        _fail(str(exc))
+    conn = connection(config)
 
     def check() -> None:
         asyncio.run(
@@ -98,15 +87,12 @@ def _check_topics() -> None:
         )
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        try:
-            pool.submit(check).result()
-            limits = pool.submit(asyncio.run, max_message_bytes(conn, wanted)).result()
-        except (BrokerUnreachableError, TopicMissingError) as exc:
-            _fail(str(exc))
+        pool.submit(check).result()
+        limits = pool.submit(asyncio.run, max_message_bytes(conn, wanted)).result()
     for service in _services.values():
         problem = dead_letters_too_big(service.pipeline_config, limits)
         if problem:
-            _fail(f"{config.path}: {problem}")
+            raise ConfigError(f"{config.path}: {problem}")
 
 
 @app.on_worker_init.connect
@@ -119,14 +105,16 @@ def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) ->
     """
     if invoked_command(sys.argv[1:]) != "worker":
         return
-    for name, service in _services.items():
-        spec = service.pipeline_config.model
-        try:
-            loaded: LoadedModel = load_model(spec)
-        except ModelLoadError as exc:
-            _fail(f"{config.path}: key 'pipelines.{name}.model' ({spec.describe()}): {exc}")
-        service._model = loaded
-    _check_topics()
+    with exit_on_operator_error("worker"):
+        for name, service in _services.items():
+            spec = service.pipeline_config.model
+            try:
+                loaded: LoadedModel = load_model(spec)
+            except ModelLoadError as exc:
+                where = f"{config.path}: key 'pipelines.{name}.model' ({spec.describe()})"
+                raise ModelLoadError(f"{where}: {exc}") from None
+            service._model = loaded
+        _check_topics()
 
 
 # Commands register themselves on the app when imported.

@@ -21,16 +21,9 @@ from typing import Any
 from app.config import PipelineConfig
 from models.loading import ModelSpec, file_kind
 from models.registry import DEMO_MODELS
+from streams.errors import SwapRejected
 
 KINDS = ("demo", "exported", "torchscript", "state_dict")
-
-
-class SwapRejected(Exception):
-    """The request is not allowed or not well formed; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _checked_file(path: Path, folders: tuple[Path, ...], pipeline: str) -> Path:

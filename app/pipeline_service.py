@@ -25,8 +25,8 @@ from app.build import (
 from app.config import Config, PipelineConfig
 from app.kafka_clients import connection, make_consumer
 from models.loading import LoadedModel, ModelSpec, load_model
-from models.protocol import ModelLoadError
 from models.runner import TorchRunner
+from streams.errors import ModelLoadError
 from streams.kafka_sink import KafkaSink
 from streams.kafka_source import KafkaBatchSource
 from streams.live import LiveLoop

@@ -13,16 +13,9 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from app.kafka_clients import Connection, describe, make_admin
+from streams.errors import BrokerUnreachableError, TopicMissingError
 
 log = logging.getLogger(__name__)
-
-
-class TopicMissingError(Exception):
-    """A configured topic does not exist and sluice is not allowed to create it."""
-
-
-class BrokerUnreachableError(Exception):
-    """No broker answered at the configured address, or it refused the credentials."""
 
 
 def as_connection(conn: Connection | str) -> Connection:

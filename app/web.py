@@ -24,9 +24,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from app.config import Config
-from app.model_swap import SwapRejected, swap_spec
+from app.model_swap import swap_spec
 from app.pipeline_service import PipelineService
-from models.protocol import ModelLoadError
+from streams.errors import ModelLoadError, SwapRejected
 from streams.metrics import SluiceCollector
 
 log = logging.getLogger(__name__)

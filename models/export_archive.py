@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from models.protocol import ModelLoadError
+from streams.errors import ModelLoadError
 
 WEIGHTS_CONFIG = "data/weights/{}_weights_config.json"
 CONSTANTS_CONFIG = "data/constants/{}_constants_config.json"

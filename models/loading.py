@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from models.export_archive import check_export_archive, reason
-from models.protocol import ModelLoadError
 from models.registry import DEMO_MODELS
+from streams.errors import ModelLoadError
 
 
 @dataclass(frozen=True)

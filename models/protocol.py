@@ -1,7 +1,8 @@
 """The contract between the engine (``streams``) and a model: the ``Runner`` protocol.
 
 ``streams`` imports this module and nothing else from ``models``, so the pipeline can be
-tested with a fake runner and never needs torch to reason about batches.
+tested with a fake runner and never needs torch to reason about batches. What a runner
+raises on purpose (``ModelError`` and its kinds) lives in the one error tree, ``streams.errors``.
 """
 
 from __future__ import annotations
@@ -10,24 +11,6 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-
-class ModelError(Exception):
-    """A model could not be loaded or could not score a batch.
-
-    ``retriable`` tells the pipeline whether trying the same batch again may succeed
-    (a transient device error) or whether the inputs themselves are at fault.
-    """
-
-    retriable: bool = False
-
-
-class ModelLoadError(ModelError):
-    """The model named in the config cannot be loaded: missing file, wrong class, bad weights."""
-
-
-class PredictionCountError(ModelError):
-    """The model returned a different number of predictions than it was given inputs."""
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.protocol import PredictionCountError
+from streams.errors import PredictionCountError
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.batcher import IN_FLIGHT_BATCHES, QUEUED_BATCHES, Batch, Batcher
+from streams.errors import CheckpointError
 from streams.kafka_source import next_offsets
 from streams.pipeline import Pipeline, Scored
 from streams.replay import ReplayPlan, replay
 
 RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
-
-
-class CheckpointError(Exception):
-    """A run id that is not a plain name, or a checkpoint file that is not what a run wrote."""
 
 
 def checkpoint_path(state_dir: Path, run_id: str, part: tuple[int, int]) -> Path:

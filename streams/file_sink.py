@@ -30,14 +30,11 @@ from typing import IO, Any
 
 import orjson
 
+from streams.errors import FileSinkError
 from streams.pipeline import PipelineTopics
 from streams.records import OutputRecord
 
 SUFFIXES = (".jsonl", ".parquet")
-
-
-class FileSinkError(Exception):
-    """A file target the sink cannot write, or a resume state that no longer matches the files."""
 
 
 def check_target(path: Path) -> None:

@@ -10,7 +10,9 @@ A batch that fails is one of two things, and they need opposite handling:
 
 One model call tells them apart before any bisection: the *canary*, a single input the
 model scored successfully before (zeros until there is one). If the canary fails too, the
-model is down; if it passes, the batch's own inputs are at fault.
+model is down; if it passes, the batch's own inputs are at fault. A runner that knows a
+failure is transient says so with a retriable ``ModelError``: no canary, no bisection, the
+error goes to the caller, which retries the batch.
 """
 
 from __future__ import annotations
@@ -22,14 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.protocol import Runner
+from streams.errors import ModelError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 500
-
-
-class ModelUnavailableError(Exception):
-    """The model fails on inputs it scored before: retry later, never dead-letter the batch."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,9 @@ class IsolatingScorer:
         rows = int(inputs[0].shape[0])
         try:
             predictions = await self.runner.predict(inputs)
-        except Exception as exc:  # noqa: BLE001 - any failure of user model code is isolated below
+        except Exception as exc:  # any failure of user model code is isolated below
+            if isinstance(exc, ModelError) and exc.retriable:
+                raise  # the runner says trying again may work: not the inputs' fault, never dead letters
             await self._check_model(inputs, exc)
             return await self._bisect(inputs, rows)
         self._canary = [x[:1].copy() for x in inputs]

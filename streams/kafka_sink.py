@@ -37,7 +37,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from streams.pipeline import OutputRefused
+from streams.errors import OutputRefused
 from streams.records import OutputRecord
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 from models.protocol import Runner
 from streams.batcher import IN_FLIGHT_BATCHES, QUEUED_BATCHES, Batch, Batcher
 from streams.cost_model import CostModel, reference_sizes
-from streams.isolation import ModelUnavailableError
+from streams.errors import ModelError
 from streams.kafka_source import KafkaBatchSource, next_offsets
 from streams.live_stats import LiveStats
 from streams.metrics import PipelineMetrics
@@ -93,7 +93,7 @@ class LiveLoop:
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._dispatching = asyncio.Lock()
-        self._model_error: ModelUnavailableError | None = None
+        self._model_error: ModelError | None = None
         batcher.overhead_ms = lambda: self.ack_ms
         source.on_revoke = self._finish_revoked
 
@@ -195,8 +195,10 @@ class LiveLoop:
         """Score and send; None when the model is down (nothing was sent)."""
         try:
             scored = await self.pipeline.score(batch.records, expired)
-        except ModelUnavailableError as exc:
-            self._model_error = exc
+        except ModelError as exc:
+            if not exc.retriable:
+                raise
+            self._model_error = exc  # the model is down, not the events at fault: retry the batch
             return None
         try:
             acknowledged = await self.pipeline.emit(scored)

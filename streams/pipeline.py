@@ -21,6 +21,7 @@ import numpy as np
 from models.protocol import Runner
 from streams.codec import Decoded, EventSchema, Reject, decode, encode_predictions
 from streams.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters, replacement_for_refused
+from streams.errors import OutputRefused
 from streams.isolation import Failure, IsolatingScorer
 from streams.records import HeaderPolicy, OutputRecord, SourceRecord, header_picker
 
@@ -40,17 +41,6 @@ class Sink(Protocol):
         ``OutputRefused`` for records the destination will never take (all the others are
         then acknowledged), anything else for a failure worth retrying."""
         ...
-
-
-class OutputRefused(Exception):
-    """The destination refused these records for good (too large, invalid), each with its reason.
-
-    Retrying them would fail forever; the pipeline replaces each with a minimal dead letter.
-    """
-
-    def __init__(self, refused: Sequence[tuple[OutputRecord, str]]) -> None:
-        super().__init__(f"{len(refused)} output(s) refused, e.g. {refused[0][1] if refused else ''}")
-        self.refused = list(refused)
 
 
 @dataclass(frozen=True)
@@ -127,7 +117,8 @@ class Pipeline:
 
         Split from ``decode`` so a caller can decode the next batch while this one is scored.
         Events the model raises on are dead-lettered (``ModelError``) and the rest scored; a
-        model that fails on everything raises ``ModelUnavailableError`` and nothing is emitted.
+        model that fails on everything raises ``ModelUnavailableError`` (a retriable error from
+        the runner passes through as it is) and nothing is emitted.
         """
         outputs: list[OutputRecord] = []
         infer_seconds = 0.0

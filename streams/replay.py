@@ -15,14 +15,11 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.errors import TopicMissingError
 from streams.records import SourceRecord
 from streams.undecodable import UNDECODABLE, read_past_undecodable
 
 log = logging.getLogger(__name__)
-
-
-class TopicNotFoundError(Exception):
-    """A topic to replay does not exist on the broker."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,7 @@ async def plan_replay(
     list means the topic does not exist) and pick where to start."""
     missing = [t for t, parts in partitions_of.items() if not parts]
     if missing:
-        raise TopicNotFoundError(f"topic(s) {', '.join(missing)} do not exist")
+        raise TopicMissingError(f"topic(s) {', '.join(missing)} do not exist")
     partitions = [TopicPartition(t, p) for t, parts in partitions_of.items() for p in sorted(parts)]
     end = await consumer.end_offsets(partitions)
     start = await consumer.beginning_offsets(partitions)

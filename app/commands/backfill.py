@@ -25,28 +25,30 @@ from app.build import (
     settle_garbage_collector,
 )
 from app.config import PipelineConfig
-from app.errors import exit_on_operator_error
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
 from app.progress import Progress
 from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
-from streams.backfill import BackfillSummary, Checkpoint, CheckpointError, checkpoint_path, run_backfill
-from streams.file_sink import FileSink, FileSinkError, FileState, check_target
-from streams.isolation import ModelUnavailableError
+from streams.backfill import BackfillSummary, Checkpoint, checkpoint_path, run_backfill
+from streams.errors import (
+    CheckpointError,
+    CommandLineError,
+    FileSinkError,
+    ModelError,
+    TopicMissingError,
+    exit_on_operator_error,
+)
+from streams.file_sink import FileSink, FileState, check_target
 from streams.kafka_sink import KafkaSink
 from streams.pipeline import PipelineTopics, Sink
 from streams.records import OutputRecord
-from streams.replay import TopicNotFoundError, plan_replay, start_consumer, stop_consumer
+from streams.replay import plan_replay, start_consumer, stop_consumer
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 CRASH_HOOK_ENV = "SLUICE_TEST_CRASH_AFTER_CHECKPOINTS"
-
-
-class BackfillError(Exception):
-    """Something the operator must fix; the message says what."""
 
 
 def model_spec(ref: str | None, pipeline: PipelineConfig) -> ModelSpec:
@@ -67,12 +69,12 @@ def model_spec(ref: str | None, pipeline: PipelineConfig) -> ModelSpec:
         return ModelSpec(exported=Path(ref))
     if ref.endswith(".ts"):
         if not pipeline.model.trust_torchscript:
-            raise BackfillError(
+            raise CommandLineError(
                 f"--model {ref!r}: a TorchScript file is code that runs when loaded; it is used only where "
                 f"the config trusts it: trust_torchscript = true in [pipelines.{pipeline.name}.model]"
             )
         return ModelSpec(torchscript=Path(ref), trust_torchscript=True)
-    raise BackfillError(
+    raise CommandLineError(
         f"--model {ref!r}: expected a demo model ({', '.join(DEMO_MODELS)}), a .pt2 or .ts file, "
         "or package.module:Class=weights.pt"
     )
@@ -86,16 +88,18 @@ def parse_timestamp(text: str | None) -> int | None:
     try:
         return int(datetime.fromisoformat(text).timestamp() * 1000)
     except ValueError:
-        raise BackfillError(f"--from-timestamp {text!r}: expected ISO 8601 or milliseconds since the epoch") from None
+        raise CommandLineError(
+            f"--from-timestamp {text!r}: expected ISO 8601 or milliseconds since the epoch"
+        ) from None
 
 
 def parse_part(text: str) -> tuple[int, int]:
     try:
         k, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise BackfillError(f"--part {text!r}: expected K/N, e.g. 1/3") from None
+        raise CommandLineError(f"--part {text!r}: expected K/N, e.g. 1/3") from None
     if not 1 <= k <= n:
-        raise BackfillError(f"--part {text!r}: K must be between 1 and N")
+        raise CommandLineError(f"--part {text!r}: K must be between 1 and N")
     return k, n
 
 
@@ -116,26 +120,26 @@ def parse_sink(text: str, where: str = "--sink") -> SinkTarget:
     kind, colon, target = text.partition(":")
     if kind == "kafka" and colon:
         if not TOPIC_NAME.fullmatch(target) or target in (".", ".."):
-            raise BackfillError(
+            raise CommandLineError(
                 f"{where} {text!r}: {target!r} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')"
             )
         return SinkTarget("kafka", target)
     if kind == "file" and colon:
         if not target or "\0" in target:
-            raise BackfillError(f"{where} {text!r}: give a file path after 'file:'")
+            raise CommandLineError(f"{where} {text!r}: give a file path after 'file:'")
         path = Path(os.path.abspath(os.path.expanduser(target)))
         try:
             check_target(path)
         except (FileSinkError, OSError) as exc:
-            raise BackfillError(f"{where} {text!r}: {exc}") from None
+            raise CommandLineError(f"{where} {text!r}: {exc}") from None
         return SinkTarget("file", str(path))
-    raise BackfillError(f"{where} {text!r}: expected kafka:TOPIC, file:PATH.jsonl or file:PATH.parquet")
+    raise CommandLineError(f"{where} {text!r}: expected kafka:TOPIC, file:PATH.jsonl or file:PATH.parquet")
 
 
 def pipeline_named(name: str, where: str = "--pipeline") -> PipelineConfig:
     names = [p.name for p in config.pipelines]
     if name not in names:
-        raise BackfillError(f"{where} {name!r}: no such pipeline in {config.path}; pipelines: {', '.join(names)}")
+        raise CommandLineError(f"{where} {name!r}: no such pipeline in {config.path}; pipelines: {', '.join(names)}")
     return config.pipeline(name)
 
 
@@ -143,7 +147,7 @@ def run_checkpoint(run_id: str, part: tuple[int, int], state_dir: Path, option: 
     try:
         return checkpoint_path(state_dir, run_id, part)
     except CheckpointError as exc:
-        raise BackfillError(f"{option} {exc}") from None
+        raise CommandLineError(f"{option} {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -183,24 +187,24 @@ def resumed_run(
     k, n = part
     path = run_checkpoint(resume, part, state_dir, "--resume")
     if not path.is_file():
-        raise BackfillError(f"--resume {resume!r}: no checkpoint for part {k}/{n} in {state_dir}")
+        raise CommandLineError(f"--resume {resume!r}: no checkpoint for part {k}/{n} in {state_dir}")
     checkpoint = Checkpoint.load(path)
     where = f"checkpoint {path}:"
     run = checkpoint.run
     if run["id"] != resume or run["part"] != [k, n]:
-        raise BackfillError(f"{where} it is for run {run['id']!r} part {run['part']}, not {resume!r} part {k}/{n}")
+        raise CommandLineError(f"{where} it is for run {run['id']!r} part {run['part']}, not {resume!r} part {k}/{n}")
     p = pipeline_named(run["pipeline"], f"{where} pipeline")
     sink = parse_sink(run["sink"], f"{where} sink")
     strays = sorted({tp.topic for tp in checkpoint.plan.end} - set(p.input_topics))
     if strays:
-        raise BackfillError(f"{where} it replays {', '.join(strays)}, which pipeline {p.name} does not read")
+        raise CommandLineError(f"{where} it replays {', '.join(strays)}, which pipeline {p.name} does not read")
     if checkpoint.sink is not None:
         if sink.kind != "file":
-            raise BackfillError(f"{where} key 'sink': a Kafka sink keeps no state")
+            raise CommandLineError(f"{where} key 'sink': a Kafka sink keeps no state")
         try:
             FileState.from_json(checkpoint.sink)
         except FileSinkError as exc:
-            raise BackfillError(f"{where} key 'sink': {exc}") from None
+            raise CommandLineError(f"{where} key 'sink': {exc}") from None
     given = {
         "--pipeline": (pipeline_name, p.name),
         "--model": (model, run["model"]),
@@ -209,12 +213,12 @@ def resumed_run(
     }
     for flag, (value, recorded) in given.items():
         if value is not None and value != recorded:
-            raise BackfillError(
+            raise CommandLineError(
                 f"{flag} {value!r}: run {resume} was started with {recorded!r}, and --resume continues it "
                 f"as it started: drop {flag}"
             )
     if from_timestamp:
-        raise BackfillError(f"--from-timestamp: run {resume} keeps its start offsets; drop --from-timestamp")
+        raise CommandLineError(f"--from-timestamp: run {resume} keeps its start offsets; drop --from-timestamp")
     return Run(resume, p, run["model"], sink, checkpoint, path)
 
 
@@ -252,7 +256,7 @@ def crash_hook() -> int | None:
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise BackfillError(f"${CRASH_HOOK_ENV} {value!r}: expected a number of checkpoints >= 1")
+        raise CommandLineError(f"${CRASH_HOOK_ENV} {value!r}: expected a number of checkpoints >= 1")
     return int(value)
 
 
@@ -286,7 +290,7 @@ async def backfill_run(
         new_id, p, sink_target = new_run(pipeline_name, model, sink_spec, run_id, (k, n))
         path = run_checkpoint(new_id, (k, n), state_dir, "--run-id")
         if path.exists():
-            raise BackfillError(
+            raise CommandLineError(
                 f"--run-id {new_id!r}: part {k}/{n} of that run is already checkpointed in {state_dir}; "
                 f"continue it with --resume {new_id}, or name a new run"
             )
@@ -294,14 +298,14 @@ async def backfill_run(
     p, sink_target = run.pipeline, run.sink
     try:
         spec = model_spec(run.model, p)
-    except BackfillError as exc:
+    except CommandLineError as exc:
         if run.checkpoint is None:
             raise
-        raise BackfillError(f"checkpoint {run.path}: model: {exc}") from None
+        raise CommandLineError(f"checkpoint {run.path}: model: {exc}") from None
     try:
         await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     except OSError as exc:
-        raise BackfillError(f"--state-dir {state_dir}: {exc.strerror}") from None
+        raise CommandLineError(f"--state-dir {state_dir}: {exc.strerror}") from None
 
     conn = connection(config)
     await check_broker(conn)
@@ -314,8 +318,8 @@ async def backfill_run(
             partitions = {t: await partitions_of(conn, t) for t in p.input_topics}
             try:
                 plan = await plan_replay(consumer, partitions, from_timestamp_ms=start_ms)
-            except TopicNotFoundError as exc:
-                raise BackfillError(
+            except TopicMissingError as exc:
+                raise TopicMissingError(
                     f"pipeline {p.name}: {exc} on {config.bootstrap_servers}, nothing to replay: "
                     f"check its input_topics in {config.path}"
                 ) from None
@@ -345,7 +349,7 @@ async def backfill_run(
             try:
                 file_sink = FileSink(Path(sink_target.target), writer=run.id, part=(k, n), resume=state)
             except OSError as exc:
-                raise BackfillError(f"sink {sink_target}: {exc.strerror}: {exc.filename}") from None
+                raise CommandLineError(f"sink {sink_target}: {exc.strerror}: {exc.filename}") from None
             sink, topics = file_sink, file_sink.topics
             commit_sink = file_state(file_sink)
         hook = _CrashAfterCheckpoints(sink, crash_after) if crash_after else None
@@ -428,9 +432,11 @@ async def backfill(
 ) -> None:
     """Replay a pipeline's input topics from the beginning through the same pipeline, then exit."""
     try:
-        with exit_on_operator_error("backfill", BackfillError, TopicNotFoundError, CheckpointError, FileSinkError):
+        with exit_on_operator_error("backfill"):
             summary = await backfill_run(pipeline, model, sink, from_timestamp, resume, run_id, part, state_dir)
-    except ModelUnavailableError as exc:
+    except ModelError as exc:
+        if not exc.retriable:
+            raise
         # Not the events' fault: dead-lettering history would be wrong. What is acknowledged is checkpointed.
         print(
             f"sluice backfill: {exc}\nfix the model, then continue with the --resume id printed above", file=sys.stderr

@@ -8,11 +8,11 @@ import time
 from faust.cli import AppCommand, option
 
 from app.demo_events import demo_events
-from app.errors import exit_on_operator_error
 from app.kafka_clients import connection, make_producer
 from app.main import app, config
 from app.progress import Progress
 from app.topics import ensure_topics
+from streams.errors import exit_on_operator_error
 
 FLUSH_EVERY = 2_000
 

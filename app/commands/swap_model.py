@@ -17,6 +17,7 @@ import orjson
 from faust.cli import AppCommand, option
 
 from app.main import app, config
+from streams.errors import CommandLineError, exit_on_operator_error
 
 
 def request_body(version: str, name: str | None, **choices: str | None) -> dict[str, str]:
@@ -92,15 +93,14 @@ async def swap_model(
     """Swap the model a pipeline serves on running workers (needs the admin token in the environment)."""
     target = pipeline or config.pipelines[0].name
     token = os.environ.get(config.app.admin_token_env)
-    if not token:
-        print(f"sluice swap-model: set ${config.app.admin_token_env} to the workers' admin token", file=sys.stderr)
-        raise SystemExit(2)
-    body = request_body(version_, name, state_dict=state_dict, exported=exported, torchscript=torchscript, demo=demo)
     urls = workers or (f"http://{config.app.web_bind}:{config.app.web_port}",)
-    for url in urls:
-        if problem := token_exposed(url):
-            print(f"sluice swap-model: {problem}", file=sys.stderr)
-            raise SystemExit(2)
+    with exit_on_operator_error("swap-model"):
+        if not token:
+            raise CommandLineError(f"set ${config.app.admin_token_env} to the workers' admin token")
+        for url in urls:
+            if problem := token_exposed(url):
+                raise CommandLineError(problem)
+    body = request_body(version_, name, state_dict=state_dict, exported=exported, torchscript=torchscript, demo=demo)
     failed = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         for url in urls:

@@ -8,17 +8,13 @@ import orjson
 from aiokafka import TopicPartition
 from faust.cli import AppCommand, option
 
-from app.errors import exit_on_operator_error
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
 from app.topics import check_broker, partitions_of
+from streams.errors import CommandLineError, TopicMissingError, exit_on_operator_error
 from streams.records import UndecodableRecord
 from streams.replay import start_consumer, stop_consumer
 from streams.undecodable import UNDECODABLE, read_past_undecodable
-
-
-class WatchError(Exception):
-    """Something the operator must fix; the message says what."""
 
 
 def latency_of(value: bytes | None) -> int:
@@ -73,16 +69,16 @@ async def watch(
 ) -> None:
     """Print predictions as they arrive (id, prediction, model, source position, latency)."""
     topic = topic or config.pipelines[0].output_topic
-    with exit_on_operator_error("watch", WatchError):
+    with exit_on_operator_error("watch"):
         for flag, value in (("--count", count), ("--seconds", seconds), ("--since", since)):
             if value < 0:
-                raise WatchError(f"{flag} {value}: expected a number >= 0")
+                raise CommandLineError(f"{flag} {value}: expected a number >= 0")
         conn = connection(config)
         await check_broker(conn)
         partitions = await partitions_of(conn, topic)
         if not partitions:
             ours = ", ".join(t for p in config.pipelines for t in (p.output_topic, p.dead_letter_topic))
-            raise WatchError(
+            raise TopicMissingError(
                 f"topic {topic!r} does not exist on {config.bootstrap_servers}: check --topic "
                 f"(this config's outputs and dead letters: {ours})"
             )

@@ -135,7 +135,7 @@ def refused_at_start(config: Path) -> str:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
-    assert line.startswith("sluice: "), "the one line is sluice's (aiokafka's own errors are not printed)"
+    assert line.startswith("sluice worker: "), "the one line is sluice's (aiokafka's own errors are not printed)"
     return line
 
 
@@ -155,8 +155,8 @@ def test_a_worker_that_trusts_another_ca_stops_at_start_with_one_line(kafka, tls
     config, _ = tls_config(tmp_path, unique("tls-wrong-ca"), SSL_PORT, ssl_cafile=str(tmp_path / "other-ca.pem"))
     line = refused_at_start(config)
     assert line.startswith(
-        f"sluice: cannot connect to Kafka at 127.0.0.1:{SSL_PORT} (SSL, CA {tmp_path / 'other-ca.pem'}, no client "
-        "certificate): [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+        f"sluice worker: cannot connect to Kafka at 127.0.0.1:{SSL_PORT} (SSL, CA {tmp_path / 'other-ca.pem'}, "
+        "no client certificate): [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
     ), line
     assert "check that ssl_cafile is the CA that signed the broker's certificate" in line
 
@@ -190,5 +190,6 @@ def test_mutual_tls_refuses_a_worker_without_a_client_certificate_with_one_line(
     config, _ = tls_config(tmp_path, unique("mtls-no-cert"), MTLS_PORT, ssl_cafile=str(tls / "ca.pem"))
     line = refused_at_start(config)
     assert line.startswith(
-        f"sluice: cannot connect to Kafka at 127.0.0.1:{MTLS_PORT} (SSL, CA {tls / 'ca.pem'}, no client certificate): "
+        f"sluice worker: cannot connect to Kafka at 127.0.0.1:{MTLS_PORT} (SSL, CA {tls / 'ca.pem'}, "
+        "no client certificate): "
     ), line

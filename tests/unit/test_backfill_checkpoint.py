@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from streams.backfill import Checkpoint, CheckpointError, checkpoint_path
+from streams.backfill import Checkpoint, checkpoint_path
+from streams.errors import CheckpointError
 from streams.replay import ReplayPlan
 
 

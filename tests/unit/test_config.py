@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, load_config
+from app.config import load_config
+from streams.errors import ConfigError
 
 GOOD = """
 [app]

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from streams.codec import EventSchema, TensorField
-from streams.file_sink import FileSink, FileSinkError, FileState, check_target
+from streams.errors import FileSinkError
+from streams.file_sink import FileSink, FileState, check_target
 from streams.pipeline import Pipeline
 from streams.records import InputRecord, OutputRecord
 from tests.fakes import SumRunner

@@ -6,7 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from streams.isolation import IsolatingScorer, ModelUnavailableError
+from streams.errors import ModelUnavailableError
+from streams.isolation import IsolatingScorer
 from tests.fakes import SumRunner
 from tests.unit.test_pipeline import make_pipeline, rec
 

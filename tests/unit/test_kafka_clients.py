@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, load_config
+from app.config import load_config
 from app.kafka_clients import connection, describe, make_admin, make_consumer, make_producer
+from streams.errors import ConfigError
 from tests.unit.test_config import GOOD, error_for, write
 
 SASL = """

@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
-from app.config import ConfigError, load_config
+from app.config import load_config
 from models.loading import ModelSpec, load_model
-from models.protocol import ModelLoadError
+from streams.errors import CommandLineError, ConfigError, ModelLoadError
 
 
 class WritesMarker:
@@ -301,11 +301,11 @@ def test_the_config_opts_in_per_model_and_only_with_a_boolean(tmp_path):
 
 
 def test_a_backfill_takes_a_torchscript_file_only_where_the_config_trusts_it(tmp_path):
-    from app.commands.backfill import BackfillError, model_spec
+    from app.commands.backfill import model_spec
 
     untrusted = load_config(config_file(tmp_path, 'demo = "fraud-mlp"')).pipeline("p")
     with pytest.raises(
-        BackfillError, match=r"only where the config trusts it: trust_torchscript = true in \[pipelines.p"
+        CommandLineError, match=r"only where the config trusts it: trust_torchscript = true in \[pipelines.p"
     ):
         model_spec("candidate.ts", untrusted)
     trusted = load_config(config_file(tmp_path, 'demo = "fraud-mlp"\ntrust_torchscript = true')).pipeline("p")

@@ -12,11 +12,11 @@ from aiohttp import web
 
 from app.commands.swap_model import request_body, token_exposed
 from app.config import load_config
-from app.model_swap import SwapRejected, swap_spec
+from app.model_swap import swap_spec
 from app.web import ThrottledWarning, authorized
 from models.loading import ModelSpec, load_model
-from models.protocol import ModelLoadError
 from models.registry import DEMO_MODELS
+from streams.errors import ModelLoadError, SwapRejected
 
 
 def pipeline(tmp_path: Path, model: str = 'demo = "fraud-mlp"', extra: str = ""):

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from models.loading import ModelSpec, load_model
-from models.protocol import ModelLoadError, PredictionCountError
 from models.registry import DEMO_MODELS
 from models.runner import TorchRunner, resolve_device
 from models.synthetic import generate, roc_auc
 from models.train import HOLDOUT_SEED, TrainSettings, model_inputs, score, train
+from streams.errors import ModelLoadError, PredictionCountError
 
 
 def test_roc_auc_matches_hand_computed_values():

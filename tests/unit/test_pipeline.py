@@ -8,7 +8,8 @@ import pytest
 
 from models.protocol import Runner
 from streams.codec import EventSchema, TensorField
-from streams.pipeline import OutputRefused, Pipeline, PipelineTopics
+from streams.errors import OutputRefused
+from streams.pipeline import Pipeline, PipelineTopics
 from streams.records import HeaderPolicy, InputRecord, OutputRecord
 from tests.fakes import ListSink, SumRunner
 
