@@ -13,6 +13,7 @@ import pytest
 
 from app.demo_events import demo_events
 from tests.integration.kafka_helpers import (
+    free_port,
     read_topic,
     run_sluice,
     running_worker,
@@ -75,7 +76,7 @@ async def test_the_right_scram_credentials_score_events_end_to_end(kafka, tmp_pa
 def test_wrong_credentials_stop_the_worker_at_start_with_a_clear_error(kafka, tmp_path):
     config, _ = secured_config(tmp_path, unique("sasl-wrong"))
     wrong = {"TEST_KAFKA_USER": USER, "TEST_KAFKA_PASSWORD": "not-the-password"}
-    result = run_sluice("--config", str(config), "worker", "--web-port", "0", env=wrong, timeout=90)
+    result = run_sluice("--config", str(config), "worker", "--web-port", str(free_port()), env=wrong, timeout=90)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"cannot connect to Kafka at 127.0.0.1:{SASL_PORT} (SASL_PLAINTEXT, SCRAM-SHA-256 as user '{USER}')" in (
@@ -131,7 +132,7 @@ async def scores_over_tls(kafka: str, tmp_path: Path, config: Path, topics: dict
 
 def refused_at_start(config: Path) -> str:
     """The one line a worker prints when the broker's TLS listener refuses it; it exits 2 at once."""
-    result = run_sluice("--config", str(config), "worker", "--web-port", "0", timeout=90)
+    result = run_sluice("--config", str(config), "worker", "--web-port", str(free_port()), timeout=90)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
