@@ -67,7 +67,8 @@ register_endpoints(app, config, _services, metrics_registry(collector))
 
 
 def _check_topics() -> None:
-    """Reach the broker and make sure every pipeline's topics exist (or are created).
+    """Reach the broker, make sure every pipeline's topics exist (or are created), and check
+    that dead letters fit the dead-letter topics.
 
     Runs on its own event loop in a helper thread: Faust's loop is not running yet, and
     must not be touched before the worker starts it.
@@ -75,20 +76,13 @@ def _check_topics() -> None:
     wanted = [t for s in _services.values() for t in s.pipeline_config.topics]
     conn = connection(config)
 
-    def check() -> None:
-        asyncio.run(
-            ensure_topics(
-                conn,
-                wanted,
-                create=config.app.create_topics,
-                partitions=config.app.topic_partitions,
-                timeout_s=15.0,
-            )
-        )
+    async def check() -> dict[str, int]:
+        create, partitions = config.app.create_topics, config.app.topic_partitions
+        await ensure_topics(conn, wanted, create=create, partitions=partitions, timeout_s=15.0)
+        return await max_message_bytes(conn, wanted)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(check).result()
-        limits = pool.submit(asyncio.run, max_message_bytes(conn, wanted)).result()
+        limits = pool.submit(asyncio.run, check()).result()
     for service in _services.values():
         problem = dead_letters_too_big(service.pipeline_config, limits)
         if problem:
