@@ -163,7 +163,7 @@ class Run:
 
 
 def new_run(
-    pipeline_name: str | None, model: str | None, sink_spec: str | None, run_id: str | None, part: tuple[int, int]
+    pipeline_name: str | None, sink_spec: str | None, run_id: str | None
 ) -> tuple[str, PipelineConfig, SinkTarget]:
     p = pipeline_named(pipeline_name) if pipeline_name else config.pipelines[0]
     sink = parse_sink(sink_spec or f"kafka:{p.backfill_topic}")
@@ -287,7 +287,7 @@ async def backfill_run(
         start_ms = None
     else:
         start_ms = parse_timestamp(from_timestamp)
-        new_id, p, sink_target = new_run(pipeline_name, model, sink_spec, run_id, (k, n))
+        new_id, p, sink_target = new_run(pipeline_name, sink_spec, run_id)
         path = run_checkpoint(new_id, (k, n), state_dir, "--run-id")
         if path.exists():
             raise CommandLineError(
