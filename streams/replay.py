@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.errors import TopicMissingError
 from streams.records import SourceRecord
-from streams.undecodable import UNDECODABLE, read_past_undecodable
+from streams.undecodable import UNDECODABLE, reread_around_undecodable
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ async def replay(
             fetched = await consumer.getmany(*todo, timeout_ms=1000, max_records=max_records)
         except UNDECODABLE as exc:
             log.warning("a fetch could not be decoded (%r); reading partition by partition to find the record", exc)
-            fetched = {}
-            for tp in list(todo):
-                consumer.seek(tp, upcoming[tp])
-            for tp in list(todo):
-                fetched[tp] = await read_past_undecodable(consumer, tp, max_records, 1000)
+            fetched = await reread_around_undecodable(consumer, {tp: upcoming[tp] for tp in todo}, max_records, 1000)
         batch: list[SourceRecord] = []
         for tp, records in fetched.items():
             end = plan.end[tp]

@@ -15,6 +15,7 @@ import gzip
 import logging
 import time
 import zlib
+from collections.abc import Mapping
 
 import cramjam
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -80,3 +81,14 @@ async def read_past_undecodable(
             error,
         )
     return records
+
+
+async def reread_around_undecodable(
+    consumer: AIOKafkaConsumer, upcoming: Mapping[TopicPartition, int], room: int, poll_ms: int
+) -> dict[TopicPartition, list[SourceRecord]]:
+    """After a ``getmany`` that raised one of ``UNDECODABLE``: each partition back to ``upcoming``
+    (its first offset not yet handed out; the failed call may have moved it past records it then
+    dropped) and read on its own, with ``read_past_undecodable``."""
+    for tp, offset in upcoming.items():
+        consumer.seek(tp, offset)
+    return {tp: await read_past_undecodable(consumer, tp, room, poll_ms) for tp in upcoming}

@@ -14,7 +14,7 @@ from app.topics import check_broker, partitions_of
 from streams.errors import CommandLineError, TopicMissingError, exit_on_operator_error
 from streams.records import UndecodableRecord
 from streams.replay import start_consumer, stop_consumer
-from streams.undecodable import UNDECODABLE, read_past_undecodable
+from streams.undecodable import UNDECODABLE, reread_around_undecodable
 
 
 def latency_of(value: bytes | None) -> int:
@@ -108,10 +108,7 @@ async def watch(
                 batch = await consumer.getmany(timeout_ms=200, max_records=room)
             except UNDECODABLE:
                 # A damaged batch: go back to what was not shown yet and read around it.
-                batch = {}
-                for tp in tps:
-                    consumer.seek(tp, upcoming[tp])
-                    batch[tp] = await read_past_undecodable(consumer, tp, room or 500, 200)
+                batch = await reread_around_undecodable(consumer, upcoming, room or 500, 200)
             for tp, records in batch.items():
                 if records:
                     upcoming[tp] = records[-1].offset + 1
