@@ -14,8 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from models.loading import ModelSpec
-from models.registry import WEIGHTS_DIR
+from models.spec import WEIGHTS_DIR, ModelSpec
 from streams.codec import EventSchema, TensorField
 from streams.dead_letters import DEFAULT_MAX_COPY_BYTES
 from streams.errors import ConfigError

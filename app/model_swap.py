@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from app.config import PipelineConfig
-from models.loading import ModelSpec, file_kind
+from models.loading import file_kind
 from models.registry import DEMO_MODELS
+from models.spec import ModelSpec
 from streams.errors import SwapRejected
 
 KINDS = ("demo", "exported", "torchscript", "state_dict")

@@ -21,47 +21,17 @@ import io
 import os
 import stat
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import torch
 from torch import nn
 
 from models.export_archive import check_export_archive, reason
 from models.registry import DEMO_MODELS
+from models.spec import ModelSpec  # described without torch, so reading a config needs none
 from streams.errors import ModelLoadError
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model a pipeline serves.
-
-    Exactly one of ``demo``, ``exported``, ``torchscript`` or ``module_class`` is set.
-    """
-
-    demo: str | None = None
-    exported: Path | None = None  # torch.export.save(...) archive, usually .pt2
-    torchscript: Path | None = None
-    module_class: str | None = None  # "package.module:ClassName"
-    state_dict: Path | None = None
-    init_args: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    version: str | None = None
-    # TorchScript runs the code in the file; only an explicit opt-in in the config sets this.
-    trust_torchscript: bool = False
-    # Set for a model swap: the file, as opened, must still lie inside these folders (no
-    # symlink followed at the last step), so what was checked is what is loaded.
-    confine_to: tuple[Path, ...] = ()
-
-    def describe(self) -> str:
-        if self.demo:
-            return f"demo model {self.demo!r}"
-        if self.exported:
-            return f"exported program {self.exported}"
-        if self.torchscript:
-            return f"TorchScript file {self.torchscript}"
-        return f"{self.module_class} with weights {self.state_dict}"
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ from pathlib import Path
 from torch import nn
 
 from models.demo import FraudMLP, FraudTransformer
+from models.spec import WEIGHTS_DIR
 from models.synthetic import FEATURES, HISTORY_FIELDS, HISTORY_STEPS
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 @dataclass(frozen=True)
