@@ -1,12 +1,13 @@
 """The ``sluice`` console command: Faust's command line, presented as sluice's.
 
-- ``--config PATH`` is taken out of the arguments (wherever it appears) before the app is
-  imported, because the app is built from the config file at import time.
+- ``--config PATH`` is taken out of the arguments (wherever it appears) and handed on as
+  ``$SLUICE_CONFIG``, which ``app.main`` reads when the command runs.
 - Faust is imported only once ``sys.argv`` is final: ``import faust`` reads ``--loop`` and
   ``--datadir`` from it (so ``sluice`` can default the loop to uvloop).
-- The app is imported only when a command needs it. ``sluice --help``, ``sluice worker --help``
-  and ``sluice --version`` read no config; sluice's other commands import ``app.main``, which
-  reads the config, to be found (they register themselves on the app).
+- Importing reads no config: only running a command does. ``sluice --help``, ``sluice
+  COMMAND --help`` and ``sluice --version`` need none. Each of sluice's other commands
+  registers itself on the app when its module is imported, and only the module of the command
+  named is (so ``sluice watch`` imports no torch; ``sluice backfill`` and the worker do).
 - ``sluice --help`` says what sluice is and lists its commands first; Faust's commands that
   mean nothing for sluice (``agents``, ``models``, ``send``...) are hidden, and running one
   ends with one line and exit status 2.
@@ -49,6 +50,14 @@ COMMANDS = {
     "watch": "Print predictions (or dead letters) as they arrive.",
     "backfill": "Score a pipeline's history through the same code, then exit.",
     "swap-model": "Swap the model running workers serve, without downtime.",
+}
+
+# The module of each of sluice's own commands (the worker is Faust's): importing it registers it.
+COMMAND_MODULES = {
+    "produce": "app.commands.produce",
+    "watch": "app.commands.watch",
+    "backfill": "app.commands.backfill",
+    "swap-model": "app.commands.swap_model",
 }
 
 WORKER_HELP = """\
@@ -226,10 +235,8 @@ class SluiceGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in NOT_SLUICE:
             return _refusal(cmd_name)
-        if cmd_name in COMMANDS and cmd_name not in self.commands:
-            # sluice's commands register themselves when the app is imported: this reads the
-            # config, and a bad one stops here with one line.
-            importlib.import_module(APP)
+        if cmd_name in COMMAND_MODULES and cmd_name not in self.commands:
+            importlib.import_module(COMMAND_MODULES[cmd_name])  # registers it; reads no config
         command = self.commands.get(cmd_name)
         if cmd_name == "worker" and command is not None:
             command = copy.copy(command)  # Faust's worker, with sluice's words
@@ -240,7 +247,7 @@ class SluiceGroup(click.Group):
         return [*COMMANDS, *self._faust_commands()]
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Written from COMMANDS, so that the help needs no config (importing the app reads it).
+        # Written from COMMANDS, so that the help imports no command (nor the torch some need).
         with formatter.section("Commands"):
             formatter.write_dl(list(COMMANDS.items()))
         others = self._faust_commands()
@@ -278,7 +285,7 @@ def main() -> None:
     if path:
         from app.config import ENV_PATH
 
-        # Absolute: ``--workdir`` changes directory before a command imports the app.
+        # Absolute: ``--workdir`` changes directory before the command reads the config.
         os.environ[ENV_PATH] = os.path.abspath(path)
     sluice_cli().main(args=sys.argv[1:], prog_name="sluice")
 

@@ -1,38 +1,29 @@
 """The sluice Faust app: ``faust -A app.main worker`` and ``sluice worker`` start the same worker.
 
-Importing this module reads the config file once (``--config``, ``$SLUICE_CONFIG`` or
-``config/sluice.toml``) and registers one pipeline service per configured pipeline.
-A bad config stops here, with one line naming the file and the key.
+Importing this module does no work: it builds the Faust app, reads no file and imports no
+torch. The config file (``--config``, ``$SLUICE_CONFIG`` or ``config/sluice.toml``) is read
+when a command runs, once: Faust configures the app as every command starts
+(``app.finalize()``), and the app's id, broker and web address come from the file then. A bad
+config stops the command there, with one line naming the file and the key.
+
+The worker's pipelines, endpoints and start-up checks are set up when the worker starts
+(:mod:`app.worker`); each other command registers itself on the app when its module is
+imported, which ``sluice`` does for the one command it runs (``app.cli``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import importlib
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import faust
 from faust.app.base import BootStrategy
 
-from app.cli import invoked_command
-from app.config import Config, dead_letters_too_big, load_config
-from app.kafka_clients import connection
-from app.pipeline_service import PipelineService
-from app.topics import ensure_topics, max_message_bytes
-from app.web import metrics_registry, register_endpoints
-from models.loading import LoadedModel, load_model
-from streams.errors import ConfigError, ModelLoadError, exit_on_operator_error
-from streams.metrics import PipelineMetrics, SluiceCollector
-
-log = logging.getLogger(__name__)
-
-
-def _load() -> Config:
-    with exit_on_operator_error(invoked_command(sys.argv[1:])):
-        loaded = load_config()
-    return loaded
+from app.cli import COMMAND_MODULES, invoked_command
+from app.config import Config, load_config
+from streams.errors import exit_on_operator_error
 
 
 class SluiceBoot(BootStrategy):
@@ -46,70 +37,94 @@ class SluiceBoot(BootStrategy):
 class SluiceApp(faust.App):
     BootStrategy = SluiceBoot
 
-
-config = _load()
-app = SluiceApp(
-    config.app.id,
-    broker=config.app.broker,
-    autodiscover=False,
-    web_bind=config.app.web_bind,
-    web_port=config.app.web_port,
-    store="memory://",
-)
-
-collector = SluiceCollector()
-_services = {
-    p.name: PipelineService(config, p, metrics=collector.register(PipelineMetrics(p.name))) for p in config.pipelines
-}
-for _service in _services.values():
-    app.service(_service)  # type: ignore[arg-type]
-register_endpoints(app, config, _services, metrics_registry(collector))
+    def worker_init(self) -> None:
+        """Faust calls this as any command starts, once the app is configured."""
+        super().worker_init()
+        # Faust's own command line (``faust -A app.main produce``) looks a command up only after
+        # this, and finds it once its module has registered it; for ``sluice`` it is already
+        # imported. Only the command that runs is imported (``watch`` needs no torch, ``backfill``
+        # does); every one for Faust's help (``faust -A app.main --help``).
+        command = invoked_command(sys.argv[1:])
+        names = [command] if command in COMMAND_MODULES else list(COMMAND_MODULES) if command is None else []
+        for name in names:
+            importlib.import_module(COMMAND_MODULES[name])
 
 
-def _check_topics() -> None:
-    """Reach the broker, make sure every pipeline's topics exist (or are created), and check
-    that dead letters fit the dead-letter topics.
+_loaded: Config | None = None
 
-    Runs on its own event loop in a helper thread: Faust's loop is not running yet, and
-    must not be touched before the worker starts it.
-    """
-    wanted = [t for s in _services.values() for t in s.pipeline_config.topics]
-    conn = connection(config)
 
-    async def check() -> dict[str, int]:
-        create, partitions = config.app.create_topics, config.app.topic_partitions
-        await ensure_topics(conn, wanted, create=create, partitions=partitions, timeout_s=15.0)
-        return await max_message_bytes(conn, wanted)
+def sluice_config() -> Config:
+    """The config file, read on first use (when a command runs, never at import), once.
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        limits = pool.submit(asyncio.run, check()).result()
-    for service in _services.values():
-        problem = dead_letters_too_big(service.pipeline_config, limits)
-        if problem:
-            raise ConfigError(f"{config.path}: {problem}")
+    A bad one ends the command with one line, ``sluice <command>: ...``, and exit status 2."""
+    global _loaded
+    if _loaded is None:
+        with exit_on_operator_error(invoked_command(sys.argv[1:])):
+            _loaded = load_config()
+    return _loaded
+
+
+class _ReadOnFirstUse:
+    """The config as the commands use it (``config.pipelines``, ``config.app``...): the file is
+    read when the first of its attributes is asked for, inside a running command."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sluice_config(), name)
+
+    def __repr__(self) -> str:
+        return repr(_loaded) if _loaded is not None else "<config: read when a command runs>"
+
+
+config = cast(Config, _ReadOnFirstUse())
+
+
+class _FaustSettings(Mapping[str, Any]):
+    """The settings of the Faust app that the config file gives, as the app's config source:
+    Faust reads them (and so the file) when it configures the app, not when it is built."""
+
+    def _settings(self) -> dict[str, Any]:
+        settings = sluice_config().app
+        return {"broker": settings.broker, "web_bind": settings.web_bind, "web_port": settings.web_port}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._settings()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._settings())
+
+    def __len__(self) -> int:
+        return len(self._settings())
+
+
+# The id is the config's ([app] id); Faust takes one when the app is built, so it is set with
+# the rest when the app is configured (_name_the_app).
+app = SluiceApp("sluice", config_source=_FaustSettings(), autodiscover=False, store="memory://")
+
+
+@app.on_configured.connect
+def _name_the_app(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+    settings = args[0]  # Faust's settings being configured: the signal's one argument
+    settings.id = sluice_config().app.id
+
+
+_worker_prepared = False
 
 
 @app.on_worker_init.connect
-def _preflight(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-    """Before the worker starts: load every model and check the broker and the topics, so a
-    mistake is one clear line, not a crash from inside the worker later.
+def _prepare_worker(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+    """Before the worker starts: register the pipelines and the endpoints, load every model and
+    check the broker and the topics (app.worker), so a mistake is one clear line, not a crash
+    from inside the worker later.
 
-    Faust sends this signal before any command is parsed; other commands (produce, watch,
-    backfill) neither serve the pipelines nor should create their topics.
+    Faust sends this signal as every command starts; other commands (produce, watch, backfill)
+    neither serve the pipelines nor should create their topics. Faust's own command
+    line sends it twice for one worker (it finds the app twice): the worker is prepared once.
     """
-    if invoked_command(sys.argv[1:]) != "worker":
+    global _worker_prepared
+    if invoked_command(sys.argv[1:]) != "worker" or _worker_prepared:
         return
+    _worker_prepared = True
+    from app.worker import prepare_worker  # torch and the pipeline services: only the worker needs them
+
     with exit_on_operator_error("worker"):
-        for name, service in _services.items():
-            spec = service.pipeline_config.model
-            try:
-                loaded: LoadedModel = load_model(spec)
-            except ModelLoadError as exc:
-                where = f"{config.path}: key 'pipelines.{name}.model' ({spec.describe()})"
-                raise ModelLoadError(f"{where}: {exc}") from None
-            service._model = loaded
-        _check_topics()
-
-
-# Commands register themselves on the app when imported.
-from app.commands import backfill, produce, swap_model, watch  # noqa: E402, F401
+        prepare_worker(app, sluice_config())

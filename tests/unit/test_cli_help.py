@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import COMMANDS, NOT_SLUICE
+from app.cli import COMMAND_MODULES, COMMANDS, NOT_SLUICE
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_CONFIG = ["--config", "/nonexistent/sluice.toml"]
@@ -49,14 +49,21 @@ def test_the_help_says_what_sluice_is_and_lists_its_commands_first(config):
 
 
 def test_the_help_lists_every_command_sluice_registers():
-    """COMMANDS (the help's table) names every command that app.commands adds to Faust's."""
-    script = (
-        "from faust.cli.faust import cli; faust = set(cli.commands); import app.main; "
-        "print(' '.join(sorted(set(cli.commands) - faust)))"
-    )
+    """COMMANDS (the help's table) names every command that app.commands adds to Faust's, and
+    COMMAND_MODULES the module that registers each."""
+    script = """
+import importlib
+from faust.cli.faust import cli
+from app.cli import COMMAND_MODULES
+for name, module in COMMAND_MODULES.items():
+    before = set(cli.commands)
+    importlib.import_module(module)
+    print(name, *sorted(set(cli.commands) - before))
+"""
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) | {"worker"} == set(COMMANDS)
+    assert result.stdout.splitlines() == [f"{name} {name}" for name in COMMAND_MODULES]
+    assert set(COMMAND_MODULES) | {"worker"} == set(COMMANDS)
 
 
 def test_the_version_is_sluices_with_faust_aiokafka_and_torch_beside_it():

@@ -1,0 +1,70 @@
+"""What ``sluice worker`` sets up as it starts: one pipeline service per configured pipeline,
+the web endpoints, and the start-up checks.
+
+``app.main`` calls :func:`prepare_worker` when the worker command starts, never at import:
+this module imports torch and the pipeline services, which no other command needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+
+from app.config import Config, dead_letters_too_big
+from app.kafka_clients import connection
+from app.pipeline_service import PipelineService
+from app.topics import ensure_topics, max_message_bytes
+from app.web import metrics_registry, register_endpoints
+from models.loading import LoadedModel, load_model
+from streams.errors import ConfigError, ModelLoadError
+from streams.metrics import PipelineMetrics, SluiceCollector
+
+
+def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]:
+    """Register the pipelines and the endpoints on ``app``, then check that every model loads
+    and that the broker and the topics are there, so a mistake is one clear line (an
+    ``OperatorError``), not a crash from inside the worker later."""
+    collector = SluiceCollector()
+    services = {
+        p.name: PipelineService(config, p, metrics=collector.register(PipelineMetrics(p.name)))
+        for p in config.pipelines
+    }
+    for service in services.values():
+        app.service(service)  # type: ignore[arg-type]
+    register_endpoints(app, config, services, metrics_registry(collector))
+    for name, service in services.items():
+        spec = service.pipeline_config.model
+        try:
+            loaded: LoadedModel = load_model(spec)
+        except ModelLoadError as exc:
+            where = f"{config.path}: key 'pipelines.{name}.model' ({spec.describe()})"
+            raise ModelLoadError(f"{where}: {exc}") from None
+        service._model = loaded
+    check_topics(config, services)
+    return services
+
+
+def check_topics(config: Config, services: Mapping[str, PipelineService]) -> None:
+    """Reach the broker, make sure every pipeline's topics exist (or are created), and check
+    that dead letters fit the dead-letter topics.
+
+    Runs on its own event loop in a helper thread: Faust's loop is not running yet, and
+    must not be touched before the worker starts it.
+    """
+    wanted = [t for s in services.values() for t in s.pipeline_config.topics]
+    conn = connection(config)
+
+    async def check() -> dict[str, int]:
+        create, partitions = config.app.create_topics, config.app.topic_partitions
+        await ensure_topics(conn, wanted, create=create, partitions=partitions, timeout_s=15.0)
+        return await max_message_bytes(conn, wanted)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        limits = pool.submit(asyncio.run, check()).result()
+    for service in services.values():
+        problem = dead_letters_too_big(service.pipeline_config, limits)
+        if problem:
+            raise ConfigError(f"{config.path}: {problem}")
