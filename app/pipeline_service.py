@@ -26,10 +26,11 @@ from app.config import Config, PipelineConfig
 from app.kafka_clients import connection, make_consumer
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
+from streams.driver import Driver
 from streams.errors import ModelLoadError
+from streams.group_commits import GroupCommits
 from streams.kafka_sink import KafkaSink
 from streams.kafka_source import KafkaBatchSource
-from streams.live import LiveLoop
 from streams.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class PipelineService(Service):
         self._model = model
         self.metrics = metrics or PipelineMetrics(pipeline.name)
         self._swapping = asyncio.Lock()
-        self.live: LiveLoop | None = None
+        self.driver: Driver | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._sink: KafkaSink | None = None
@@ -84,19 +85,20 @@ class PipelineService(Service):
         )
         await sink.start()
         source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms)
-        source.subscribe()
-        await self._consumer.start()
-        self.live = LiveLoop(
+        self.driver = Driver(
             source,
             build_pipeline(p, runner, sink, "live"),
             build_batcher(p, cost, "live"),
+            GroupCommits(source.commit_offsets, interval_ms=p.commit_interval_ms),
             late_events=p.late_events,
             stats_interval_s=self.config.app.stats_interval_s,
-            commit_interval_ms=p.commit_interval_ms,
             metrics=self.metrics,
         )
+        self.metrics.probe = self.driver
+        source.subscribe(on_revoke=self.driver.release_partitions)
+        await self._consumer.start()
         settle_garbage_collector()
-        self._run_task = asyncio.create_task(self.live.run(), name=f"sluice-live-{p.name}")
+        self._run_task = asyncio.create_task(self.driver.run(), name=f"sluice-live-{p.name}")
         self._run_task.add_done_callback(self._on_loop_done)
         log.info(
             "pipeline %s: scoring %s -> %s with model %s v%s (group %s, budget %.0f ms, batches up to %d)",
@@ -117,7 +119,7 @@ class PipelineService(Service):
         not take the pipeline's inputs. Returns the new model's name and version.
         """
         p = self.pipeline_config
-        if self.live is None or self._runner is None:
+        if self.driver is None or self._runner is None:
             raise ModelLoadError(f"pipeline {p.name} is not running yet")
         async with self._swapping:
             loaded = await asyncio.to_thread(load_model, spec)
@@ -128,7 +130,7 @@ class PipelineService(Service):
                     f"{spec.describe()} does not score the inputs of pipeline {p.name} "
                     f"({', '.join(f'{f.field} {list(f.shape)}' for f in p.schema.inputs)}): {exc}"
                 ) from exc
-            old = await self.live.swap_runner(runner, cost)
+            old = await self.driver.swap_runner(runner, cost)
             self._runner = runner
             await old.aclose()
         log.warning(
@@ -148,8 +150,8 @@ class PipelineService(Service):
             self._crashing = asyncio.ensure_future(self.crash(task.exception()))  # type: ignore[arg-type]
 
     async def on_stop(self) -> None:
-        if self.live is not None and self._run_task is not None and not self._run_task.done():
-            self.live.stop()
+        if self.driver is not None and self._run_task is not None and not self._run_task.done():
+            self.driver.stop()
             try:
                 await asyncio.wait_for(asyncio.shield(self._run_task), STOP_GRACE_S)
             except TimeoutError:

@@ -100,9 +100,9 @@ def register_endpoints(
     class Model(View):
         async def get(self, request: Request, pipeline: str) -> Response:
             service = services.get(pipeline)
-            if service is None or service.live is None:
+            if service is None or service.driver is None:
                 return self.error(404, f"no running pipeline {pipeline!r}; pipelines: {sorted(services)}")
-            name, version = service.live.serving()
+            name, version = service.driver.serving()
             return self.json({"pipeline": pipeline, "model": name, "version": version})
 
         async def post(self, request: Request, pipeline: str) -> Response:

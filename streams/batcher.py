@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from streams.cost_model import CostModel
+from streams.cost_model import CostModel, reference_sizes
 from streams.records import SourceRecord
 
 INF = math.inf
@@ -93,11 +93,9 @@ class _Chunk:
 
 
 class Batcher:
-    def __init__(self, policy: BatchPolicy, cost: CostModel, *, overhead_ms: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(self, policy: BatchPolicy, cost: CostModel) -> None:
         self.policy = policy
         self.cost = cost
-        # Time after the batch is scored until its outputs are acknowledged (measured by the caller).
-        self.overhead_ms = overhead_ms
         self._chunks: deque[_Chunk] = deque()
         self._size = 0
         # Whether this batch already waited once for records the broker held: waiting again
@@ -133,8 +131,21 @@ class Batcher:
             left -= k
         return np.concatenate(parts) if parts else np.empty(0)
 
-    def plan(self, now_ms: float, backlog: int = 0) -> Plan:
-        """Decide, with ``backlog`` records known to wait in the broker beyond the queue."""
+    def use_cost_model(self, cost: CostModel) -> None:
+        """Plan with ``cost`` from now on (a new model costs what its own warm-up measured)."""
+        self.cost = cost
+
+    def observe(self, size: int, seconds: float) -> None:
+        """A batch of ``size`` events took ``seconds`` from being taken to its outputs being sent."""
+        self.cost.observe(size, seconds)
+
+    def predicted_seconds(self) -> dict[int, float]:
+        """What the cost model predicts for a few batch sizes up to the largest (for the metrics)."""
+        return {n: self.cost.predict(n) for n in reference_sizes(self.policy.max_batch_size)}
+
+    def plan(self, now_ms: float, backlog: int = 0, overhead_ms: float = 0.0) -> Plan:
+        """Decide, with ``backlog`` records known to wait in the broker beyond the queue, and
+        ``overhead_ms`` the time from a batch's outputs being sent to being acknowledged."""
         queued = self._size
         if queued == 0:
             return Plan(take=0, reason="empty")
@@ -144,7 +155,7 @@ class Batcher:
             return Plan(take=cap, reason="throughput")
         # Most urgent deadline among the first n queued, for every n.
         urgent = np.minimum.accumulate(self._deadlines(cap))
-        extra_ms = self.overhead_ms()
+        extra_ms = overhead_ms
 
         def fits(n: int) -> bool:
             return now_ms + self.cost.predict(n) * 1000.0 + extra_ms <= urgent[n - 1]
@@ -190,6 +201,13 @@ class Batcher:
             deadlines_ms=np.concatenate(deadlines) if deadlines else np.empty(0),
             late=plan.late,
         )
+
+    def give_back(self, batch: Batch) -> None:
+        """Put a taken batch back at the front of the queue, as it was (batches given back in the
+        reverse order they were taken restore the queue)."""
+        if len(batch):
+            self._chunks.appendleft(_Chunk(list(batch.records), batch.deadlines_ms))
+            self._size += len(batch)
 
     def drop_partitions(self, partitions: set[tuple[str, int]]) -> int:
         """Forget queued events of these (topic, partition)s, e.g. revoked in a rebalance.

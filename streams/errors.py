@@ -19,7 +19,7 @@
 
 ``retriable`` is read where a caller chooses (as aiokafka's ``KafkaError.retriable``): a
 runner raising a retriable ``ModelError`` is not the inputs' fault, so the isolating scorer
-re-raises it instead of bisecting the batch into dead letters; the live loop then retries the
+re-raises it instead of bisecting the batch into dead letters; the driver then retries the
 batch with back-off (any other error stops it), and a backfill exits with status 1 to be
 continued with ``--resume``. Everything else is ``retriable = False``: an operator error
 fails the same way until someone fixes it, and a refused output is dead-lettered. A custom

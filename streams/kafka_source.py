@@ -36,16 +36,6 @@ log = logging.getLogger(__name__)
 RevokeHandler = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
-def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
-    """The offsets to commit after ``records``: one past the last record of each partition.
-
-    Each partition's records come in offset order (fetches and batches keep it), so the last
-    one seen is the highest; were it ever not, this would commit less, never more.
-    """
-    last = {(r.topic, r.partition): r.offset for r in records}  # one dict store per record: this runs per event
-    return {TopicPartition(topic, partition): offset + 1 for (topic, partition), offset in last.items()}
-
-
 def _names(tps: Sequence[TopicPartition] | set[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "none"
 
@@ -71,6 +61,10 @@ async def _nothing_in_flight(_: set[TopicPartition]) -> None:
 
 
 class KafkaBatchSource:
+    """A ``streams.source.Source`` that never ends: a member of the pipeline's consumer group."""
+
+    exhausted = False
+
     def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], *, poll_ms: int) -> None:
         self.consumer = consumer
         self.topics = list(topics)
@@ -83,7 +77,10 @@ class KafkaBatchSource:
         # Records skipped because they could not be decoded, since this source was made.
         self.undecodable = 0
 
-    def subscribe(self) -> None:
+    def subscribe(self, on_revoke: RevokeHandler) -> None:
+        """Join the group; ``on_revoke`` runs before partitions go to another member, to finish
+        and commit what is in flight for them."""
+        self.on_revoke = on_revoke
         self.consumer.subscribe(self.topics, listener=_Listener(self))
 
     async def next_batch(self, max_records: int) -> list[SourceRecord]:

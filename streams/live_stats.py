@@ -1,4 +1,4 @@
-"""What the live loop did over the last interval, as the one line it logs.
+"""What the driver did over the last interval, as the one line the worker logs.
 
 The cumulative view (counters, histograms) is ``streams.metrics``; this keeps only what
 the log line needs: the interval's samples and three running totals.

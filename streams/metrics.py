@@ -4,7 +4,7 @@ Histograms are counted with numpy, a whole batch of latencies at a time, and exp
 through the standard client's metric families by a collector: observing each event's
 latency through ``Histogram.observe`` would put a Python call per event on the hot path,
 which is what the rest of the engine avoids. Gauges (queue depth, lag, the model, the cost
-model's predictions) are read from the live loop when Prometheus scrapes.
+model's predictions) are read from the running driver when Prometheus scrapes.
 """
 
 from __future__ import annotations

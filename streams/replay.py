@@ -3,14 +3,14 @@ offset it had when the replay began, then stop.
 
 Events that arrive during the replay are the live worker's job. The replay uses no
 consumer group (it assigns partitions itself), so the live worker's committed offsets
-are never touched; progress is tracked by the caller (see ``streams.backfill``).
+are never touched; progress is checkpointed by the backfill (see ``streams.backfill``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -104,38 +104,69 @@ async def plan_replay(
     return ReplayPlan(start=dict(start), end=dict(end))
 
 
-async def replay(
-    consumer: AIOKafkaConsumer, plan: ReplayPlan, position: Mapping[TopicPartition, int], *, max_records: int
-) -> AsyncIterator[list[SourceRecord]]:
-    """Batches of records from ``position`` (default: the plan's start) up to the plan's end."""
-    todo = {tp: position.get(tp, plan.start[tp]) for tp in plan.end}
-    todo = {tp: at for tp, at in todo.items() if at < plan.end[tp]}
-    if not todo:
-        return
-    consumer.assign(list(todo))
-    for tp, at in todo.items():
-        consumer.seek(tp, at)
-    # The first offset of each partition not yet handed out, to go back to if a fetch cannot be decoded.
-    upcoming = dict(todo)
-    while todo:
+class ReplaySource:
+    """A ``streams.source.Source`` over a plan: each partition from ``position`` (default: the
+    plan's start) up to the plan's end, then ``exhausted``. Uses no consumer group."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        plan: ReplayPlan,
+        position: Mapping[TopicPartition, int],
+        *,
+        poll_ms: int = 1000,
+    ) -> None:
+        self.consumer = consumer
+        self.plan = plan
+        self.poll_ms = poll_ms
+        todo = {tp: position.get(tp, plan.start[tp]) for tp in plan.end}
+        # Per partition still to read: the first offset not yet handed out, to go back to if a
+        # fetch cannot be decoded, and to tell the backlog.
+        self._upcoming = {tp: at for tp, at in todo.items() if at < plan.end[tp]}
+        self._assigned = False
+
+    @property
+    def exhausted(self) -> bool:
+        return not self._upcoming
+
+    def backlog(self) -> int:
+        return sum(self.plan.end[tp] - at for tp, at in self._upcoming.items())
+
+    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+        return {(tp.topic, tp.partition): self.plan.end[tp] - at for tp, at in self._upcoming.items()}
+
+    async def keep_alive(self) -> list[SourceRecord]:
+        return []  # no group to stay in
+
+    async def next_batch(self, max_records: int) -> list[SourceRecord]:
+        if not self._upcoming:
+            return []
+        if not self._assigned:
+            self.consumer.assign(list(self._upcoming))
+            for tp, at in self._upcoming.items():
+                self.consumer.seek(tp, at)
+            self._assigned = True
+        todo = list(self._upcoming)
         try:
-            fetched = await consumer.getmany(*todo, timeout_ms=1000, max_records=max_records)
+            fetched = await self.consumer.getmany(*todo, timeout_ms=self.poll_ms, max_records=max_records)
         except UNDECODABLE as exc:
             log.warning("a fetch could not be decoded (%r); reading partition by partition to find the record", exc)
-            fetched = await reread_around_undecodable(consumer, {tp: upcoming[tp] for tp in todo}, max_records, 1000)
+            fetched = await reread_around_undecodable(self.consumer, dict(self._upcoming), max_records, self.poll_ms)
         batch: list[SourceRecord] = []
         for tp, records in fetched.items():
-            end = plan.end[tp]
+            end = self.plan.end[tp]
             batch.extend(r for r in records if r.offset < end)
             if records:
-                upcoming[tp] = records[-1].offset + 1
-            if records and records[-1].offset + 1 >= end:
-                del todo[tp]
-                consumer.pause(tp)
+                self._upcoming[tp] = records[-1].offset + 1
+            if self._upcoming[tp] >= end:
+                self._finish(tp)
         # A partition whose remaining records were deleted by retention or compaction
         # ends early: its position jumps past the snapshot.
-        for tp in list(todo):
-            if await consumer.position(tp) >= plan.end[tp]:
-                del todo[tp]
-        if batch:
-            yield batch
+        for tp in list(self._upcoming):
+            if await self.consumer.position(tp) >= self.plan.end[tp]:
+                self._finish(tp)
+        return batch
+
+    def _finish(self, tp: TopicPartition) -> None:
+        del self._upcoming[tp]
+        self.consumer.pause(tp)

@@ -31,7 +31,8 @@ from app.progress import Progress
 from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
-from streams.backfill import BackfillSummary, Checkpoint, checkpoint_path, run_backfill
+from streams.backfill import BackfillSummary, run_backfill
+from streams.checkpoint import Checkpoint, checkpoint_path
 from streams.errors import (
     CheckpointError,
     CommandLineError,

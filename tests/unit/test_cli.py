@@ -9,7 +9,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from app.cli import invoked_command, take_config_option, with_fast_loop
-from streams.backfill import Checkpoint
+from streams.checkpoint import Checkpoint
 from streams.replay import ReplayPlan
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from streams.backfill import Checkpoint, checkpoint_path
+from streams.checkpoint import Checkpoint, checkpoint_path
 from streams.errors import CheckpointError
 from streams.replay import ReplayPlan
 

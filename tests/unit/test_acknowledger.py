@@ -1,0 +1,93 @@
+"""Acknowledgement in order, redelivery, and the live progress (group commits), with fakes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.structs import TopicPartition
+
+import streams.acknowledger
+from streams.acknowledger import Acknowledger, InFlight
+from streams.codec import EventSchema, TensorField
+from streams.group_commits import GroupCommits
+from streams.live_stats import LiveStats
+from streams.metrics import PipelineMetrics
+from streams.pipeline import Pipeline, PipelineTopics
+from streams.records import InputRecord, OutputRecord
+from tests.fakes import ListSink, RecordingProgress, SumRunner
+
+
+def acknowledger(sink: ListSink, progress: RecordingProgress) -> Acknowledger:
+    pipeline = Pipeline(
+        name="p",
+        schema=EventSchema(id_field="id", inputs=(TensorField("x", (1,)),)),
+        runner=SumRunner(),
+        sink=sink,
+        topics=PipelineTopics(output="out", dead_letter="dlq"),
+    )
+    return Acknowledger(
+        pipeline,
+        progress,
+        max_in_flight=4,
+        latency_budget_ms=50,
+        clock_ms=lambda: 1_000,
+        metrics=PipelineMetrics("p"),
+        stats=LiveStats(),
+    )
+
+
+def in_flight(offset: int, acknowledged: asyncio.Future[None]) -> InFlight:
+    record = InputRecord("in", 0, offset, 990, None, b"{}")
+    output = OutputRecord("out", None, orjson.dumps({"offset": offset}), 0)
+    return InFlight([record], [output], acknowledged, scored=1, dead_lettered=0)
+
+
+async def test_batches_are_reported_in_the_order_they_were_sent_whatever_order_they_are_acknowledged_in():
+    progress = RecordingProgress()
+    acks = acknowledger(ListSink(), progress)
+    running = asyncio.create_task(acks.run())
+    first, second = asyncio.get_running_loop().create_future(), asyncio.get_running_loop().create_future()
+    await acks.put(in_flight(0, first))
+    await acks.put(in_flight(1, second))
+    second.set_result(None)
+    await asyncio.sleep(0.01)
+    assert progress.acknowledged_offsets == [], "the second waits behind the first"
+    first.set_result(None)
+    await asyncio.wait_for(acks.drain(), 5)
+    assert progress.acknowledged_offsets == [("in", 0, 0), ("in", 0, 1)]
+    assert acks.metrics.predictions == 2
+    running.cancel()
+
+
+async def test_outputs_the_broker_did_not_acknowledge_are_sent_again_before_the_batch_counts(monkeypatch):
+    monkeypatch.setattr(streams.acknowledger, "FIRST_RETRY_S", 0.001)
+    sink, progress = ListSink(), RecordingProgress()
+    acks = acknowledger(sink, progress)
+    running = asyncio.create_task(acks.run())
+    failed = asyncio.get_running_loop().create_future()
+    failed.set_exception(KafkaConnectionError("broker away"))
+    await acks.put(in_flight(7, failed))
+    await asyncio.wait_for(acks.drain(), 5)
+    assert [orjson.loads(r.value) for r in sink.records] == [{"offset": 7}], "re-sent once"
+    assert progress.acknowledged_offsets == [("in", 0, 7)]
+    running.cancel()
+
+
+async def test_group_commits_keep_offsets_a_failed_commit_did_not_take():
+    answers = [False, True]
+    committed: list[dict[TopicPartition, int]] = []
+
+    async def commit_offsets(offsets: dict[TopicPartition, int]) -> bool:
+        committed.append(dict(offsets))
+        return answers.pop(0)
+
+    commits = GroupCommits(commit_offsets, interval_ms=1000)
+    commits.acknowledged([InputRecord("in", 0, 4, 0, None, None)], 1, 0)
+    await commits.commit()
+    commits.acknowledged([InputRecord("in", 1, 9, 0, None, None)], 1, 0)
+    await commits.commit()
+    assert committed == [{TopicPartition("in", 0): 5}, {TopicPartition("in", 0): 5, TopicPartition("in", 1): 10}]
+    await commits.commit()
+    assert len(committed) == 2, "nothing new: no commit"

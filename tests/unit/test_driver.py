@@ -1,0 +1,215 @@
+"""The one driver, in both modes, with fakes of its protocols (the real broker is in tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiokafka.structs import TopicPartition
+
+import streams.acknowledger
+from streams.batcher import Batcher, BatchPolicy
+from streams.codec import EventSchema, TensorField
+from streams.cost_model import CostModel
+from streams.driver import Driver
+from streams.errors import ModelUnavailableError
+from streams.pipeline import Pipeline, PipelineTopics
+from streams.records import InputRecord
+from tests.fakes import GatedRunner, ListSink, ListSource, RecordingProgress, SumRunner, until
+
+SCHEMA = EventSchema(id_field="id", inputs=(TensorField("x", (2,)),))
+
+
+def events(n: int, partitions: int = 2) -> list[InputRecord]:
+    """``n`` events spread over partitions; event i predicts 2i, and one in ten is not JSON."""
+    return [
+        InputRecord(
+            "in",
+            i % partitions,
+            i // partitions,
+            1_000,
+            None,
+            b"{" if i % 10 == 7 else orjson.dumps({"id": i, "x": [i, i]}),
+        )
+        for i in range(n)
+    ]
+
+
+def make_driver(
+    records: list[InputRecord],
+    *,
+    live: bool,
+    runner: SumRunner | None = None,
+    max_batch_size: int = 16,
+    progress: RecordingProgress | None = None,
+    per_fetch: int = 1_000,
+    on_model_down: str = "retry",
+) -> tuple[Driver, ListSink, RecordingProgress, ListSource]:
+    sink = ListSink()
+    pipeline = Pipeline(
+        name="p",
+        schema=SCHEMA,
+        runner=runner or SumRunner(),
+        sink=sink,
+        topics=PipelineTopics(output="out", dead_letter="dlq"),
+        clock_ms=lambda: 2_000,
+    )
+    cost = CostModel()
+    cost.seed({1: 1e-4, max_batch_size: 1e-3})
+    budget = 1e9 if live else None  # a budget nothing misses: batches as the policy plans them
+    batcher = Batcher(BatchPolicy(max_batch_size=max_batch_size, latency_budget_ms=budget), cost)
+    source = ListSource(records, per_fetch=per_fetch, bounded=not live)
+    progress = progress or RecordingProgress()
+    driver = Driver(source, pipeline, batcher, progress, on_model_down=on_model_down, clock_ms=lambda: 2_000)  # type: ignore[arg-type]
+    return driver, sink, progress, source
+
+
+def outputs_by_position(sink: ListSink) -> dict[tuple[int, int], tuple[str, object]]:
+    by_position = {}
+    for record in sink.records:
+        body = orjson.loads(record.value)
+        if record.topic == "out":
+            by_position[(record.partition, body["id"] // 2)] = ("out", body["prediction"])
+        else:
+            source = body["source"]
+            by_position[(source["partition"], source["offset"])] = ("dlq", body["error"])
+    return by_position
+
+
+async def test_a_bounded_source_is_scored_to_its_end_and_the_last_commit_is_final():
+    records = events(100)
+    driver, sink, progress, _ = make_driver(records, live=False, per_fetch=7)
+    await asyncio.wait_for(driver.run(), 10)
+    assert len(sink.records) == 100, "one output per event"
+    assert sorted(progress.acknowledged_offsets) == sorted((r.topic, r.partition, r.offset) for r in records)
+    assert progress.commits[-1] == (100, True)
+    for partition in (0, 1):
+        offsets = [o for _, p, o in progress.acknowledged_offsets if p == partition]
+        assert offsets == sorted(offsets), "each partition acknowledged in offset order"
+
+
+async def test_live_and_backfill_give_every_source_position_the_same_output():
+    records = events(200)
+    backfill, backfill_sink, _, _ = make_driver(records, live=False, per_fetch=13)
+    await asyncio.wait_for(backfill.run(), 10)
+    live, live_sink, progress, _ = make_driver(records, live=True, per_fetch=5)
+    running = asyncio.create_task(live.run())
+    await until(lambda: len(progress.acknowledged_offsets) == 200, "every live event acknowledged")
+    live.stop()
+    await asyncio.wait_for(running, 10)
+    assert outputs_by_position(live_sink) == outputs_by_position(backfill_sink)
+    assert len(outputs_by_position(live_sink)) == 200
+    assert progress.commits[-1] == (200, True), "stopping commits what was acknowledged"
+
+
+async def test_the_next_batch_is_decoded_while_the_model_scores_this_one():
+    runner = GatedRunner()
+    driver, _, progress, _ = make_driver(events(64), live=False, runner=runner, max_batch_size=16)
+    decoded: list[int] = []
+    decode = driver.pipeline.decode
+    driver.pipeline.decode = lambda records, expired=(): decoded.append(len(records)) or decode(records, expired)  # type: ignore[method-assign]
+    running = asyncio.create_task(driver.run())
+    await asyncio.wait_for(runner.entered.wait(), 10)
+    assert decoded == [16, 16], "the second batch was decoded before the first one's model call returned"
+    runner.gate.set()
+    await asyncio.wait_for(running, 10)
+    # Later sizes follow the cost model, which measured the first batch with the gate shut.
+    assert sum(decoded) == 64 and sum(runner.batches) == 64 - 6, "every event decoded once, each valid one scored"
+    assert len(progress.acknowledged_offsets) == 64
+
+
+async def test_a_model_that_is_down_is_retried_and_nothing_is_committed_past_it(monkeypatch):
+    monkeypatch.setattr(streams.acknowledger, "FIRST_RETRY_S", 0.001)
+
+    class FlakyRunner(SumRunner):
+        failures = 3
+
+        async def predict(self, inputs):  # type: ignore[no-untyped-def]
+            if self.failures:
+                self.failures -= 1
+                raise ModelUnavailableError("device lost")
+            return await super().predict(inputs)
+
+    driver, sink, _, _ = make_driver(events(40), live=False, runner=FlakyRunner())
+    await asyncio.wait_for(driver.run(), 10)
+    assert len(outputs_by_position(sink)) == 40 == len(sink.records), "each event scored once, after recovery"
+    assert driver.dispatcher.model_error is None
+
+
+async def test_a_backfill_stops_on_a_model_that_is_down_with_nothing_acknowledged():
+    class DownRunner(SumRunner):
+        async def predict(self, inputs):  # type: ignore[no-untyped-def]
+            raise ModelUnavailableError("device lost")
+
+    driver, sink, progress, _ = make_driver(events(40), live=False, runner=DownRunner(), on_model_down="raise")
+    with pytest.raises(ModelUnavailableError):
+        await asyncio.wait_for(driver.run(), 10)
+    assert sink.records == [] and progress.acknowledged_offsets == []
+    assert all(not final for _, final in progress.commits)
+
+
+async def test_revoked_partitions_are_committed_up_to_what_was_scored_and_their_queued_events_dropped():
+    runner = GatedRunner()
+    records = events(64)
+    driver, sink, progress, _ = make_driver(records, live=True, runner=runner, max_batch_size=16)
+    running = asyncio.create_task(driver.run())
+    await asyncio.wait_for(runner.entered.wait(), 10)  # batch 1 in the model, batch 2 decoded
+    revoking = asyncio.create_task(driver.release_partitions({TopicPartition("in", 1)}))
+    await asyncio.sleep(0)
+    assert not revoking.done(), "the revocation waits for the batch being scored"
+    runner.gate.set()
+    await asyncio.wait_for(revoking, 10)
+    first_batch = {(r.partition, r.offset) for r in records[:16]}
+    assert set(outputs_by_position(sink)) == first_batch
+    assert progress.commits == [(16, False)], "committed right after the batch in flight, before the partition goes"
+    await until(lambda: len(progress.acknowledged_offsets) == 16 + 24, "partition 0's remaining events scored")
+    driver.stop()
+    await asyncio.wait_for(running, 10)
+    later = set(outputs_by_position(sink)) - first_batch
+    assert later == {(r.partition, r.offset) for r in records[16:] if r.partition == 0}
+
+
+async def test_a_quiet_progress_commits_with_nothing_in_flight():
+    progress = RecordingProgress(needs_quiet=True)
+    driver, sink, _, _ = make_driver(events(300), live=False, progress=progress, per_fetch=10, max_batch_size=8)
+    sent_but_not_acknowledged: list[int] = []
+    commit = progress.commit
+
+    async def checked_commit(*, final: bool = False) -> None:
+        # One output per event: every output sent so far must be acknowledged at a quiet commit.
+        sent_but_not_acknowledged.append(len(sink.records) - len(progress.acknowledged_offsets))
+        await commit(final=final)
+
+    progress.commit = checked_commit  # type: ignore[method-assign]
+    running = asyncio.create_task(driver.run())
+    for _ in range(5):
+        await until(lambda: len(progress.acknowledged_offsets) > 0, "something acknowledged")
+        progress.due.set()
+        await asyncio.sleep(0)
+    await asyncio.wait_for(running, 10)
+    assert len(sent_but_not_acknowledged) >= 2
+    assert set(sent_but_not_acknowledged) == {0}
+
+
+async def test_a_swapped_runner_scores_whole_batches_from_the_next_one_on():
+    first = GatedRunner()
+    driver, sink, progress, _ = make_driver(events(48), live=True, runner=first, max_batch_size=16)
+    running = asyncio.create_task(driver.run())
+    await asyncio.wait_for(first.entered.wait(), 10)
+
+    class Second(SumRunner):
+        name = "second"
+
+    swapping = asyncio.create_task(driver.swap_runner(Second(), driver.batcher.cost))
+    await asyncio.sleep(0)
+    assert not swapping.done()
+    first.gate.set()
+    assert await asyncio.wait_for(swapping, 10) is first
+    await until(lambda: len(progress.acknowledged_offsets) == 48, "every event acknowledged")
+    driver.stop()
+    await asyncio.wait_for(running, 10)
+    model_of = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["model"] for r in sink.records if r.topic == "out"}
+    assert {model_of[i] for i in range(16) if i in model_of} == {"sum"}, "the batch being scored kept its model"
+    assert {model_of[i] for i in range(16, 48) if i in model_of} == {"second"}
+    assert driver.metrics.model_swaps == 1
