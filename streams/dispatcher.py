@@ -136,6 +136,9 @@ class Dispatcher:
         job = self._prepared.popleft()
         started = time.perf_counter()
         scoring = asyncio.ensure_future(self.pipeline.finish(job.batch.records, job.decoded))
+        # One turn of the loop hands the batch to the model's thread; only then does decoding
+        # the next batch here overlap with inference instead of delaying it.
+        await asyncio.sleep(0)
         if not self._prepared and len(self.batcher) >= self.batcher.policy.max_batch_size:
             now = self.clock_ms()
             plan = self.batcher.plan(now, self.backlog(), overhead_ms=self.acknowledger.ack_ms)
