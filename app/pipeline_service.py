@@ -71,6 +71,7 @@ class PipelineService(Service):
         conn = connection(self.config)
         # The worker's preflight (app.main) checked the broker and the topics already.
         loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
+        self._model = None  # the runner holds the module now; a swap must be able to free it
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner
         sink = await build_kafka_sink(conn, [p.output_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}")

@@ -27,22 +27,21 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
     """Register the pipelines and the endpoints on ``app``, then check that every model loads
     and that the broker and the topics are there, so a mistake is one clear line (an
     ``OperatorError``), not a crash from inside the worker later."""
+    models: dict[str, LoadedModel] = {}
+    for p in config.pipelines:
+        try:
+            models[p.name] = load_model(p.model)
+        except ModelLoadError as exc:
+            where = f"{config.path}: key 'pipelines.{p.name}.model' ({p.model.describe()})"
+            raise ModelLoadError(f"{where}: {exc}") from None
     collector = SluiceCollector()
     services = {
-        p.name: PipelineService(config, p, metrics=collector.register(PipelineMetrics(p.name)))
+        p.name: PipelineService(config, p, model=models[p.name], metrics=collector.register(PipelineMetrics(p.name)))
         for p in config.pipelines
     }
     for service in services.values():
         app.service(service)  # type: ignore[arg-type]
     register_endpoints(app, config, services, metrics_registry(collector))
-    for name, service in services.items():
-        spec = service.pipeline_config.model
-        try:
-            loaded: LoadedModel = load_model(spec)
-        except ModelLoadError as exc:
-            where = f"{config.path}: key 'pipelines.{name}.model' ({spec.describe()})"
-            raise ModelLoadError(f"{where}: {exc}") from None
-        service._model = loaded
     check_topics(config, services)
     return services
 
