@@ -25,7 +25,7 @@ from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 from models.synthetic import generate
 from streams.codec import EventSchema, TensorField
-from streams.kafka_sink import KafkaSink
+from streams.kafka.sink import KafkaSink
 from streams.pipeline import Pipeline, PipelineTopics
 from streams.records import OutputRecord
 
@@ -72,9 +72,23 @@ class ZeroRunner:
         return None
 
 
-async def transport_alone(bootstrap: str, model: str, count: int) -> float:
-    """Events/s through fetch + decode + encode + produce (acknowledged), no model."""
-    tag = f"bench-transport-{model}-{int(time.time())}"
+async def drop_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete the topics whose names start with ``prefix`` (a benchmark's scratch topics)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
+    finally:
+        await admin.close()
+
+
+async def transport_alone(bootstrap: str, model: str, count: int, *, prefix: str = "bench") -> float:
+    """Events/s through fetch + decode + encode + produce (acknowledged), no model. Its
+    topics are deleted afterwards."""
+    tag = f"{prefix}-transport-{model}-{int(time.time())}"
     topic_in, topic_out = f"{tag}-in", f"{tag}-out"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -128,6 +142,7 @@ async def transport_alone(bootstrap: str, model: str, count: int) -> float:
     finally:
         await consumer.stop()
         await producer.stop()
+        await drop_topics(bootstrap, f"{tag}-")
 
 
 async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -> float:

@@ -1,14 +1,19 @@
 """Live scoring benchmark against the real broker: sluice's adaptive batcher vs what a Faust
-user writes first (one event at a time; fixed-size ``take()``), for both demo models, with
+user writes first (one event at a time; fixed-size ``take()``) and vs a Quix Streams
+application (one event at a time; batches through its Sink API), for both demo models, with
 the two ceilings measured in the same run.
 
     docker/kafka-local start
-    .venv/bin/python -m bench.latency                      # both models, ~8 minutes
+    .venv/bin/pip install -e ".[bench]"                    # matplotlib, quixstreams
+    .venv/bin/python -m bench.latency                      # both models, every strategy: the long run
     .venv/bin/python -m bench.latency --models fraud-mlp --seconds 8
+    .venv/bin/python -m bench.latency --drain-only --backlog 20000 --out /tmp/bench  # a quick check
 
 For each model and strategy: saturation (drain rate of a backlog, worker start-up not
 counted), then open-loop loads at fractions of the adaptive worker's saturation rate, the
-same absolute rates for every strategy. End-to-end latency is measured by the broker's
+same absolute rates for every strategy (``--drain-only``: the drain alone; the Quix peers
+then stop on their own once they have scored the backlog). Every run's topics are deleted
+at its end (``--keep-topics`` keeps them). End-to-end latency is measured by the broker's
 clocks: input CreateTime (set when the load generator sends) to the output's append time
 (output topics use message.timestamp.type=LogAppendTime). Results go to
 bench/results/latency.{md,json,png}.
@@ -34,7 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.demo_events import demo_events
 from app.pipeline_toml import write_pipeline_config
-from bench.ceilings import model_alone, transport_alone
+from bench.ceilings import drop_topics, model_alone, transport_alone
 from models.registry import DEMO_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +47,12 @@ RESULTS = ROOT / "bench" / "results"
 BOOTSTRAP = os.environ.get("SLUICE_BENCH_BOOTSTRAP", "127.0.0.1:9092")
 PARTITIONS = 2
 BUDGET_MS = 50
-# Backlog sizes for the saturation runs: about ten seconds of work each.
+# Backlog sizes for the saturation runs: about ten seconds of work each (a quarter of it for
+# the Faust agent that scores one event at a time, the slowest by far).
 BACKLOG = {"fraud-mlp": 60_000, "fraud-transformer": 20_000}
+STRATEGIES = ("adaptive", "take", "per-event", "quix", "quix-sink")
+FAUST_MODES = {"take": "take", "per-event": "per_event"}
+QUIX_MODES = {"quix": "per_event", "quix-sink": "sink"}
 
 
 @dataclass
@@ -152,7 +161,11 @@ def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str) -
     )
 
 
-def start_worker(strategy: str, model: str, topic_in: str, topic_out: str, workdir: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    strategy: str, model: str, topic_in: str, topic_out: str, workdir: Path, *, stop_after: int = 0
+) -> subprocess.Popen[bytes]:
+    """A worker of ``strategy`` on the topics; ``stop_after`` events (Quix peers only: they
+    can stop on their own) or until ``stop_worker``."""
     log = (workdir / f"{model}-{strategy}.log").open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if strategy == "adaptive":
@@ -171,17 +184,12 @@ def start_worker(strategy: str, model: str, topic_in: str, topic_out: str, workd
             "info",
             "--without-web",
         ]
+    elif strategy in QUIX_MODES:
+        # Its state directory is a temporary one that bench.quix_peers removes on exit.
+        env.update(peer_env(model, topic_in, topic_out), BENCH_MODE=QUIX_MODES[strategy], BENCH_COUNT=str(stop_after))
+        cmd = [sys.executable, "-m", "bench.quix_peers"]
     else:
-        env.update(
-            BENCH_MODE="per_event" if strategy == "per-event" else "take",
-            BENCH_MODEL=model,
-            BENCH_IN=topic_in,
-            BENCH_OUT=topic_out,
-            BENCH_BROKER=f"kafka://{BOOTSTRAP}",
-            BENCH_APP_ID=f"{topic_in}-app",
-            BENCH_PARTITIONS=str(PARTITIONS),
-            BENCH_TORCH_THREADS="1",
-        )
+        env.update(peer_env(model, topic_in, topic_out), BENCH_MODE=FAUST_MODES[strategy])
         cmd = [
             sys.executable,
             "-m",
@@ -198,6 +206,19 @@ def start_worker(strategy: str, model: str, topic_in: str, topic_out: str, workd
             "--without-web",
         ]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def peer_env(model: str, topic_in: str, topic_out: str) -> dict[str, str]:
+    """What every peer reads (bench.peers.PeerSettings): the same model and topics, 1 torch thread."""
+    return {
+        "BENCH_MODEL": model,
+        "BENCH_IN": topic_in,
+        "BENCH_OUT": topic_out,
+        "BENCH_BROKER": BOOTSTRAP,
+        "BENCH_APP_ID": f"{topic_in}-app",
+        "BENCH_PARTITIONS": str(PARTITIONS),
+        "BENCH_TORCH_THREADS": "1",
+    }
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
@@ -218,23 +239,34 @@ def output_rate(outputs: dict[str, tuple[int, int]], skip: float = 0.05) -> floa
 
 
 async def saturation(
-    model: str, strategy: str, workdir: Path, seconds: float
+    model: str, strategy: str, workdir: Path, seconds: float, *, tag: str, backlog_size: int, drain_only: bool = False
 ) -> tuple[float, float, str, str, subprocess.Popen[bytes]]:
     """Two saturation rates, and the running worker for the loads:
 
     - drain: how fast it works off a backlog produced beforehand (the worker has the CPUs);
     - under load: how many outputs per second it achieves while the load generator offers
-      more than it can take (1.5x the drain rate), sharing the CPUs as in the load points.
+      more than it can take (1.5x the drain rate), sharing the CPUs as in the load points
+      (not measured, 0.0, with ``drain_only``).
     """
-    tag = f"bench-{model}-{strategy}-{int(time.time())}"
     topic_in, topic_out = f"{tag}-in", f"{tag}-out"
     await create_topics([topic_in])
     await create_topics([topic_out], log_append=True)
-    count = BACKLOG[model] // (4 if strategy == "per-event" else 1)
+    count = backlog_size // (4 if strategy == "per-event" else 1)
     backlog = events(count, seed=1)
     await produce(topic_in, backlog)
-    worker = start_worker(strategy, model, topic_in, topic_out, workdir)
-    drain = output_rate(await read_outputs(topic_out, ids_of(backlog), timeout_s=300))
+    stop_after = count if drain_only and strategy in QUIX_MODES else 0
+    worker = start_worker(strategy, model, topic_in, topic_out, workdir, stop_after=stop_after)
+    outputs = await read_outputs(topic_out, ids_of(backlog), timeout_s=300)
+    drain = output_rate(outputs)
+    if drain_only:
+        print(
+            f"  {model:18s} {strategy:10s} drains a backlog of {count:,} at {drain:,.0f}/s "
+            f"({len(outputs):,} of its outputs read back)",
+            flush=True,
+        )
+        if stop_after:
+            print(f"  {model:18s} {strategy:10s} {own_report(worker, workdir / f'{model}-{strategy}.log')}")
+        return drain, 0.0, topic_in, topic_out, worker
     overload = events(int(1.5 * drain * seconds), seed=2)
     await produce(topic_in, overload, rate=1.5 * drain)
     loaded = output_rate(await read_outputs(topic_out, ids_of(overload), timeout_s=seconds * 4), skip=0.2)
@@ -244,6 +276,17 @@ async def saturation(
         flush=True,
     )
     return drain, loaded, topic_in, topic_out, worker
+
+
+def own_report(worker: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> str:
+    """Wait for a worker that stops on its own (its outputs are all in: nothing else runs
+    meanwhile); its own figure, the ``quix drain:`` line of its log."""
+    try:
+        worker.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"did not stop on its own within {timeout_s:.0f} s"
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("quix drain:")]
+    return f"stopped on its own (exit {worker.returncode}); {lines[-1] if lines else 'no figure in its log'}"
 
 
 async def load_point(
@@ -284,7 +327,16 @@ async def load_point(
 
 
 async def run(
-    models: list[str], fractions: list[float], seconds: float, workdir: Path, strategies: list[str]
+    models: list[str],
+    fractions: list[float],
+    seconds: float,
+    workdir: Path,
+    strategies: list[str],
+    *,
+    backlog: int = 0,
+    drain_only: bool = False,
+    prefix: str = "bench",
+    keep_topics: bool = False,
 ) -> dict[str, object]:
     results: dict[str, object] = {
         "models": {},
@@ -292,11 +344,14 @@ async def run(
         "partitions": PARTITIONS,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpus": os.cpu_count(),
+        "strategies": strategies,
+        "drain_only": drain_only,
     }
     for model in models:
+        backlog_size = backlog or BACKLOG[model]
         print(f"{model}: ceilings", flush=True)
         model_ceiling = model_alone(model, threads=1)
-        transport = await transport_alone(BOOTSTRAP, model, BACKLOG[model])
+        transport = await transport_alone(BOOTSTRAP, model, backlog_size, prefix=prefix)
         print(
             f"  model alone {model_ceiling['best_per_s']:,.0f}/s at batch {model_ceiling['best_batch']}; "
             f"transport alone {transport:,.0f}/s",
@@ -307,22 +362,29 @@ async def run(
             "transport_alone_per_s": transport,
             "saturation_per_s": {},
             "drain_per_s": {},
+            "backlog": backlog_size,
             "points": [],
         }
         reference = 0.0
         for strategy in strategies:
-            drain, rate, topic_in, topic_out, worker = await saturation(model, strategy, workdir, seconds)
-            entry["saturation_per_s"][strategy] = rate  # type: ignore[index]
+            tag = f"{prefix}-{model}-{strategy}-{int(time.time())}"
+            drain, rate, topic_in, topic_out, worker = await saturation(
+                model, strategy, workdir, seconds, tag=tag, backlog_size=backlog_size, drain_only=drain_only
+            )
             entry["drain_per_s"][strategy] = drain  # type: ignore[index]
-            reference = reference or rate
             try:
-                for i, fraction in enumerate(fractions):
-                    point = await load_point(
-                        model, strategy, fraction, fraction * reference, topic_in, topic_out, seconds, seed=100 + i
-                    )
-                    entry["points"].append(asdict(point))  # type: ignore[attr-defined]
+                if not drain_only:
+                    entry["saturation_per_s"][strategy] = rate  # type: ignore[index]
+                    reference = reference or rate
+                    for i, fraction in enumerate(fractions):
+                        point = await load_point(
+                            model, strategy, fraction, fraction * reference, topic_in, topic_out, seconds, seed=100 + i
+                        )
+                        entry["points"].append(asdict(point))  # type: ignore[attr-defined]
             finally:
                 stop_worker(worker)
+                if not keep_topics:
+                    await drop_topics(BOOTSTRAP, f"{tag}-")
         results["models"][model] = entry  # type: ignore[index]
     return results
 
@@ -333,8 +395,19 @@ def main() -> int:
     parser.add_argument("--fractions", default="0.05,0.4,0.7")
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds per load point (warm-up included)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--strategies", default="adaptive,take,per-event", help="adaptive first: it sets the loads")
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help="adaptive first: it sets the loads and the ratios"
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=0, help="events in each drain's backlog (default: per model, ~10 s of work)"
+    )
+    parser.add_argument("--drain-only", action="store_true", help="measure the drains only: no overload, no loads")
+    parser.add_argument("--prefix", default="bench", help="prefix of the run's topic names")
+    parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted by default)")
     args = parser.parse_args()
+    unknown = set(args.strategies.split(",")) - set(STRATEGIES)
+    if unknown:
+        parser.error(f"unknown strategies {sorted(unknown)}; known: {', '.join(STRATEGIES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.out / "tmp"
     workdir.mkdir(exist_ok=True)
@@ -345,6 +418,10 @@ def main() -> int:
             args.seconds,
             workdir,
             args.strategies.split(","),
+            backlog=args.backlog,
+            drain_only=args.drain_only,
+            prefix=args.prefix,
+            keep_topics=args.keep_topics,
         )
     )
     (args.out / "latency.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -8,13 +8,20 @@ from typing import Any
 LABELS = {
     "per-event": "one event at a time (Faust agent)",
     "take": "fixed batches (Faust take(256, 10 ms))",
+    "quix": "one event at a time (Quix Streams app)",
+    "quix-sink": "Quix BatchingSink batches (commit every 256 or 10 ms)",
     "adaptive": "sluice adaptive batcher",
 }
 
 
+def _strategies(results: dict[str, Any]) -> list[str]:
+    """The run's strategies in the order they ran; runs from before the Quix peers did not list theirs."""
+    return list(results.get("strategies", ["adaptive", "take", "per-event"]))
+
+
 def write_latency_report(results: dict[str, Any], out: Path) -> None:
     lines = [
-        "# Live scoring: sluice's adaptive batcher vs Faust agents",
+        "# Live scoring: sluice's adaptive batcher vs Faust agents and Quix Streams",
         "",
         f"Run {results['started']} on {results['cpus']} CPUs, real Apache Kafka broker on the same machine, "
         f"{results['partitions']} partitions, latency budget {results['budget_ms']} ms, every worker with 1 torch "
@@ -28,7 +35,19 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         "the output rate under an open-loop overload (1.5x the drain rate; the generator competes for the cores, "
         "as in the load points). Load fractions are of the second.",
         "",
+        "The peers score the same model into the same outputs (`bench/peers.py`): Faust agents "
+        "(`bench/faust_peers.py`) and a Quix Streams application (`bench/quix_peers.py`), one event at a time as "
+        "its API gives, and batched through its Sink API's `BatchingSink`, the only batching Quix documents (it "
+        "has none for transformations). Each drain's backlog is the model's backlog below, a quarter of it for "
+        "the Faust agent that scores one event at a time.",
+        "",
     ]
+    if results.get("drain_only"):
+        lines += [
+            "This run measured the drains only (`--drain-only`): no overload and no load points.",
+            "",
+        ]
+    strategies = _strategies(results)
     for model, entry in results["models"].items():
         ceiling = entry["model_alone"]
         transport = entry["transport_alone_per_s"]
@@ -36,19 +55,27 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         lines += [
             f"## {model}",
             "",
-            "| ceiling / strategy | events/s | vs model alone | vs transport alone | vs one at a time |",
-            "| --- | ---: | ---: | ---: | ---: |",
-            f"| model alone (best batch {ceiling['best_batch']}) | {ceiling['best_per_s']:,.0f} | 1.00 | | |",
-            f"| transport alone (fetch+decode+encode+produce) | {transport:,.0f} | | 1.00 | |",
+            f"Backlog {entry['backlog']:,} events." if "backlog" in entry else "",
+            "",
+            "| ceiling / strategy | events/s | vs model alone | vs transport alone | vs one at a time (Faust) "
+            "| sluice is |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            f"| model alone (best batch {ceiling['best_batch']}) | {ceiling['best_per_s']:,.0f} | 1.00 | | | |",
+            f"| transport alone (fetch+decode+encode+produce) | {transport:,.0f} | | 1.00 | | |",
         ]
         drain = entry.get("drain_per_s", {})
         for kind, rates in (("draining a backlog", drain), ("under open-loop overload", sat)):
-            for strategy in ("adaptive", "take", "per-event"):
-                rate = rates.get(strategy, 0.0)
+            for strategy in (s for s in strategies if s in rates):
+                rate = rates[strategy]
+                per_event = f"{rate / rates['per-event']:.1f}x" if rates.get("per-event") else ""
+                sluice = f"{rates['adaptive'] / rate:.1f}x this" if rates.get("adaptive") and rate else ""
                 lines.append(
                     f"| {LABELS[strategy]}, {kind} | {rate:,.0f} | {rate / ceiling['best_per_s']:.2f} | "
-                    f"{rate / transport:.2f} | {rate / max(rates.get('per-event', 0.0), 1e-9):.1f}x |"
+                    f"{rate / transport:.2f} | {per_event} | {sluice} |"
                 )
+        if not entry["points"]:
+            lines.append("")
+            continue
         lines += [
             "",
             "| strategy | load | offered/s | achieved/s | scored | p50 ms | p99 ms | p99.9 ms |",
@@ -62,9 +89,10 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
                 f"{p['p999_ms']:.1f} |"
             )
         lines.append("")
-    lines.append("![p99 latency by offered load](latency.png)")
+    if any(entry["points"] for entry in results["models"].values()):
+        lines.append("![p99 latency by offered load](latency.png)")
+        _plot(results, out / "latency.png")
     (out / "latency.md").write_text("\n".join(lines) + "\n")
-    _plot(results, out / "latency.png")
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
@@ -77,7 +105,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         points = results["models"][model]["points"]
-        for strategy in ("adaptive", "take", "per-event"):
+        for strategy in _strategies(results):
             mine = [p for p in points if p["strategy"] == strategy]
             xs = [p["offered_per_s"] for p in mine]
             ys = [p["p99_ms"] for p in mine]
