@@ -52,11 +52,10 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         ceiling = entry["model_alone"]
         transport = entry["transport_alone_per_s"]
         sat = entry["saturation_per_s"]
+        lines += [f"## {model}", ""]
+        if "backlog" in entry:
+            lines += [f"Backlog {entry['backlog']:,} events.", ""]
         lines += [
-            f"## {model}",
-            "",
-            f"Backlog {entry['backlog']:,} events." if "backlog" in entry else "",
-            "",
             "| ceiling / strategy | events/s | vs model alone | vs transport alone | vs one at a time (Faust) "
             "| sluice is |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
