@@ -16,7 +16,7 @@ from models.loading import LoadedModel
 from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
 from streams.cost_model import CostModel, reference_sizes
-from streams.kafka_sink import KafkaSink
+from streams.kafka.sink import KafkaSink
 from streams.pipeline import Pipeline, PipelineTopics, Sink
 
 Mode = Literal["live", "backfill"]

@@ -28,9 +28,9 @@ from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
 from streams.driver import Driver
 from streams.errors import ModelLoadError
-from streams.group_commits import GroupCommits
-from streams.kafka_sink import KafkaSink
-from streams.kafka_source import KafkaBatchSource
+from streams.kafka.group_commits import GroupCommits
+from streams.kafka.group_source import KafkaBatchSource
+from streams.kafka.sink import KafkaSink
 from streams.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)

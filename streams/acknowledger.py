@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from aiokafka.errors import KafkaError
 
+from streams.errors import DeliveryFailed
 from streams.live_stats import LiveStats
 from streams.metrics import PipelineMetrics
 from streams.pipeline import Pipeline
@@ -85,7 +85,7 @@ class Acknowledger:
             try:
                 try:
                     await item.acknowledged
-                except KafkaError as exc:
+                except DeliveryFailed as exc:
                     await self._redeliver(item, exc)
                 self._report(item)
             finally:
@@ -112,7 +112,7 @@ class Acknowledger:
         took_ms = (time.perf_counter() - sent) * 1000
         self.ack_ms += 0.2 * (took_ms - self.ack_ms)
 
-    async def _redeliver(self, item: InFlight, error: KafkaError) -> None:
+    async def _redeliver(self, item: InFlight, error: DeliveryFailed) -> None:
         """Send a batch's outputs again until the broker acknowledges them."""
         for attempt, delay in enumerate(retry_delays(), start=1):
             log.warning(
@@ -126,7 +126,7 @@ class Acknowledger:
             await asyncio.sleep(delay)
             try:
                 await (await self.pipeline.deliver(item.outputs))
-            except KafkaError as exc:
+            except DeliveryFailed as exc:
                 error = exc
                 continue
             log.info("pipeline %s: outputs delivered after %d attempt(s)", self.pipeline.name, attempt)

@@ -2,7 +2,7 @@
 
 The same ``Driver``, ``Pipeline`` (decode, runner, encode, dead letters) and ``Batcher``
 (with no latency budget: the batch sizes with the most events per second) as the live
-worker; only the source (a bounded replay, ``streams.replay``) and the progress differ: a
+worker; only the source (a bounded replay, ``streams.kafka.replay.ReplaySource``) and the progress differ: a
 checkpoint (``streams.checkpoint``) saved after outputs are acknowledged, so a resumed run
 continues with no gap.
 """
@@ -15,15 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-
 from streams.batcher import Batcher
 from streams.checkpoint import Checkpoint
 from streams.driver import Driver
 from streams.pipeline import Pipeline
 from streams.records import SourceRecord
-from streams.replay import ReplaySource
-from streams.source import next_offsets
+from streams.source import Source, next_offsets
 
 
 @dataclass
@@ -87,7 +84,7 @@ class CheckpointProgress:
 
 
 async def run_backfill(
-    consumer: AIOKafkaConsumer,
+    source: Source,
     pipeline: Pipeline,
     batcher: Batcher,
     checkpoint: Checkpoint,
@@ -97,8 +94,9 @@ async def run_backfill(
     commit_sink: Callable[[], dict[str, Any] | None] = lambda: None,
     on_checkpoint: Callable[[Checkpoint], None] = lambda checkpoint: None,
 ) -> BackfillSummary:
-    """Score every record of the plan not yet checkpointed; returns when all are acknowledged
-    and the final checkpoint (``done``) is saved. ``on_checkpoint`` is called after each save."""
+    """Score every record ``source`` (a bounded replay of the checkpoint's plan from its position)
+    hands out; returns when all are acknowledged and the final checkpoint (``done``) is saved.
+    ``on_checkpoint`` is called after each save."""
     saving = CheckpointProgress(
         checkpoint,
         every_s=checkpoint_every_s,
@@ -106,7 +104,6 @@ async def run_backfill(
         on_checkpoint=on_checkpoint,
         progress=progress,
     )
-    source = ReplaySource(consumer, checkpoint.plan, checkpoint.position)
     driver = Driver(source, pipeline, batcher, saving, on_model_down="raise")
     started = time.perf_counter()
     await driver.run()

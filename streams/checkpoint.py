@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka.structs import TopicPartition
-
 from streams.errors import CheckpointError
-from streams.replay import ReplayPlan
+from streams.records import Partition
+from streams.replay_plan import ReplayPlan
 
 RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
@@ -48,7 +47,7 @@ class Checkpoint:
     path: Path
     run: dict[str, Any]
     plan: ReplayPlan
-    position: dict[TopicPartition, int] = field(default_factory=dict)
+    position: dict[Partition, int] = field(default_factory=dict)
     done: bool = False
     sink: dict[str, Any] | None = None
 
@@ -105,16 +104,17 @@ class Checkpoint:
             plan = ReplayPlan.from_json(data["plan"])
         except ValueError as exc:
             raise CheckpointError(f"checkpoint {path}: key 'plan': {exc}") from None
-        position: dict[TopicPartition, int] = {}
+        position: dict[Partition, int] = {}
         entries = data["position"]
         _expect(isinstance(entries, list), path, "position", entries, "a list")
         for entry in entries:
             ok = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
             ok = ok and type(entry[1]) is int and type(entry[2]) is int
-            tp = TopicPartition(entry[0], entry[1]) if ok else None
+            tp = Partition(entry[0], entry[1]) if ok else None
             ok = ok and tp in plan.end and plan.start[tp] <= entry[2] <= plan.end[tp]
             _expect(ok, path, "position", entry, "[topic, partition, offset] inside the plan")
-            position[tp] = entry[2]
+            if tp is not None:  # always, past _expect
+                position[tp] = entry[2]
         _expect(type(data["done"]) is bool, path, "done", data["done"], "true or false")
         sink = data.get("sink")
         _expect(sink is None or isinstance(sink, dict), path, "sink", sink, "an object or null")

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from aiokafka.errors import KafkaError
 
 from streams.acknowledger import Acknowledger, InFlight, retry_delays
 from streams.batcher import Batch, Batcher, Plan
 from streams.codec import Decoded
-from streams.errors import ModelError
+from streams.errors import DeliveryFailed, ModelError
 from streams.feeder import Feeder
 from streams.metrics import PipelineMetrics
 from streams.pipeline import Pipeline, Scored
@@ -170,7 +169,7 @@ class Dispatcher:
     async def _emit(self, scored: Scored) -> Awaitable[None]:
         try:
             return await self.pipeline.emit(scored)
-        except KafkaError as exc:
+        except DeliveryFailed as exc:
             # The broker is unreachable: the acknowledger re-sends these outputs until it is back.
             return _raise(exc)
 

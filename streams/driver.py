@@ -21,8 +21,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aiokafka.structs import TopicPartition
-
 from models.protocol import Runner
 from streams.acknowledger import Acknowledger
 from streams.batcher import IN_FLIGHT_BATCHES, QUEUED_BATCHES, Batcher
@@ -32,6 +30,7 @@ from streams.feeder import Feeder
 from streams.live_stats import LiveStats
 from streams.metrics import PipelineMetrics
 from streams.pipeline import Pipeline, wall_clock_ms
+from streams.records import Partition
 from streams.source import Progress, Source
 
 log = logging.getLogger(__name__)
@@ -135,10 +134,10 @@ class Driver:
             else:
                 await self.progress.commit()
 
-    async def release_partitions(self, revoked: set[TopicPartition]) -> None:
+    async def release_partitions(self, revoked: set[Partition]) -> None:
         """Before partitions move to another worker: forget their queued events, finish and
         commit the rest."""
-        gone = {(tp.topic, tp.partition) for tp in revoked}
+        gone = {(p.topic, p.partition) for p in revoked}
         dropped = self.batcher.drop_partitions(gone)
         async with self.dispatcher.lock:
             self.dispatcher.give_back()

@@ -15,7 +15,9 @@
     │   ├── ModelLoadError           (above)
     │   ├── PredictionCountError     the model returned another number of predictions than inputs
     │   └── ModelUnavailableError    retriable: the model fails on inputs it scored before
-    └── OutputRefused                the destination refused outputs for good: they become dead letters
+    ├── OutputRefused                the destination refused outputs for good: they become dead letters
+    └── DeliveryFailed               retriable: outputs were not acknowledged (the broker is away);
+                                     the driver sends them again, and commits nothing past them
 
 ``retriable`` is read where a caller chooses (as aiokafka's ``KafkaError.retriable``): a
 runner raising a retriable ``ModelError`` is not the inputs' fault, so the isolating scorer
@@ -33,7 +35,7 @@ engine's; ``models`` (otherwise torch and numpy only) imports its ``ModelError``
 here, which adds no dependency, and ``app`` its operator errors and the exit path.
 
 Raise operator errors before a command starts a Kafka consumer where possible, and stop
-consumers with ``streams.replay.stop_consumer``: aiokafka's ``CancelledError`` from stopping a
+consumers with ``streams.kafka.replay.stop_consumer``: aiokafka's ``CancelledError`` from stopping a
 consumer that had just started once replaced such an error in a ``finally``, and Faust ends a
 cancelled command with status 0 and nothing said.
 """
@@ -125,6 +127,13 @@ class OutputRefused(SluiceError):
     def __init__(self, refused: Sequence[tuple[OutputRecord, str]]) -> None:
         super().__init__(f"{len(refused)} output(s) refused, e.g. {refused[0][1] if refused else ''}")
         self.refused = list(refused)
+
+
+class DeliveryFailed(SluiceError):
+    """A sink could not deliver outputs this time (the broker is unreachable, a request timed
+    out): sending the same outputs again may succeed. The sink's own error is the cause."""
+
+    retriable = True
 
 
 @contextmanager

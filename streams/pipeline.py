@@ -39,7 +39,8 @@ class Sink(Protocol):
         """Hand over ``records`` (in order) and return an awaitable that completes when every
         one of them is durably acknowledged, or raises if any could not be delivered:
         ``OutputRefused`` for records the destination will never take (all the others are
-        then acknowledged), anything else for a failure worth retrying."""
+        then acknowledged), ``DeliveryFailed`` for a failure worth retrying (the driver sends
+        them again), anything else to stop."""
         ...
 
 

@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
 
+class Partition(NamedTuple):
+    """A partition of a topic: where an offset counts. The engine's own type, so its core needs
+    no Kafka client; the Kafka adapters convert at their edge."""
+
+    topic: str
+    partition: int
+
+
 class SourceRecord(Protocol):
     """One consumed record and its position in the log."""
 

@@ -2,8 +2,8 @@
 between the live worker and the backfill.
 
 - A ``Source`` hands out records in each partition's offset order: the consumer-group
-  member of the live worker (``streams.kafka_source``), or a bounded replay of history
-  (``streams.replay``), which ends (``exhausted``) at the end offsets it saw when it began.
+  member of the live worker (``streams.kafka.group_source``), or a bounded replay of history
+  (``streams.kafka.replay``), which ends (``exhausted``) at the end offsets it saw when it began.
 - A ``Progress`` is told about every batch whose outputs are acknowledged, in the order the
   batches were scored, and makes that durable when asked: the live worker commits offsets to
   its consumer group; the backfill writes a checkpoint.
@@ -14,9 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from aiokafka.structs import TopicPartition
-
-from streams.records import SourceRecord
+from streams.records import Partition, SourceRecord
 
 
 class Source(Protocol):
@@ -62,11 +60,11 @@ class Progress(Protocol):
         ...
 
 
-def next_offsets(records: Sequence[SourceRecord]) -> dict[TopicPartition, int]:
+def next_offsets(records: Sequence[SourceRecord]) -> dict[Partition, int]:
     """The offsets to resume from after ``records``: one past the last record of each partition.
 
     Each partition's records come in offset order (fetches and batches keep it), so the last
     one seen is the highest; were it ever not, this would resume earlier, never later.
     """
     last = {(r.topic, r.partition): r.offset for r in records}  # one dict store per record: this runs per event
-    return {TopicPartition(topic, partition): offset + 1 for (topic, partition), offset in last.items()}
+    return {Partition(topic, partition): offset + 1 for (topic, partition), offset in last.items()}

@@ -42,10 +42,10 @@ from streams.errors import (
     exit_on_operator_error,
 )
 from streams.file_sink import FileSink, FileState, check_target
-from streams.kafka_sink import KafkaSink
+from streams.kafka.replay import ReplaySource, plan_replay, start_consumer, stop_consumer
+from streams.kafka.sink import KafkaSink
 from streams.pipeline import PipelineTopics, Sink
 from streams.records import OutputRecord
-from streams.replay import plan_replay, start_consumer, stop_consumer
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -383,7 +383,7 @@ async def backfill_run(
             # A Parquet part is closed at each checkpoint: every 10 s keeps parts large enough to read fast.
             every_s = 0.0 if hook else (10.0 if Path(sink_target.target).suffix == ".parquet" else 1.0)
             summary = await run_backfill(
-                consumer,
+                ReplaySource(consumer, checkpoint.plan, checkpoint.position),
                 pipeline,
                 batcher,
                 checkpoint,

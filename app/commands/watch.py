@@ -12,9 +12,9 @@ from app.kafka_clients import connection, make_consumer
 from app.main import app, config
 from app.topics import check_broker, partitions_of
 from streams.errors import CommandLineError, TopicMissingError, exit_on_operator_error
+from streams.kafka.replay import start_consumer, stop_consumer
+from streams.kafka.undecodable import UNDECODABLE, reread_around_undecodable
 from streams.records import UndecodableRecord
-from streams.replay import start_consumer, stop_consumer
-from streams.undecodable import UNDECODABLE, reread_around_undecodable
 
 
 def latency_of(value: bytes | None) -> int:

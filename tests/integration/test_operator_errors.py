@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.replay import start_consumer, stop_consumer
+from streams.kafka.replay import start_consumer, stop_consumer
 from tests.integration.kafka_helpers import run_sluice, topics_for, unique, write_config
 
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from aiokafka.errors import KafkaConnectionError
-from aiokafka.structs import TopicPartition
 
 import streams.acknowledger
 from streams.acknowledger import Acknowledger, InFlight
 from streams.codec import EventSchema, TensorField
-from streams.group_commits import GroupCommits
+from streams.errors import DeliveryFailed
+from streams.kafka.group_commits import GroupCommits
 from streams.live_stats import LiveStats
 from streams.metrics import PipelineMetrics
 from streams.pipeline import Pipeline, PipelineTopics
-from streams.records import InputRecord, OutputRecord
+from streams.records import InputRecord, OutputRecord, Partition
 from tests.fakes import ListSink, RecordingProgress, SumRunner
 
 
@@ -67,7 +66,7 @@ async def test_outputs_the_broker_did_not_acknowledge_are_sent_again_before_the_
     acks = acknowledger(sink, progress)
     running = asyncio.create_task(acks.run())
     failed = asyncio.get_running_loop().create_future()
-    failed.set_exception(KafkaConnectionError("broker away"))
+    failed.set_exception(DeliveryFailed("KafkaConnectionError: broker away"))
     await acks.put(in_flight(7, failed))
     await asyncio.wait_for(acks.drain(), 5)
     assert [orjson.loads(r.value) for r in sink.records] == [{"offset": 7}], "re-sent once"
@@ -77,9 +76,9 @@ async def test_outputs_the_broker_did_not_acknowledge_are_sent_again_before_the_
 
 async def test_group_commits_keep_offsets_a_failed_commit_did_not_take():
     answers = [False, True]
-    committed: list[dict[TopicPartition, int]] = []
+    committed: list[dict[Partition, int]] = []
 
-    async def commit_offsets(offsets: dict[TopicPartition, int]) -> bool:
+    async def commit_offsets(offsets: dict[Partition, int]) -> bool:
         committed.append(dict(offsets))
         return answers.pop(0)
 
@@ -88,6 +87,6 @@ async def test_group_commits_keep_offsets_a_failed_commit_did_not_take():
     await commits.commit()
     commits.acknowledged([InputRecord("in", 1, 9, 0, None, None)], 1, 0)
     await commits.commit()
-    assert committed == [{TopicPartition("in", 0): 5}, {TopicPartition("in", 0): 5, TopicPartition("in", 1): 10}]
+    assert committed == [{Partition("in", 0): 5}, {Partition("in", 0): 5, Partition("in", 1): 10}]
     await commits.commit()
     assert len(committed) == 2, "nothing new: no commit"

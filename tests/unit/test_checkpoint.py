@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
 
 from streams.checkpoint import Checkpoint, checkpoint_path
 from streams.errors import CheckpointError
-from streams.replay import ReplayPlan
+from streams.records import Partition
+from streams.replay_plan import ReplayPlan
 
 
 @pytest.mark.parametrize("run_id", ["fraud-20261128-151421-491b4e", "a", "v1.2_b-3", "x" * 100])
@@ -28,7 +28,7 @@ def test_run_ids_that_are_not_plain_names_are_refused(tmp_path, run_id):
 
 
 def saved(tmp_path: Path) -> Path:
-    tp = TopicPartition("in", 0)
+    tp = Partition("in", 0)
     checkpoint = Checkpoint(
         tmp_path / "r.part1of1.json",
         {"id": "r", "pipeline": "p", "model": None, "sink": "kafka:out", "part": [1, 1]},
@@ -41,7 +41,7 @@ def saved(tmp_path: Path) -> Path:
 
 def test_a_checkpoint_reads_back_as_saved(tmp_path):
     loaded = Checkpoint.load(saved(tmp_path))
-    assert loaded.position == {TopicPartition("in", 0): 4}
+    assert loaded.position == {Partition("in", 0): 4}
     assert loaded.plan.remaining(loaded.position) == 6
     assert not loaded.done
     assert loaded.sink is None

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
 
 from app.cli import invoked_command, take_config_option, with_fast_loop
 from streams.checkpoint import Checkpoint
-from streams.replay import ReplayPlan
+from streams.records import Partition
+from streams.replay_plan import ReplayPlan
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_a_checkpoint_naming_what_the_command_line_refuses_is_refused_on_resume(
     state = tmp_path / "state"
     state.mkdir()
     run = {"id": "r1", "pipeline": "fraud", "model": None, "sink": "kafka:out", "part": [1, 1], key: value}
-    tp = TopicPartition("in", 0)
+    tp = Partition("in", 0)
     Checkpoint(state / "r1.part1of1.json", run, ReplayPlan({tp: 0}, {tp: 5})).save()
     result = run_cli("--config", str(config), "backfill", "--resume", "r1", "--state-dir", str(state))
     assert one_line_exit_2(result).startswith(f"sluice backfill: checkpoint {state / 'r1.part1of1.json'}: {says}")
@@ -212,7 +212,7 @@ def test_resume_refuses_options_that_would_change_the_run(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     run = {"id": "r1", "pipeline": "fraud", "model": None, "sink": "kafka:out", "part": [1, 1]}
-    tp = TopicPartition("in", 0)
+    tp = Partition("in", 0)
     Checkpoint(state / "r1.part1of1.json", run, ReplayPlan({tp: 0}, {tp: 5})).save()
     result = run_cli(
         "--config", str(config), "backfill", "--resume", "r1", "--sink", "kafka:x", "--state-dir", str(state)

@@ -6,7 +6,6 @@ import asyncio
 
 import orjson
 import pytest
-from aiokafka.structs import TopicPartition
 
 import streams.acknowledger
 from streams.batcher import Batcher, BatchPolicy
@@ -15,7 +14,7 @@ from streams.cost_model import CostModel
 from streams.driver import Driver
 from streams.errors import ModelUnavailableError
 from streams.pipeline import Pipeline, PipelineTopics
-from streams.records import InputRecord
+from streams.records import InputRecord, Partition
 from tests.fakes import GatedRunner, ListSink, ListSource, RecordingProgress, SumRunner, until
 
 SCHEMA = EventSchema(id_field="id", inputs=(TensorField("x", (2,)),))
@@ -164,7 +163,7 @@ async def test_revoked_partitions_are_committed_up_to_what_was_scored_and_their_
     driver, sink, progress, _ = make_driver(records, live=True, runner=runner, max_batch_size=16)
     running = asyncio.create_task(driver.run())
     await asyncio.wait_for(runner.entered.wait(), 10)  # batch 1 in the model, batch 2 decoded
-    revoking = asyncio.create_task(driver.release_partitions({TopicPartition("in", 1)}))
+    revoking = asyncio.create_task(driver.release_partitions({Partition("in", 1)}))
     await asyncio.sleep(0)
     assert not revoking.done(), "the revocation waits for the batch being scored"
     runner.gate.set()

@@ -28,12 +28,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from streams.records import SourceRecord, UndecodableRecord
-from streams.undecodable import UNDECODABLE, read_past_undecodable
+from streams.kafka.undecodable import UNDECODABLE, read_past_undecodable
+from streams.records import Partition, SourceRecord, UndecodableRecord
 
 log = logging.getLogger(__name__)
 
-RevokeHandler = Callable[[set[TopicPartition]], Awaitable[None]]
+RevokeHandler = Callable[[set[Partition]], Awaitable[None]]
 
 
 def _names(tps: Sequence[TopicPartition] | set[TopicPartition]) -> str:
@@ -47,7 +47,7 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         if revoked:
             log.info("partitions revoked: %s; finishing what is in flight for them", _names(revoked))
-            await self.source.on_revoke(set(revoked))
+            await self.source.on_revoke({Partition(tp.topic, tp.partition) for tp in revoked})
         for tp in revoked:
             self.source.fetched_up_to.pop(tp, None)
             self.source.committed.pop(tp, None)
@@ -56,7 +56,7 @@ class _Listener(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", _names(assigned))
 
 
-async def _nothing_in_flight(_: set[TopicPartition]) -> None:
+async def _nothing_in_flight(_: set[Partition]) -> None:
     return None
 
 
@@ -176,12 +176,13 @@ class KafkaBatchSource:
                 lag[(tp.topic, tp.partition)] = max(0, high - base)
         return lag
 
-    async def commit_offsets(self, offsets: dict[TopicPartition, int]) -> bool:
+    async def commit_offsets(self, next_offsets: dict[Partition, int]) -> bool:
         """Commit these next-offsets. True when done with them: committed, or the partitions went to
         another member (which scores those records again); False when the commit should be retried."""
         assigned = self.consumer.assignment()
         # Partitions already taken away were committed before they went (see on_revoke),
         # or will be redelivered to their new owner: never commit for another member.
+        offsets = {TopicPartition(*p): o for p, o in next_offsets.items()}
         offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
         if not offsets:
             return True

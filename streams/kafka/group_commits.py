@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from aiokafka.structs import TopicPartition
-
-from streams.records import SourceRecord
+from streams.records import Partition, SourceRecord
 from streams.source import next_offsets
 
 # Commits these next-offsets; False when they should be tried again with the next commit.
-CommitOffsets = Callable[[dict[TopicPartition, int]], Awaitable[bool]]
+CommitOffsets = Callable[[dict[Partition, int]], Awaitable[bool]]
 
 
 class GroupCommits:
@@ -26,7 +24,7 @@ class GroupCommits:
     def __init__(self, commit_offsets: CommitOffsets, *, interval_ms: float) -> None:
         self.commit_offsets = commit_offsets
         self.interval_s = interval_ms / 1000
-        self._committable: dict[TopicPartition, int] = {}
+        self._committable: dict[Partition, int] = {}
         # One commit at a time: the last one, at a revocation or a stop, waits for one the timer
         # started, so offsets that one took (and may have to put back) are not left behind.
         self._committing = asyncio.Lock()

@@ -11,58 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.errors import TopicMissingError
-from streams.records import SourceRecord
-from streams.undecodable import UNDECODABLE, reread_around_undecodable
+from streams.kafka.undecodable import UNDECODABLE, reread_around_undecodable
+from streams.records import Partition, SourceRecord
+from streams.replay_plan import ReplayPlan
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReplayPlan:
-    """Per partition: the first offset to read and the end offset snapshotted at start."""
-
-    start: dict[TopicPartition, int]
-    end: dict[TopicPartition, int]
-
-    @property
-    def total(self) -> int:
-        return sum(max(0, self.end[tp] - self.start[tp]) for tp in self.end)
-
-    def remaining(self, position: Mapping[TopicPartition, int]) -> int:
-        return sum(max(0, self.end[tp] - position.get(tp, self.start[tp])) for tp in self.end)
-
-    def to_json(self) -> dict[str, list[list[object]]]:
-        return {
-            "partitions": [[tp.topic, tp.partition, self.start[tp], self.end[tp]] for tp in sorted(self.end)],
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> ReplayPlan:
-        """The plan ``to_json`` wrote; ``ValueError`` saying what is wrong with anything else."""
-        entries = data.get("partitions") if isinstance(data, dict) else None
-        if not isinstance(entries, list):
-            raise ValueError("expected an object with a list 'partitions'")
-        start, end = {}, {}
-        for entry in entries:
-            if not (
-                isinstance(entry, list)
-                and len(entry) == 4
-                and isinstance(entry[0], str)
-                and entry[0]
-                and all(type(x) is int and x >= 0 for x in entry[1:])
-                and entry[2] <= entry[3]
-            ):
-                raise ValueError(f"partition {entry!r}: expected [topic, partition, start, end] with 0 <= start <= end")
-            tp = TopicPartition(entry[0], entry[1])
-            if tp in end:
-                raise ValueError(f"partition {entry[0]}[{entry[1]}] appears twice")
-            start[tp], end[tp] = entry[2], entry[3]
-        return cls(start, end)
 
 
 async def start_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -101,7 +58,10 @@ async def plan_replay(
         found = await consumer.offsets_for_times({tp: from_timestamp_ms for tp in partitions})
         for tp, at in found.items():
             start[tp] = at.offset if at is not None else end[tp]
-    return ReplayPlan(start=dict(start), end=dict(end))
+    return ReplayPlan(
+        start={Partition(tp.topic, tp.partition): at for tp, at in start.items()},
+        end={Partition(tp.topic, tp.partition): at for tp, at in end.items()},
+    )
 
 
 class ReplaySource:
@@ -109,20 +69,16 @@ class ReplaySource:
     plan's start) up to the plan's end, then ``exhausted``. Uses no consumer group."""
 
     def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        plan: ReplayPlan,
-        position: Mapping[TopicPartition, int],
-        *,
-        poll_ms: int = 1000,
+        self, consumer: AIOKafkaConsumer, plan: ReplayPlan, position: Mapping[Partition, int], *, poll_ms: int = 1000
     ) -> None:
         self.consumer = consumer
         self.plan = plan
         self.poll_ms = poll_ms
-        todo = {tp: position.get(tp, plan.start[tp]) for tp in plan.end}
+        todo = {p: position.get(p, plan.start[p]) for p in plan.end}
         # Per partition still to read: the first offset not yet handed out, to go back to if a
         # fetch cannot be decoded, and to tell the backlog.
-        self._upcoming = {tp: at for tp, at in todo.items() if at < plan.end[tp]}
+        self._upcoming = {TopicPartition(*p): at for p, at in todo.items() if at < plan.end[p]}
+        self._end = {TopicPartition(*p): at for p, at in plan.end.items()}
         self._assigned = False
 
     @property
@@ -130,10 +86,10 @@ class ReplaySource:
         return not self._upcoming
 
     def backlog(self) -> int:
-        return sum(self.plan.end[tp] - at for tp, at in self._upcoming.items())
+        return sum(self._end[tp] - at for tp, at in self._upcoming.items())
 
     def lag_by_partition(self) -> dict[tuple[str, int], int]:
-        return {(tp.topic, tp.partition): self.plan.end[tp] - at for tp, at in self._upcoming.items()}
+        return {(tp.topic, tp.partition): self._end[tp] - at for tp, at in self._upcoming.items()}
 
     async def keep_alive(self) -> list[SourceRecord]:
         return []  # no group to stay in
@@ -146,15 +102,14 @@ class ReplaySource:
             for tp, at in self._upcoming.items():
                 self.consumer.seek(tp, at)
             self._assigned = True
-        todo = list(self._upcoming)
         try:
-            fetched = await self.consumer.getmany(*todo, timeout_ms=self.poll_ms, max_records=max_records)
+            fetched = await self.consumer.getmany(*self._upcoming, timeout_ms=self.poll_ms, max_records=max_records)
         except UNDECODABLE as exc:
             log.warning("a fetch could not be decoded (%r); reading partition by partition to find the record", exc)
             fetched = await reread_around_undecodable(self.consumer, dict(self._upcoming), max_records, self.poll_ms)
         batch: list[SourceRecord] = []
         for tp, records in fetched.items():
-            end = self.plan.end[tp]
+            end = self._end[tp]
             batch.extend(r for r in records if r.offset < end)
             if records:
                 self._upcoming[tp] = records[-1].offset + 1
@@ -163,7 +118,7 @@ class ReplaySource:
         # A partition whose remaining records were deleted by retention or compaction
         # ends early: its position jumps past the snapshot.
         for tp in list(self._upcoming):
-            if await self.consumer.position(tp) >= self.plan.end[tp]:
+            if await self.consumer.position(tp) >= self._end[tp]:
                 self._finish(tp)
         return batch
 

@@ -37,7 +37,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from streams.errors import OutputRefused
+from streams.errors import DeliveryFailed, OutputRefused
 from streams.records import OutputRecord
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,15 @@ class KafkaSink:
         return count
 
     async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
+        """``streams.pipeline.Sink.send``: a Kafka error worth retrying, now or when awaiting the
+        acknowledgement, is raised as ``DeliveryFailed`` (the engine knows no Kafka client)."""
+        try:
+            acknowledged = await self._send(records)
+        except KafkaError as exc:
+            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
+        return _delivery_failed_on_kafka_errors(acknowledged)
+
+    async def _send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
         by_partition: dict[tuple[str, int | None], list[OutputRecord]] = {}
         refused: list[tuple[OutputRecord, str]] = []
         for record in records:
@@ -242,3 +251,10 @@ class KafkaSink:
         # Whatever the old producer still holds is flushed (or fails) before it closes; each
         # batch's own acknowledgement handles that.
         await old.stop()
+
+
+async def _delivery_failed_on_kafka_errors(acknowledged: Awaitable[None]) -> None:
+    try:
+        await acknowledged
+    except KafkaError as exc:
+        raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from exc
