@@ -22,10 +22,15 @@ import copy
 import importlib.util
 import os
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import IO, Any, NoReturn
 
 import click
+
+# When this process began running sluice (app.cli is the first of its modules any entry point
+# imports): the worker says how long it took to be ready, imports and start-up checks included.
+PROCESS_STARTED = time.monotonic()
 
 APP = "app.main"
 

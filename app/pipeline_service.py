@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -22,6 +23,7 @@ from app.build import (
     build_runner,
     settle_garbage_collector,
 )
+from app.cli import PROCESS_STARTED
 from app.config import Config, PipelineConfig
 from app.kafka_clients import connection, make_consumer
 from models.loading import LoadedModel, ModelSpec, load_model
@@ -61,19 +63,31 @@ class PipelineService(Service):
         self._sink: KafkaSink | None = None
         self._runner: TorchRunner | None = None
         self._crashing: asyncio.Future[None] | None = None
+        self._source: KafkaBatchSource | None = None
+        self._announce: asyncio.Task[None] | None = None
 
     @property
     def shortlabel(self) -> str:
         return f"Pipeline[{self.pipeline_config.name}]"
 
+    @property
+    def ready(self) -> bool:
+        """Scoring: the model is warm and the group gave this worker its partitions."""
+        return self._source is not None and self._source.joined.is_set()
+
+    def assigned_partitions(self) -> int:
+        return len(self._consumer.assignment()) if self._consumer is not None and self.ready else 0
+
     async def on_start(self) -> None:
         p = self.pipeline_config
         conn = connection(self.config)
+        started = time.monotonic()
         # The worker's preflight (app.main) checked the broker and the topics already.
         loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
         self._model = None  # the runner holds the module now; a swap must be able to free it
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner
+        warm = time.monotonic()
         sink = await build_kafka_sink(conn, [p.output_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}")
         self._sink = sink
         self._consumer = make_consumer(
@@ -86,6 +100,7 @@ class PipelineService(Service):
         )
         await sink.start()
         source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms)
+        self._source = source
         self.driver = Driver(
             source,
             build_pipeline(p, runner, sink, "live"),
@@ -101,6 +116,7 @@ class PipelineService(Service):
         settle_garbage_collector()
         self._run_task = asyncio.create_task(self.driver.run(), name=f"sluice-live-{p.name}")
         self._run_task.add_done_callback(self._on_loop_done)
+        self._announce = asyncio.create_task(self._announce_ready(started, warm), name=f"sluice-ready-{p.name}")
         log.info(
             "pipeline %s: scoring %s -> %s with model %s v%s (group %s, budget %.0f ms, batches up to %d)",
             p.name,
@@ -111,6 +127,23 @@ class PipelineService(Service):
             p.group_id,
             p.latency_budget_ms,
             p.max_batch_size,
+        )
+
+    async def _announce_ready(self, started: float, warm: float) -> None:
+        """Say what the first seconds cost, apart from serving: events that arrive before this line
+        wait for the model's warm-up and the group join, not for the batcher."""
+        assert self._source is not None
+        await self._source.joined.wait()
+        now = time.monotonic()
+        log.info(
+            "pipeline %s: ready: %d partition(s) assigned, %.1fs after the worker started (imports, model "
+            "loading and start-up checks %.1fs, model warm-up %.1fs, producer and group join %.1fs)",
+            self.pipeline_config.name,
+            self.assigned_partitions(),
+            now - PROCESS_STARTED,
+            started - PROCESS_STARTED,
+            warm - started,
+            now - warm,
         )
 
     async def swap_model(self, spec: ModelSpec) -> tuple[str, str]:
@@ -151,6 +184,8 @@ class PipelineService(Service):
             self._crashing = asyncio.ensure_future(self.crash(task.exception()))  # type: ignore[arg-type]
 
     async def on_stop(self) -> None:
+        if self._announce is not None:
+            self._announce.cancel()
         if self.driver is not None and self._run_task is not None and not self._run_task.done():
             self.driver.stop()
             try:

@@ -94,6 +94,18 @@ def register_endpoints(
         async def get(self, request: Request) -> Response:
             return self.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    @app.page("/ready")
+    class Ready(View):
+        """200 once every pipeline scores (model warm, partitions assigned), else 503: a readiness
+        probe, and what a load generator waits for before it starts."""
+
+        async def get(self, request: Request) -> Response:
+            pipelines = {
+                name: {"ready": s.ready, "partitions": s.assigned_partitions()} for name, s in services.items()
+            }
+            ready = all(p["ready"] for p in pipelines.values())
+            return self.json({"ready": ready, "pipelines": pipelines}, status=200 if ready else 503)
+
     refused = ThrottledWarning(log)
 
     @app.page("/pipelines/{pipeline}/model")

@@ -20,6 +20,7 @@ batch again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,6 +55,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned: %s", _names(assigned))
+        self.source.joined.set()
 
 
 async def _nothing_in_flight(_: set[Partition]) -> None:
@@ -76,6 +78,9 @@ class KafkaBatchSource:
         self.committed: dict[TopicPartition, int] = {}
         # Records skipped because they could not be decoded, since this source was made.
         self.undecodable = 0
+        # Set once the group gave this member its partitions (none, with more members than
+        # partitions): from then on it scores whatever arrives for them.
+        self.joined = asyncio.Event()
 
     def subscribe(self, on_revoke: RevokeHandler) -> None:
         """Join the group; ``on_revoke`` runs before partitions go to another member, to finish

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+
 from tests.integration.kafka_helpers import free_port, running_worker, topics_for, unique, write_config
 
 
@@ -43,3 +45,14 @@ async def test_malformed_or_wrong_tokens_get_401_and_a_bounded_log(kafka, tmp_pa
     # One warning per minute at most: 53 refusals in far less than a minute would log once,
     # but the check is only that the log does not grow with each request.
     assert 1 <= refusals < 10, f"{refusals} warnings for {len(statuses)} refused requests"
+
+
+async def test_the_worker_says_it_is_ready_once_its_partitions_are_assigned(kafka, tmp_path):
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="rdy", partitions=2, **topics_for(unique("rdy")))
+    port, log = free_port(), tmp_path / "worker.log"
+    with running_worker(config, log, ready_text="partitions assigned: ", web_port=port):
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ready") as response:
+            assert response.status == 200
+            assert await response.json() == {"ready": True, "pipelines": {"rdy": {"ready": True, "partitions": 2}}}
+    # What the first seconds cost, said apart from serving.
+    assert "pipeline rdy: ready: 2 partition(s) assigned" in log.read_text()
