@@ -1,31 +1,49 @@
-"""JSON events in, tensors out; predictions in, JSON records out. Whole batches at a time.
+"""JSON events in, tensors out; predictions in, JSON records out (``streams.encode``, whose
+functions are imported from here too). Whole batches at a time.
 
-Decoding has a fast path and a careful path. The fast path parses every value with
-orjson and builds each input tensor with one ``np.array`` call over the batch; when
-anything in the batch is wrong (a record that is not JSON, a missing field, a ragged
-feature vector) it falls back to checking records one by one, so the valid records of
-a batch are still scored and each bad one gets its own reason.
+Decoding has a fast path and a careful path. The fast path (``streams.fast_decode``) reads
+each value with a msgspec decoder generated from the schema, which builds only the id and
+the input fields (every other field is skipped) and flattens the numbers into one array
+per input. It vouches only for events the careful path would score, with the same id and
+tensors bit for bit; every other event of the batch (not JSON, a missing field, a ragged
+feature vector, anything where msgspec and orjson could disagree) is handed to the careful
+path (``streams.careful_decode``), which checks it alone with orjson and names what is
+wrong with it. So the valid records of a batch are still scored, each bad one gets its own
+reason, and the careful path is the reference for both.
 
 Both paths apply one rule, so whether an event is scored never depends on its neighbours
 (live and backfill batch the same events differently): a feature is a JSON number, or
 ``true``/``false`` read as 1/0, converted as a double and then to float32. Strings (even
-numeric ones), nulls and objects are ``WrongType``. The fast path lets numpy infer the
-type of the whole batch and accepts only a numeric or boolean result; anything else sends
-the batch to the careful path, which checks each value the same way.
+numeric ones), nulls and objects are ``WrongType``.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-import orjson
 
-from streams.records import OutputRecord, SourceRecord, UndecodableRecord
+from streams.careful_decode import decode_each
+from streams.encode import encode_predictions, position_key
+from streams.fast_decode import FastDecoder
+from streams.records import SourceRecord, UndecodableRecord
+
+__all__ = [
+    "MAX_DECODE_BYTES",
+    "Decoded",
+    "EventSchema",
+    "Reject",
+    "TensorField",
+    "decode",
+    "encode_predictions",
+    "fast_decoder",
+    "position_key",
+]
 
 
 @dataclass(frozen=True)
@@ -71,13 +89,6 @@ class Decoded:
         return int(self.rows.shape[0])
 
 
-class _BadEvent(Exception):
-    def __init__(self, error: str, message: str) -> None:
-        super().__init__(message)
-        self.error = error
-        self.message = message
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     # Decoding allocates many short-lived lists and floats; letting the cyclic GC scan
@@ -94,11 +105,6 @@ def _gc_paused() -> Iterator[None]:
 # The most value bytes parsed at once. Parsed JSON can take far more memory than its text
 # (nested empty arrays cost ~30x), so a batch of maximum-size events is decoded in slices.
 MAX_DECODE_BYTES = 8 << 20
-
-# What numpy may infer for a batch of features that the careful path would also accept:
-# booleans, integers (signed or not) and floats. Strings infer as "U", nulls and ragged
-# or too-large integers as "O": those batches take the careful path.
-_NUMERIC_KINDS = frozenset("biuf")
 
 
 def decode(records: Sequence[SourceRecord], schema: EventSchema, exclude: Sequence[Reject] = ()) -> Decoded:
@@ -122,10 +128,7 @@ def decode(records: Sequence[SourceRecord], schema: EventSchema, exclude: Sequen
     if len(slices) > 1:
         return _concatenate([(start, decode(records[start:stop], schema)) for start, stop in slices], schema)
     with _gc_paused():
-        try:
-            return _decode_fast(records, schema)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, _BadEvent):
-            return _decode_careful(records, schema)
+        return _decode_fast(records, schema)
 
 
 def _byte_bounded_slices(records: Sequence[SourceRecord]) -> list[tuple[int, int]]:
@@ -158,224 +161,54 @@ def _concatenate(parts: list[tuple[int, Decoded]], schema: EventSchema) -> Decod
     )
 
 
-def _as_float32(values: Any) -> np.ndarray:
-    """Numbers (or booleans) to float32, always through a double: the same result whether an
-    event is converted alone or inside a batch. Values beyond float32's range become inf,
-    which the finite check rejects."""
-    with np.errstate(over="ignore"):
-        return np.asarray(values, dtype=np.float64).astype(np.float32)
+@functools.lru_cache(maxsize=64)
+def fast_decoder(schema: EventSchema) -> FastDecoder | None:
+    """The msgspec decoder of ``schema``'s fields, or None where one struct cannot hold them
+    (an input read from the id field, or one field read twice): the careful path decodes those."""
+    names = [schema.id_field, *(spec.field for spec in schema.inputs)]
+    if len(set(names)) < len(names):
+        return None
+    return FastDecoder(schema.id_field, [(spec.field, spec.shape) for spec in schema.inputs])
 
 
 def _decode_fast(records: Sequence[SourceRecord], schema: EventSchema) -> Decoded:
-    values = [r.value for r in records]
-    if any(v is None or len(v) > schema.max_payload_bytes for v in values):
-        raise _BadEvent("", "")
-    docs = [orjson.loads(v) for v in values]  # type: ignore[arg-type]
-    ids = [d[schema.id_field] for d in docs]
-    if not all(type(i) is str or type(i) is int for i in ids):
-        raise _BadEvent("", "")
-    n = len(docs)
-    inputs = []
-    for spec in schema.inputs:
-        inferred = np.array([d[spec.field] for d in docs])
-        if inferred.dtype.kind not in _NUMERIC_KINDS or inferred.shape != (n, *spec.shape):
-            raise _BadEvent("", "")
-        inputs.append(_as_float32(inferred))
-    finite = np.ones(n, dtype=bool)
-    for array in inputs:
-        finite &= np.isfinite(array.reshape(n, -1)).all(axis=1)
-    if not finite.all():
-        raise _BadEvent("", "")
-    return Decoded(rows=np.arange(n), ids=ids, inputs=inputs)
+    fast = fast_decoder(schema)
+    if fast is None:
+        return _decode_careful(records, schema)
+    tried, values = _tried(records, schema.max_payload_bytes)
+    positions, ids, inputs = fast.decode(values)
+    rows = [tried[p] for p in positions]
+    if len(rows) == len(records):
+        return Decoded(rows=np.arange(len(rows)), ids=ids, inputs=inputs)
+    # The events the fast path did not vouch for, decided one by one by the careful path.
+    scored = set(rows)
+    rest = [i for i in range(len(records)) if i not in scored]
+    careful = _decode_careful([records[i] for i in rest], schema)
+    rejects = [Reject(rest[r.index], r.error, r.message) for r in careful.rejects]
+    if not len(careful):
+        return Decoded(rows=np.asarray(rows, dtype=np.int64), ids=ids, inputs=inputs, rejects=rejects)
+    merged = np.concatenate([np.asarray(rows, dtype=np.int64), np.asarray(rest, dtype=np.int64)[careful.rows]])
+    order = np.argsort(merged, kind="stable")
+    both_ids = ids + careful.ids
+    return Decoded(
+        rows=merged[order],
+        ids=[both_ids[i] for i in order.tolist()],
+        inputs=[np.concatenate([a, b])[order] for a, b in zip(inputs, careful.inputs, strict=True)],
+        rejects=rejects,
+    )
+
+
+def _tried(records: Sequence[SourceRecord], limit: int) -> tuple[list[int], list[bytes]]:
+    """The indices and values of the records the fast path may try: a value that is present,
+    not empty and within the size limit (the careful path names the others' faults)."""
+    values = [None if type(r) is UndecodableRecord else r.value for r in records]
+    lengths = [0 if v is None else len(v) for v in values]
+    if min(lengths, default=0) > 0 and max(lengths) <= limit:
+        return list(range(len(values))), cast(list[bytes], values)
+    tried = [i for i, length in enumerate(lengths) if 0 < length <= limit]
+    return tried, [cast(bytes, values[i]) for i in tried]
 
 
 def _decode_careful(records: Sequence[SourceRecord], schema: EventSchema) -> Decoded:
-    rows: list[int] = []
-    ids: list[Any] = []
-    columns: list[list[np.ndarray]] = [[] for _ in schema.inputs]
-    rejects: list[Reject] = []
-    for index, record in enumerate(records):
-        try:
-            if type(record) is UndecodableRecord:
-                raise _BadEvent("Undecodable", f"the consumer could not decode the record's batch: {record.reason}")
-            event_id, arrays = decode_one(record.value, schema)
-        except _BadEvent as bad:
-            rejects.append(Reject(index, bad.error, bad.message))
-            continue
-        rows.append(index)
-        ids.append(event_id)
-        for column, array in zip(columns, arrays, strict=True):
-            column.append(array)
-    inputs = [
-        np.stack(column) if column else np.empty((0, *spec.shape), dtype=np.float32)
-        for column, spec in zip(columns, schema.inputs, strict=True)
-    ]
-    return Decoded(rows=np.asarray(rows, dtype=np.int64), ids=ids, inputs=inputs, rejects=rejects)
-
-
-def decode_one(value: bytes | None, schema: EventSchema) -> tuple[Any, list[np.ndarray]]:
-    """Decode one event or raise ``_BadEvent`` saying exactly what is wrong with it."""
-    if value is None:
-        raise _BadEvent("Tombstone", "the record has no value (a tombstone)")
-    if len(value) == 0:
-        raise _BadEvent("EmptyValue", "the record's value is empty")
-    if len(value) > schema.max_payload_bytes:
-        raise _BadEvent("PayloadTooLarge", f"the value is {len(value)} bytes; the limit is {schema.max_payload_bytes}")
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise _BadEvent("InvalidJSON", f"the value is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise _BadEvent("NotAnObject", f"the value is JSON {type(doc).__name__}, expected an object")
-    if schema.id_field not in doc:
-        raise _BadEvent("MissingField", f"field {schema.id_field!r} (the event id) is missing")
-    event_id = doc[schema.id_field]
-    if type(event_id) is not str and type(event_id) is not int:
-        raise _BadEvent("WrongType", f"field {schema.id_field!r} must be a string or an integer")
-    arrays = []
-    for spec in schema.inputs:
-        if spec.field not in doc:
-            raise _BadEvent("MissingField", f"field {spec.field!r} is missing")
-        value_of_field = doc[spec.field]
-        try:
-            raw = np.asarray(value_of_field)
-        except ValueError:
-            raise _BadEvent(
-                "WrongShape", f"field {spec.field!r} is ragged, expected shape {list(spec.shape)}"
-            ) from None
-        if raw.dtype.kind not in _NUMERIC_KINDS and not (raw.dtype.kind == "O" and _only_numbers(value_of_field)):
-            raise _BadEvent("WrongType", f"field {spec.field!r} must hold only numbers, shape {list(spec.shape)}")
-        if raw.shape != spec.shape:
-            raise _BadEvent(
-                "WrongShape",
-                f"field {spec.field!r} has shape {list(raw.shape)}, expected {list(spec.shape)}",
-            )
-        try:
-            array = _as_float32(value_of_field)
-        except OverflowError:
-            raise _BadEvent("NonFinite", f"field {spec.field!r} holds a number beyond float32's range") from None
-        if not np.isfinite(array).all():
-            raise _BadEvent("NonFinite", f"field {spec.field!r} holds NaN or infinity")
-        arrays.append(array)
-    return event_id, arrays
-
-
-def _only_numbers(value: Any) -> bool:
-    """True for a number, a boolean, or nested lists of them: integers too large for numpy's
-    integer types infer as objects, and are still numbers."""
-    if type(value) in (int, float, bool):
-        return True
-    return type(value) is list and all(_only_numbers(v) for v in value)
-
-
-def position_key(record: SourceRecord) -> bytes:
-    return f"{record.topic}:{record.partition}:{record.offset}".encode()
-
-
-def encode_predictions(
-    records: Sequence[SourceRecord],
-    decoded: Decoded,
-    predictions: np.ndarray,
-    *,
-    topic: str,
-    model_name: str,
-    model_version: str,
-    now_ms: int,
-    key_by_position: bool = False,
-    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]] | None = None,
-) -> list[OutputRecord]:
-    """One JSON output per scored record, keyed like its input so per-key order holds downstream,
-    or by its source position (``topic:partition:offset``), so that scoring the same record
-    again writes the same key (a backfill re-run overwrites on a compacted topic). Each output
-    carries ``headers_of(record)`` as its headers (none by default)."""
-    encode = _encode_scalars if predictions.ndim == 1 and np.isfinite(predictions).all() else _encode_general
-    return encode(
-        records,
-        decoded,
-        predictions.tolist(),
-        topic,
-        model_name,
-        model_version,
-        now_ms,
-        key_by_position,
-        headers_of or _no_headers,
-    )
-
-
-def _no_headers(record: SourceRecord) -> Sequence[tuple[str, bytes]]:
-    return ()
-
-
-def _encode_scalars(
-    records: Sequence[SourceRecord],
-    decoded: Decoded,
-    values: list[float],
-    topic: str,
-    model_name: str,
-    model_version: str,
-    now_ms: int,
-    key_by_position: bool,
-    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
-) -> list[OutputRecord]:
-    # One float per event, the common case, and this runs once per event: filling bytes
-    # templates is about 3x faster than building and serialising a dict per event. The
-    # constant parts are serialised by orjson once per batch, so names are escaped as before.
-    dumps = orjson.dumps
-    model = (dumps(model_name) + b',"model_version":' + dumps(model_version)).replace(b"%", b"%%")
-    template = (
-        b'{"id":%b,"prediction":%r,"model":' + model + b',"source":{"topic":%b,"partition":%d,"offset":%d},'
-        b'"event_ts":%d,"latency_ms":%d}'
-    )
-    topic_json: dict[str, bytes] = {}
-    topic_key: dict[str, bytes] = {}
-    out = []
-    for row, event_id, prediction in zip(decoded.rows.tolist(), decoded.ids, values, strict=True):
-        record = records[row]
-        source = record.topic
-        if source not in topic_json:
-            topic_json[source] = dumps(source)
-            topic_key[source] = source.encode().replace(b"%", b"%%") + b":%d:%d"
-        partition, offset, timestamp = record.partition, record.offset, record.timestamp
-        body = template % (
-            dumps(event_id),
-            prediction,
-            topic_json[source],
-            partition,
-            offset,
-            timestamp,
-            now_ms - timestamp,
-        )
-        key = topic_key[source] % (partition, offset) if key_by_position else record.key
-        out.append(OutputRecord(topic, key, body, partition, headers_of(record)))
-    return out
-
-
-def _encode_general(
-    records: Sequence[SourceRecord],
-    decoded: Decoded,
-    values: list[Any],
-    topic: str,
-    model_name: str,
-    model_version: str,
-    now_ms: int,
-    key_by_position: bool,
-    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
-) -> list[OutputRecord]:
-    # Several outputs per event, or NaN/inf (which orjson writes as null): a dict per event.
-    out = []
-    for row, event_id, prediction in zip(decoded.rows.tolist(), decoded.ids, values, strict=True):
-        record = records[row]
-        body = orjson.dumps(
-            {
-                "id": event_id,
-                "prediction": prediction,
-                "model": model_name,
-                "model_version": model_version,
-                "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-                "event_ts": record.timestamp,
-                "latency_ms": now_ms - record.timestamp,
-            }
-        )
-        key = position_key(record) if key_by_position else record.key
-        out.append(OutputRecord(topic, key, body, record.partition, headers_of(record)))
-    return out
+    rows, ids, inputs, rejects = decode_each(records, schema)
+    return Decoded(rows=np.asarray(rows, dtype=np.int64), ids=ids, inputs=inputs, rejects=[Reject(*r) for r in rejects])

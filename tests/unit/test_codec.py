@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 
 import numpy as np
 import orjson
@@ -10,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import codec
+from streams.careful_decode import decode_one
 from streams.codec import EventSchema, TensorField, decode, encode_predictions, position_key
 from streams.records import InputRecord
 
@@ -233,3 +236,294 @@ def test_a_batch_bigger_than_the_decode_bound_is_decoded_in_slices_with_the_same
     assert [r.index for r in sliced.rejects] == [4]
     for a, b in zip(sliced.inputs, whole.inputs, strict=True):
         assert np.array_equal(a, b)
+
+
+# The fast path (streams.fast_decode, msgspec) against the careful path (decode_one, orjson),
+# the reference: the fast path may only vouch for an event the careful path scores, with the
+# same id (type and value) and the same tensors bit for bit. Anything else it hands back.
+
+
+# The schema of the cases below: SCHEMA's fields, with room for values nested a thousand deep.
+ROOMY = EventSchema(SCHEMA.id_field, SCHEMA.inputs, max_payload_bytes=1 << 20)
+
+
+def vouched(values: list[bytes], schema: EventSchema = ROOMY) -> list[int]:
+    """The positions of ``values`` the fast path vouches for, each checked against the careful path."""
+    fast = codec.fast_decoder(schema)
+    assert fast is not None
+    positions, ids, inputs = fast.decode(values)
+    assert len(ids) == len(positions) and all(len(a) == len(positions) for a in inputs)
+    for row, position in enumerate(positions):
+        event_id, arrays = decode_one(values[position], schema)  # raises if the careful path rejects it
+        assert type(ids[row]) is type(event_id) and ids[row] == event_id, values[position]
+        for batched, single in zip(inputs, arrays, strict=True):
+            assert batched[row].tobytes() == single.tobytes(), values[position]
+    return positions
+
+
+def outcome(value: bytes | None, schema: EventSchema = ROOMY) -> str:
+    """What ``decode`` makes of one value: "scored", or the reject's kind; the same inside a batch."""
+    decoded = decode([record(0, value)], schema)
+    alone = "scored" if len(decoded) else decoded.rejects[0].error
+    neighbours = [orjson.dumps(event(7)), value, orjson.dumps(event(8))]
+    batch = decode([record(i, v) for i, v in enumerate(neighbours)], schema)
+    assert batch.ids[0] == "e7" and batch.ids[-1] == "e8"
+    assert ("scored" if 1 in batch.rows.tolist() else batch.rejects[0].error) == alone
+    return alone
+
+
+def test_the_fast_path_vouches_for_every_demo_event_of_both_models():
+    from app.demo_events import demo_events
+
+    values = [e.value for e in demo_events(64, seed=9)]
+    for shapes in (((32,),), ((32,), (16, 4))):
+        schema = EventSchema(
+            "id", tuple(TensorField(f, s) for f, s in zip(("features", "history"), shapes, strict=False))
+        )
+        assert vouched(values, schema) == list(range(64))
+
+
+def test_the_fast_path_reads_events_whose_text_only_looks_like_big_numbers():
+    # An exponent counts only in a number: hex and base32 ids, and prose, are not handed back.
+    ids = ["550e8400-e29b-41d4-a716-446655440000", "01HXE123ZZE999", "9e123", "e100"]
+    values = [orjson.dumps(event(0, id=i, note="model-e999 v2e100")) for i in ids]
+    assert vouched(values) == [0, 1, 2, 3]
+
+
+E = b'"id":"x","features":[1,2,3],"history":[[1,2],[3,4]]'
+EDGE_CASES: list[tuple[str, bytes, str]] = [
+    ("booleans are 1 and 0", b'{"id":"x","features":[true,false,1],"history":[[1,2],[3,4]]}', "scored"),
+    ("numeric strings", b'{"id":"x","features":["1",2,3],"history":[[1,2],[3,4]]}', "WrongType"),
+    ("null feature", b'{"id":"x","features":[null,2,3],"history":[[1,2],[3,4]]}', "WrongType"),
+    ("integers beyond int64", b'{"id":"x","features":[18446744073709551615,-1,0],"history":[[1,2],[3,4]]}', "scored"),
+    ("integers beyond uint64", b'{"id":"x","features":[1' + b"0" * 30 + b',-1,0],"history":[[1,2],[3,4]]}', "scored"),
+    ("negative zero integer", b'{"id":"x","features":[-0,-0.0,0],"history":[[-0,2],[3,4]]}', "scored"),
+    ("subnormal and underflow", b'{"id":"x","features":[5e-324,1e-400,1e-45],"history":[[1,2],[3,4]]}', "scored"),
+    ("beyond float32", b'{"id":"x","features":[3.5e38,1,1e39],"history":[[1,2],[3,4]]}', "NonFinite"),
+    ("beyond a double, read", b'{"id":"x","features":[1e400,1,2],"history":[[1,2],[3,4]]}', "InvalidJSON"),
+    ("beyond a double, unread", b"{" + E + b',"other":1e400}', "InvalidJSON"),
+    ("beyond a double, unread integer", b"{" + E + b',"other":1' + b"0" * 400 + b"}", "InvalidJSON"),
+    ("just under a double's maximum, unread", b"{" + E + b',"other":1.7976931348623157e308}', "scored"),
+    ("big exponent in an unread string", b"{" + E + b',"other":"e999 and 1' + b"2" * 300 + b'"}', "scored"),
+    ("id at int64's minimum", b'{"id":-9223372036854775808,"features":[1,2,3],"history":[[1,2],[3,4]]}', "scored"),
+    ("id at uint64's maximum", b'{"id":18446744073709551615,"features":[1,2,3],"history":[[1,2],[3,4]]}', "scored"),
+    (
+        "id beyond uint64 (a float)",
+        b'{"id":18446744073709551616,"features":[1,2,3],"history":[[1,2],[3,4]]}',
+        "WrongType",
+    ),
+    (
+        "id beyond int64 (a float)",
+        b'{"id":-9223372036854775809,"features":[1,2,3],"history":[[1,2],[3,4]]}',
+        "WrongType",
+    ),
+    ("boolean id", b'{"id":true,"features":[1,2,3],"history":[[1,2],[3,4]]}', "WrongType"),
+    ("float id", b'{"id":1.0,"features":[1,2,3],"history":[[1,2],[3,4]]}', "WrongType"),
+    ("duplicate id, last wins", b"{" + E + b',"id":null}', "WrongType"),
+    ("duplicate features, last wins", b"{" + E + b',"features":[1,2]}', "WrongShape"),
+    ("duplicate features, last valid", b'{"id":"x","features":["a"],' + E[9:] + b"}", "scored"),
+    ("escaped key", b'{"\\u0069d":"x","f\\u0065atures":[1,2,3],"history":[[1,2],[3,4]]}', "scored"),
+    ("escaped duplicate key", b"{" + E + b',"f\\u0065atures":[4,5,6]}', "scored"),
+    ("non-ASCII id", '{"id":"naïve ☃ 𝄞","features":[1,2,3],"history":[[1,2],[3,4]]}'.encode(), "scored"),
+    ("escaped surrogate pair", b"{" + E + b',"other":"\\ud834\\udd1e"}', "scored"),
+    ("lone escaped surrogate, unread", b"{" + E + b',"other":"\\ud800"}', "InvalidJSON"),
+    ("not UTF-8, unread", b"{" + E + b',"other":"\xff"}', "InvalidJSON"),
+    ("UTF-8 surrogate, unread", b"{" + E + b',"other":"\xed\xa0\x80"}', "InvalidJSON"),
+    ("overlong UTF-8, unread", b"{" + E + b',"other":"\xc0\x80"}', "InvalidJSON"),
+    ("beyond U+10FFFF, unread", b"{" + E + b',"other":"\xf4\x90\x80\x80"}', "InvalidJSON"),
+    ("noncharacter U+FFFF, unread", b"{" + E + b',"other":"\xef\xbf\xbf"}', "scored"),
+    ("control character, unread", b"{" + E + b',"other":"a\x01"}', "InvalidJSON"),
+    ("bad literal, unread", b"{" + E + b',"other":tru}', "InvalidJSON"),
+    ("trailing comma, unread", b"{" + E + b',"other":[1,]}', "InvalidJSON"),
+    ("form feed is not whitespace", b"{" + E + b',\x0c"other":1}', "InvalidJSON"),
+    ("whitespace everywhere", b' \t{ "id" : "x" ,\n"features":[ 1 , 2 ,3 ],\r"history":[[1,2],[3,4]] }\n', "scored"),
+    ("byte order mark", b"\xef\xbb\xbf{" + E + b"}", "InvalidJSON"),
+    ("trailing content", b"{" + E + b"} {}", "InvalidJSON"),
+    ("nesting orjson accepts", b"{" + E + b',"other":' + b"[" * 1023 + b"]" * 1023 + b"}", "scored"),
+    ("nesting orjson refuses", b"{" + E + b',"other":' + b"[" * 1024 + b"]" * 1024 + b"}", "InvalidJSON"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), [c[1:] for c in EDGE_CASES], ids=[c[0] for c in EDGE_CASES])
+def test_where_msgspec_and_orjson_differ_the_careful_path_decides(value, expected):
+    assert outcome(value) == expected
+    vouched([value])
+
+
+def test_nesting_orjson_refuses_is_refused_even_with_a_raised_recursion_limit():
+    deep = b"{" + E + b',"other":' + b"[" * 1500 + b"]" * 1500 + b"}"
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        assert vouched([deep]) == []
+        assert outcome(deep) == "InvalidJSON"
+    finally:
+        sys.setrecursionlimit(previous)
+
+
+def test_booleans_and_integers_are_read_as_the_careful_path_reads_them():
+    value = b'{"id":7,"features":[true,false,18446744073709551615],"history":[[-0,1e-400],[2,123456789012345678]]}'
+    assert vouched([value]) == [0]
+    decoded = decode([record(0, value)], ROOMY)
+    assert decoded.ids == [7]
+    assert decoded.inputs[0][0].tolist() == [1.0, 0.0, float(np.float32(2.0**64))]
+    assert decoded.inputs[1][0].tobytes() == np.array([[0, 0], [2, 123456789012345678]], dtype=np.float32).tobytes()
+
+
+def test_events_the_fast_path_hands_back_are_merged_in_batch_order():
+    docs = [orjson.dumps(event(i)) for i in range(6)]
+    docs[1] = b'{"id":"e1","features":[1e-100,2,3],"history":[[1,2],[3,4]]}'  # scored, by the careful path
+    docs[3] = orjson.dumps(event(3, features=["x", 1, 2]))  # rejected
+    docs[4] = b'{"id":"e4","features":[4,5,6],"history":[[1,2],[3,4]],"note":"\\u00e9 1e400"}'  # careful, scored
+    decoded = decode([record(i, v) for i, v in enumerate(docs)], SCHEMA)
+    assert decoded.rows.tolist() == [0, 1, 2, 4, 5]
+    assert decoded.ids == ["e0", "e1", "e2", "e4", "e5"]
+    assert [(r.index, r.error) for r in decoded.rejects] == [(3, "WrongType")]
+    for row, index in enumerate(decoded.rows.tolist()):
+        alone = decode([record(0, docs[index])], SCHEMA)
+        for batched, single in zip(decoded.inputs, alone.inputs, strict=True):
+            assert batched[row].tobytes() == single[0].tobytes()
+
+
+def test_a_batch_of_many_chunks_hands_back_exactly_the_events_it_must():
+    # The fast path checks text a chunk of values at a time, and a chunk with a hit value by value.
+    values = [orjson.dumps(event(i)) for i in range(300)]
+    odd = {
+        5: b"{" + E + b',"other":1e400}',  # InvalidJSON
+        64: b"{" + E + b',"other":"\xff"}',  # InvalidJSON
+        65: b"{" + E + b',"other":"at 1e100"}',  # scored, by the careful path
+        200: "{" + E.decode() + ',"other":"\u00e9t\u00e9 \u2603"}',
+        201: b"{" + E + b',"other":' + b"[" * 1100 + b"]" * 1100 + b"}",  # InvalidJSON
+        299: b'{"id":99999999999999999999,"features":[1,2,3],"history":[[1,2],[3,4]]}',  # WrongType
+    }
+    for i, value in odd.items():
+        values[i] = value if isinstance(value, bytes) else value.encode()
+    assert vouched(values) == [i for i in range(300) if i not in (5, 64, 65, 201, 299)]
+    decoded = decode([record(i, v) for i, v in enumerate(values)], ROOMY)
+    assert [(r.index, r.error) for r in decoded.rejects] == [
+        (5, "InvalidJSON"),
+        (64, "InvalidJSON"),
+        (201, "InvalidJSON"),
+        (299, "WrongType"),
+    ]
+    assert decoded.rows.tolist() == [i for i in range(300) if i not in (5, 64, 201, 299)]
+    assert decoded.ids[:6] == ["e0", "e1", "e2", "e3", "e4", "e6"]
+
+
+def test_a_schema_one_struct_cannot_hold_is_decoded_by_the_careful_path():
+    schema = EventSchema("id", (TensorField("v", (2,)), TensorField("v", (2,))))
+    assert codec.fast_decoder(schema) is None
+    decoded = decode([record(0, b'{"id":"a","v":[1,2]}'), record(1, b'{"id":"b","v":[1]}')], schema)
+    assert decoded.ids == ["a"] and [r.error for r in decoded.rejects] == ["WrongShape"]
+    assert decoded.inputs[1].tolist() == [[1.0, 2.0]]
+
+
+def test_scalar_and_empty_shapes():
+    schema = EventSchema("id", (TensorField("s", ()), TensorField("z", (0,)), TensorField("e", (2, 0))))
+    values = [b'{"id":"a","s":1.5,"z":[],"e":[[],[]]}', b'{"id":"b","s":true,"z":[],"e":[[],[]]}']
+    values += [b'{"id":"c","s":[1],"z":[],"e":[[],[]]}', b'{"id":"d","s":1,"z":[],"e":[[]]}']
+    assert vouched(values, schema) == [0, 1]
+    decoded = decode([record(i, v) for i, v in enumerate(values)], schema)
+    assert decoded.inputs[0].tolist() == [1.5, 1.0] and decoded.inputs[1].shape == (2, 0)
+    assert decoded.inputs[2].shape == (2, 2, 0)
+    assert [r.error for r in decoded.rejects] == ["WrongShape", "WrongShape"]
+
+
+def test_python_and_orjson_agree_on_which_bytes_are_utf8():
+    # The fast path checks a value that is not ASCII with Python's strict codec, where orjson
+    # checks it itself: the two must agree on every kind of sequence (boundaries of each byte).
+    seconds = [b"", *(bytes([b]) for b in (0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2))]
+    seconds += [bytes([b]) for b in (0xDF, 0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF)]
+    tails = [b"", b"\x80", b"\xbf", b"\x80\x80", b"\xbf\xbf", b"A"]
+    for lead in range(0x80, 0x100):
+        for second in seconds:
+            for tail in tails:
+                text = bytes([lead]) + second + tail
+                value = b'{"other":"' + text + b'"}'
+                try:
+                    orjson.loads(value)
+                    by_orjson = True
+                except orjson.JSONDecodeError:
+                    by_orjson = False
+                try:
+                    value.decode("utf-8")
+                    by_python = True
+                except UnicodeDecodeError:
+                    by_python = False
+                assert by_python == by_orjson, value
+
+
+_numbers = st.from_regex(r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?", fullmatch=True)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_numbers, min_size=3, max_size=3), st.lists(_numbers, min_size=4, max_size=4))
+def test_any_json_number_is_read_bit_for_bit_as_the_careful_path_reads_it(features, history):
+    value = (
+        f'{{"id":"x","features":[{",".join(features)}],'
+        f'"history":[[{history[0]},{history[1]}],[{history[2]},{history[3]}]]}}'
+    ).encode()
+    scored = len(codec._decode_careful([record(0, value)], SCHEMA)) == 1
+    # The fast path hands back only what the careful path rejects (a non-finite float32, or
+    # InvalidJSON beyond a double) and numbers written with an exponent of three digits or more.
+    big_exponent = re.search(r"[eE]\+?[0-9]{3}", value.decode()) is not None
+    assert vouched([value]) == ([0] if scored and not big_exponent else [])
+
+
+# Documents that are mostly well formed, with the things msgspec and orjson may read
+# differently: hostile tokens (in read and in unread fields), escaped and duplicate keys,
+# and now and then one damaged byte.
+_features_tokens = st.one_of(
+    _numbers, _numbers, st.integers(-(2**70), 2**70).map(str), st.sampled_from(["true", "false"])
+)
+_hostile_tokens = st.sampled_from(
+    [
+        *("null", "tru", "1e400", "-1e400", "1" + "0" * 320, "1e-400", "NaN", "01", "1.", '"1"', "{}", "[1,]", "1e999"),
+        *('"\\ud800"', '"\\udc00x"', '"\\ud834\\udd1e"', '"\\u00e9"', '"\x01"', '"\\q"', '"\udc80"', '"\xff"'),
+    ]
+)
+_unread_tokens = st.one_of(
+    _features_tokens,
+    st.integers(0, 9).flatmap(lambda k: _hostile_tokens if k == 0 else _features_tokens),
+    st.text(max_size=6).map(lambda t: json.dumps(t, ensure_ascii=False)),
+    st.lists(_numbers, max_size=3).map(lambda n: "[" + ",".join(n) + "]"),
+    st.just('{"a":[1,{"b":"c"}],"d":null}'),
+)
+_keys = st.sampled_from(['"id"', '"features"', '"history"', '"other"', '"f\\u0065atures"', '"\\u0069d"', '"h"'])
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> bytes:
+    def tokens(count: int) -> str:
+        drawn = draw(st.lists(_features_tokens, min_size=count, max_size=count))
+        if draw(st.integers(0, 15)) == 0:
+            drawn[draw(st.integers(0, count - 1))] = draw(_hostile_tokens)
+        return "[" + ",".join(drawn) + "]"
+
+    fields = {
+        '"id"': draw(st.sampled_from(['"x"', "7"]) if draw(st.integers(0, 3)) else _unread_tokens),
+        '"features"': tokens(draw(st.sampled_from([3, 3, 3, 2]))),
+        '"history"': "[" + ",".join(tokens(2) for _ in range(draw(st.sampled_from([2, 2, 2, 1])))) + "]",
+    }
+    pairs = [f"{k}:{v}" for k, v in fields.items() if draw(st.integers(0, 19)) > 0]
+    pairs += [f"{draw(_keys)}:{draw(_unread_tokens)}" for _ in range(draw(st.integers(0, 3)))]
+    pairs = draw(st.permutations(pairs))
+    text = draw(st.sampled_from(["", " ", "\n", "\t"])).join(["{", ",".join(pairs), "}"])
+    value = text.encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 5)) == 0:  # one damaged byte: inserted, replaced or removed
+        at = draw(st.integers(0, len(value) - 1))
+        byte = bytes([draw(st.integers(0, 255))])
+        damaged = [value[:at] + byte + value[at:], value[:at] + byte + value[at + 1 :], value[:at] + value[at + 1 :]]
+        value = draw(st.sampled_from(damaged)) or b"{}"
+    return value
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_documents(), min_size=1, max_size=6))
+def test_the_fast_path_never_vouches_for_what_the_careful_path_would_not_score(values):
+    for shapes in (((3,), (2, 2)), ((3,),)):
+        schema = EventSchema(
+            "id", tuple(TensorField(f, s) for f, s in zip(("features", "history"), shapes, strict=False)), 1 << 20
+        )
+        together = vouched(values, schema)
+        assert together == [i for i, v in enumerate(values) if vouched([v], schema) == [0]]

@@ -1,0 +1,127 @@
+"""Predictions in, JSON records out: one output per scored event, a whole batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from streams.records import OutputRecord, SourceRecord
+
+if TYPE_CHECKING:
+    from streams.codec import Decoded
+
+
+def position_key(record: SourceRecord) -> bytes:
+    return f"{record.topic}:{record.partition}:{record.offset}".encode()
+
+
+def encode_predictions(
+    records: Sequence[SourceRecord],
+    decoded: Decoded,
+    predictions: np.ndarray,
+    *,
+    topic: str,
+    model_name: str,
+    model_version: str,
+    now_ms: int,
+    key_by_position: bool = False,
+    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]] | None = None,
+) -> list[OutputRecord]:
+    """One JSON output per scored record, keyed like its input so per-key order holds downstream,
+    or by its source position (``topic:partition:offset``), so that scoring the same record
+    again writes the same key (a backfill re-run overwrites on a compacted topic). Each output
+    carries ``headers_of(record)`` as its headers (none by default)."""
+    encode = _encode_scalars if predictions.ndim == 1 and np.isfinite(predictions).all() else _encode_general
+    return encode(
+        records,
+        decoded,
+        predictions.tolist(),
+        topic,
+        model_name,
+        model_version,
+        now_ms,
+        key_by_position,
+        headers_of or _no_headers,
+    )
+
+
+def _no_headers(record: SourceRecord) -> Sequence[tuple[str, bytes]]:
+    return ()
+
+
+def _encode_scalars(
+    records: Sequence[SourceRecord],
+    decoded: Decoded,
+    values: list[float],
+    topic: str,
+    model_name: str,
+    model_version: str,
+    now_ms: int,
+    key_by_position: bool,
+    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
+) -> list[OutputRecord]:
+    # One float per event, the common case, and this runs once per event: filling bytes
+    # templates is about 3x faster than building and serialising a dict per event. The
+    # constant parts are serialised by orjson once per batch, so names are escaped as before.
+    dumps = orjson.dumps
+    model = (dumps(model_name) + b',"model_version":' + dumps(model_version)).replace(b"%", b"%%")
+    template = (
+        b'{"id":%b,"prediction":%r,"model":' + model + b',"source":{"topic":%b,"partition":%d,"offset":%d},'
+        b'"event_ts":%d,"latency_ms":%d}'
+    )
+    topic_json: dict[str, bytes] = {}
+    topic_key: dict[str, bytes] = {}
+    out = []
+    for row, event_id, prediction in zip(decoded.rows.tolist(), decoded.ids, values, strict=True):
+        record = records[row]
+        source = record.topic
+        if source not in topic_json:
+            topic_json[source] = dumps(source)
+            topic_key[source] = source.encode().replace(b"%", b"%%") + b":%d:%d"
+        partition, offset, timestamp = record.partition, record.offset, record.timestamp
+        body = template % (
+            dumps(event_id),
+            prediction,
+            topic_json[source],
+            partition,
+            offset,
+            timestamp,
+            now_ms - timestamp,
+        )
+        key = topic_key[source] % (partition, offset) if key_by_position else record.key
+        out.append(OutputRecord(topic, key, body, partition, headers_of(record)))
+    return out
+
+
+def _encode_general(
+    records: Sequence[SourceRecord],
+    decoded: Decoded,
+    values: list[Any],
+    topic: str,
+    model_name: str,
+    model_version: str,
+    now_ms: int,
+    key_by_position: bool,
+    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
+) -> list[OutputRecord]:
+    # Several outputs per event, or NaN/inf (which orjson writes as null): a dict per event.
+    out = []
+    for row, event_id, prediction in zip(decoded.rows.tolist(), decoded.ids, values, strict=True):
+        record = records[row]
+        body = orjson.dumps(
+            {
+                "id": event_id,
+                "prediction": prediction,
+                "model": model_name,
+                "model_version": model_version,
+                "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+                "event_ts": record.timestamp,
+                "latency_ms": now_ms - record.timestamp,
+            }
+        )
+        key = position_key(record) if key_by_position else record.key
+        out.append(OutputRecord(topic, key, body, record.partition, headers_of(record)))
+    return out
