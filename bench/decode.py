@@ -1,0 +1,192 @@
+"""Decoding alone, side by side in one run: microseconds per event for 4,096-event batches of
+demo events, one thread, no Kafka, for the light model's schema (``features``) and the
+transformer's (``features`` and the [16, 4] ``history``).
+
+    .venv/bin/python -m bench.decode                 # results to bench/results/decode.{md,json}
+    .venv/bin/python -m bench.decode --rounds 30
+
+What is compared, on the same records:
+
+- before: the fast path of streams/codec.py before msgspec: ``orjson.loads`` of every value
+  (a dict of every field), then ``np.array`` over the batch for each input, float32, the
+  finite check;
+- now: ``streams.codec.decode``: the msgspec decoder of the schema's fields, ``history`` kept
+  as raw text and decoded as one flat list per batch, ``np.fromiter``, and the checks that
+  hand back what msgspec and orjson could read differently (see ``streams.fast_decode``);
+- now without those checks of the text (UTF-8, numbers' range, nesting): what they cost;
+- the careful path alone (orjson and numpy per event: what a batch of bad events costs);
+- for the transformer, the layout not chosen: ``history`` typed as nested lists, which msgspec
+  builds as a list per row, flattened by ``np.fromiter`` (and without the checks).
+
+Rounds are interleaved (each variant once per round) and the best round is reported with the
+median, since a shared machine's speed varies from one second to the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from itertools import chain
+from operator import attrgetter
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+import orjson
+
+from app.demo_events import demo_events
+from models.registry import DEMO_MODELS
+from streams import codec, fast_decode
+from streams.codec import EventSchema, TensorField
+from streams.records import InputRecord
+
+RESULTS = Path(__file__).parent / "results"
+SCHEMAS = {
+    name: EventSchema("id", tuple(TensorField(f, s) for f, s in zip(m.inputs, m.shapes, strict=True)))
+    for name, m in DEMO_MODELS.items()
+}
+
+
+def orjson_np_array(records: Sequence[InputRecord], schema: EventSchema) -> Any:
+    """The fast path before msgspec (streams/codec.py until this benchmark was added)."""
+    docs = [orjson.loads(r.value) for r in records]  # type: ignore[arg-type]
+    ids = [d[schema.id_field] for d in docs]
+    inputs = []
+    for spec in schema.inputs:
+        inferred = np.array([d[spec.field] for d in docs])
+        assert inferred.dtype.kind in "biuf" and inferred.shape == (len(docs), *spec.shape)
+        with np.errstate(over="ignore"):
+            inputs.append(np.asarray(inferred, dtype=np.float64).astype(np.float32))
+    assert all(np.isfinite(a).all() for a in inputs)
+    return ids, inputs
+
+
+def nested_lists(schema: EventSchema) -> Callable[[Sequence[InputRecord]], Any]:
+    """The layout not chosen for nested inputs: msgspec builds ``history`` as a list of lists
+    (a list per row) and ``np.fromiter`` flattens it; no checks beyond msgspec's types."""
+    fields: list[tuple[str, Any, Any]] = [("event_id", str | int, msgspec.field(name=schema.id_field))]
+    for k, spec in enumerate(schema.inputs):
+        kind: Any = float | bool
+        for size in reversed(spec.shape):
+            kind = Annotated[list[kind], msgspec.Meta(min_length=size, max_length=size)]
+        fields.append((f"input{k}", kind, msgspec.field(name=spec.field)))
+    decode = msgspec.json.Decoder(msgspec.defstruct("Nested", fields, gc=False)).decode
+
+    def run(records: Sequence[InputRecord]) -> Any:
+        objects = [decode(r.value) for r in records]  # type: ignore[arg-type]
+        n = len(objects)
+        inputs = []
+        for k, spec in enumerate(schema.inputs):
+            items: Any = map(attrgetter(f"input{k}"), objects)
+            for _ in spec.shape:
+                items = chain.from_iterable(items)
+            flat = np.fromiter(items, np.float64, n * math.prod(spec.shape))
+            inputs.append(flat.reshape(n, *spec.shape).astype(np.float32))
+        return list(map(attrgetter("event_id"), objects)), inputs
+
+    return run
+
+
+def without_text_checks(records: Sequence[InputRecord], schema: EventSchema) -> Any:
+    """``codec.decode`` without the checks of the values' text (UTF-8, numbers' range, depth)
+    that keep its verdicts orjson's: what those checks cost. Not safe to use."""
+    checks = fast_decode._plain_positions
+    fast_decode._plain_positions = lambda values: list(range(len(values)))
+    try:
+        return codec.decode(records, schema)
+    finally:
+        fast_decode._plain_positions = checks
+
+
+def measure(variants: dict[str, Callable[[], Any]], rounds: int, events: int) -> dict[str, dict[str, float]]:
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for run in variants.values():
+        run()  # warm up: caches, the decoder's first build
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for name, run in variants.items():
+                started = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - started) / events * 1e6)
+    finally:
+        if enabled:
+            gc.enable()
+    return {name: {"best_us": min(t), "median_us": statistics.median(t)} for name, t in times.items()}
+
+
+def run(events: int, rounds: int) -> dict[str, Any]:
+    demo = list(demo_events(events, seed=3))
+    records = [InputRecord("bench", 0, i, 0, e.key, e.value) for i, e in enumerate(demo)]
+    results: dict[str, Any] = {
+        "started": datetime.now().isoformat(sep=" ", timespec="seconds"),
+        "events_per_batch": events,
+        "rounds": rounds,
+        "value_bytes_mean": sum(len(e.value) for e in demo) / events,
+        "models": {},
+    }
+    for model, schema in SCHEMAS.items():
+        reference = codec.decode(records, schema)
+        before_ids, before_inputs = orjson_np_array(records, schema)
+        assert reference.ids == before_ids and not reference.rejects
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(reference.inputs, before_inputs, strict=True))
+        variants: dict[str, Callable[[], Any]] = {
+            "before: orjson + np.array": lambda s=schema: orjson_np_array(records, s),
+            "now: msgspec + np.fromiter (sluice decode)": lambda s=schema: codec.decode(records, s),
+            "now, without the text checks (their cost; not safe)": lambda s=schema: without_text_checks(records, s),
+            "careful path alone (orjson, numpy per event)": lambda s=schema: codec._decode_careful(records, s),
+        }
+        if any(len(spec.shape) > 1 for spec in schema.inputs):
+            nested = nested_lists(schema)
+            ids, inputs = nested(records)
+            assert ids == reference.ids
+            assert all(a.tobytes() == b.tobytes() for a, b in zip(inputs, reference.inputs, strict=True))
+            variants["not chosen: history as nested lists, no guards"] = lambda f=nested: f(records)
+        results["models"][model] = measure(variants, rounds, events)
+    return results
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    lines = [
+        "# Decoding alone",
+        "",
+        f"Run {results['started']}: {results['events_per_batch']:,}-event batches of demo events "
+        f"({results['value_bytes_mean']:.0f} bytes each), one thread, no Kafka; best and median of "
+        f"{results['rounds']} interleaved rounds. Reproduce: `.venv/bin/python -m bench.decode`.",
+        "",
+    ]
+    for model, variants in results["models"].items():
+        before = variants["before: orjson + np.array"]["best_us"]
+        lines += [f"## {model}", "", "| decoder | us/event (best) | us/event (median) | vs before |"]
+        lines += ["| --- | ---: | ---: | ---: |"]
+        for name, t in variants.items():
+            lines.append(f"| {name} | {t['best_us']:.2f} | {t['median_us']:.2f} | {before / t['best_us']:.2f}x |")
+        lines.append("")
+    (out / "decode.md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    results = run(args.events, args.rounds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, args.out)
+    print((args.out / "decode.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
