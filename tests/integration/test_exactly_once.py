@@ -105,19 +105,21 @@ async def test_a_rebalance_to_a_second_worker_and_back_scores_every_position_exa
     name = unique("eos-rebalance")
     topics = topics_for(name)
     config = write_config(tmp_path, bootstrap=kafka, pipeline="eosreb", partitions=4, extra=exactly_once(300), **topics)
-    count, rate, seed = 4000, 600, 32
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
 
     with running_worker(config, first_log, ready_text="transactions open for ") as first:
-        producer = start_producing(config, count, rate, seed)
-        await until_a_transaction_is_open(kafka, topics["output_topic"], at_least=count // 5)
+        # Events keep coming while the second worker starts and takes half the partitions ...
+        before = start_producing(config, 3000, 300, seed=32)
+        await until_a_transaction_is_open(kafka, topics["output_topic"], at_least=600)
         with running_worker(config, second_log, ready_text="transactions open for ") as second:
             wait_for_log(first_log, "partitions revoked", proc=first)
-            await until_a_transaction_is_open(kafka, topics["output_topic"], at_least=count // 3)
-            # ... and back: the second worker hands its partitions to the first and exits 0.
+            finished(before)
+            # ... and while it hands them back, once both workers committed some of these.
+            during = start_producing(config, 2000, 300, seed=33)
+            await until_a_transaction_is_open(kafka, topics["output_topic"], at_least=3600)
             assert stop_gracefully(second) == 0
-        finished(producer)
-        await exactly_once_outputs(kafka, topics, count)
+        finished(during)
+        await exactly_once_outputs(kafka, topics, 5000)
         assert first.poll() is None
     assert "exactly-once:" not in first_log.read_text() + second_log.read_text()
 
