@@ -13,14 +13,10 @@ the previous owner's producer fail with ``ProducerFenced``. Only then does the n
 the partition's committed offset (``KafkaBatchSource.start_from_committed``), so it never
 starts before a transaction that was still completing.
 
-Failures. Inside a transaction, sending outputs again after an unclear failure could write
-them twice in the same transaction, so nothing is retried: any failed send or commit raises
-``TransactionFailed`` (``Fenced`` when the broker names a newer producer) and the driver stops;
-the worker exits, its open transactions are aborted, and whoever owns the partitions next
-scores their events again from the last committed transaction.
-
-``TransactionalSink`` sends each output with its input partition's producer, and
-``TransactionCommits`` (a ``streams.source.Progress``) adds the offsets and commits.
+Failures. Sending again after an unclear failure could write outputs twice in one
+transaction, so nothing is retried: a failed send or commit raises ``TransactionFailed``
+(``Fenced``: the broker names a newer producer), the driver stops, the worker exits, and the
+partitions' next owner aborts the open transactions and scores their events again.
 """
 
 from __future__ import annotations
@@ -77,7 +73,10 @@ class PartitionTransactions:
         return set(self._producers)
 
     async def assign(self, partitions: set[Partition]) -> None:
-        """Start a producer for each new partition (fencing its previous owner) and open a transaction."""
+        """Start a producer for each new partition (fencing its previous owner) and open a transaction;
+        none after a failure (the worker is stopping: it would only fence the partitions' real owner)."""
+        if self.failed is not None:
+            return
         new = sorted(partitions - set(self._producers))
         started = await asyncio.gather(*(self._start(p) for p in new), return_exceptions=True)
         for partition, result in zip(new, started, strict=True):

@@ -188,6 +188,9 @@ async def test_a_fenced_commit_stops_everything_at_once_and_commits_nothing_more
     with pytest.raises(Fenced):
         await sink.send([output(0)])
     assert not fakes.done("commit") and not fakes.done("send")
+    # A stopping zombie that rejoins the group must not fence the partitions' real owner.
+    await transactions.assign({Partition(TOPIC, 5)})
+    assert not fakes.done("start")
 
 
 async def test_an_output_not_acknowledged_fails_the_transaction_instead_of_being_sent_again():
