@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Sequence
 
 import numpy as np
+import orjson
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -175,6 +177,47 @@ async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -
         return done / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+async def read_ceilings(bootstrap: str, model: str, topic: str, count: int) -> dict[str, float]:
+    """Two ceilings that owe nothing to sluice's code, on ``count`` events of ``topic`` read from
+    the beginning: aiokafka ``getmany`` alone (records fetched, nothing decoded), and ``getmany``
+    + ``orjson.loads`` of every value + one ``np.array`` per model input over the batch (what a
+    careful hand-written consumer does). Each the best of two reads: these machines are noisy."""
+    fields = DEMO_MODELS[model].inputs
+
+    async def read(decode: bool) -> float:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            done = 0
+            # An upper bound: no cyclic GC passes over this process's heap (torch, the benchmark's
+            # own event lists) while it reads; what it parses is freed by reference counting.
+            gc.collect()
+            gc.disable()
+            started = time.perf_counter()
+            while done < count:
+                fetched = await consumer.getmany(timeout_ms=1000, max_records=2048)
+                records = [r for part in fetched.values() for r in part]
+                if decode and records:
+                    events = [orjson.loads(r.value) for r in records]
+                    for name in fields:
+                        np.array([e[name] for e in events], dtype=np.float32)
+                done += len(records)
+            return done / (time.perf_counter() - started)
+        finally:
+            gc.enable()
+            await consumer.stop()
+
+    return {
+        "getmany": max([await read(False) for _ in range(2)]),
+        "getmany_orjson": max([await read(True) for _ in range(2)]),
+    }
 
 
 class _Unused:

@@ -39,7 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.demo_events import demo_events
 from app.pipeline_toml import write_pipeline_config
-from bench.ceilings import drop_topics, model_alone, transport_alone
+from bench.ceilings import drop_topics, model_alone, read_ceilings, transport_alone
 from models.registry import DEMO_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,6 +374,15 @@ async def run(
                 model, strategy, workdir, seconds, tag=tag, backlog_size=backlog_size, drain_only=drain_only
             )
             entry["drain_per_s"][strategy] = drain  # type: ignore[index]
+            if strategy == "adaptive":
+                # The same backlog, read again by the ceilings that owe nothing to sluice's code.
+                reads = await read_ceilings(BOOTSTRAP, model, topic_in, backlog_size)
+                entry["read_ceilings_per_s"] = reads
+                print(
+                    f"  getmany alone {reads['getmany']:,.0f}/s; getmany + orjson + np.array "
+                    f"{reads['getmany_orjson']:,.0f}/s (sluice's drain: {drain / reads['getmany_orjson']:.2f} of it)",
+                    flush=True,
+                )
             try:
                 if not drain_only:
                     entry["saturation_per_s"][strategy] = rate  # type: ignore[index]

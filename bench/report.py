@@ -62,6 +62,12 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
             f"| model alone (best batch {ceiling['best_batch']}) | {ceiling['best_per_s']:,.0f} | 1.00 | | | |",
             f"| transport alone (fetch+decode+encode+produce) | {transport:,.0f} | | 1.00 | | |",
         ]
+        reads = entry.get("read_ceilings_per_s")
+        if reads:
+            lines += [
+                f"| getmany alone (aiokafka, nothing decoded) | {reads['getmany']:,.0f} | | | | |",
+                f"| getmany + orjson + np.array (a hand-written consumer) | {reads['getmany_orjson']:,.0f} | | | | |",
+            ]
         drain = entry.get("drain_per_s", {})
         for kind, rates in (("draining a backlog", drain), ("under open-loop overload", sat)):
             for strategy in (s for s in strategies if s in rates):
@@ -72,6 +78,13 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
                     f"| {LABELS[strategy]}, {kind} | {rate:,.0f} | {rate / ceiling['best_per_s']:.2f} | "
                     f"{rate / transport:.2f} | {per_event} | {sluice} |"
                 )
+        if reads and drain.get("adaptive"):
+            lines += [
+                "",
+                f"sluice's drain is {drain['adaptive'] / reads['getmany_orjson']:.2f} of getmany + orjson + np.array "
+                f"and {drain['adaptive'] / reads['getmany']:.2f} of getmany alone, "
+                "on the same backlog in the same run.",
+            ]
         if not entry["points"]:
             lines.append("")
             continue
