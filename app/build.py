@@ -17,6 +17,7 @@ from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
 from streams.cost_model import CostModel, reference_sizes
 from streams.kafka.sink import KafkaSink
+from streams.kafka.transactions import PartitionTransactions, TransactionalSink
 from streams.pipeline import Pipeline, PipelineTopics, Sink
 
 Mode = Literal["live", "backfill"]
@@ -88,6 +89,24 @@ async def build_kafka_sink(conn: Connection, topics: Sequence[str], mode: Mode, 
         lambda: make_producer(conn, **producer_settings),
         max_record_bytes=await max_message_bytes(conn, topics),
     )
+
+
+async def build_transactional_sink(
+    conn: Connection, pipeline: PipelineConfig, **settings: Any
+) -> tuple[PartitionTransactions, TransactionalSink]:
+    """Exactly-once: the live worker's transactional producers (one per input partition, made as
+    partitions are assigned) and the sink that sends with them, not started."""
+    producer_settings = {**PRODUCER_SETTINGS["live"], **settings}
+    transactions = PartitionTransactions(
+        lambda transactional_id: make_producer(conn, transactional_id=transactional_id, **producer_settings),
+        group_id=pipeline.group_id,
+    )
+    sink = TransactionalSink(
+        transactions,
+        input_topic=pipeline.input_topics[0],
+        max_record_bytes=await max_message_bytes(conn, [pipeline.output_topic, pipeline.dead_letter_topic]),
+    )
+    return transactions, sink
 
 
 def settle_garbage_collector() -> None:

@@ -34,6 +34,7 @@ ENV_BROKER = "SLUICE_BROKER"
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+DELIVERIES = ("at_least_once", "exactly_once")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ class PipelineConfig:
     group_id: str = ""
     dead_letter_copy_bytes: int = DEFAULT_MAX_COPY_BYTES
     headers: HeaderPolicy = "all"
+    # "at_least_once" (offsets committed after outputs are acknowledged) or "exactly_once"
+    # (outputs and offsets in one Kafka transaction per input partition, every transaction_interval_ms).
+    delivery: str = "at_least_once"
+    transaction_interval_ms: float = 100.0
 
     @property
     def topics(self) -> list[str]:
@@ -359,6 +364,24 @@ def _headers(t: _Table) -> HeaderPolicy:
     return tuple(value)
 
 
+def _delivery(t: _Table) -> dict[str, Any]:
+    delivery = t.choice("delivery", DELIVERIES, "at_least_once")
+    if delivery == "at_least_once":
+        if "transaction_interval_ms" in t.data:
+            raise ConfigError(
+                f"{t.path}: key '{t.key('transaction_interval_ms')}' would be ignored: key '{t.key('delivery')}' "
+                f"is 'at_least_once', which commits every commit_interval_ms; set delivery = 'exactly_once', "
+                "or remove the key"
+            )
+        return {"delivery": delivery}
+    topics = t.data.get("input_topics")
+    if isinstance(topics, list) and len(topics) > 1:
+        # Outputs name their input partition, not its topic: one transactional producer per input
+        # partition needs the partition number alone to say which one.
+        raise t.fail("input_topics", topics, "a single input topic with delivery = 'exactly_once'")
+    return {"delivery": delivery, "transaction_interval_ms": t.number("transaction_interval_ms", 100.0)}
+
+
 def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineConfig:
     max_payload = t.integer("max_payload_bytes", 1 << 20, minimum=1)
     pipeline = PipelineConfig(
@@ -381,6 +404,7 @@ def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineCon
         group_id=t.text("group_id", f"{app_id}.{name}"),
         dead_letter_copy_bytes=t.integer("dead_letter_copy_bytes", DEFAULT_MAX_COPY_BYTES, minimum=MIN_COPY_BYTES),
         headers=_headers(t),
+        **_delivery(t),
     )
     dirs = t.get("model_dirs", list, "a list of folders new models may be loaded from", None)
     if dirs is None:

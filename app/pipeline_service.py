@@ -21,6 +21,7 @@ from app.build import (
     build_kafka_sink,
     build_pipeline,
     build_runner,
+    build_transactional_sink,
     settle_garbage_collector,
 )
 from app.cli import PROCESS_STARTED
@@ -33,7 +34,10 @@ from streams.errors import ModelLoadError
 from streams.kafka.group_commits import GroupCommits
 from streams.kafka.group_source import KafkaBatchSource
 from streams.kafka.sink import KafkaSink
+from streams.kafka.transactions import PartitionTransactions, TransactionalSink, TransactionCommits
 from streams.metrics import PipelineMetrics
+from streams.records import Partition
+from streams.source import Progress
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class PipelineService(Service):
         self.driver: Driver | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._sink: KafkaSink | None = None
+        self._sink: KafkaSink | TransactionalSink | None = None
         self._runner: TorchRunner | None = None
         self._crashing: asyncio.Future[None] | None = None
         self._source: KafkaBatchSource | None = None
@@ -88,7 +92,15 @@ class PipelineService(Service):
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner
         warm = time.monotonic()
-        sink = await build_kafka_sink(conn, [p.output_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}")
+        exactly_once = p.delivery == "exactly_once"
+        sink: KafkaSink | TransactionalSink
+        transactions: PartitionTransactions | None = None
+        if exactly_once:
+            transactions, sink = await build_transactional_sink(conn, p, client_id=f"sluice-{p.name}")
+        else:
+            sink = await build_kafka_sink(
+                conn, [p.output_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}"
+            )
         self._sink = sink
         self._consumer = make_consumer(
             conn,
@@ -97,28 +109,53 @@ class PipelineService(Service):
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
             fetch_max_wait_ms=min(p.poll_ms, 500),
+            # Exactly-once reads inputs as a read_committed consumer would: a transactional
+            # producer's aborted records are not events.
+            isolation_level="read_committed" if exactly_once else "read_uncommitted",
         )
         await sink.start()
-        source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms)
+        source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms, gated=exactly_once)
         self._source = source
-        self.driver = Driver(
+        progress: Progress
+        if transactions is not None:
+            progress = TransactionCommits(
+                transactions, interval_ms=p.transaction_interval_ms, on_committed=source.mark_committed
+            )
+        else:
+            progress = GroupCommits(source.commit_offsets, interval_ms=p.commit_interval_ms)
+        self.driver = driver = Driver(
             source,
             build_pipeline(p, runner, sink, "live"),
             build_batcher(p, cost, "live"),
-            GroupCommits(source.commit_offsets, interval_ms=p.commit_interval_ms),
+            progress,
             late_events=p.late_events,
             stats_interval_s=self.config.app.stats_interval_s,
             metrics=self.metrics,
         )
-        self.metrics.probe = self.driver
-        source.subscribe(on_revoke=self.driver.release_partitions)
+        self.metrics.probe = driver
+        if transactions is None:
+            source.subscribe(on_revoke=driver.release_partitions)
+        else:
+            txns = transactions
+
+            async def on_revoke(revoked: set[Partition]) -> None:
+                try:
+                    await driver.release_partitions(revoked)  # commits every open transaction
+                finally:
+                    await txns.release(revoked)
+
+            async def on_assign(assigned: set[Partition]) -> None:
+                await txns.assign(assigned)  # fences their previous owners first
+                await source.start_from_committed(assigned)
+
+            source.subscribe(on_revoke=on_revoke, on_assign=on_assign)
         await self._consumer.start()
         settle_garbage_collector()
         self._run_task = asyncio.create_task(self.driver.run(), name=f"sluice-live-{p.name}")
         self._run_task.add_done_callback(self._on_loop_done)
         self._announce = asyncio.create_task(self._announce_ready(started, warm), name=f"sluice-ready-{p.name}")
         log.info(
-            "pipeline %s: scoring %s -> %s with model %s v%s (group %s, budget %.0f ms, batches up to %d)",
+            "pipeline %s: scoring %s -> %s with model %s v%s (group %s, budget %.0f ms, batches up to %d, %s)",
             p.name,
             ", ".join(p.input_topics),
             p.output_topic,
@@ -127,6 +164,7 @@ class PipelineService(Service):
             p.group_id,
             p.latency_budget_ms,
             p.max_batch_size,
+            "exactly once" if exactly_once else "at least once",
         )
 
     async def _announce_ready(self, started: float, warm: float) -> None:

@@ -125,7 +125,9 @@ async def produce(topic: str, items: list[tuple[bytes, bytes]], rate: float = 0.
 
 async def read_outputs(topic: str, wanted: set[str], timeout_s: float) -> dict[str, tuple[int, int]]:
     """id -> (input timestamp, output append time) of the outputs for ``wanted`` ids, waiting for all."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    # read_committed: with delivery = "exactly_once" only committed transactions are outputs
+    # (the same as read_uncommitted for an at-least-once worker, which writes no transactions).
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]

@@ -16,8 +16,11 @@
     │   ├── PredictionCountError     the model returned another number of predictions than inputs
     │   └── ModelUnavailableError    retriable: the model fails on inputs it scored before
     ├── OutputRefused                the destination refused outputs for good: they become dead letters
-    └── DeliveryFailed               retriable: outputs were not acknowledged (the broker is away);
-                                     the driver sends them again, and commits nothing past them
+    ├── DeliveryFailed               retriable: outputs were not acknowledged (the broker is away);
+    │                                the driver sends them again, and commits nothing past them
+    └── TransactionFailed            exactly-once: a transaction cannot be committed; the worker stops and
+        │                            its open transactions are aborted (a restart scores their events again)
+        └── Fenced                   another worker took this one's partitions (it was paused or cut off)
 
 ``retriable`` is read where a caller chooses (as aiokafka's ``KafkaError.retriable``): a
 runner raising a retriable ``ModelError`` is not the inputs' fault, so the isolating scorer
@@ -134,6 +137,18 @@ class DeliveryFailed(SluiceError):
     out): sending the same outputs again may succeed. The sink's own error is the cause."""
 
     retriable = True
+
+
+class TransactionFailed(SluiceError):
+    """Exactly-once delivery: an output or a commit failed inside a Kafka transaction. Sending
+    again would risk a duplicate inside the same transaction, so nothing is retried: the driver
+    stops, the transaction is aborted (by this worker, or by the next owner of its partitions),
+    and its events are scored again from the last committed transaction."""
+
+
+class Fenced(TransactionFailed):
+    """The broker refused this worker's transaction: a newer producer with the same transactional
+    id (the partition's new owner) exists. This worker is a zombie and must commit nothing more."""
 
 
 @contextmanager

@@ -82,7 +82,9 @@ async def watch(
                 f"topic {topic!r} does not exist on {config.bootstrap_servers}: check --topic "
                 f"(this config's outputs and dead letters: {ours})"
             )
-    consumer = make_consumer(conn)
+    # read_committed: a worker with delivery = "exactly_once" writes in transactions, and only
+    # committed ones are its outputs (an aborted one is scored again, by it or another worker).
+    consumer = make_consumer(conn, isolation_level="read_committed")
     await start_consumer(consumer)
     try:
         tps = [TopicPartition(topic, p) for p in partitions]

@@ -35,6 +35,7 @@ from streams.records import Partition, SourceRecord, UndecodableRecord
 log = logging.getLogger(__name__)
 
 RevokeHandler = Callable[[set[Partition]], Awaitable[None]]
+AssignHandler = Callable[[set[Partition]], Awaitable[None]]
 
 
 def _names(tps: Sequence[TopicPartition] | set[TopicPartition]) -> str:
@@ -52,9 +53,12 @@ class _Listener(ConsumerRebalanceListener):
         for tp in revoked:
             self.source.fetched_up_to.pop(tp, None)
             self.source.committed.pop(tp, None)
+            self.source.ready.discard(tp)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned: %s", _names(assigned))
+        if self.source.on_assign is not None:
+            await self.source.on_assign({Partition(tp.topic, tp.partition) for tp in assigned})
         self.source.joined.set()
 
 
@@ -67,11 +71,18 @@ class KafkaBatchSource:
 
     exhausted = False
 
-    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], *, poll_ms: int) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], *, poll_ms: int, gated: bool = False) -> None:
         self.consumer = consumer
         self.topics = list(topics)
         self.poll_ms = poll_ms
         self.on_revoke: RevokeHandler = _nothing_in_flight
+        self.on_assign: AssignHandler | None = None
+        # Gated (exactly-once): a partition's records are handed out only once ``start_from_committed``
+        # has read its committed offset after the assignment hook ran, and never below it: aiokafka
+        # reads committed offsets before the hook, possibly before the previous owner's last
+        # transaction was completed, and may already have fetched from there.
+        self.gated = gated
+        self.ready: set[TopicPartition] = set()
         # Next offset to fetch per partition, to tell how much the broker holds beyond it.
         self.fetched_up_to: dict[TopicPartition, int] = {}
         # Where each partition was when this worker got it, then what it committed since.
@@ -82,11 +93,40 @@ class KafkaBatchSource:
         # partitions): from then on it scores whatever arrives for them.
         self.joined = asyncio.Event()
 
-    def subscribe(self, on_revoke: RevokeHandler) -> None:
+    def subscribe(self, on_revoke: RevokeHandler, on_assign: AssignHandler | None = None) -> None:
         """Join the group; ``on_revoke`` runs before partitions go to another member, to finish
-        and commit what is in flight for them."""
+        and commit what is in flight for them; ``on_assign`` when partitions come to this one."""
         self.on_revoke = on_revoke
+        self.on_assign = on_assign
         self.consumer.subscribe(self.topics, listener=_Listener(self))
+
+    async def start_from_committed(self, partitions: set[Partition]) -> None:
+        """Read each partition's committed offset now and consume from there (a gated source
+        hands out nothing of a partition before this)."""
+        for partition in sorted(partitions):
+            tp = TopicPartition(*partition)
+            offset = await self.consumer.committed(tp)
+            if offset is None:
+                offset = (await self.consumer.beginning_offsets([tp]))[tp]
+            self.consumer.seek(tp, offset)
+            self.fetched_up_to[tp] = offset
+            self.committed[tp] = offset
+            self.ready.add(tp)
+
+    def mark_committed(self, offsets: dict[Partition, int]) -> None:
+        """Offsets committed by someone else on this source's behalf (a transaction), for the lag."""
+        self.committed.update({TopicPartition(*p): o for p, o in offsets.items()})
+
+    def _fresh(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
+        """Gated: nothing of a partition not started from its committed offset, nothing below what was handed out."""
+        if not self.gated:
+            return records
+        if tp not in self.ready:
+            return []
+        floor = self.fetched_up_to[tp]
+        if records and records[0].offset < floor:
+            return [r for r in records if r.offset >= floor]
+        return records
 
     async def next_batch(self, max_records: int) -> list[SourceRecord]:
         """Up to ``max_records`` records, each partition's in offset order; empty on timeout."""
@@ -133,7 +173,7 @@ class KafkaBatchSource:
     async def _read_carefully(self, tp: TopicPartition, room: int) -> list[SourceRecord]:
         """Up to ``room`` records of one partition, an ``UndecodableRecord`` in place of each one
         that cannot be decoded."""
-        records = await read_past_undecodable(self.consumer, tp, room, self.poll_ms)
+        records = self._fresh(tp, await read_past_undecodable(self.consumer, tp, room, self.poll_ms))
         if records:
             self.fetched_up_to[tp] = records[-1].offset + 1
             self.committed.setdefault(tp, records[0].offset)
@@ -156,7 +196,10 @@ class KafkaBatchSource:
 
     def _collect(self, fetched: dict[TopicPartition, list[Any]]) -> list[SourceRecord]:
         batch: list[SourceRecord] = []
-        for tp, records in fetched.items():
+        for tp, fetched_records in fetched.items():
+            records = self._fresh(tp, fetched_records)
+            if not records:
+                continue
             batch.extend(records)
             self.fetched_up_to[tp] = records[-1].offset + 1
             self.committed.setdefault(tp, records[0].offset)

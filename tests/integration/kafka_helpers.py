@@ -143,18 +143,27 @@ def running_worker(
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, expected: int, within_s: float = 60, idle: float = 0.0
+    bootstrap: str,
+    topic: str,
+    *,
+    expected: int,
+    within_s: float = 60,
+    idle: float = 0.0,
+    isolation_level: str = "read_uncommitted",
 ) -> list[ConsumerRecord]:
     """Every record of ``topic`` from the start, waiting until ``expected`` have arrived (or ``within_s``).
 
     With ``idle`` > 0 it keeps reading that long after reaching ``expected``, to catch extras.
+    ``isolation_level="read_committed"`` reads only committed transactions (exactly-once outputs).
     """
     deadline = time.monotonic() + within_s
     partitions = await partitions_of(bootstrap, topic)
     while not partitions and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
         partitions = await partitions_of(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, isolation_level=isolation_level
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in partitions]

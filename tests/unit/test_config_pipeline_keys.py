@@ -59,3 +59,41 @@ def test_dead_letters_must_fit_the_dead_letter_topic(tmp_path):
     assert dead_letters_too_big(pipeline, {"dlq": 4 * 1048588}) is None
     (default,) = load_config(write(tmp_path, GOOD), environ={}).pipelines
     assert dead_letters_too_big(default, {"dlq": 1048588}) is None
+
+
+def test_delivery_is_at_least_once_unless_the_file_says_exactly_once(tmp_path):
+    (pipeline,) = load_config(write(tmp_path, GOOD), environ={}).pipelines
+    assert pipeline.delivery == "at_least_once"
+    text = GOOD.replace(
+        'dead_letter_topic = "dlq"',
+        'dead_letter_topic = "dlq"\ndelivery = "exactly_once"\ntransaction_interval_ms = 250',
+    )
+    (pipeline,) = load_config(write(tmp_path, text), environ={}).pipelines
+    assert (pipeline.delivery, pipeline.transaction_interval_ms) == ("exactly_once", 250.0)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            'delivery = "exactly-once"',
+            "key 'pipelines.p.delivery' has value 'exactly-once': expected one of ['at_least_once', 'exactly_once']",
+        ),
+        (
+            'delivery = "exactly_once"\ntransaction_interval_ms = 0',
+            "key 'pipelines.p.transaction_interval_ms' has value 0: expected a number > 0",
+        ),
+        ("transaction_interval_ms = 100", "key 'pipelines.p.transaction_interval_ms' would be ignored"),
+    ],
+)
+def test_a_bad_delivery_setting_names_the_key_the_value_and_what_was_expected(tmp_path, lines, message):
+    text = GOOD.replace('dead_letter_topic = "dlq"', f'dead_letter_topic = "dlq"\n{lines}')
+    assert message in error_for(tmp_path, text)
+
+
+def test_exactly_once_needs_a_single_input_topic(tmp_path):
+    text = GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\ndelivery = "exactly_once"')
+    text = text.replace('input_topics = ["in"]', 'input_topics = ["in", "in2"]')
+    assert "key 'pipelines.p.input_topics' has value ['in', 'in2']: expected a single input topic" in error_for(
+        tmp_path, text
+    )

@@ -1,0 +1,258 @@
+"""Exactly-once delivery: each input partition's outputs and consumed offset in one Kafka
+transaction, committed every ``interval_ms`` with nothing in flight.
+
+Fencing. A worker that lost its partitions (it was paused past the session timeout, or cut
+off from the coordinator) must not commit over their new owner. Since KIP-447 a transaction's
+offsets can carry the consumer group's generation and member id, which the group coordinator
+checks; aiokafka 0.14 sends ``TxnOffsetCommit`` v0, with the group id only, so that check is
+not available. Fencing is therefore by transactional id, one per input partition
+(``<group id>.<topic>.<partition>``, Kafka's original exactly-once scheme): whoever is
+assigned a partition starts its producer, whose ``InitProducerId`` bumps the id's epoch,
+aborts (or completes) the previous owner's open transaction and makes every later request of
+the previous owner's producer fail with ``ProducerFenced``. Only then does the new owner read
+the partition's committed offset (``KafkaBatchSource.start_from_committed``), so it never
+starts before a transaction that was still completing.
+
+Failures. Sending again after an unclear failure could write outputs twice in one
+transaction, so nothing is retried: a failed send or commit raises ``TransactionFailed``
+(``Fenced``: the broker names a newer producer), the driver stops, the worker exits, and the
+partitions' next owner aborts the open transactions and scores their events again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+
+from streams.errors import Fenced, OutputRefused, TransactionFailed
+from streams.kafka.sink import DEFAULT_MAX_RECORD_BYTES, record_size
+from streams.records import OutputRecord, Partition, SourceRecord
+from streams.source import next_offsets
+
+log = logging.getLogger(__name__)
+
+# A producer for this transactional id (not started).
+NewTransactionalProducer = Callable[[str], AIOKafkaProducer]
+_FENCED = (ProducerFenced, InvalidProducerEpoch)
+
+
+def _failure(exc: BaseException, what: str) -> TransactionFailed:
+    if isinstance(exc, _FENCED):
+        return Fenced(f"{what}: fenced by a newer producer (another worker owns the partition now): {exc!r}")
+    return TransactionFailed(f"{what}: {exc!r}")
+
+
+def _names(partitions: Sequence[Partition] | set[Partition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in sorted(partitions)) or "none"
+
+
+class PartitionTransactions:
+    """One transactional producer, with a transaction open, per input partition this worker owns."""
+
+    def __init__(self, new_producer: NewTransactionalProducer, *, group_id: str) -> None:
+        self.new_producer = new_producer
+        self.group_id = group_id
+        self._producers: dict[Partition, AIOKafkaProducer] = {}
+        # The first failure: once set, nothing more is committed, and the driver stops on it.
+        self.failed: TransactionFailed | None = None
+        self.failure_seen = asyncio.Event()
+
+    def transactional_id(self, partition: Partition) -> str:
+        return f"{self.group_id}.{partition.topic}.{partition.partition}"
+
+    def producer_for(self, partition: Partition) -> AIOKafkaProducer | None:
+        return self._producers.get(partition)
+
+    @property
+    def owned(self) -> set[Partition]:
+        return set(self._producers)
+
+    async def assign(self, partitions: set[Partition]) -> None:
+        """Start a producer for each new partition (fencing its previous owner) and open a transaction;
+        none after a failure (the worker is stopping: it would only fence the partitions' real owner)."""
+        if self.failed is not None:
+            return
+        new = sorted(partitions - set(self._producers))
+        started = await asyncio.gather(*(self._start(p) for p in new), return_exceptions=True)
+        for partition, result in zip(new, started, strict=True):
+            if isinstance(result, BaseException):
+                self.fail(_failure(result, f"starting the producer of {partition.topic}[{partition.partition}]"))
+            else:
+                self._producers[partition] = result
+        if new:
+            log.info("transactions open for %s (previous owners fenced)", _names(new))
+
+    async def _start(self, partition: Partition) -> AIOKafkaProducer:
+        producer = self.new_producer(self.transactional_id(partition))
+        try:
+            await producer.start()  # InitProducerId: fences the previous owner, ends its transaction
+            await producer.begin_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return producer
+
+    async def release(self, partitions: set[Partition]) -> None:
+        """Close the producers of partitions that go to another worker (their transactions were
+        committed just before; what was opened since holds nothing, and is aborted)."""
+        await asyncio.gather(*(self._close(p) for p in partitions if p in self._producers))
+
+    async def close(self) -> None:
+        """Abort whatever is open (a stop commits first, so only a failure leaves anything) and stop."""
+        await self.release(set(self._producers))
+
+    async def _close(self, partition: Partition) -> None:
+        producer = self._producers.pop(partition)
+        with contextlib.suppress(Exception):  # fenced or failed already: the broker aborts it
+            await producer.abort_transaction()
+        with contextlib.suppress(Exception):
+            await producer.stop()
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Add each partition's next offset to its transaction, commit, and open the next one."""
+        if self.failed is not None:
+            raise self.failed
+        partitions = [p for p in offsets if p in self._producers]
+        results = await asyncio.gather(*(self._commit_one(p, offsets[p]) for p in partitions), return_exceptions=True)
+        for partition, result in zip(partitions, results, strict=True):
+            if isinstance(result, BaseException):
+                self.fail(_failure(result, f"committing the transaction of {partition.topic}[{partition.partition}]"))
+        if self.failed is not None:
+            raise self.failed
+
+    async def _commit_one(self, partition: Partition, offset: int) -> None:
+        producer = self._producers[partition]
+        await producer.send_offsets_to_transaction({TopicPartition(*partition): offset}, self.group_id)
+        await producer.commit_transaction()
+        await producer.begin_transaction()
+
+    def fail(self, failure: TransactionFailed) -> TransactionFailed:
+        """Record ``failure``: nothing more is sent or committed. Returns the first failure."""
+        log.error("exactly-once: %s; committing nothing more", failure)
+        if self.failed is None:
+            self.failed = failure
+            self.failure_seen.set()
+        return self.failed
+
+
+class TransactionalSink:
+    """A ``streams.pipeline.Sink`` that sends each output with its input partition's producer, in
+    its open transaction, to the input's partition number (modulo the topic's count), keyed like
+    its input. A record over its topic's limit is not sent but reported as ``OutputRefused`` (to
+    be dead-lettered in the same transaction); any other failure raises ``TransactionFailed``.
+    """
+
+    def __init__(
+        self,
+        transactions: PartitionTransactions,
+        *,
+        input_topic: str,
+        max_record_bytes: Mapping[str, int] | None = None,
+    ) -> None:
+        self.transactions = transactions
+        self.input_topic = input_topic
+        self._limits = dict(max_record_bytes or {})
+        self._partition_counts: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Producers start as partitions are assigned (``PartitionTransactions.assign``)."""
+
+    async def stop(self) -> None:
+        await self.transactions.close()
+
+    def limit(self, topic: str) -> int:
+        return self._limits.get(topic, DEFAULT_MAX_RECORD_BYTES)
+
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
+        if self.transactions.failed is not None:
+            raise self.transactions.failed
+        refused: list[tuple[OutputRecord, str]] = []
+        groups: dict[tuple[int, str], list[OutputRecord]] = {}
+        for record in records:
+            if record_size(record) > self.limit(record.topic):
+                refused.append((record, f"the record is over {self.limit(record.topic)} bytes, the topic's limit"))
+                continue
+            source = record.partition if record.partition is not None else -1
+            groups.setdefault((source, record.topic), []).append(record)
+        sent: list[asyncio.Future[object]] = []
+        dropped = 0
+        try:
+            for (source, topic), group in groups.items():
+                producer = self.transactions.producer_for(Partition(self.input_topic, source))
+                if producer is None:
+                    # Not ours (any more): its next owner scores these events; nothing is committed for them.
+                    dropped += len(group)
+                    continue
+                count = self._partition_counts.get(topic)
+                if count is None:
+                    count = self._partition_counts[topic] = len(await producer.partitions_for(topic))
+                batch = producer.create_batch()
+                for record in group:
+                    headers = list(record.headers)
+                    if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
+                        batch.close()
+                        sent.append(await producer.send_batch(batch, topic, partition=source % count))
+                        batch = producer.create_batch()
+                        batch.append(key=record.key, value=record.value, timestamp=None, headers=headers)
+                batch.close()
+                sent.append(await producer.send_batch(batch, topic, partition=source % count))
+        except KafkaError as exc:
+            raise self.transactions.fail(_failure(exc, "sending outputs")) from exc
+        if dropped:
+            log.warning("%d outputs of partitions this worker no longer owns were not sent", dropped)
+        return self._acknowledged(sent, refused)
+
+    async def _acknowledged(self, sent: list[asyncio.Future[object]], refused: list[tuple[OutputRecord, str]]) -> None:
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise self.transactions.fail(_failure(result, "an output was not acknowledged")) from result
+        if refused:
+            raise OutputRefused(refused)
+
+
+class TransactionCommits:
+    """The exactly-once worker's ``streams.source.Progress``: every ``interval_ms``, with nothing
+    in flight (``needs_quiet``), each partition's acknowledged offset goes into its transaction,
+    which is committed; at once before partitions are revoked and when the worker stops."""
+
+    needs_quiet = True
+
+    def __init__(
+        self,
+        transactions: PartitionTransactions,
+        *,
+        interval_ms: float,
+        on_committed: Callable[[dict[Partition, int]], None] = lambda offsets: None,
+    ) -> None:
+        self.transactions = transactions
+        self.interval_s = interval_ms / 1000
+        self.on_committed = on_committed
+        self._committable: dict[Partition, int] = {}
+        self._committing = asyncio.Lock()
+
+    def acknowledged(self, records: Sequence[SourceRecord], scored: int, dead_lettered: int) -> None:
+        self._committable.update(next_offsets(records))
+
+    async def wait_until_due(self) -> None:
+        # A failure seen elsewhere (a send, a commit at a revocation: the group's listener swallows
+        # errors) stops the driver here, at once.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.transactions.failure_seen.wait(), self.interval_s)
+        if self.transactions.failed is not None:
+            raise self.transactions.failed
+
+    async def commit(self, *, final: bool = False) -> None:
+        async with self._committing:
+            offsets, self._committable = self._committable, {}
+            owned = {p: o for p, o in offsets.items() if p in self.transactions.owned}
+            if not owned:
+                return
+            await self.transactions.commit(owned)
+            self.on_committed(owned)
