@@ -26,6 +26,7 @@ from app.build import (
 )
 from app.cli import PROCESS_STARTED
 from app.config import Config, PipelineConfig
+from app.crash_hooks import KillInOpenTransaction, kill_in_transaction_after
 from app.kafka_clients import connection, make_consumer
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
@@ -36,6 +37,7 @@ from streams.kafka.group_source import KafkaBatchSource
 from streams.kafka.sink import KafkaSink
 from streams.kafka.transactions import PartitionTransactions, TransactionalSink, TransactionCommits
 from streams.metrics import PipelineMetrics
+from streams.pipeline import Sink
 from streams.records import Partition
 from streams.source import Progress
 
@@ -117,15 +119,21 @@ class PipelineService(Service):
         source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms, gated=exactly_once)
         self._source = source
         progress: Progress
+        scored_to: Sink = sink
         if transactions is not None:
+            on_committed = source.mark_committed
+            kill_after = kill_in_transaction_after()
+            if kill_after is not None:
+                scored_to = hook = KillInOpenTransaction(sink, kill_after, on_committed)
+                on_committed = hook.committed
             progress = TransactionCommits(
-                transactions, interval_ms=p.transaction_interval_ms, on_committed=source.mark_committed
+                transactions, interval_ms=p.transaction_interval_ms, on_committed=on_committed
             )
         else:
             progress = GroupCommits(source.commit_offsets, interval_ms=p.commit_interval_ms)
         self.driver = driver = Driver(
             source,
-            build_pipeline(p, runner, sink, "live"),
+            build_pipeline(p, runner, scored_to, "live"),
             build_batcher(p, cost, "live"),
             progress,
             late_events=p.late_events,

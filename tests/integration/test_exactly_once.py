@@ -87,12 +87,13 @@ async def test_a_worker_killed_mid_transaction_leaves_every_position_scored_exac
     count, rate, seed, bad = 4000, 800, 31, 40
     log = tmp_path / "first.log"
 
-    with running_worker(config, log, ready_text="pipeline eoskill: scoring") as first:
+    # The worker kills itself at a known point: three transactions committed, then outputs sent,
+    # acknowledged and left in a transaction still open.
+    hook = {"SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS": "3"}
+    with running_worker(config, log, ready_text="pipeline eoskill: ready", env=hook) as first:
         await produce_raw(kafka, topics["input_topic"], bad_events(bad))
         producer = start_producing(config, count, rate, seed)
-        await until_a_transaction_is_open(kafka, topics["output_topic"], at_least=count // 4)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        assert first.wait(timeout=120) == -signal.SIGKILL
     with running_worker(config, tmp_path / "second.log", ready_text="pipeline eoskill: scoring") as second:
         finished(producer)
         await exactly_once_outputs(kafka, topics, count + bad)

@@ -1,0 +1,49 @@
+"""A test hook of the worker, off unless its environment variable is set: tests that must
+interrupt a worker make it stop itself at a known point, never race it.
+
+``SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS=N`` (exactly-once pipelines): once N
+transactions are committed, the next outputs are sent, acknowledged by the broker (they are in
+the log, in a transaction still open), and the process kills itself with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+from streams.errors import CommandLineError
+from streams.pipeline import Sink
+from streams.records import OutputRecord, Partition
+
+KILL_IN_TRANSACTION_ENV = "SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS"
+
+
+def kill_in_transaction_after() -> int | None:
+    value = os.environ.get(KILL_IN_TRANSACTION_ENV)
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise CommandLineError(f"${KILL_IN_TRANSACTION_ENV} {value!r}: expected a number of commits >= 1")
+    return int(value)
+
+
+class KillInOpenTransaction:
+    """Wraps the sink; ``committed`` is the progress's ``on_committed`` callback."""
+
+    def __init__(self, sink: Sink, after: int, on_committed: Callable[[dict[Partition, int]], None]) -> None:
+        self.sink = sink
+        self.after = after
+        self.commits = 0
+        self._on_committed = on_committed
+
+    def committed(self, offsets: dict[Partition, int]) -> None:
+        self.commits += 1
+        self._on_committed(offsets)
+
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
+        acknowledged = await self.sink.send(records)
+        if self.commits >= self.after and records:
+            await acknowledged
+            os.kill(os.getpid(), signal.SIGKILL)
+        return acknowledged
