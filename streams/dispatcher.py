@@ -111,15 +111,21 @@ class Dispatcher:
 
     async def _prepare_next(self) -> bool:
         """Take and decode the next batch if the batcher says so, else wait as it says."""
-        now = self.clock_ms()
-        plan = self.batcher.plan(now, self.backlog(), overhead_ms=self.acknowledger.ack_ms)
+        plan = self._take_as_planned()
         if plan.take:
-            self._prepare(plan, now)
             return True
         if self.feeder.finished:
             return False
         await self.feeder.wait_for_arrivals(None if plan.wait_ms == float("inf") else plan.wait_ms / 1000)
         return False
+
+    def _take_as_planned(self) -> Plan:
+        """Ask the batcher; take and decode what it says to take now (nothing, if it says wait)."""
+        now = self.clock_ms()
+        plan = self.batcher.plan(now, self.backlog(), overhead_ms=self.acknowledger.ack_ms)
+        if plan.take:
+            self._prepare(plan, now)
+        return plan
 
     def _prepare(self, plan: Plan, now: float) -> None:
         started = time.perf_counter()
@@ -139,10 +145,7 @@ class Dispatcher:
         # the next batch here overlap with inference instead of delaying it.
         await asyncio.sleep(0)
         if not self._prepared and len(self.batcher) >= self.batcher.policy.max_batch_size:
-            now = self.clock_ms()
-            plan = self.batcher.plan(now, self.backlog(), overhead_ms=self.acknowledger.ack_ms)
-            if plan.take:
-                self._prepare(plan, now)
+            self._take_as_planned()
         try:
             scored = await scoring
         except ModelError as exc:
