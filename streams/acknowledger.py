@@ -72,8 +72,8 @@ class Acknowledger:
 
     async def put(self, item: InFlight) -> None:
         """Queue a sent batch; waits while ``max_in_flight`` batches are unacknowledged."""
-        timed = InFlight(item.records, item.outputs, self._timed(item.acknowledged), item.scored, item.dead_lettered)
-        await self._queue.put(timed)
+        item.acknowledged = self._timed(item.acknowledged)
+        await self._queue.put(item)
 
     async def drain(self) -> None:
         """Until every batch queued so far is acknowledged and reported."""
