@@ -1,4 +1,4 @@
-"""A test hook of the worker, off unless its environment variable is set: tests that must
+"""Test hooks, off unless their environment variable is set: tests that must
 interrupt a worker make it stop itself at a known point, never race it.
 
 ``SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS=N`` (exactly-once pipelines): once N
@@ -19,13 +19,18 @@ from streams.records import OutputRecord, Partition
 KILL_IN_TRANSACTION_ENV = "SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS"
 
 
-def kill_in_transaction_after() -> int | None:
-    value = os.environ.get(KILL_IN_TRANSACTION_ENV)
+def count_from_env(name: str, what: str) -> int | None:
+    """A crash hook's count from ``$name``: None when unset; a count of ``what`` >= 1, or one line."""
+    value = os.environ.get(name)
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise CommandLineError(f"${KILL_IN_TRANSACTION_ENV} {value!r}: expected a number of commits >= 1")
+        raise CommandLineError(f"${name} {value!r}: expected a number of {what} >= 1")
     return int(value)
+
+
+def kill_in_transaction_after() -> int | None:
+    return count_from_env(KILL_IN_TRANSACTION_ENV, "commits")
 
 
 class KillInOpenTransaction:

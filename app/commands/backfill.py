@@ -25,6 +25,7 @@ from app.build import (
     settle_garbage_collector,
 )
 from app.config import PipelineConfig
+from app.crash_hooks import count_from_env
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
 from app.progress import Progress
@@ -253,12 +254,7 @@ class _CrashAfterCheckpoints:
 
 
 def crash_hook() -> int | None:
-    value = os.environ.get(CRASH_HOOK_ENV)
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise CommandLineError(f"${CRASH_HOOK_ENV} {value!r}: expected a number of checkpoints >= 1")
-    return int(value)
+    return count_from_env(CRASH_HOOK_ENV, "checkpoints")
 
 
 async def backfill_run(
