@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 import orjson
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS
@@ -147,23 +147,17 @@ async def transport_alone(bootstrap: str, model: str, count: int, *, prefix: str
         await drop_topics(bootstrap, f"{tag}-")
 
 
-async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -> float:
-    """Events/s reading ``count`` events of ``topic`` from the beginning with ``getmany`` and
-    decoding them with the pipeline's own decoder: no model, nothing produced."""
+async def _read_from_beginning(
+    bootstrap: str, topic: str, count: int, handle: Callable[[list[ConsumerRecord]], object]
+) -> float:
+    """Events/s reading ``count`` events of ``topic`` from its first offset with ``getmany``,
+    each fetch handed to ``handle``; the consumer's start-up is not timed."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION
     )
     await consumer.start()
     try:
-        pipeline = Pipeline(
-            name="fetch-decode",
-            schema=SCHEMAS[model],
-            runner=ZeroRunner(),
-            sink=_Unused(),
-            topics=PipelineTopics(f"{topic}-unused", f"{topic}-unused-dlq"),
-        )
-        partitions = await partitions_of(bootstrap, topic)
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         done = 0
@@ -172,11 +166,24 @@ async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -
             fetched = await consumer.getmany(timeout_ms=1000, max_records=2048)
             records = [r for part in fetched.values() for r in part]
             if records:
-                pipeline.decode(records)
+                handle(records)
                 done += len(records)
         return done / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -> float:
+    """Events/s reading ``count`` events of ``topic`` from the beginning with ``getmany`` and
+    decoding them with the pipeline's own decoder: no model, nothing produced."""
+    pipeline = Pipeline(
+        name="fetch-decode",
+        schema=SCHEMAS[model],
+        runner=ZeroRunner(),
+        sink=_Unused(),
+        topics=PipelineTopics(f"{topic}-unused", f"{topic}-unused-dlq"),
+    )
+    return await _read_from_beginning(bootstrap, topic, count, pipeline.decode)
 
 
 async def read_ceilings(bootstrap: str, model: str, topic: str, count: int) -> dict[str, float]:
@@ -186,37 +193,24 @@ async def read_ceilings(bootstrap: str, model: str, topic: str, count: int) -> d
     careful hand-written consumer does). Each the best of two reads: these machines are noisy."""
     fields = DEMO_MODELS[model].inputs
 
-    async def read(decode: bool) -> float:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION
-        )
-        await consumer.start()
+    def parse(records: list[ConsumerRecord]) -> None:
+        events = [orjson.loads(r.value) for r in records]
+        for name in fields:
+            np.array([e[name] for e in events], dtype=np.float32)
+
+    async def read(handle: Callable[[list[ConsumerRecord]], object]) -> float:
+        # An upper bound: no cyclic GC passes over this process's heap (torch, the benchmark's
+        # own event lists) while it reads; what it parses is freed by reference counting.
+        gc.collect()
+        gc.disable()
         try:
-            tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            done = 0
-            # An upper bound: no cyclic GC passes over this process's heap (torch, the benchmark's
-            # own event lists) while it reads; what it parses is freed by reference counting.
-            gc.collect()
-            gc.disable()
-            started = time.perf_counter()
-            while done < count:
-                fetched = await consumer.getmany(timeout_ms=1000, max_records=2048)
-                records = [r for part in fetched.values() for r in part]
-                if decode and records:
-                    events = [orjson.loads(r.value) for r in records]
-                    for name in fields:
-                        np.array([e[name] for e in events], dtype=np.float32)
-                done += len(records)
-            return done / (time.perf_counter() - started)
+            return await _read_from_beginning(bootstrap, topic, count, handle)
         finally:
             gc.enable()
-            await consumer.stop()
 
     return {
-        "getmany": max([await read(False) for _ in range(2)]),
-        "getmany_orjson": max([await read(True) for _ in range(2)]),
+        "getmany": max([await read(lambda records: None) for _ in range(2)]),
+        "getmany_orjson": max([await read(parse) for _ in range(2)]),
     }
 
 
