@@ -10,6 +10,7 @@
     │   ├── CommandLineError         a flag of backfill, watch or swap-model, or what it names
     │   ├── CheckpointError          a backfill run id or checkpoint file that is not what a run wrote
     │   ├── FileSinkError            a file target the sink cannot write, or a stale resume state
+    │   ├── StateError               a state changelog sluice cannot restore (another features config)
     │   └── SwapRejected             a model-swap request the worker refuses (``status``: its HTTP answer)
     ├── ModelError                   a model could not be loaded or could not score a batch
     │   ├── ModelLoadError           (above)
@@ -89,6 +90,10 @@ class CheckpointError(OperatorError):
 
 class FileSinkError(OperatorError):
     """A file target the sink cannot write, or a resume state that no longer matches the files."""
+
+
+class StateError(OperatorError):
+    """Per-key state cannot be restored: its changelog was written under another features config."""
 
 
 class SwapRejected(OperatorError):

@@ -1,0 +1,8 @@
+"""Per-key features computed in the stream: from each key's earlier events, in partition order.
+
+- ``spec``: what the config declares (the features, the key's TTL, how many events a key keeps);
+- ``store``: the state itself, per input partition, column-wise in numpy arrays;
+- ``aggregate``: each feature, vectorised over a batch of events and their keys' windows;
+- ``step``: the pipeline's step between decoding and the model (batch in, model inputs out);
+- ``snapshot``: a key's state as bytes, for the changelog topic that restores it.
+"""

@@ -1,0 +1,153 @@
+"""Per-key state in memory, column-wise, so a batch's keys are read and written with numpy.
+
+Each key has a slot: a row of ``times`` (capacity,) and ``values`` (capacity, fields) holding its
+last ``capacity`` events right-aligned (the newest in the last column), ``length`` of them real,
+and the source ``offset`` of the newest. Slots are per input partition (``tables``): a partition
+moves to another worker with its keys, and only its keys.
+
+Changed keys are remembered per partition (``take_changed``) until the next commit writes them to
+the changelog; a key forgotten by ``sweep`` (idle past its TTL) is written as a tombstone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+# A partition as the store sees it: (topic, partition), what ``streams.records.Partition`` is too.
+PartitionId = tuple[str, int]
+
+
+class KeyedStore:
+    def __init__(self, capacity: int, fields: int, *, initial_slots: int = 1024) -> None:
+        self.capacity = capacity
+        self.fields = fields
+        self.times = np.zeros((initial_slots, capacity), dtype=np.int64)
+        self.values = np.zeros((initial_slots, capacity, fields), dtype=np.float32)
+        self.length = np.zeros(initial_slots, dtype=np.int32)
+        self.offset = np.full(initial_slots, -1, dtype=np.int64)
+        self.tables: dict[PartitionId, dict[bytes, int]] = {}
+        self._changed: dict[PartitionId, set[bytes]] = {}
+        self._free: list[int] = []
+        self._used = 0
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self.tables.values())
+
+    def slots_for(self, partitions: Sequence[PartitionId], keys: Sequence[bytes]) -> np.ndarray:
+        """The slot of each (partition, key), a new empty one for a key not seen before; each key is
+        marked changed (its events are about to be appended)."""
+        slots = np.empty(len(keys), dtype=np.int64)
+        for i, (partition, key) in enumerate(zip(partitions, keys, strict=True)):
+            table = self.tables.get(partition)
+            if table is None:
+                table = self.tables[partition] = {}
+                self._changed[partition] = set()
+            slot = table.get(key)
+            if slot is None:
+                slot = table[key] = self._new_slot()
+            self._changed[partition].add(key)
+            slots[i] = slot
+        return slots
+
+    def append(self, slots: np.ndarray, times: np.ndarray, values: np.ndarray, offsets: np.ndarray) -> None:
+        """Append one event to each slot (the slots must be distinct)."""
+        self.times[slots, :-1] = self.times[slots, 1:]
+        self.times[slots, -1] = times
+        self.values[slots, :-1] = self.values[slots, 1:]
+        self.values[slots, -1] = values
+        self.length[slots] = np.minimum(self.length[slots] + 1, self.capacity)
+        self.offset[slots] = offsets
+
+    def clear(self, slots: np.ndarray) -> None:
+        """Forget the events of ``slots`` (a key idle past its TTL starts again from nothing)."""
+        self.times[slots] = 0
+        self.values[slots] = 0
+        self.length[slots] = 0
+
+    def sweep(self, partition: PartitionId, idle_before_ms: int) -> int:
+        """Forget the keys of ``partition`` whose newest event is older than ``idle_before_ms`` (their
+        features would start from nothing anyway); returns how many."""
+        table = self.tables.get(partition, {})
+        if not table:
+            return 0
+        keys = list(table)
+        slots = np.fromiter(table.values(), dtype=np.int64, count=len(keys))
+        idle = np.flatnonzero(self.times[slots, -1] < idle_before_ms)
+        for i in idle.tolist():
+            self._forget(partition, keys[i])
+        return int(idle.size)
+
+    def take_changed(self, partition: PartitionId) -> list[tuple[bytes, int | None]]:
+        """The keys changed since the last call, each with its slot, or None for a forgotten key."""
+        changed = self._changed.get(partition)
+        if not changed:
+            return []
+        self._changed[partition] = set()
+        table = self.tables.get(partition, {})
+        return [(key, table.get(key)) for key in changed]
+
+    def load(self, partition: PartitionId, key: bytes, times: np.ndarray, values: np.ndarray, offset: int) -> None:
+        """Set a key's state (restoring from the changelog); not marked changed."""
+        table = self.tables.setdefault(partition, {})
+        self._changed.setdefault(partition, set())
+        slot = table.get(key)
+        if slot is None:
+            slot = table[key] = self._new_slot()
+        n = len(times)
+        self.clear(np.array([slot]))
+        if n:
+            self.times[slot, -n:] = times
+            self.values[slot, -n:] = values
+        self.length[slot] = n
+        self.offset[slot] = offset
+
+    def unload(self, partition: PartitionId, key: bytes) -> None:
+        """Forget a key without marking it changed (a tombstone read from the changelog)."""
+        table = self.tables.get(partition, {})
+        slot = table.pop(key, None)
+        if slot is not None:
+            self._release(slot)
+
+    def drop_partitions(self, partitions: Iterable[PartitionId]) -> None:
+        """Forget every key of ``partitions`` (they moved to another worker)."""
+        for partition in partitions:
+            for slot in self.tables.pop(partition, {}).values():
+                self._release(slot)
+            self._changed.pop(partition, None)
+
+    def events(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """A slot's real events: their times and values, oldest first."""
+        n = int(self.length[slot])
+        return self.times[slot, self.capacity - n :], self.values[slot, self.capacity - n :]
+
+    def _forget(self, partition: PartitionId, key: bytes) -> None:
+        self._release(self.tables[partition].pop(key))
+        self._changed.setdefault(partition, set()).add(key)
+
+    def _release(self, slot: int) -> None:
+        self.clear(np.array([slot]))
+        self.offset[slot] = -1
+        self._free.append(slot)
+
+    def _new_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._used == len(self.length):
+            self._grow()
+        self._used += 1
+        return self._used - 1
+
+    def _grow(self) -> None:
+        size = 2 * len(self.length)
+        self.times = _resized(self.times, size)
+        self.values = _resized(self.values, size)
+        self.length = _resized(self.length, size)
+        self.offset = _resized(self.offset, size, fill=-1)
+
+
+def _resized(array: np.ndarray, rows: int, fill: int = 0) -> np.ndarray:
+    grown = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
