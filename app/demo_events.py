@@ -1,4 +1,8 @@
-"""Demo transaction events as JSON, from the same generator the demo models were trained on."""
+"""Demo transaction events as JSON, from the same generator the demo models were trained on.
+
+Events carry no history: sluice builds each account's from its earlier events (the record
+key is the account), so the stream is just the chunks' events one after another.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import orjson
 
-from models.synthetic import generate
+from models.synthetic import SCALAR_FIELDS, emitted, generate
 
 CHUNK = 5_000
 
@@ -22,19 +25,27 @@ class DemoEvent:
     label: float
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The generator's seed for chunk ``chunk`` (events ``chunk * CHUNK`` on) of demo stream ``seed``."""
+    return seed * 1_000_003 + chunk
+
+
 def demo_events(count: int, *, seed: int = 1, start: int = 0) -> Iterator[DemoEvent]:
-    """``count`` events; ids are ``tx-<seed>-<n>`` so tests can account for each one."""
-    for chunk_start in range(start, start + count, CHUNK):
-        n = min(CHUNK, start + count - chunk_start)
-        # Seed per chunk so any slice of the sequence is reproducible on its own.
-        data = generate(n, seed=seed * 1_000_003 + chunk_start // CHUNK)
-        features = data.features.astype(np.float64).round(4).tolist()
-        history = data.history.astype(np.float64).round(4).tolist()
-        accounts = data.accounts.tolist()
-        labels = data.labels.tolist()
+    """Events ``start`` to ``start + count`` of the demo stream for ``seed``; ids are
+    ``tx-<seed>-<n>`` so tests can account for each one."""
+    stop = start + count
+    for chunk_start in range(start - start % CHUNK, stop, CHUNK):
+        # Each chunk is generated whole from its own seed and sliced, so event n is the same
+        # whatever slice it is produced in (the generator's output for a shorter n differs).
+        data = generate(CHUNK, seed=chunk_seed(seed, chunk_start // CHUNK))
+        part = slice(max(start, chunk_start) - chunk_start, min(stop, chunk_start + CHUNK) - chunk_start)
+        features = emitted(data.features[part]).tolist()
+        scalars = {field: emitted(getattr(data, field)[part]).tolist() for field in SCALAR_FIELDS}
+        accounts = data.accounts[part].tolist()
+        labels = data.labels[part].tolist()
         now_ms = time.time_ns() // 1_000_000
-        for i in range(n):
-            event_id = f"tx-{seed}-{chunk_start + i}"
+        for i, n in enumerate(range(chunk_start + part.start, chunk_start + part.stop)):
+            event_id = f"tx-{seed}-{n}"
             account = f"acct-{accounts[i]:05d}"
             value = orjson.dumps(
                 {
@@ -42,7 +53,7 @@ def demo_events(count: int, *, seed: int = 1, start: int = 0) -> Iterator[DemoEv
                     "account": account,
                     "ts": now_ms,
                     "features": features[i],
-                    "history": history[i],
+                    **{field: values[i] for field, values in scalars.items()},
                 }
             )
             yield DemoEvent(event_id, account.encode(), value, labels[i])

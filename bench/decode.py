@@ -1,6 +1,8 @@
 """Decoding alone, side by side in one run: microseconds per event for 4,096-event batches of
-demo events, one thread, no Kafka, for the light model's schema (``features``) and the
-transformer's (``features`` and the [16, 4] ``history``).
+demo events, one thread, no Kafka, for the light model's schema (``features``), the
+transformer's (``features`` and the three scalars sluice builds its history from), and a
+nested input: the same events carrying a [16, 4] ``history`` array, as an upstream that
+computed it could send them (the layout of nested inputs was decided here).
 
     .venv/bin/python -m bench.decode                 # results to bench/results/decode.{md,json}
     .venv/bin/python -m bench.decode --rounds 30
@@ -15,7 +17,7 @@ What is compared, on the same records:
   hand back what msgspec and orjson could read differently (see ``streams.fast_decode``);
 - now without those checks of the text (UTF-8, numbers' range, nesting): what they cost;
 - the careful path alone (orjson and numpy per event: what a batch of bad events costs);
-- for the transformer, the layout not chosen: ``history`` typed as nested lists, which msgspec
+- for the nested input, the layout not chosen: ``history`` typed as nested lists, which msgspec
   builds as a list per row, flattened by ``np.fromiter`` (and without the checks).
 
 Rounds are interleaved (each variant once per round) and the best round is reported with the
@@ -33,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
@@ -43,16 +46,29 @@ import numpy as np
 import orjson
 
 from app.demo_events import demo_events
-from models.registry import DEMO_MODELS
+from models.synthetic import FEATURES, HISTORY_FIELDS, HISTORY_STEPS, SCALAR_FIELDS, account_histories, emitted
 from streams import codec, fast_decode
 from streams.codec import EventSchema, TensorField
 from streams.records import InputRecord
 
 RESULTS = Path(__file__).parent / "results"
+FEATURES_FIELD = TensorField("features", (FEATURES,))
+NESTED = "events carrying a [16, 4] history"
 SCHEMAS = {
-    name: EventSchema("id", tuple(TensorField(f, s) for f, s in zip(m.inputs, m.shapes, strict=True)))
-    for name, m in DEMO_MODELS.items()
+    "fraud-mlp": EventSchema("id", (FEATURES_FIELD,)),
+    "fraud-transformer": EventSchema("id", (FEATURES_FIELD, *(TensorField(f, ()) for f in SCALAR_FIELDS))),
+    NESTED: EventSchema("id", (FEATURES_FIELD, TensorField("history", (HISTORY_STEPS, HISTORY_FIELDS)))),
 }
+
+
+def with_history(values: Sequence[bytes]) -> list[bytes]:
+    """The events with each account's [16, 4] history as of that event added, rounded as the
+    demo events round their numbers: the demo events' shape before sluice built the history."""
+    docs = [orjson.loads(v) for v in values]
+    accounts = np.array([d["account"] for d in docs])
+    scalars = np.array([[d[f] for f in SCALAR_FIELDS] for d in docs], dtype=np.float32)
+    histories = emitted(account_histories(accounts, scalars)).tolist()
+    return [orjson.dumps({**d, "history": h}) for d, h in zip(docs, histories, strict=True)]
 
 
 def orjson_np_array(records: Sequence[InputRecord], schema: EventSchema) -> Any:
@@ -125,32 +141,35 @@ def measure(variants: dict[str, Callable[[], Any]], rounds: int, events: int) ->
 
 
 def run(events: int, rounds: int) -> dict[str, Any]:
-    demo = list(demo_events(events, seed=3))
-    records = [InputRecord("bench", 0, i, 0, e.key, e.value) for i, e in enumerate(demo)]
+    keys, demo = zip(*((e.key, e.value) for e in demo_events(events, seed=3)), strict=True)
+    carrying = with_history(demo)
     results: dict[str, Any] = {
         "started": datetime.now().isoformat(sep=" ", timespec="seconds"),
         "events_per_batch": events,
         "rounds": rounds,
-        "value_bytes_mean": sum(len(e.value) for e in demo) / events,
+        "value_bytes_mean": sum(map(len, demo)) / events,
+        "nested_value_bytes_mean": sum(map(len, carrying)) / events,
         "models": {},
     }
     for model, schema in SCHEMAS.items():
+        values = carrying if model == NESTED else demo
+        records = [InputRecord("bench", 0, i, 0, k, v) for i, (k, v) in enumerate(zip(keys, values, strict=True))]
         reference = codec.decode(records, schema)
         before_ids, before_inputs = orjson_np_array(records, schema)
         assert reference.ids == before_ids and not reference.rejects
         assert all(a.tobytes() == b.tobytes() for a, b in zip(reference.inputs, before_inputs, strict=True))
         variants: dict[str, Callable[[], Any]] = {
-            "before: orjson + np.array": lambda s=schema: orjson_np_array(records, s),
-            "now: msgspec + np.fromiter (sluice decode)": lambda s=schema: codec.decode(records, s),
-            "now, without the text checks (their cost; not safe)": lambda s=schema: without_text_checks(records, s),
-            "careful path alone (orjson, numpy per event)": lambda s=schema: codec._decode_careful(records, s),
+            "before: orjson + np.array": partial(orjson_np_array, records, schema),
+            "now: msgspec + np.fromiter (sluice decode)": partial(codec.decode, records, schema),
+            "now, without the text checks (their cost; not safe)": partial(without_text_checks, records, schema),
+            "careful path alone (orjson, numpy per event)": partial(codec._decode_careful, records, schema),
         }
         if any(len(spec.shape) > 1 for spec in schema.inputs):
             nested = nested_lists(schema)
             ids, inputs = nested(records)
             assert ids == reference.ids
             assert all(a.tobytes() == b.tobytes() for a, b in zip(inputs, reference.inputs, strict=True))
-            variants["not chosen: history as nested lists, no guards"] = lambda f=nested: f(records)
+            variants["not chosen: history as nested lists, no guards"] = partial(nested, records)
         results["models"][model] = measure(variants, rounds, events)
     return results
 
@@ -161,7 +180,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         f"Run {results['started']}: {results['events_per_batch']:,}-event batches of demo events "
         f"({results['value_bytes_mean']:.0f} bytes each), one thread, no Kafka; best and median of "
-        f"{results['rounds']} interleaved rounds. Reproduce: `.venv/bin/python -m bench.decode`.",
+        f"{results['rounds']} interleaved rounds; {NESTED}: "
+        f"{results['nested_value_bytes_mean']:.0f} bytes each. Reproduce: `.venv/bin/python -m bench.decode`.",
         "",
     ]
     for model, variants in results["models"].items():

@@ -1,4 +1,5 @@
-"""Train the demo models on synthetic transactions and measure their held-out ROC AUC.
+"""Train the demo models on a synthetic transaction stream and measure their held-out ROC AUC
+on another stream.
 
     python -m models.train                 # all demo models, weights into models/weights/
     python -m models.train fraud-mlp --out /tmp/weights
@@ -23,10 +24,12 @@ import torch
 from torch import nn
 
 from models.registry import DEMO_MODELS, WEIGHTS_DIR, DemoModel
-from models.synthetic import Transactions, generate, roc_auc
+from models.synthetic import Transactions, account_histories, generate, history_values, roc_auc
 
 TRAIN_SEED = 20261128
 HOLDOUT_SEED = 7
+# Training and held-out events are every SPREAD-th of a longer stream (see stream_sample).
+SPREAD = 4
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,26 @@ DEFAULT_SETTINGS = {
 
 
 def model_inputs(model: DemoModel, data: Transactions) -> tuple[torch.Tensor, ...]:
-    """The tensors this demo model takes, in ``forward`` order."""
-    return tuple(torch.from_numpy(getattr(data, field)) for field in model.inputs)
+    """The tensors this demo model takes, in ``forward`` order. ``history`` is not in the
+    events: it is built from the account's earlier events in ``data``'s stream, as sluice
+    builds it when serving."""
+
+    def tensor(field: str) -> np.ndarray:
+        if field == "history":
+            return account_histories(data.accounts, history_values(data))
+        return getattr(data, field)
+
+    return tuple(torch.from_numpy(tensor(field)) for field in model.inputs)
+
+
+def stream_sample(model: DemoModel, samples: int, seed: int) -> tuple[tuple[torch.Tensor, ...], np.ndarray]:
+    """``samples`` events spread evenly over a stream ``SPREAD`` times as long (every
+    ``SPREAD``-th event, histories built from the whole stream): their accounts' histories
+    range from a new account's to full ones, as on a topic that has run for a while, not
+    only the short ones at a stream's start. The model's inputs for them, and their labels."""
+    data = generate(samples * SPREAD, seed=seed)
+    every = slice(SPREAD - 1, None, SPREAD)
+    return tuple(x[every] for x in model_inputs(model, data)), data.labels[every]
 
 
 def score(module: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int = 4096) -> np.ndarray:
@@ -65,17 +86,16 @@ def train(model: DemoModel, settings: TrainSettings) -> tuple[nn.Module, dict[st
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     module = model.factory()
-    train_data = generate(settings.samples, seed=TRAIN_SEED)
-    holdout = generate(settings.holdout, seed=HOLDOUT_SEED)
-    inputs = model_inputs(model, train_data)
-    labels = torch.from_numpy(train_data.labels)
+    inputs, train_labels = stream_sample(model, settings.samples, TRAIN_SEED)
+    holdout_inputs, holdout_labels = stream_sample(model, settings.holdout, HOLDOUT_SEED)
+    labels = torch.from_numpy(train_labels)
     optimiser = torch.optim.Adam(module.parameters(), lr=settings.learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(TRAIN_SEED)
     started = time.perf_counter()
     for epoch in range(settings.epochs):
         module.train()
-        order = torch.randperm(len(train_data), generator=generator)
+        order = torch.randperm(len(labels), generator=generator)
         total = 0.0
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
@@ -85,14 +105,14 @@ def train(model: DemoModel, settings: TrainSettings) -> tuple[nn.Module, dict[st
             optimiser.step()
             total += float(loss.detach()) * len(idx)
         print(f"  {model.name} epoch {epoch + 1}/{settings.epochs}: loss {total / len(order):.4f}", flush=True)
-    auc = roc_auc(holdout.labels, score(module, model_inputs(model, holdout)))
+    auc = roc_auc(holdout_labels, score(module, holdout_inputs))
     report: dict[str, object] = {
         "model": model.name,
         "version": model.version,
         "description": model.description,
         "holdout_roc_auc": round(auc, 4),
         "holdout_samples": settings.holdout,
-        "holdout_fraud_rate": round(float(holdout.labels.mean()), 4),
+        "holdout_fraud_rate": round(float(holdout_labels.mean()), 4),
         "train_samples": settings.samples,
         "epochs": settings.epochs,
         "train_seconds": round(time.perf_counter() - started, 1),

@@ -4,15 +4,18 @@ import json
 import warnings
 
 import numpy as np
+import orjson
 import pytest
 import torch
 from torch import nn
 
+from app.demo_events import CHUNK, chunk_seed, demo_events
+from models.demo import FraudTransformer
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 from models.runner import TorchRunner, resolve_device
-from models.synthetic import generate, roc_auc
-from models.train import HOLDOUT_SEED, TrainSettings, model_inputs, score, train
+from models.synthetic import account_histories, generate, history_values, roc_auc
+from models.train import HOLDOUT_SEED, TrainSettings, score, stream_sample, train
 from streams.errors import ModelLoadError, PredictionCountError
 
 
@@ -24,13 +27,71 @@ def test_roc_auc_matches_hand_computed_values():
 
 
 def test_synthetic_data_is_deterministic_and_has_a_planted_signal():
-    a, b = generate(2_000, seed=3), generate(2_000, seed=3)
-    assert np.array_equal(a.features, b.features)
-    assert np.array_equal(a.history, b.history)
+    a, b = generate(20_000, seed=3), generate(20_000, seed=3)
+    for field in ("features", "amount", "merchant_risk", "foreign", "accounts", "takeover", "labels"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
     assert 0.02 < a.labels.mean() < 0.2
-    # The burst at the end of the history is the planted signal: fraud has larger recent amounts.
-    recent = a.history[:, -3:, 0].mean(axis=1)
-    assert roc_auc(a.labels, recent) > 0.6
+    assert 0.03 < a.takeover.mean() < 0.08
+    # The planted signal: takeovers are fraud-prone, and their transactions are large.
+    assert a.labels[a.takeover].mean() > 3 * a.labels[~a.takeover].mean()
+    assert roc_auc(a.labels, a.amount) > 0.6
+    # A takeover is a burst of the account's events: most follow another of the same account's.
+    prior = account_histories(a.accounts, a.takeover[:, None].astype(np.float32), steps=2)[:, 0, 0]
+    assert prior[a.takeover].mean() > 0.5
+
+
+def test_account_histories_match_a_hand_written_example():
+    accounts = np.array([7, 3, 7, 7, 3])
+    values = np.array([[1, 10, 0], [2, 20, 1], [3, 30, 0], [4, 40, 1], [5, 50, 0]], dtype=np.float32)
+    pad = [0, 0, 0, 0]
+    expected = [
+        [pad, pad, [1, 10, 0, 1]],
+        [pad, pad, [2, 20, 1, 1]],
+        [pad, [1, 10, 0, 1], [3, 30, 0, 1]],
+        [[1, 10, 0, 1], [3, 30, 0, 1], [4, 40, 1, 1]],
+        [pad, [2, 20, 1, 1], [5, 50, 0, 1]],
+    ]
+    histories = account_histories(accounts, values, steps=3)
+    assert histories.dtype == np.float32 and histories.shape == (5, 3, 4)
+    assert np.array_equal(histories, np.array(expected, dtype=np.float32))
+    # Fewer steps keep the most recent events.
+    assert np.array_equal(account_histories(accounts, values, steps=2)[3], [[3, 30, 0, 1], [4, 40, 1, 1]])
+
+
+def test_demo_events_are_reproducible_and_any_slice_is_the_same_events():
+    def stripped(events):
+        # ts is the wall clock when produced; the rest is the event.
+        return [(e.id, e.key, e.label, {k: v for k, v in orjson.loads(e.value).items() if k != "ts"}) for e in events]
+
+    start, count = CHUNK - 700, 2_000  # spans a chunk boundary
+    whole = stripped(demo_events(count, seed=4, start=start))
+    assert whole == stripped(demo_events(count, seed=4, start=start))
+    head, tail = demo_events(900, seed=4, start=start), demo_events(count - 900, seed=4, start=start + 900)
+    assert stripped(head) + stripped(tail) == whole
+    assert stripped(demo_events(CHUNK + 1_300, seed=4))[start:] == whole
+    assert [e[0] for e in whole] == [f"tx-4-{n}" for n in range(start, start + count)]
+    first = whole[0][3]
+    assert set(first) == {"id", "account", "features", "amount", "merchant_risk", "foreign"}
+    assert whole[0][1] == first["account"].encode() and len(first["features"]) == 32
+
+
+def test_training_histories_are_what_sluice_reads_back_from_the_events():
+    events = [orjson.loads(e.value) for e in demo_events(CHUNK, seed=5)]
+    decoded = np.array([[e[f] for f in ("amount", "merchant_risk", "foreign")] for e in events], dtype=np.float32)
+    assert np.array_equal(decoded, history_values(generate(CHUNK, seed=chunk_seed(5, 0))))
+
+
+def test_the_transformer_ignores_what_the_padding_holds():
+    torch.manual_seed(0)
+    model = FraudTransformer().eval()
+    history = torch.from_numpy(account_histories(np.array([1, 1, 2]), np.ones((3, 3), dtype=np.float32)))
+    features = torch.zeros(3, 32)
+    noisy = history.clone()
+    noisy[..., :-1] += 100.0 * (noisy[..., -1:] == 0)  # only padded steps change
+    with torch.inference_mode():
+        assert torch.allclose(model(features, history), model(features, noisy), atol=1e-6)
+        # A batch of zeros (the runner's warm-up) says nothing is real; the current event still is.
+        assert torch.isfinite(model(torch.zeros(2, 32), torch.zeros(2, 16, 4))).all()
 
 
 @pytest.mark.parametrize("name", sorted(DEMO_MODELS))
@@ -38,8 +99,8 @@ def test_shipped_demo_weights_reach_the_quality_their_report_claims(name):
     demo = DEMO_MODELS[name]
     loaded = load_model(ModelSpec(demo=name))
     report = json.loads(demo.report.read_text())
-    holdout = generate(report["holdout_samples"], seed=HOLDOUT_SEED)
-    auc = roc_auc(holdout.labels, score(loaded.module, model_inputs(demo, holdout)))
+    inputs, labels = stream_sample(demo, report["holdout_samples"], HOLDOUT_SEED)
+    auc = roc_auc(labels, score(loaded.module, inputs))
     assert auc == pytest.approx(report["holdout_roc_auc"], abs=1e-3)
     assert auc > 0.75
 
