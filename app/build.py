@@ -16,6 +16,8 @@ from models.loading import LoadedModel
 from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
 from streams.cost_model import CostModel, reference_sizes
+from streams.features.inputs import StatefulInputs
+from streams.features.step import FeatureStep
 from streams.kafka.sink import KafkaSink
 from streams.kafka.transactions import PartitionTransactions, TransactionalSink
 from streams.pipeline import Pipeline, PipelineTopics, Sink
@@ -46,17 +48,25 @@ def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) 
         device=config.app.device,
         threads=config.app.torch_threads,
     )
-    timings = runner.warm_up([f.shape for f in pipeline.schema.inputs], reference_sizes(pipeline.max_batch_size))
+    timings = runner.warm_up(pipeline.input_shapes, reference_sizes(pipeline.max_batch_size))
     cost = CostModel()
     cost.seed({n: t + n * PIPELINE_SECONDS_PER_EVENT for n, t in timings.items()})
     return runner, cost
 
 
 def build_pipeline(
-    pipeline: PipelineConfig, runner: TorchRunner, sink: Sink, mode: Mode, *, topics: PipelineTopics | None = None
+    pipeline: PipelineConfig,
+    runner: TorchRunner,
+    sink: Sink,
+    mode: Mode,
+    *,
+    topics: PipelineTopics | None = None,
+    emit_features: bool = False,
 ) -> Pipeline:
     """The pipeline of ``mode``: a backfill keys outputs by source position (a re-run overwrites on
-    a compacted topic) and writes where ``topics`` say; the worker keys them like their input."""
+    a compacted topic) and writes where ``topics`` say; the worker keys them like their input.
+    A pipeline with per-key features gets its features step, with an empty state: the worker
+    restores it from the changelog as partitions are assigned, the backfill rebuilds it."""
     return Pipeline(
         name=pipeline.name,
         schema=pipeline.schema,
@@ -66,7 +76,15 @@ def build_pipeline(
         key_by_position=mode == "backfill",
         dead_letter_copy_bytes=pipeline.dead_letter_copy_bytes,
         headers=pipeline.headers,
+        stateful=build_stateful_inputs(pipeline),
+        emit_features=emit_features,
     )
+
+
+def build_stateful_inputs(pipeline: PipelineConfig) -> StatefulInputs | None:
+    if pipeline.state is None:
+        return None
+    return StatefulInputs(FeatureStep(pipeline.state), pipeline.inputs, pipeline.schema.inputs)
 
 
 def build_batcher(pipeline: PipelineConfig, cost: CostModel, mode: Mode) -> Batcher:
@@ -96,17 +114,23 @@ async def build_transactional_sink(
 ) -> tuple[PartitionTransactions, TransactionalSink]:
     """Exactly-once: the live worker's transactional producers (one per input partition, made as
     partitions are assigned) and the sink that sends with them, not started."""
-    producer_settings = {**PRODUCER_SETTINGS["live"], **settings}
-    transactions = PartitionTransactions(
-        lambda transactional_id: make_producer(conn, transactional_id=transactional_id, **producer_settings),
-        group_id=pipeline.group_id,
-    )
+    transactions = build_partition_transactions(conn, pipeline, **settings)
     sink = TransactionalSink(
         transactions,
         input_topic=pipeline.input_topics[0],
         max_record_bytes=await max_message_bytes(conn, [pipeline.output_topic, pipeline.dead_letter_topic]),
     )
     return transactions, sink
+
+
+def build_partition_transactions(conn: Connection, pipeline: PipelineConfig, **settings: Any) -> PartitionTransactions:
+    """One transactional producer per input partition, made as partitions are assigned: what
+    commits a partition's offset (with its outputs, exactly-once; with its state's changelog)."""
+    producer_settings = {**PRODUCER_SETTINGS["live"], **settings}
+    return PartitionTransactions(
+        lambda transactional_id: make_producer(conn, transactional_id=transactional_id, **producer_settings),
+        group_id=pipeline.group_id,
+    )
 
 
 def settle_garbage_collector() -> None:

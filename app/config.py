@@ -14,10 +14,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from app.config_table import Table as _Table
+from app.state_config import load_inputs, load_state
 from models.spec import WEIGHTS_DIR, ModelSpec
-from streams.codec import EventSchema, TensorField
+from streams.codec import EventSchema
 from streams.dead_letters import DEFAULT_MAX_COPY_BYTES
 from streams.errors import ConfigError
+from streams.features.inputs import ModelInput, decoded_fields
+from streams.features.spec import StateSpec
 from streams.records import HeaderPolicy
 
 # Below this a dead letter could not even hold the start of a typical event.
@@ -103,11 +107,24 @@ class PipelineConfig:
     # (outputs and offsets in one Kafka transaction per input partition, every transaction_interval_ms).
     delivery: str = "at_least_once"
     transaction_interval_ms: float = 100.0
+    # The model's inputs in forward() order (event fields and per-key features); the schema
+    # decodes the event fields among them and the numbers the state keeps.
+    inputs: tuple[ModelInput, ...] = ()
+    # Per-key features ([pipelines.NAME.state]) and the compacted topic their state is restored from.
+    state: StateSpec | None = None
+    changelog_topic: str = ""
+    # Live outputs carry each event's per-key features too (the backfill's --emit-features).
+    emit_features: bool = False
 
     @property
     def topics(self) -> list[str]:
         """Every topic the pipeline reads or writes."""
         return [*self.input_topics, self.output_topic, self.dead_letter_topic]
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        """The shape per event of each model input, in forward() order."""
+        return [i.shape for i in self.inputs] if self.inputs else [f.shape for f in self.schema.inputs]
 
 
 @dataclass(frozen=True)
@@ -126,75 +143,6 @@ class Config:
     def bootstrap_servers(self) -> str:
         """The broker URL without Faust's ``kafka://`` scheme, as aiokafka wants it."""
         return ",".join(part.split("://", 1)[-1] for part in self.app.broker.split(","))
-
-
-class _Table:
-    """A TOML table that remembers where it is, so every error can name the key."""
-
-    def __init__(self, path: Path, prefix: str, data: Mapping[str, Any]) -> None:
-        self.path = path
-        self.prefix = prefix
-        self.data = data
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def fail(self, name: str, value: Any, expected: str) -> ConfigError:
-        return ConfigError(f"{self.path}: key '{self.key(name)}' has value {value!r}: expected {expected}")
-
-    def get(self, name: str, kind: type | tuple[type, ...], expected: str, default: Any = ...) -> Any:
-        self.seen.add(name)
-        if name not in self.data:
-            if default is ...:
-                raise ConfigError(f"{self.path}: key '{self.key(name)}' is missing: expected {expected}")
-            return default
-        value = self.data[name]
-        # bool is an int in Python; a config that says `true` where a number belongs is a mistake.
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise self.fail(name, value, expected)
-        if not isinstance(value, kind):
-            raise self.fail(name, value, expected)
-        return value
-
-    def text(self, name: str, default: Any = ...) -> str:
-        value = self.get(name, str, "a non-empty string", default)
-        if value is not None and not value.strip():
-            raise self.fail(name, value, "a non-empty string")
-        return value
-
-    def integer(self, name: str, default: Any = ..., minimum: int = 0) -> int:
-        value = self.get(name, int, f"an integer >= {minimum}", default)
-        if value < minimum:
-            raise self.fail(name, value, f"an integer >= {minimum}")
-        return value
-
-    def number(self, name: str, default: Any = ..., *, positive: bool = True) -> float:
-        expected = "a number > 0" if positive else "a number >= 0"
-        value = self.get(name, (int, float), expected, default)
-        if value < 0 or (positive and value == 0) or value != value:
-            raise self.fail(name, value, expected)
-        return float(value)
-
-    def flag(self, name: str, default: Any = ...) -> bool:
-        return self.get(name, bool, "true or false", default)
-
-    def choice(self, name: str, choices: tuple[str, ...], default: Any = ...) -> str:
-        value = self.get(name, str, f"one of {list(choices)}", default)
-        if value not in choices:
-            raise self.fail(name, value, f"one of {list(choices)}")
-        return value
-
-    def table(self, name: str, default: Any = ...) -> _Table:
-        value = self.get(name, dict, "a table", {} if default is not ... else ...)
-        return _Table(self.path, self.key(name), value)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise ConfigError(
-                f"{self.path}: unknown key '{self.key(unknown[0])}'; known keys here: {sorted(self.seen)}"
-            )
 
 
 def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -335,23 +283,24 @@ def _load_model(t: _Table, base: Path) -> ModelSpec:
     return spec
 
 
-def _load_schema(t: _Table, max_payload_bytes: int) -> EventSchema:
-    inputs_raw = t.get("inputs", list, "a list of {field = NAME, shape = [N, ...]} tables")
-    if not inputs_raw:
-        raise t.fail("inputs", inputs_raw, "at least one {field = NAME, shape = [N, ...]} table")
-    inputs = []
-    for i, item in enumerate(inputs_raw):
-        entry = _Table(t.path, f"{t.key('inputs')}[{i}]", item if isinstance(item, dict) else {})
-        if not isinstance(item, dict):
-            raise t.fail("inputs", inputs_raw, "a list of tables like {field = 'features', shape = [32]}")
-        shape = entry.get("shape", list, "a list of positive integers, e.g. [32]")
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-            raise entry.fail("shape", shape, "a list of positive integers, e.g. [32]")
-        inputs.append(TensorField(field=entry.text("field"), shape=tuple(shape)))
-        entry.done()
-    schema = EventSchema(id_field=t.text("id_field", "id"), inputs=tuple(inputs), max_payload_bytes=max_payload_bytes)
+def _load_schema(t: _Table, inputs: tuple[ModelInput, ...], state: StateSpec | None, max_payload: int) -> EventSchema:
+    fields = decoded_fields(inputs, state.fields if state is not None else ())
+    schema = EventSchema(id_field=t.text("id_field", "id"), inputs=fields, max_payload_bytes=max_payload)
     t.done()
     return schema
+
+
+def _emit_features(t: _Table, state: StateSpec | None) -> bool:
+    emit = t.flag("emit_features", False)
+    if emit and state is None:
+        raise t.fail("emit_features", emit, f"false: there are no per-key features without [{t.prefix}.state]")
+    return emit
+
+
+def _changelog_topic(t: _Table, state: StateSpec | None, group_id: str) -> str:
+    if state is None:
+        return ""
+    return t.table("state").text("changelog_topic", f"{group_id}-state-changelog")
 
 
 def _headers(t: _Table) -> HeaderPolicy:
@@ -384,6 +333,15 @@ def _delivery(t: _Table) -> dict[str, Any]:
 
 def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineConfig:
     max_payload = t.integer("max_payload_bytes", 1 << 20, minimum=1)
+    state_key = f"{t.prefix}.state"
+    state = load_state(t.table("state")) if "state" in t.data else None
+    features = t.table("features")
+    inputs = load_inputs(features, state, state_key)
+    topics = t.data.get("input_topics")
+    if state is not None and isinstance(topics, list) and len(topics) > 1:
+        # State lives per input partition, and its changelog partition is the input partition's number.
+        raise t.fail("input_topics", topics, f"a single input topic for a pipeline with [{state_key}]")
+    group_id = t.text("group_id", f"{app_id}.{name}")
     pipeline = PipelineConfig(
         name=name,
         input_topics=_topics(t, "input_topics"),
@@ -391,7 +349,11 @@ def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineCon
         dead_letter_topic=t.text("dead_letter_topic"),
         backfill_topic=t.text("backfill_topic", None) or f"{t.data.get('output_topic', '')}-backfill",
         model=_load_model(t.table("model"), base),
-        schema=_load_schema(t.table("features"), max_payload),
+        schema=_load_schema(features, inputs, state, max_payload),
+        inputs=inputs,
+        state=state,
+        changelog_topic=_changelog_topic(t, state, group_id),
+        emit_features=_emit_features(t, state),
         max_batch_size=t.integer("max_batch_size", 512, minimum=1),
         poll_ms=t.integer("poll_ms", 100, minimum=1),
         latency_budget_ms=t.number("latency_budget_ms", 50.0),
@@ -401,7 +363,7 @@ def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineCon
         commit_interval_ms=t.number("commit_interval_ms", 1000.0),
         model_dirs=(),
         # Two apps on one cluster may both name a pipeline "fraud": the app id keeps their groups apart.
-        group_id=t.text("group_id", f"{app_id}.{name}"),
+        group_id=group_id,
         dead_letter_copy_bytes=t.integer("dead_letter_copy_bytes", DEFAULT_MAX_COPY_BYTES, minimum=MIN_COPY_BYTES),
         headers=_headers(t),
         **_delivery(t),

@@ -4,6 +4,10 @@ interrupt a worker make it stop itself at a known point, never race it.
 ``SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS=N`` (exactly-once pipelines): once N
 transactions are committed, the next outputs are sent, acknowledged by the broker (they are in
 the log, in a transaction still open), and the process kills itself with SIGKILL.
+
+``SLUICE_TEST_KILL_IN_CHANGELOG_FLUSH_AFTER_COMMITS=N`` (stateful pipelines): once N commits
+wrote state to the changelog, the next one writes its keys' state, acknowledged by the broker
+(in the log, in the partition's transaction still open), and the process kills itself.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from streams.errors import CommandLineError
 from streams.pipeline import Sink
 from streams.records import OutputRecord, Partition
 
 KILL_IN_TRANSACTION_ENV = "SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS"
+KILL_IN_FLUSH_ENV = "SLUICE_TEST_KILL_IN_CHANGELOG_FLUSH_AFTER_COMMITS"
 
 
 def count_from_env(name: str, what: str) -> int | None:
@@ -52,3 +58,24 @@ class KillInOpenTransaction:
             await acknowledged
             os.kill(os.getpid(), signal.SIGKILL)
         return acknowledged
+
+
+def kill_in_changelog_flush_after() -> int | None:
+    return count_from_env(KILL_IN_FLUSH_ENV, "commits")
+
+
+class KillInChangelogFlush:
+    """Wraps ``Changelog.flush`` (a ``PartitionTransactions.before_commit``)."""
+
+    def __init__(self, flush: Callable[[Partition, Any], Awaitable[int]], after: int) -> None:
+        self.flush = flush
+        self.after = after
+        self.flushes = 0
+
+    async def __call__(self, partition: Partition, producer: Any) -> int:
+        written = await self.flush(partition, producer)  # sent and acknowledged, not committed
+        if written:
+            self.flushes += 1
+            if self.flushes > self.after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return written

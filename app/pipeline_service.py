@@ -19,6 +19,7 @@ from app.build import (
     FETCH_BYTES_PER_PARTITION,
     build_batcher,
     build_kafka_sink,
+    build_partition_transactions,
     build_pipeline,
     build_runner,
     build_transactional_sink,
@@ -26,16 +27,23 @@ from app.build import (
 )
 from app.cli import PROCESS_STARTED
 from app.config import Config, PipelineConfig
-from app.crash_hooks import KillInOpenTransaction, kill_in_transaction_after
-from app.kafka_clients import connection, make_consumer
+from app.crash_hooks import (
+    KillInChangelogFlush,
+    KillInOpenTransaction,
+    kill_in_changelog_flush_after,
+    kill_in_transaction_after,
+)
+from app.kafka_clients import Connection, connection, make_consumer
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
 from streams.driver import Driver
-from streams.errors import ModelLoadError
+from streams.errors import ModelLoadError, SluiceError, StateError
+from streams.kafka.changelog import Changelog
 from streams.kafka.group_commits import GroupCommits
 from streams.kafka.group_source import KafkaBatchSource
 from streams.kafka.sink import KafkaSink
-from streams.kafka.transactions import PartitionTransactions, TransactionalSink, TransactionCommits
+from streams.kafka.transaction_commits import TransactionCommits
+from streams.kafka.transactions import PartitionTransactions, TransactionalSink
 from streams.metrics import PipelineMetrics
 from streams.pipeline import Sink
 from streams.records import Partition
@@ -71,6 +79,8 @@ class PipelineService(Service):
         self._crashing: asyncio.Future[None] | None = None
         self._source: KafkaBatchSource | None = None
         self._announce: asyncio.Task[None] | None = None
+        # A stateful pipeline's changelog (for serving keys and the metrics).
+        self.changelog: Changelog | None = None
 
     @property
     def shortlabel(self) -> str:
@@ -103,6 +113,10 @@ class PipelineService(Service):
             sink = await build_kafka_sink(
                 conn, [p.output_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}"
             )
+            if p.state is not None:
+                # At-least-once outputs, but the state and the offsets commit together in a
+                # transaction per input partition, so the state never counts an event twice.
+                transactions = build_partition_transactions(conn, p, client_id=f"sluice-{p.name}")
         self._sink = sink
         self._consumer = make_consumer(
             conn,
@@ -116,7 +130,7 @@ class PipelineService(Service):
             isolation_level="read_committed" if exactly_once else "read_uncommitted",
         )
         await sink.start()
-        source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms, gated=exactly_once)
+        source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms, gated=transactions is not None)
         self._source = source
         progress: Progress
         scored_to: Sink = sink
@@ -127,13 +141,15 @@ class PipelineService(Service):
                 scored_to = hook = KillInOpenTransaction(sink, kill_after, on_committed)
                 on_committed = hook.committed
             progress = TransactionCommits(
-                transactions, interval_ms=p.transaction_interval_ms, on_committed=on_committed
+                transactions,
+                interval_ms=p.transaction_interval_ms if exactly_once else p.commit_interval_ms,
+                on_committed=on_committed,
             )
         else:
             progress = GroupCommits(source.commit_offsets, interval_ms=p.commit_interval_ms)
         self.driver = driver = Driver(
             source,
-            build_pipeline(p, runner, scored_to, "live"),
+            build_pipeline(p, runner, scored_to, "live", emit_features=p.emit_features),
             build_batcher(p, cost, "live"),
             progress,
             late_events=p.late_events,
@@ -144,19 +160,7 @@ class PipelineService(Service):
         if transactions is None:
             source.subscribe(on_revoke=driver.release_partitions)
         else:
-            txns = transactions
-
-            async def on_revoke(revoked: set[Partition]) -> None:
-                try:
-                    await driver.release_partitions(revoked)  # commits every open transaction
-                finally:
-                    await txns.release(revoked)
-
-            async def on_assign(assigned: set[Partition]) -> None:
-                await txns.assign(assigned)  # fences their previous owners first
-                await source.start_from_committed(assigned)
-
-            source.subscribe(on_revoke=on_revoke, on_assign=on_assign)
+            self._subscribe_with_transactions(conn, source, driver, transactions)
         await self._consumer.start()
         settle_garbage_collector()
         self._run_task = asyncio.create_task(self.driver.run(), name=f"sluice-live-{p.name}")
@@ -174,6 +178,51 @@ class PipelineService(Service):
             p.max_batch_size,
             "exactly once" if exactly_once else "at least once",
         )
+
+    def _subscribe_with_transactions(
+        self, conn: Connection, source: KafkaBatchSource, driver: Driver, txns: PartitionTransactions
+    ) -> None:
+        """Partitions move with their transactional producer and, in a stateful pipeline, their state:
+        restored from the changelog after the previous owner is fenced, before any event is scored."""
+        p = self.pipeline_config
+        stateful = driver.pipeline.stateful
+        changelog: Changelog | None = None
+        if stateful is not None:
+            changelog = self.changelog = Changelog(
+                stateful.step,
+                p.changelog_topic,
+                lambda: make_consumer(
+                    conn,
+                    client_id=f"sluice-{p.name}-restore",
+                    isolation_level="read_committed",
+                    auto_offset_reset="earliest",
+                    max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
+                ),
+            )
+            kill_after = kill_in_changelog_flush_after()
+            txns.before_commit = (
+                changelog.flush if kill_after is None else KillInChangelogFlush(changelog.flush, kill_after)
+            )
+
+        async def on_revoke(revoked: set[Partition]) -> None:
+            try:
+                await driver.release_partitions(revoked)  # commits every open transaction
+            finally:
+                await txns.release(revoked)
+                if stateful is not None:
+                    stateful.step.drop_partitions(list(revoked))
+
+        async def on_assign(assigned: set[Partition]) -> None:
+            await txns.assign(assigned)  # fences their previous owners first
+            if changelog is not None and txns.failed is None:
+                try:
+                    await changelog.restore(assigned)
+                except Exception as exc:  # noqa: BLE001 - the driver stops on it (the listener would swallow it)
+                    txns.fail(exc if isinstance(exc, SluiceError) else StateError(f"restoring state: {exc!r}"))
+                    return
+            await source.start_from_committed(assigned)
+
+        source.subscribe(on_revoke=on_revoke, on_assign=on_assign)
 
     async def _announce_ready(self, started: float, warm: float) -> None:
         """Say what the first seconds cost, apart from serving: events that arrive before this line
@@ -208,7 +257,7 @@ class PipelineService(Service):
             except Exception as exc:
                 raise ModelLoadError(
                     f"{spec.describe()} does not score the inputs of pipeline {p.name} "
-                    f"({', '.join(f'{f.field} {list(f.shape)}' for f in p.schema.inputs)}): {exc}"
+                    f"({', '.join(f'{i.name} {list(i.shape)}' for i in p.inputs)}): {exc}"
                 ) from exc
             old = await self.driver.swap_runner(runner, cost)
             self._runner = runner

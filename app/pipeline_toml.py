@@ -10,14 +10,37 @@ from pathlib import Path
 
 from models.registry import DEMO_MODELS
 
+# The per-key features a demo model reads from the stream instead of the event: the
+# transformer's history is its account's last 16 transactions, this one included, from state.
+DEMO_STATE = {
+    "fraud-transformer": """
+[pipelines.{pipeline}.state]
+ttl_s = 2592000
+history_events = 16
+[pipelines.{pipeline}.state.features.history]
+kind = "last"
+n = 16
+fields = ["amount", "merchant_risk", "foreign"]
+mask = true
+include_current = true
+""",
+}
+
 
 def demo_inputs(model: str) -> str:
-    """The ``features.inputs`` TOML value a demo model takes."""
+    """The ``features.inputs`` TOML value a demo model takes (its stream features by name)."""
     demo = DEMO_MODELS[model]
+    stateful = "history" if model in DEMO_STATE else None
     fields = (
-        f'{{ field = "{name}", shape = {list(shape)} }}' for name, shape in zip(demo.inputs, demo.shapes, strict=True)
+        f'{{ feature = "{name}" }}' if name == stateful else f'{{ field = "{name}", shape = {list(shape)} }}'
+        for name, shape in zip(demo.inputs, demo.shapes, strict=True)
     )
     return "[" + ", ".join(fields) + "]"
+
+
+def demo_state(model: str | None, pipeline: str) -> str:
+    """The ``[pipelines.NAME.state]`` tables a demo model needs ("" for one that needs none)."""
+    return DEMO_STATE.get(model or "", "").format(pipeline=pipeline)
 
 
 def write_pipeline_config(
@@ -68,6 +91,6 @@ dead_letter_topic = "{dead_letter_topic}"
 
 [pipelines.{pipeline}.features]
 inputs = {inputs}
-"""
+{demo_state(demo if model is None else None, pipeline)}"""
     )
     return path

@@ -112,6 +112,31 @@ async def ensure_topics(
         await admin.close()
 
 
+async def ensure_changelog(conn: Connection | str, topic: str, input_topic: str, timeout_s: float = 30.0) -> None:
+    """Create a stateful pipeline's changelog topic if missing: compacted (only each key's latest
+    state is kept), with as many partitions as the input topic (partition n holds input partition
+    n's keys). One that exists with fewer partitions cannot hold every input partition's state."""
+    conn = as_connection(conn)
+    inputs = len(await partitions_of(conn, input_topic))
+    admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        if topic not in set(await admin.list_topics()):
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
+                compacted = {"cleanup.policy": "compact", "min.insync.replicas": "1"}
+                await admin.create_topics([NewTopic(topic, inputs, 1, topic_configs=compacted)])
+            log.info("created the state changelog %s (compacted, %d partitions)", topic, inputs)
+            await _wait_for_leaders(admin, [topic], timeout_s)
+    finally:
+        await admin.close()
+    have = len(await partitions_of(conn, topic))
+    if have < inputs:
+        raise TopicMissingError(
+            f"the state changelog {topic} has {have} partitions but the input topic {input_topic} has {inputs}; "
+            f"give it {inputs} (kafka-topics --alter --partitions {inputs}) or name another changelog_topic"
+        )
+
+
 async def check_broker(conn: Connection | str, timeout_s: float = 15.0) -> None:
     """Connect once, so an unreachable broker or refused credentials is one clear error up front."""
     await ensure_topics(conn, [], create=False, partitions=1, timeout_s=timeout_s)

@@ -16,7 +16,7 @@ import faust
 from app.config import Config, dead_letters_too_big
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
-from app.topics import ensure_topics, max_message_bytes
+from app.topics import ensure_changelog, ensure_topics, max_message_bytes
 from app.web import metrics_registry, register_endpoints
 from models.loading import LoadedModel, load_model
 from streams.errors import ConfigError, ModelLoadError
@@ -59,6 +59,10 @@ def check_topics(config: Config, services: Mapping[str, PipelineService]) -> Non
     async def check() -> dict[str, int]:
         create, partitions = config.app.create_topics, config.app.topic_partitions
         await ensure_topics(conn, wanted, create=create, partitions=partitions, timeout_s=15.0)
+        for service in services.values():
+            p = service.pipeline_config
+            if p.state is not None:
+                await ensure_changelog(conn, p.changelog_topic, p.input_topics[0], timeout_s=15.0)
         return await max_message_bytes(conn, wanted)
 
     with ThreadPoolExecutor(max_workers=1) as pool:

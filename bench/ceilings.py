@@ -26,6 +26,7 @@ from app.topics import partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 from models.synthetic import generate
+from models.train import model_inputs
 from streams.codec import EventSchema, TensorField
 from streams.kafka.sink import KafkaSink
 from streams.pipeline import Pipeline, PipelineTopics
@@ -47,7 +48,7 @@ def model_alone(model: str, *, threads: int, min_seconds: float = 0.5) -> dict[s
         data = generate(max(SIZES), seed=5)
         per_size: dict[int, float] = {}
         for size in SIZES:
-            inputs = [torch.from_numpy(getattr(data, f)[:size]) for f in DEMO_MODELS[model].inputs]
+            inputs = [x[:size] for x in model_inputs(DEMO_MODELS[model], data)]
             with torch.inference_mode():
                 module(*inputs)
                 calls, started = 0, time.perf_counter()

@@ -42,13 +42,13 @@ DEMO_MODELS: dict[str, DemoModel] = {
     for m in (
         DemoModel(
             name="fraud-mlp",
-            version="1",
+            version="2",
             factory=FraudMLP,
             description="MLP over the 32 per-event features (light, transport-bound)",
         ),
         DemoModel(
             name="fraud-transformer",
-            version="1",
+            version="2",
             factory=FraudTransformer,
             description="2-layer transformer over the 16 most recent transactions plus the event's features "
             "(heavy, compute-bound)",

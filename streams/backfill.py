@@ -109,3 +109,19 @@ async def run_backfill(
     await driver.run()
     saving.summary.seconds = time.perf_counter() - started
     return saving.summary
+
+
+async def warm_state(source: Source, pipeline: Pipeline, *, batch_size: int = 4096) -> int:
+    """Rebuild a stateful pipeline's per-key state from the records ``source`` hands out (the
+    history before where a run starts: ``--from-timestamp``, or a resumed run's position),
+    without scoring or emitting anything; returns how many records were read."""
+    stateful = pipeline.stateful
+    if stateful is None:
+        return 0
+    records_read = 0
+    while not source.exhausted:
+        records = await source.next_batch(batch_size)
+        if records:
+            stateful.commit(pipeline.featurize(records, pipeline.decode(records)))
+            records_read += len(records)
+    return records_read

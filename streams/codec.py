@@ -24,7 +24,7 @@ import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from streams.careful_decode import decode_each
 from streams.encode import encode_predictions, position_key
 from streams.fast_decode import FastDecoder
 from streams.records import SourceRecord, UndecodableRecord
+
+if TYPE_CHECKING:
+    from streams.features.step import StateUpdate
 
 __all__ = [
     "MAX_DECODE_BYTES",
@@ -84,6 +87,10 @@ class Decoded:
     ids: list[Any]
     inputs: list[np.ndarray]
     rejects: list[Reject] = field(default_factory=list)
+    # Per-key features by name, row for row (stateful pipelines), for outputs that carry them,
+    # and the keys' new state, written once the batch is scored (``streams.features.step``).
+    features: dict[str, np.ndarray] | None = None
+    state_update: StateUpdate | None = None
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])

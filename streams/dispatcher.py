@@ -48,6 +48,8 @@ class _Prepared:
     batch: Batch
     decoded: Decoded
     decode_seconds: float
+    # Events past their deadline, to dead-letter (after their keys' state counts them).
+    expired: list[int]
 
 
 class Dispatcher:
@@ -135,12 +137,14 @@ class Dispatcher:
         if self.late_events == "dead_letter" and batch.late:
             expired = np.flatnonzero(batch.deadlines_ms < now).tolist()
         decoded = self.pipeline.decode(batch.records, expired)
-        self._prepared.append(_Prepared(batch, decoded, time.perf_counter() - started))
+        self._prepared.append(_Prepared(batch, decoded, time.perf_counter() - started, expired))
 
     async def _score_one(self) -> None:
         job = self._prepared.popleft()
         started = time.perf_counter()
-        scoring = asyncio.ensure_future(self.pipeline.finish(job.batch.records, job.decoded))
+        # Per-key features need the state of every batch before this one: computed here, in order.
+        decoded = self.pipeline.featurize(job.batch.records, job.decoded, job.expired)
+        scoring = asyncio.ensure_future(self.pipeline.finish(job.batch.records, decoded))
         # One turn of the loop hands the batch to the model's thread; only then does decoding
         # the next batch here overlap with inference instead of delaying it.
         await asyncio.sleep(0)

@@ -29,11 +29,19 @@ def encode_predictions(
     now_ms: int,
     key_by_position: bool = False,
     headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]] | None = None,
+    features: dict[str, np.ndarray] | None = None,
 ) -> list[OutputRecord]:
     """One JSON output per scored record, keyed like its input so per-key order holds downstream,
     or by its source position (``topic:partition:offset``), so that scoring the same record
     again writes the same key (a backfill re-run overwrites on a compacted topic). Each output
-    carries ``headers_of(record)`` as its headers (none by default)."""
+    carries ``headers_of(record)`` as its headers (none by default). With ``features`` (arrays by
+    name, row for row), each output carries its event's values under ``"features"``: a backfill's
+    outputs are then a training set with the features the model was served."""
+    if features:
+        return _encode_general(
+            records, decoded, predictions.tolist(), topic, model_name, model_version, now_ms,
+            key_by_position, headers_of or _no_headers, {name: array.tolist() for name, array in features.items()},
+        )  # fmt: skip
     encode = _encode_scalars if predictions.ndim == 1 and np.isfinite(predictions).all() else _encode_general
     return encode(
         records,
@@ -106,11 +114,13 @@ def _encode_general(
     now_ms: int,
     key_by_position: bool,
     headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
+    features: dict[str, list[Any]] | None = None,
 ) -> list[OutputRecord]:
-    # Several outputs per event, or NaN/inf (which orjson writes as null): a dict per event.
+    # Several outputs per event, NaN/inf (which orjson writes as null), or features: a dict per event.
     out = []
-    for row, event_id, prediction in zip(decoded.rows.tolist(), decoded.ids, values, strict=True):
+    for i, (row, event_id, prediction) in enumerate(zip(decoded.rows.tolist(), decoded.ids, values, strict=True)):
         record = records[row]
+        extra = {"features": {name: column[i] for name, column in features.items()}} if features else {}
         body = orjson.dumps(
             {
                 "id": event_id,
@@ -120,6 +130,7 @@ def _encode_general(
                 "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
                 "event_ts": record.timestamp,
                 "latency_ms": now_ms - record.timestamp,
+                **extra,
             }
         )
         key = position_key(record) if key_by_position else record.key

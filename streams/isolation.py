@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.protocol import Runner
+from streams.codec import Decoded, Reject
 from streams.errors import ModelError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -108,3 +109,23 @@ class IsolatingScorer:
         if not kept:
             return Isolated(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), failures)
         return Isolated(np.concatenate(kept), np.concatenate(predictions), failures)
+
+
+def non_finite_rows(predictions: np.ndarray) -> np.ndarray:
+    """Indices of the rows holding NaN or infinity anywhere."""
+    if predictions.size == 0 or np.isfinite(predictions).all():
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(~np.isfinite(predictions.reshape(len(predictions), -1)).all(axis=1))
+
+
+def without_failed_rows(decoded: Decoded, kept: np.ndarray, failures: Sequence[Failure]) -> Decoded:
+    """``decoded`` narrowed to the rows the model scored, the others rejected as ``ModelError``."""
+    rejects = list(decoded.rejects) + [Reject(int(decoded.rows[f.row]), "ModelError", f.message) for f in failures]
+    return Decoded(
+        rows=decoded.rows[kept],
+        ids=[decoded.ids[i] for i in kept.tolist()],
+        inputs=[x[kept] for x in decoded.inputs],
+        rejects=sorted(rejects, key=lambda r: r.index),
+        features=None if decoded.features is None else {k: v[kept] for k, v in decoded.features.items()},
+        state_update=decoded.state_update,
+    )

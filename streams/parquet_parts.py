@@ -81,6 +81,11 @@ class ParquetParts:
                     ("event_ts", pa.int64()),
                     ("latency_ms", pa.int64()),
                 ]
+                # --emit-features: a column per feature, "feature.NAME", float64 or nested lists of them.
+                + [
+                    (f"feature.{name}", _prediction_type(pa, value))
+                    for name, value in first.get("features", {}).items()
+                ]
             )
         self._writing = self.folder / f".{self.prefix}-{self._next:05d}.parquet.inprogress"
         self._next += 1
@@ -100,6 +105,8 @@ class ParquetParts:
             "event_ts": [b.get("event_ts") for b in bodies],
             "latency_ms": [b.get("latency_ms") for b in bodies],
         }
+        for name in bodies[0].get("features", {}):
+            columns[f"feature.{name}"] = [b["features"][name] for b in bodies]
         self._writer.write_table(self._pa.table(columns, schema=self._schema))
 
     def abort(self) -> None:

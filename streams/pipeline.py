@@ -22,7 +22,8 @@ from models.protocol import Runner
 from streams.codec import Decoded, EventSchema, Reject, decode, encode_predictions
 from streams.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters, replacement_for_refused
 from streams.errors import OutputRefused
-from streams.isolation import Failure, IsolatingScorer
+from streams.features.inputs import StatefulInputs
+from streams.isolation import Failure, IsolatingScorer, non_finite_rows, without_failed_rows
 from streams.records import HeaderPolicy, OutputRecord, SourceRecord, header_picker
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Pipeline:
         key_by_position: bool = False,
         dead_letter_copy_bytes: int = DEFAULT_MAX_COPY_BYTES,
         headers: HeaderPolicy = "all",
+        stateful: StatefulInputs | None = None,
+        emit_features: bool = False,
     ) -> None:
         self.name = name
         self.schema = schema
@@ -88,6 +91,8 @@ class Pipeline:
         self.key_by_position = key_by_position
         self.dead_letter_copy_bytes = dead_letter_copy_bytes
         self.headers_of = header_picker(headers)
+        self.stateful = stateful
+        self.emit_features = emit_features and stateful is not None
         # Outputs refused by the destination whose minimal dead letter was refused too:
         # logged with their source position, and counted here for the metrics.
         self.lost_outputs = 0
@@ -101,17 +106,28 @@ class Pipeline:
         """The model's inputs for the valid records, and a reason for each of the others.
 
         ``expired`` are indices of records that missed their deadline and, by configuration,
-        go to the dead-letter topic instead of the model.
+        go to the dead-letter topic instead of the model (in a stateful pipeline, only once
+        ``featurize`` has counted them in their keys' state: they happened all the same).
         """
+        if self.stateful is not None:
+            expired = ()
         return decode(
             records,
             self.schema,
             exclude=[Reject(i, "Expired", "the event missed its latency budget before it was scored") for i in expired],
         )
 
+    def featurize(self, records: Sequence[SourceRecord], decoded: Decoded, expired: Sequence[int] = ()) -> Decoded:
+        """The model's inputs with the per-key features of a stateful pipeline (``decoded`` as it is
+        otherwise). ``finish`` writes the keys' new state once the batch is scored: featurize the
+        next batch only after that (a batch the model could not score leaves the state as it was)."""
+        if self.stateful is None:
+            return decoded
+        return self.stateful.apply(records, decoded, expired)
+
     async def score(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Scored:
         """Predictions for the valid records, dead letters for the rest."""
-        return await self.finish(records, self.decode(records, expired))
+        return await self.finish(records, self.featurize(records, self.decode(records, expired), expired))
 
     async def finish(self, records: Sequence[SourceRecord], decoded: Decoded) -> Scored:
         """Run the model on decoded inputs and encode the outputs.
@@ -127,6 +143,8 @@ class Pipeline:
             started = time.perf_counter()
             isolated = await self.scorer.predict(decoded.inputs)
             infer_seconds = time.perf_counter() - started
+            if self.stateful is not None:
+                self.stateful.commit(decoded)  # scored: the batch's events are in their keys' state now
             predictions = isolated.predictions
             failures = list(isolated.failures)
             kept = isolated.kept
@@ -152,6 +170,7 @@ class Pipeline:
                 now_ms=self.clock_ms(),
                 key_by_position=self.key_by_position,
                 headers_of=self.headers_of,
+                features=decoded.features if self.emit_features else None,
             )
         errors: dict[str, int] = {}
         if decoded.rejects:
@@ -236,21 +255,3 @@ class Pipeline:
         scored = await self.score(records)
         await (await self.emit(scored))
         return scored.outcome
-
-
-def non_finite_rows(predictions: np.ndarray) -> np.ndarray:
-    """Indices of the rows holding NaN or infinity anywhere."""
-    if predictions.size == 0 or np.isfinite(predictions).all():
-        return np.empty(0, dtype=np.int64)
-    return np.flatnonzero(~np.isfinite(predictions.reshape(len(predictions), -1)).all(axis=1))
-
-
-def without_failed_rows(decoded: Decoded, kept: np.ndarray, failures: Sequence[Failure]) -> Decoded:
-    """``decoded`` narrowed to the rows the model scored, the others rejected as ``ModelError``."""
-    rejects = list(decoded.rejects) + [Reject(int(decoded.rows[f.row]), "ModelError", f.message) for f in failures]
-    return Decoded(
-        rows=decoded.rows[kept],
-        ids=[decoded.ids[i] for i in kept.tolist()],
-        inputs=[x[kept] for x in decoded.inputs],
-        rejects=sorted(rejects, key=lambda r: r.index),
-    )

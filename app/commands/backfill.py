@@ -8,12 +8,13 @@ import re
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.cli import AppCommand, option
 
 from app.build import (
@@ -26,13 +27,13 @@ from app.build import (
 )
 from app.config import PipelineConfig
 from app.crash_hooks import count_from_env
-from app.kafka_clients import connection, make_consumer
+from app.kafka_clients import Connection, connection, make_consumer
 from app.main import app, config
 from app.progress import Progress
 from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
-from streams.backfill import BackfillSummary, run_backfill
+from streams.backfill import BackfillSummary, run_backfill, warm_state
 from streams.checkpoint import Checkpoint, checkpoint_path
 from streams.errors import (
     CheckpointError,
@@ -45,8 +46,9 @@ from streams.errors import (
 from streams.file_sink import FileSink, FileState, check_target
 from streams.kafka.replay import ReplaySource, plan_replay, start_consumer, stop_consumer
 from streams.kafka.sink import KafkaSink
-from streams.pipeline import PipelineTopics, Sink
-from streams.records import OutputRecord
+from streams.pipeline import Pipeline, PipelineTopics, Sink
+from streams.records import OutputRecord, Partition
+from streams.replay_plan import ReplayPlan
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -266,6 +268,7 @@ async def backfill_run(
     run_id: str | None,
     part: str,
     state_dir: Path,
+    emit_features: bool = False,
 ) -> BackfillSummary:
     # Everything the operator gave is checked before the broker is reached or a file written.
     k, n = parse_part(part)
@@ -293,6 +296,13 @@ async def backfill_run(
             )
         run = Run(new_id, p, model, sink_target, None, path)
     p, sink_target = run.pipeline, run.sink
+    if run.checkpoint is not None:
+        emit_features = emit_features or bool(run.checkpoint.run.get("emit_features"))  # as the run began
+    if emit_features and p.state is None:
+        raise CommandLineError(
+            f"--emit-features: pipeline {p.name} has no per-key features "
+            f"(no [pipelines.{p.name}.state] in {config.path})"
+        )
     try:
         spec = model_spec(run.model, p)
     except CommandLineError as exc:
@@ -359,6 +369,7 @@ async def backfill_run(
                     "model": run.model,
                     "sink": str(sink_target),
                     "part": [k, n],
+                    "emit_features": emit_features,
                 }
                 checkpoint = Checkpoint(run.path, recorded, plan, sink=commit_sink())
                 checkpoint.save()
@@ -372,7 +383,8 @@ async def backfill_run(
                 file=sys.stderr,
                 flush=True,
             )
-            pipeline = build_pipeline(p, runner, hook or sink, "backfill", topics=topics)
+            pipeline = build_pipeline(p, runner, hook or sink, "backfill", topics=topics, emit_features=emit_features)
+            await warm_from_the_beginning(conn, pipeline, checkpoint.plan, checkpoint.position)
             batcher = build_batcher(p, cost, "backfill")
             progress = Progress(checkpoint.plan.total, f"backfill {run.id}")
             progress.update(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
@@ -400,6 +412,30 @@ async def backfill_run(
         await stop_consumer(consumer)
 
 
+async def warm_from_the_beginning(
+    conn: Connection, pipeline: Pipeline, plan: ReplayPlan, position: Mapping[Partition, int]
+) -> None:
+    """A stateful pipeline starting past the beginning of its partitions (``--from-timestamp``, or a
+    resumed run) first rebuilds its keys' state from the beginning up to there, emitting nothing:
+    the features of its first events are then those a run from offset zero gives them."""
+    if pipeline.stateful is None:
+        return
+    consumer = make_consumer(conn, group_id=None, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION)
+    await start_consumer(consumer)
+    try:
+        tps = [TopicPartition(*p) for p in plan.end]
+        beginning = await consumer.beginning_offsets(tps)
+        start = {p: beginning[TopicPartition(*p)] for p in plan.end}
+        upto = {p: position.get(p, plan.start[p]) for p in plan.end}
+        warm = ReplayPlan(start, upto)
+        if warm.total:
+            print(f"rebuilding per-key state from {warm.total} earlier events first (nothing emitted)", file=sys.stderr)
+            read = await warm_state(ReplaySource(consumer, warm, start), pipeline)
+            print(f"per-key state rebuilt from {read} events", file=sys.stderr, flush=True)
+    finally:
+        await stop_consumer(consumer)
+
+
 @app.command(
     option("--pipeline", "-p", default=None, help="Pipeline to backfill (default: the first in the config)."),
     option(
@@ -415,6 +451,12 @@ async def backfill_run(
     option("--run-id", default=None, help="Name the run: letters, digits, '.', '-', '_' (default: pipeline and time)."),
     option("--part", default="1/1", help="K/N: this process takes every Nth partition, starting at the Kth."),
     option("--state-dir", type=Path, default=DEFAULT_STATE, help="Where run checkpoints are kept."),
+    option(
+        "--emit-features",
+        is_flag=True,
+        default=False,
+        help="Write each event's per-key features beside its prediction (a training set).",
+    ),
 )
 async def backfill(
     self: AppCommand,
@@ -426,11 +468,14 @@ async def backfill(
     run_id: str | None,
     part: str,
     state_dir: Path,
+    emit_features: bool,
 ) -> None:
     """Replay a pipeline's input topics from the beginning through the same pipeline, then exit."""
     try:
         with exit_on_operator_error("backfill"):
-            summary = await backfill_run(pipeline, model, sink, from_timestamp, resume, run_id, part, state_dir)
+            summary = await backfill_run(
+                pipeline, model, sink, from_timestamp, resume, run_id, part, state_dir, emit_features
+            )
     except ModelError as exc:
         if not exc.retriable:
             raise

@@ -5,8 +5,9 @@ computed from the earlier events of its key (the Kafka record key) in partition 
 event itself where ``include_current`` is set. Time is the record's timestamp (milliseconds);
 a window of ``window_ms`` holds the key's events whose time lies in ``(t - window_ms, t]``, so an
 earlier event stamped later than the event (out of order) is not in its window. A key keeps
-its last ``history_events`` events: a window never sees more. A key idle for longer than
-``ttl_ms`` (from its latest event to this one) starts again from nothing.
+its last ``history_events`` events: a window never sees more. A key starts again from nothing
+once its latest event is more than ``ttl_ms`` behind the partition's event time (the newest
+timestamp seen in the partition, this event included).
 """
 
 from __future__ import annotations

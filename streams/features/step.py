@@ -5,17 +5,41 @@ of one round are distinct and the round reads and appends with numpy for all of 
 two events of one key in a batch see each other in partition order. A batch of distinct keys
 is one round. For each round: keys idle past the TTL are cleared, the features that exclude
 the current event are computed, the events are appended, then the features that include it.
+
+Idleness is measured against the partition's event time: the newest timestamp seen in the
+partition so far, this event included (so it only moves forward, and depends only on the
+events before, in partition order). A key whose latest event is more than the TTL behind it
+is forgotten; since that time never goes back, the sweep that frees such keys at a commit
+can never change a later event's features, however late (out of order) that event is stamped.
+
+``compute`` works on a copy of the batch's keys' state and returns the new state as a
+``StateUpdate``, which ``apply`` writes once the batch is scored: a batch the model could not
+score (it is retried, or given back at a rebalance) leaves the state as it was, so no event is
+ever counted twice, and the state always matches the events whose outputs were produced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from streams.features.aggregate import compute
 from streams.features.spec import Feature, StateSpec
 from streams.features.store import KeyedStore, PartitionId
+
+
+@dataclass
+class StateUpdate:
+    """The new state of the keys of one batch (rows of the store's arrays, for ``slots``)."""
+
+    slots: np.ndarray
+    times: np.ndarray
+    values: np.ndarray
+    length: np.ndarray
+    offset: np.ndarray
+    latest_ms: dict[PartitionId, int]
 
 
 class FeatureStep:
@@ -35,50 +59,98 @@ class FeatureStep:
         times: np.ndarray,
         values: np.ndarray,
         offsets: np.ndarray,
-    ) -> dict[str, np.ndarray]:
-        """Each feature for each event (in order), appending the events to their keys' state."""
+    ) -> tuple[dict[str, np.ndarray], StateUpdate]:
+        """Each feature for each event (in order), and the keys' state with the events appended."""
         n = len(keys)
         out = {f.name: np.zeros((n, *f.shape), dtype=np.float32) for f in self.spec.features}
-        if not n:
-            return out
         times = np.asarray(times, dtype=np.int64)
+        event_time, newest = self._partition_time(partitions, times)
         slots = self.store.slots_for(partitions, keys)
-        rank = occurrence_rank(slots)
-        for r in range(int(rank.max()) + 1):
-            idx = np.flatnonzero(rank == r) if rank.any() else np.arange(n)
-            at = times[idx]
-            round_slots = slots[idx]
-            idle = (self.store.length[round_slots] > 0) & (at - self.store.times[round_slots, -1] > self.spec.ttl_ms)
+        unique, local = np.unique(slots, return_inverse=True)
+        store = self.store
+        state = StateUpdate(
+            unique,
+            store.times[unique],
+            store.values[unique],
+            store.length[unique],
+            store.offset[unique],
+            newest,
+        )
+        rank = occurrence_rank(local)
+        for r in range(int(rank.max()) + 1 if n else 0):
+            idx = np.flatnonzero(rank == r) if r or rank.any() else np.arange(n)
+            rows, at = local[idx], times[idx]
+            idle = (state.length[rows] > 0) & (state.times[rows, -1] < event_time[idx] - self.spec.ttl_ms)
             if idle.any():
-                self.store.clear(round_slots[idle])
-            self._fill(out, self._before, idx, round_slots, at)
-            self.store.append(round_slots, at, values[idx], offsets[idx])
-            self._fill(out, self._after, idx, round_slots, at)
-        self._note_latest(partitions, times)
-        return out
+                stale = rows[idle]
+                state.times[stale], state.values[stale], state.length[stale] = 0, 0, 0
+            self._fill(out, self._before, idx, state, rows, at)
+            state.times[rows, :-1] = state.times[rows, 1:]
+            state.times[rows, -1] = at
+            state.values[rows, :-1] = state.values[rows, 1:]
+            state.values[rows, -1] = values[idx]
+            state.length[rows] = np.minimum(state.length[rows] + 1, store.capacity)
+            state.offset[rows] = offsets[idx]
+            self._fill(out, self._after, idx, state, rows, at)
+        return out, state
+
+    def apply(self, update: StateUpdate) -> None:
+        """Write a scored batch's state (batches in the order they were computed)."""
+        store = self.store
+        store.times[update.slots] = update.times
+        store.values[update.slots] = update.values
+        store.length[update.slots] = update.length
+        store.offset[update.slots] = update.offset
+        self.latest_ms.update(update.latest_ms)
 
     def sweep(self, partition: PartitionId) -> int:
         """Forget the partition's keys idle past the TTL, by event time; returns how many."""
         latest = self.latest_ms.get(partition)
         return 0 if latest is None else self.store.sweep(partition, latest - self.spec.ttl_ms)
 
-    def _fill(self, out: dict[str, np.ndarray], features: list[Feature], idx: np.ndarray, slots: np.ndarray, at: np.ndarray) -> None:
+    def drop_partitions(self, partitions: Sequence[PartitionId]) -> None:
+        self.store.drop_partitions(partitions)
+        for partition in partitions:
+            self.latest_ms.pop(partition, None)
+
+    def _partition_time(
+        self, partitions: Sequence[PartitionId], times: np.ndarray
+    ) -> tuple[np.ndarray, dict[PartitionId, int]]:
+        """Each event's partition event time (see the module docstring), and each partition's newest."""
+        first = partitions[0] if len(partitions) else None
+        if all(p == first for p in partitions):
+            groups = {first: np.arange(len(times))} if first is not None else {}
+        else:
+            index: dict[PartitionId, list[int]] = {}
+            for i, partition in enumerate(partitions):
+                index.setdefault(partition, []).append(i)
+            groups = {p: np.asarray(rows) for p, rows in index.items()}
+        event_time = np.empty(len(times), dtype=np.int64)
+        newest: dict[PartitionId, int] = {}
+        for partition, rows in groups.items():
+            assert partition is not None
+            running = np.maximum.accumulate(times[rows])
+            before = self.latest_ms.get(partition)
+            if before is not None:
+                running = np.maximum(running, before)
+            event_time[rows] = running
+            newest[partition] = int(running[-1])
+        return event_time, newest
+
+    def _fill(
+        self,
+        out: dict[str, np.ndarray],
+        features: list[Feature],
+        idx: np.ndarray,
+        state: StateUpdate,
+        rows: np.ndarray,
+        at: np.ndarray,
+    ) -> None:
         if not features:
             return
-        times, values, length = self.store.times[slots], self.store.values[slots], self.store.length[slots]
+        times, values, length = state.times[rows], state.values[rows], state.length[rows]
         for feature in features:
             out[feature.name][idx] = compute(feature, times, values, length, at, self.field_index)
-
-    def _note_latest(self, partitions: Sequence[PartitionId], times: np.ndarray) -> None:
-        first = partitions[0]
-        if all(p == first for p in partitions):
-            newest = {first: int(times.max())}
-        else:
-            newest = {}
-            for partition, t in zip(partitions, times.tolist(), strict=True):
-                newest[partition] = max(t, newest.get(partition, t))
-        for partition, t in newest.items():
-            self.latest_ms[partition] = max(t, self.latest_ms.get(partition, t))
 
 
 def occurrence_rank(slots: np.ndarray) -> np.ndarray:

@@ -51,15 +51,6 @@ class KeyedStore:
             slots[i] = slot
         return slots
 
-    def append(self, slots: np.ndarray, times: np.ndarray, values: np.ndarray, offsets: np.ndarray) -> None:
-        """Append one event to each slot (the slots must be distinct)."""
-        self.times[slots, :-1] = self.times[slots, 1:]
-        self.times[slots, -1] = times
-        self.values[slots, :-1] = self.values[slots, 1:]
-        self.values[slots, -1] = values
-        self.length[slots] = np.minimum(self.length[slots] + 1, self.capacity)
-        self.offset[slots] = offsets
-
     def clear(self, slots: np.ndarray) -> None:
         """Forget the events of ``slots`` (a key idle past its TTL starts again from nothing)."""
         self.times[slots] = 0

@@ -29,15 +29,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
-from streams.errors import Fenced, OutputRefused, TransactionFailed
+from streams.errors import Fenced, OutputRefused, SluiceError, TransactionFailed
 from streams.kafka.sink import DEFAULT_MAX_RECORD_BYTES, record_size
-from streams.records import OutputRecord, Partition, SourceRecord
-from streams.source import next_offsets
+from streams.records import OutputRecord, Partition
 
 log = logging.getLogger(__name__)
 
 # A producer for this transactional id (not started).
 NewTransactionalProducer = Callable[[str], AIOKafkaProducer]
+# Sends what else belongs in a partition's transaction, before its offset is added and it commits.
+BeforeCommit = Callable[[Partition, AIOKafkaProducer], Awaitable[object]]
 _FENCED = (ProducerFenced, InvalidProducerEpoch)
 
 
@@ -58,8 +59,10 @@ class PartitionTransactions:
         self.new_producer = new_producer
         self.group_id = group_id
         self._producers: dict[Partition, AIOKafkaProducer] = {}
+        # What else goes into a partition's transaction when it commits (a stateful pipeline's changelog).
+        self.before_commit: BeforeCommit | None = None
         # The first failure: once set, nothing more is committed, and the driver stops on it.
-        self.failed: TransactionFailed | None = None
+        self.failed: SluiceError | None = None
         self.failure_seen = asyncio.Event()
 
     def transactional_id(self, partition: Partition) -> str:
@@ -128,11 +131,13 @@ class PartitionTransactions:
 
     async def _commit_one(self, partition: Partition, offset: int) -> None:
         producer = self._producers[partition]
+        if self.before_commit is not None:
+            await self.before_commit(partition, producer)
         await producer.send_offsets_to_transaction({TopicPartition(*partition): offset}, self.group_id)
         await producer.commit_transaction()
         await producer.begin_transaction()
 
-    def fail(self, failure: TransactionFailed) -> TransactionFailed:
+    def fail(self, failure: SluiceError) -> SluiceError:
         """Record ``failure``: nothing more is sent or committed. Returns the first failure."""
         log.error("exactly-once: %s; committing nothing more", failure)
         if self.failed is None:
@@ -215,44 +220,3 @@ class TransactionalSink:
                 raise self.transactions.fail(_failure(result, "an output was not acknowledged")) from result
         if refused:
             raise OutputRefused(refused)
-
-
-class TransactionCommits:
-    """The exactly-once worker's ``streams.source.Progress``: every ``interval_ms``, with nothing
-    in flight (``needs_quiet``), each partition's acknowledged offset goes into its transaction,
-    which is committed; at once before partitions are revoked and when the worker stops."""
-
-    needs_quiet = True
-
-    def __init__(
-        self,
-        transactions: PartitionTransactions,
-        *,
-        interval_ms: float,
-        on_committed: Callable[[dict[Partition, int]], None] = lambda offsets: None,
-    ) -> None:
-        self.transactions = transactions
-        self.interval_s = interval_ms / 1000
-        self.on_committed = on_committed
-        self._committable: dict[Partition, int] = {}
-        self._committing = asyncio.Lock()
-
-    def acknowledged(self, records: Sequence[SourceRecord], scored: int, dead_lettered: int) -> None:
-        self._committable.update(next_offsets(records))
-
-    async def wait_until_due(self) -> None:
-        # A failure seen elsewhere (a send, a commit at a revocation: the group's listener swallows
-        # errors) stops the driver here, at once.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.transactions.failure_seen.wait(), self.interval_s)
-        if self.transactions.failed is not None:
-            raise self.transactions.failed
-
-    async def commit(self, *, final: bool = False) -> None:
-        async with self._committing:
-            offsets, self._committable = self._committable, {}
-            owned = {p: o for p, o in offsets.items() if p in self.transactions.owned}
-            if not owned:
-                return
-            await self.transactions.commit(owned)
-            self.on_committed(owned)

@@ -49,13 +49,15 @@ def write_config(
     output_topic: str,
     dead_letter_topic: str,
     partitions: int = 3,
-    model: str = 'demo = "fraud-mlp"',
+    demo: str = "fraud-mlp",
+    model: str | None = None,
     inputs: str | None = None,
     extra: str = "",
     app_extra: str = "",
     app_id: str | None = None,
 ) -> Path:
-    """``directory/<pipeline>.toml``: one pipeline, the MLP's inputs unless ``inputs`` says otherwise."""
+    """``directory/<pipeline>.toml``: one pipeline, a demo model (and its inputs, and its per-key
+    features) unless ``model`` (and ``inputs``) say otherwise."""
     return write_pipeline_config(
         directory / f"{pipeline}.toml",
         bootstrap=bootstrap,
@@ -65,8 +67,9 @@ def write_config(
         dead_letter_topic=dead_letter_topic,
         app_id=app_id,
         partitions=partitions,
+        demo=demo,
         model=model,
-        inputs=inputs or demo_inputs("fraud-mlp"),
+        inputs=inputs or demo_inputs(demo),
         extra=extra,
         app_extra=app_extra,
     )
@@ -168,7 +171,11 @@ async def read_topic(
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        # An explicit seek: seek_to_beginning can lose a race with the consumer's own reset to
+        # the latest offset, and the test would then wait for records it never reads.
+        beginning = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, beginning[tp])
         records: list[ConsumerRecord] = []
         reached_at: float | None = None
         while time.monotonic() < deadline:

@@ -50,7 +50,10 @@ def test_the_shipped_transformer_config_loads():
     config = load_config(Path(__file__).parents[2] / "config" / "transformer.toml", environ={})
     (pipeline,) = config.pipelines
     assert pipeline.model.demo == "fraud-transformer"
-    assert [f.shape for f in pipeline.schema.inputs] == [(32,), (16, 4)]
+    assert pipeline.input_shapes == [(32,), (16, 4)]
+    # The history comes from per-key state: the events carry the three numbers it keeps.
+    assert [f.field for f in pipeline.schema.inputs] == ["features", "amount", "merchant_risk", "foreign"]
+    assert pipeline.state is not None and pipeline.state.fields == ("amount", "merchant_risk", "foreign")
 
 
 def test_a_minimal_config_gets_documented_defaults(tmp_path):

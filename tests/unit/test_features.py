@@ -3,6 +3,7 @@ reference, whatever the batches, and restored state continuing as if never inter
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -36,12 +37,14 @@ def spec_with(window_ms: int, ttl_ms: int, capacity: int) -> StateSpec:
 def reference(spec: StateSpec, events: list[tuple]) -> dict[str, list]:
     """Event by event, with plain Python lists: what the features mean, written the obvious way."""
     history: dict[tuple, list[tuple[int, dict[str, float]]]] = {}
+    newest: dict[int, int] = {}
     out: dict[str, list] = {f.name: [] for f in spec.features}
     for partition, key, t, values in events:
         past = history.setdefault((partition, key), [])
-        if past and t - past[-1][0] > spec.ttl_ms:
+        newest[partition] = max(t, newest.get(partition, t))
+        if past and past[-1][0] < newest[partition] - spec.ttl_ms:
             past.clear()
-        now = past + [(t, values)]
+        now = [*past, (t, values)]
         for feature in spec.features:
             seen = (now if feature.include_current else past)[-spec.capacity :]
             out[feature.name].append(one_feature(feature, seen, t, past))
@@ -75,17 +78,28 @@ def run(step: FeatureStep, events: list[tuple], cuts: list[int], start: int = 0)
     """Feed ``events`` to ``step`` in batches cut at ``cuts``; offsets count from ``start``."""
     bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(events)), len(events)]
     parts: dict[str, list[np.ndarray]] = {f.name: [np.zeros((0, *f.shape), np.float32)] for f in step.spec.features}
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         batch = events[lo:hi]
         if not batch:
             continue
-        got = step.compute(
+        got, update = step.compute(
             [("t", p) for p, _, _, _ in batch],
             [k for _, k, _, _ in batch],
             np.array([t for _, _, t, _ in batch]),
             np.array([[v[f] for f in step.spec.fields] for *_, v in batch], dtype=np.float32),
             np.arange(start + lo, start + hi),
         )
+        if lo % 2:  # a batch computed again (the model was down) sees the state as it was
+            got, update = step.compute(
+                [("t", p) for p, _, _, _ in batch],
+                [k for _, k, _, _ in batch],
+                np.array([t for _, _, t, _ in batch]),
+                np.array([[v[f] for f in step.spec.fields] for *_, v in batch], dtype=np.float32),
+                np.arange(start + lo, start + hi),
+            )
+        step.apply(update)
+        for partition in (("t", 0), ("t", 1)):  # as a commit does: forgetting idle keys changes no feature
+            step.sweep(partition)
         for name, array in got.items():
             parts[name].append(array)
     return {name: np.concatenate(arrays) for name, arrays in parts.items()}
@@ -93,7 +107,9 @@ def run(step: FeatureStep, events: list[tuple], cuts: list[int], start: int = 0)
 
 # Values exact in float32 (quarters), so the reference's float64 sums compare closely.
 values = st.fixed_dictionaries({f: st.integers(-40, 40).map(lambda i: i / 4) for f in FIELDS})
-event = st.tuples(st.integers(0, 1), st.sampled_from([b"k1", b"k2", b"k3", b"k\x00\xff"]), st.integers(0, 60_000), values)
+event = st.tuples(
+    st.integers(0, 1), st.sampled_from([b"k1", b"k2", b"k3", b"k\x00\xff"]), st.integers(0, 60_000), values
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -123,6 +139,7 @@ def test_state_restored_from_snapshots_continues_as_if_never_interrupted(events,
     first = FeatureStep(spec)
     run(first, events[:cut], cuts)
     restored = FeatureStep(spec)
+    restored.latest_ms = dict(first.latest_ms)  # the changelog's event-time record per partition
     for partition, table in first.store.tables.items():
         for key, slot in table.items():
             times, vals = first.store.events(slot)
@@ -137,7 +154,13 @@ def test_state_restored_from_snapshots_continues_as_if_never_interrupted(events,
 def test_two_events_of_one_key_in_one_batch_see_each_other_in_order():
     spec = StateSpec((Window("n", "count", None, 1_000_000), LastEvents("last", 2, ("a",))), ttl_ms=10**9)
     step = FeatureStep(spec)
-    got = step.compute([("t", 0)] * 4, [b"x", b"y", b"x", b"x"], np.array([1, 2, 3, 4]), np.array([[1.0], [2.0], [3.0], [4.0]], dtype=np.float32), np.arange(4))
+    got, _ = step.compute(
+        [("t", 0)] * 4,
+        [b"x", b"y", b"x", b"x"],
+        np.array([1, 2, 3, 4]),
+        np.array([[1.0], [2.0], [3.0], [4.0]], dtype=np.float32),
+        np.arange(4),
+    )
     assert got["n"].tolist() == [0, 0, 1, 2]
     assert got["last"][:, :, 0].tolist() == [[0, 0], [0, 0], [0, 1], [1, 3]]
 
@@ -149,7 +172,11 @@ def test_occurrence_rank_counts_earlier_positions_of_the_same_slot():
 def test_sweep_forgets_idle_keys_and_reports_them_as_tombstones():
     spec = StateSpec((SincePrevious("gap"),), ttl_ms=100, history_events=2)
     step = FeatureStep(spec)
-    step.compute([("t", 0)] * 2, [b"old", b"new"], np.array([0, 1_000]), np.zeros((2, 0), dtype=np.float32), np.arange(2))
+    step.apply(
+        step.compute(
+            [("t", 0)] * 2, [b"old", b"new"], np.array([0, 1_000]), np.zeros((2, 0), dtype=np.float32), np.arange(2)
+        )[1]
+    )
     step.store.take_changed(("t", 0))
     assert step.sweep(("t", 0)) == 1
     assert step.store.take_changed(("t", 0)) == [(b"old", None)]
@@ -183,5 +210,38 @@ def test_a_key_idle_longer_than_its_ttl_starts_again_from_nothing():
     spec = StateSpec((Window("n", "count", None, 10**9),), ttl_ms=100)
     step = FeatureStep(spec)
     times = np.array([0, 100, 201, 250])  # idle exactly the TTL keeps the key; past it, forgotten
-    got = step.compute([("t", 0)] * 4, [b"k"] * 4, times, np.zeros((4, 0), dtype=np.float32), np.arange(4))
+    got, _ = step.compute([("t", 0)] * 4, [b"k"] * 4, times, np.zeros((4, 0), dtype=np.float32), np.arange(4))
     assert got["n"].tolist() == [0, 1, 0, 1]
+
+
+def test_idleness_counts_from_the_partitions_newest_time_so_a_sweep_never_changes_a_late_event():
+    spec = StateSpec((Window("n", "count", None, 10**9),), ttl_ms=100)
+    step = FeatureStep(spec)
+    none = np.zeros((1, 0), dtype=np.float32)
+    step.apply(step.compute([("t", 0)], [b"k"], np.array([0]), none, np.arange(1))[1])
+    step.apply(step.compute([("t", 0)], [b"other"], np.array([500]), none, np.arange(1, 2))[1])
+    assert step.sweep(("t", 0)) == 1  # k is 500 ms behind the partition: forgotten
+    got, _ = step.compute([("t", 0)], [b"k"], np.array([50]), none, np.arange(2, 3))  # stamped early
+    assert got["n"].tolist() == [0]  # as without the sweep: k was already idle past its TTL
+
+
+def test_the_demo_transformer_trains_on_the_history_the_stream_feature_serves():
+    from app.pipeline_toml import DEMO_STATE
+    from models.synthetic import account_histories, generate, history_values
+
+    data = generate(3000, seed=3)
+    values = history_values(data)
+    keys = [f"acct-{a:05d}".encode() for a in data.accounts.tolist()]
+    assert "history" in DEMO_STATE["fraud-transformer"]
+    spec = StateSpec((LastEvents("history", 16, ("amount", "merchant_risk", "foreign"), True, True),), ttl_ms=10**12)
+    step = FeatureStep(spec)
+    served = []
+    for start in range(0, len(keys), 256):
+        stop = start + 256
+        got, update = step.compute(
+            [("t", 0)] * len(keys[start:stop]), keys[start:stop], np.zeros(len(keys[start:stop])),
+            values[start:stop], np.arange(start, start + len(keys[start:stop])),
+        )  # fmt: skip
+        step.apply(update)
+        served.append(got["history"])
+    np.testing.assert_array_equal(np.concatenate(served), account_histories(data.accounts, values))

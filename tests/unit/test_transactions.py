@@ -9,7 +9,8 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 
 from streams.errors import Fenced, OutputRefused, TransactionFailed
-from streams.kafka.transactions import PartitionTransactions, TransactionalSink, TransactionCommits
+from streams.kafka.transaction_commits import TransactionCommits
+from streams.kafka.transactions import PartitionTransactions, TransactionalSink
 from streams.records import InputRecord, OutputRecord, Partition
 
 GROUP = "app.fraud"

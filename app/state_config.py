@@ -1,0 +1,106 @@
+"""The config of per-key features: ``[pipelines.NAME.state]`` and the model inputs that name them.
+
+    [pipelines.NAME.state]
+    ttl_s = 604800              # forget a key idle this long (event time)
+    history_events = 64         # events kept per key: no window sees more
+    [pipelines.NAME.state.features]
+    history = { kind = "last", n = 16, fields = ["amount"], mask = true, include_current = true }
+    spend_1h = { kind = "sum", field = "amount", window_s = 3600 }
+    gap = { kind = "since_previous" }
+
+and, among ``[pipelines.NAME.features] inputs``, ``{ feature = "history" }`` beside
+``{ field = "features", shape = [32] }``. Errors name the file, the key, the value and what
+was expected, as for every other key.
+"""
+
+from __future__ import annotations
+
+from app.config_table import Table
+from streams.errors import ConfigError
+from streams.features.inputs import ModelInput
+from streams.features.spec import WINDOW_KINDS, Feature, LastEvents, SincePrevious, StateSpec, Window
+
+KINDS = ("last", "since_previous", *WINDOW_KINDS)
+_FIELD = "the name of an event field holding a number"
+
+
+def load_state(t: Table) -> StateSpec:
+    features_table = t.table("features")
+    features = tuple(_feature(features_table.table(name), name) for name in list(features_table.data))
+    features_table.done()
+    if not features:
+        raise ConfigError(
+            f"{t.path}: key '{t.key('features')}' declares no feature: expected at least one NAME = {{ kind = ... }}"
+        )
+    spec = StateSpec(
+        features=features,
+        ttl_ms=round(1000 * t.number("ttl_s", 7 * 24 * 3600.0)),
+        history_events=t.integer("history_events", 64, minimum=1),
+        store=t.choice("store", ("memory",), "memory"),  # type: ignore[arg-type]
+    )
+    t.seen.add("changelog_topic")  # read by the pipeline, which knows the default
+    t.done()
+    return spec
+
+
+def _feature(t: Table, name: str) -> Feature:
+    kind = t.choice("kind", KINDS)
+    include_current = t.flag("include_current", False)
+    feature: Feature
+    if kind == "last":
+        fields = t.get("fields", list, f"a non-empty list of event field names, each {_FIELD}")
+        if not fields or not all(isinstance(f, str) and f.strip() for f in fields):
+            raise t.fail("fields", fields, f"a non-empty list of event field names, each {_FIELD}")
+        feature = LastEvents(name, t.integer("n", minimum=1), tuple(fields), t.flag("mask", False), include_current)
+    elif kind == "since_previous":
+        if include_current:
+            raise t.fail("include_current", True, "false: the time since the previous event never includes this one")
+        feature = SincePrevious(name)
+    else:
+        field = None if kind == "count" else t.text("field")
+        window_ms = round(1000 * t.number("window_s"))
+        feature = Window(name, kind, field, window_ms, include_current)  # type: ignore[arg-type]
+    t.done()
+    return feature
+
+
+def load_inputs(t: Table, state: StateSpec | None, state_key: str) -> tuple[ModelInput, ...]:
+    """The model's inputs, in ``forward`` order: event fields (with a shape) or declared features."""
+    expected = "a list of {field = NAME, shape = [N, ...]} or {feature = NAME} tables"
+    raw = t.get("inputs", list, expected)
+    if not raw or not all(isinstance(item, dict) for item in raw):
+        raise t.fail("inputs", raw, expected)
+    inputs = []
+    for i, item in enumerate(raw):
+        entry = Table(t.path, f"{t.key('inputs')}[{i}]", item)
+        if "feature" in item:
+            inputs.append(_feature_input(entry, state, state_key))
+        else:
+            shape = entry.get("shape", list, "a list of positive integers, e.g. [32]")
+            if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+                raise entry.fail("shape", shape, "a list of positive integers, e.g. [32]")
+            inputs.append(ModelInput(entry.text("field"), tuple(shape)))
+        entry.done()
+    if state is not None:
+        shapes = {i.name: i.shape for i in inputs if not i.from_state}
+        for name in state.fields:
+            if shapes.get(name, ()) != ():
+                raise ConfigError(
+                    f"{t.path}: field {name!r} is a model input of shape {list(shapes[name])} in '{t.key('inputs')}' "
+                    f"and a number the features under [{state_key}] read: expected one number per event"
+                )
+    return tuple(inputs)
+
+
+def _feature_input(entry: Table, state: StateSpec | None, state_key: str) -> ModelInput:
+    name = entry.text("feature")
+    if state is None:
+        expected = f"a feature declared under [{state_key}.features], but there is no [{state_key}] table"
+        raise entry.fail("feature", name, expected)
+    try:
+        feature = state.feature(name)
+    except KeyError:
+        declared = [f.name for f in state.features]
+        expected = f"one of the features declared under [{state_key}.features]: {declared}"
+        raise entry.fail("feature", name, expected) from None
+    return ModelInput(name, feature.shape, from_state=True)

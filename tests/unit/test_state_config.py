@@ -1,0 +1,82 @@
+"""``[pipelines.NAME.state]`` and the model inputs that name its features: what a good table
+gives, and one line naming the file, the key, the value and what was expected for a bad one."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import load_config
+from streams.features.spec import LastEvents, SincePrevious, Window
+from tests.unit.test_config import GOOD, error_for, write
+
+STATEFUL = (
+    GOOD.replace(
+        'inputs = [{ field = "features", shape = [32] }]',
+        'inputs = [{ feature = "spend" }, { field = "features", shape = [32] }, { feature = "recent" }]',
+    )
+    + """
+[pipelines.p.state]
+ttl_s = 60
+history_events = 8
+[pipelines.p.state.features]
+spend = { kind = "sum", field = "amount", window_s = 3600 }
+recent = { kind = "last", n = 4, fields = ["amount", "country"], mask = true, include_current = true }
+gap = { kind = "since_previous" }
+"""
+)
+
+
+def test_a_state_table_declares_features_the_model_takes_in_its_order(tmp_path):
+    p = load_config(write(tmp_path, STATEFUL), environ={}).pipeline("p")
+    assert p.state is not None
+    assert p.state.ttl_ms == 60_000 and p.state.capacity == 8 and p.state.fields == ("amount", "country")
+    assert p.state.features == (
+        Window("spend", "sum", "amount", 3_600_000),
+        LastEvents("recent", 4, ("amount", "country"), mask=True, include_current=True),
+        SincePrevious("gap"),
+    )
+    assert [(i.name, i.shape, i.from_state) for i in p.inputs] == [
+        ("spend", (), True),
+        ("features", (32,), False),
+        ("recent", (4, 3), True),
+    ]
+    assert [f.field for f in p.schema.inputs] == ["features", "amount", "country"]
+    assert p.changelog_topic == "t.p-state-changelog"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ('{ feature = "recent" }', '{ feature = "nope" }'),
+            "'pipelines.p.features.inputs[2].feature' has value 'nope'",
+        ),
+        (('kind = "sum"', 'kind = "median"'), "'pipelines.p.state.features.spend.kind' has value 'median'"),
+        ((", window_s = 3600", ""), "'pipelines.p.state.features.spend.window_s' is missing"),
+        (("ttl_s = 60", "ttl_s = 0"), "'pipelines.p.state.ttl_s' has value 0"),
+        (("n = 4,", "n = 0,"), "'pipelines.p.state.features.recent.n' has value 0"),
+        (('{ kind = "since_previous" }', '{ kind = "since_previous", include_current = true }'), "include_current"),
+        (("gap = {", "gap = { oops = 1, "), "unknown key 'pipelines.p.state.features.gap.oops'"),
+        (('input_topics = ["in"]', 'input_topics = ["in", "in2"]'), "a single input topic"),
+        (("history_events = 8", 'store = "redis"'), "'pipelines.p.state.store' has value 'redis'"),
+    ],
+)
+def test_a_bad_state_table_names_the_key_and_what_was_expected(tmp_path, change, expected):
+    old, new = change
+    assert old in STATEFUL
+    assert expected in error_for(tmp_path, STATEFUL.replace(old, new, 1))
+
+
+def test_a_feature_input_without_a_state_table_says_so(tmp_path):
+    text = GOOD.replace('[{ field = "features", shape = [32] }]', '[{ feature = "history" }]')
+    assert "there is no [pipelines.p.state] table" in error_for(tmp_path, text)
+
+
+def test_a_state_field_that_is_also_a_vector_input_is_refused(tmp_path):
+    text = STATEFUL.replace('fields = ["amount", "country"]', 'fields = ["amount", "features"]')
+    assert "field 'features' is a model input of shape [32]" in error_for(tmp_path, text)
+
+
+def test_emitting_features_needs_per_key_features(tmp_path):
+    text = GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\nemit_features = true')
+    assert "'pipelines.p.emit_features' has value True" in error_for(tmp_path, text)
