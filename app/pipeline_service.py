@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.partitioner import murmur2
 from mode import Service
 
 from app.build import (
@@ -33,11 +36,12 @@ from app.crash_hooks import (
     kill_in_changelog_flush_after,
     kill_in_transaction_after,
 )
-from app.kafka_clients import Connection, connection, make_consumer
+from app.kafka_clients import Connection, connection, make_admin, make_consumer
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
 from streams.driver import Driver
 from streams.errors import ModelLoadError, SluiceError, StateError
+from streams.features.serving import key_view
 from streams.kafka.changelog import Changelog
 from streams.kafka.group_commits import GroupCommits
 from streams.kafka.group_source import KafkaBatchSource
@@ -63,9 +67,13 @@ class PipelineService(Service):
         pipeline: PipelineConfig,
         model: LoadedModel | None = None,
         metrics: PipelineMetrics | None = None,
+        web_address: Callable[[], str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        # Where other workers reach this one's web server: named in its consumer's client id, so a
+        # worker asked about a key of a partition it does not own can say which worker does.
+        self.web_address = web_address
         self.config = config
         self.pipeline_config = pipeline
         self._model = model
@@ -121,7 +129,7 @@ class PipelineService(Service):
         self._consumer = make_consumer(
             conn,
             group_id=p.group_id,
-            client_id=f"sluice-{p.name}",
+            client_id=f"sluice-{p.name}@{self.web_address()}" if self.web_address else f"sluice-{p.name}",
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
             fetch_max_wait_ms=min(p.poll_ms, 500),
@@ -240,6 +248,49 @@ class PipelineService(Service):
             warm - started,
             now - warm,
         )
+
+    async def key_state(self, key: bytes) -> tuple[int, dict[str, Any]]:
+        """``GET /pipelines/NAME/keys/KEY``: (HTTP status, body). The key's state from the worker that
+        owns its partition (found by the default partitioner, as producers place keys); another
+        worker answers 307 with the owner's address in ``owner`` (and ``Location``)."""
+        p = self.pipeline_config
+        stateful = self.driver.pipeline.stateful if self.driver is not None else None
+        if stateful is None or self._consumer is None or self._source is None:
+            return 404, {"error": f"pipeline {p.name} has no per-key features, or is not running yet"}
+        topic = p.input_topics[0]
+        count = len(self._consumer.partitions_for_topic(topic) or ())
+        if not count:
+            return 503, {"error": f"the partitions of {topic} are not known yet"}
+        partition = Partition(topic, (murmur2(key) & 0x7FFFFFFF) % count)
+        where = {"topic": topic, "partition": partition.partition}
+        if TopicPartition(*partition) in self._source.ready:
+            view = key_view(stateful.step, partition, key)
+            if view is None:
+                return 404, {"error": "no state for this key (never seen, or forgotten after its TTL)", **where}
+            return 200, {"key": key.decode("utf-8", "replace"), **where, **view}
+        owner = await self._owner_of(partition)
+        if owner is None:
+            return 503, {"error": "no worker owns the key's partition right now (a rebalance?); ask again", **where}
+        return 307, {"owner": owner, **where}
+
+    async def _owner_of(self, partition: Partition) -> str | None:
+        """The web address of the group member assigned ``partition`` (from its client id)."""
+        admin = make_admin(connection(self.config))
+        await admin.start()
+        try:
+            (described,) = await admin.describe_consumer_groups([self.pipeline_config.group_id])
+        finally:
+            await admin.close()
+        for group in described.groups:
+            for member in group[-1]:
+                client_id, assignment = member[1], member[-1]
+                if not assignment or "@" not in client_id:
+                    continue
+                decoded = ConsumerProtocolMemberAssignment.decode(assignment)
+                for topic, partitions in decoded.assignment:
+                    if topic == partition.topic and partition.partition in partitions:
+                        return str(client_id.rpartition("@")[2])
+        return None
 
     async def swap_model(self, spec: ModelSpec) -> tuple[str, str]:
         """Load and warm up ``spec`` beside the serving model, then swap it in between two batches.

@@ -5,6 +5,8 @@
 - ``POST /pipelines/NAME/model``: swap in another model (``Authorization: Bearer TOKEN``,
   the token from the environment variable ``app.admin_token_env`` names; disabled when
   that variable is unset).
+- ``GET /pipelines/NAME/keys/KEY``: a key's per-key features and last prediction, from the
+  worker that owns its partition; another worker answers 307 with the owner's address.
 """
 
 from __future__ import annotations
@@ -107,6 +109,19 @@ def register_endpoints(
             return self.json({"ready": ready, "pipelines": pipelines}, status=200 if ready else 503)
 
     refused = ThrottledWarning(log)
+
+    @app.page("/pipelines/{pipeline}/keys/{key}")
+    class Key(View):
+        async def get(self, request: Request, pipeline: str, key: str) -> Response:
+            service = services.get(pipeline)
+            if service is None:
+                return self.error(404, f"no pipeline {pipeline!r}; pipelines: {sorted(services)}")
+            # The path arrives percent-decoded; bytes that were not UTF-8 come back as they were sent.
+            status, body = await service.key_state(key.encode("utf-8", "surrogateescape"))
+            if status == 307:
+                location = f"http://{body['owner']}{request.url.raw_path}"
+                return self.json(body, status=307, headers={"Location": location})
+            return self.json(body, status=status)
 
     @app.page("/pipelines/{pipeline}/model")
     class Model(View):

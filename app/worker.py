@@ -8,6 +8,7 @@ this module imports torch and the pipeline services, which no other command need
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,7 +37,13 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
             raise ModelLoadError(f"{where}: {exc}") from None
     collector = SluiceCollector()
     services = {
-        p.name: PipelineService(config, p, model=models[p.name], metrics=collector.register(PipelineMetrics(p.name)))
+        p.name: PipelineService(
+            config,
+            p,
+            model=models[p.name],
+            metrics=collector.register(PipelineMetrics(p.name)),
+            web_address=lambda: web_address(app, config),
+        )
         for p in config.pipelines
     }
     for service in services.values():
@@ -44,6 +51,15 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
     register_endpoints(app, config, services, metrics_registry(collector))
     check_topics(config, services)
     return services
+
+
+def web_address(app: faust.App, config: Config) -> str:
+    """host:port where other workers reach this one's web server (for requests about keys it owns):
+    the bound address, or the host's name when bound to every interface."""
+    host = config.app.web_bind
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"{host}:{app.conf.web_port}"
 
 
 def check_topics(config: Config, services: Mapping[str, PipelineService]) -> None:

@@ -91,6 +91,8 @@ class Decoded:
     # and the keys' new state, written once the batch is scored (``streams.features.step``).
     features: dict[str, np.ndarray] | None = None
     state_update: StateUpdate | None = None
+    # Row i's event in ``state_update``'s per-event arrays.
+    state_rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])

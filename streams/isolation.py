@@ -128,4 +128,5 @@ def without_failed_rows(decoded: Decoded, kept: np.ndarray, failures: Sequence[F
         rejects=sorted(rejects, key=lambda r: r.index),
         features=None if decoded.features is None else {k: v[kept] for k, v in decoded.features.items()},
         state_update=decoded.state_update,
+        state_rows=None if decoded.state_rows is None else decoded.state_rows[kept],
     )

@@ -158,6 +158,8 @@ class Pipeline:
                 keep = np.ones(len(predictions), dtype=bool)
                 keep[non_finite] = False
                 predictions, kept = predictions[keep], kept[keep]
+            if self.stateful is not None:
+                self.stateful.remember(decoded, kept, predictions, self.runner.version)
             if failures:
                 decoded = without_failed_rows(decoded, kept, failures)
             outputs = encode_predictions(

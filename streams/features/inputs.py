@@ -78,6 +78,7 @@ class StatefulInputs:
             rejects=decoded.rejects,
             features=features,
             state_update=update,
+            state_rows=np.arange(n),
         )
         if expired:
             late = set(expired)
@@ -90,6 +91,11 @@ class StatefulInputs:
         """Write the keys' new state of a scored batch."""
         if decoded.state_update is not None:
             self.step.apply(decoded.state_update)
+
+    def remember(self, decoded: Decoded, scored: np.ndarray, predictions: np.ndarray, version: str) -> None:
+        """Keep each key's last prediction (``scored``: the rows of ``decoded`` the predictions are for)."""
+        if decoded.state_update is not None and decoded.state_rows is not None:
+            self.step.remember(decoded.state_update, decoded.state_rows[scored], predictions, version)
 
 
 def _without(decoded: Decoded, positions: Sequence[int], error: str, message: str) -> Decoded:
@@ -104,4 +110,5 @@ def _without(decoded: Decoded, positions: Sequence[int], error: str, message: st
         rejects=sorted(rejects, key=lambda r: r.index),
         features=None if decoded.features is None else {k: v[keep] for k, v in decoded.features.items()},
         state_update=decoded.state_update,
+        state_rows=None if decoded.state_rows is None else decoded.state_rows[keep],
     )

@@ -40,6 +40,10 @@ class StateUpdate:
     length: np.ndarray
     offset: np.ndarray
     latest_ms: dict[PartitionId, int]
+    # Each event's slot and source offset, in batch order (to remember its prediction).
+    event_slots: np.ndarray
+    event_offsets: np.ndarray
+    event_times: np.ndarray
 
 
 class FeatureStep:
@@ -51,6 +55,8 @@ class FeatureStep:
         self._after = [f for f in spec.features if f.include_current]
         # The newest event time seen per partition: what the TTL sweep counts idleness from.
         self.latest_ms: dict[PartitionId, int] = {}
+        # Model versions that made the predictions kept per key (``store.prediction_version`` indexes it).
+        self.versions: list[str] = []
 
     def compute(
         self,
@@ -75,6 +81,9 @@ class FeatureStep:
             store.length[unique],
             store.offset[unique],
             newest,
+            slots,
+            np.asarray(offsets, dtype=np.int64),
+            times,
         )
         rank = occurrence_rank(local)
         for r in range(int(rank.max()) + 1 if n else 0):
@@ -102,6 +111,22 @@ class FeatureStep:
         store.length[update.slots] = update.length
         store.offset[update.slots] = update.offset
         self.latest_ms.update(update.latest_ms)
+
+    def remember(self, update: StateUpdate, rows: np.ndarray, predictions: np.ndarray, version: str) -> None:
+        """Keep the last prediction of each key of a scored batch (``rows``: the events scored, in
+        batch order, one prediction each), for serving by key."""
+        if version not in self.versions:
+            self.versions.append(version)
+        slots = update.event_slots[rows]
+        values = predictions if predictions.ndim == 1 else np.full(len(rows), np.nan, dtype=np.float32)
+        # A key's last event of the batch wins (numpy leaves the order of repeated indices open).
+        _, from_end = np.unique(slots[::-1], return_index=True)
+        last = len(slots) - 1 - from_end
+        store = self.store
+        store.prediction[slots[last]] = values[last]
+        store.prediction_offset[slots[last]] = update.event_offsets[rows][last]
+        store.prediction_ts[slots[last]] = update.event_times[rows][last]
+        store.prediction_version[slots[last]] = self.versions.index(version)
 
     def sweep(self, partition: PartitionId) -> int:
         """Forget the partition's keys idle past the TTL, by event time; returns how many."""

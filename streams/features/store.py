@@ -27,6 +27,12 @@ class KeyedStore:
         self.values = np.zeros((initial_slots, capacity, fields), dtype=np.float32)
         self.length = np.zeros(initial_slots, dtype=np.int32)
         self.offset = np.full(initial_slots, -1, dtype=np.int64)
+        # The key's last prediction, for serving by key (kept in memory only, not in the changelog):
+        # its value (NaN: none yet, or not one number), source offset, event time, model version (an index).
+        self.prediction = np.full(initial_slots, np.nan, dtype=np.float32)
+        self.prediction_offset = np.full(initial_slots, -1, dtype=np.int64)
+        self.prediction_ts = np.zeros(initial_slots, dtype=np.int64)
+        self.prediction_version = np.zeros(initial_slots, dtype=np.int16)
         self.tables: dict[PartitionId, dict[bytes, int]] = {}
         self._changed: dict[PartitionId, set[bytes]] = {}
         self._free: list[int] = []
@@ -120,6 +126,7 @@ class KeyedStore:
     def _release(self, slot: int) -> None:
         self.clear(np.array([slot]))
         self.offset[slot] = -1
+        self.prediction[slot], self.prediction_offset[slot] = np.nan, -1
         self._free.append(slot)
 
     def _new_slot(self) -> int:
@@ -136,9 +143,13 @@ class KeyedStore:
         self.values = _resized(self.values, size)
         self.length = _resized(self.length, size)
         self.offset = _resized(self.offset, size, fill=-1)
+        self.prediction = _resized(self.prediction, size, fill=np.nan)
+        self.prediction_offset = _resized(self.prediction_offset, size, fill=-1)
+        self.prediction_ts = _resized(self.prediction_ts, size)
+        self.prediction_version = _resized(self.prediction_version, size)
 
 
-def _resized(array: np.ndarray, rows: int, fill: int = 0) -> np.ndarray:
+def _resized(array: np.ndarray, rows: int, fill: float = 0) -> np.ndarray:
     grown = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
     grown[: len(array)] = array
     return grown

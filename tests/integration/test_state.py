@@ -9,14 +9,17 @@ Events of 60 keys, timestamps out of order inside partitions, and keys idle past
 from __future__ import annotations
 
 import asyncio
+import http.client
 import random
 import signal
 import time
+import urllib.parse
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.kafka_helpers import (
+    free_port,
     read_topic,
     run_sluice,
     running_worker,
@@ -187,3 +190,59 @@ async def test_a_rebalance_to_a_second_worker_and_back_moves_state_with_its_part
     assert "restored from" in second_log.read_text()
     reference = await backfilled(kafka, config, unique("statereb-backfill"), 4000)
     assert_same_features(live, reference)
+
+
+def get_key(port: int, pipeline: str, key: str) -> tuple[int, dict, str | None]:
+    """GET /pipelines/PIPELINE/keys/KEY without following a redirect: (status, body, Location)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", f"/pipelines/{pipeline}/keys/{urllib.parse.quote(key, safe='')}")
+        reply = connection.getresponse()
+        return reply.status, orjson.loads(reply.read()), reply.getheader("Location")
+    finally:
+        connection.close()
+
+
+async def test_a_key_is_served_by_the_worker_that_owns_it_and_the_other_names_the_owner(kafka, tmp_path):
+    name = "statekeys"
+    topics = topics_for(unique(name))
+    config = stateful_config(tmp_path, kafka, name, topics, partitions=4)
+    events = keyed_events(1200, seed=44)
+    ports = {"first": free_port(), "second": free_port()}
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    ready = f"pipeline {name}: ready"
+    with (
+        running_worker(config, first_log, ready_text=ready, web_port=ports["first"]) as first,
+        running_worker(config, second_log, ready_text=ready, web_port=ports["second"]),
+    ):
+        deadline = time.monotonic() + 60
+        while first_log.read_text().count("partitions assigned: ") < 2:  # its share after the rebalance
+            assert time.monotonic() < deadline and first.poll() is None, first_log.read_text()[-3000:]
+            await asyncio.sleep(0.2)
+        await produce_timed(kafka, topics["input_topic"], events)
+        outputs = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=90)
+        last: dict[bytes, dict] = {}
+        for record in sorted(outputs, key=lambda r: r.offset):
+            last[record.key] = orjson.loads(record.value)
+        for key in sorted(last)[:12]:
+            answers = {w: get_key(port, name, key.decode()) for w, port in ports.items()}
+            owner = next(w for w, (status, _, _) in answers.items() if status == 200)
+            other = next(w for w in answers if w != owner)
+            status, body, location = answers[other]
+            assert status == 307 and body["owner"] == f"127.0.0.1:{ports[owner]}"
+            assert location == f"http://127.0.0.1:{ports[owner]}/pipelines/{name}/keys/{key.decode()}"
+            _, state, _ = answers[owner]
+            want = last[key]
+            assert state["partition"] == want["source"]["partition"] == body["partition"]
+            assert state["last_prediction"] == {
+                "prediction": want["prediction"],
+                "model_version": want["model_version"],
+                "source": want["source"],
+                "event_ts": want["event_ts"],
+            }
+            if state["latest_event"]["event_ts"] >= state["features_at"] - 3000:  # within its TTL (3 s)
+                assert state["features"]["recent"] == want["features"]["recent"]  # includes that event
+            else:  # idle past its TTL by the partition's time now: its next event starts from nothing
+                assert state["features"]["recent"] == [[0.0, 0.0, 0.0]] * 4
+        status, body, _ = get_key(ports["first"], name, "never-seen")
+        assert status in (404, 307)
