@@ -76,15 +76,23 @@ def build_pipeline(
         key_by_position=mode == "backfill",
         dead_letter_copy_bytes=pipeline.dead_letter_copy_bytes,
         headers=pipeline.headers,
-        stateful=build_stateful_inputs(pipeline),
+        stateful=build_stateful_inputs(pipeline, mode),
         emit_features=emit_features,
     )
 
 
-def build_stateful_inputs(pipeline: PipelineConfig) -> StatefulInputs | None:
+def build_stateful_inputs(pipeline: PipelineConfig, mode: Mode) -> StatefulInputs | None:
     if pipeline.state is None:
         return None
-    return StatefulInputs(FeatureStep(pipeline.state), pipeline.inputs, pipeline.schema.inputs)
+    step = FeatureStep(pipeline.state, changelog=mode == "live")  # a backfill rebuilds its state, writes none
+    return StatefulInputs(step, pipeline.inputs, pipeline.schema.inputs)
+
+
+def input_isolation(pipeline: PipelineConfig) -> str:
+    """How inputs are read: a transactional producer's aborted records are not events for an
+    exactly-once pipeline, nor for per-key state, which the live worker and a backfill must
+    build from the same records."""
+    return "read_committed" if pipeline.delivery == "exactly_once" or pipeline.state is not None else "read_uncommitted"
 
 
 def build_batcher(pipeline: PipelineConfig, cost: CostModel, mode: Mode) -> Batcher:

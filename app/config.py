@@ -20,7 +20,8 @@ from models.spec import WEIGHTS_DIR, ModelSpec
 from streams.codec import EventSchema
 from streams.dead_letters import DEFAULT_MAX_COPY_BYTES
 from streams.errors import ConfigError
-from streams.features.inputs import ModelInput, decoded_fields
+from streams.features.inputs import MAX_KEY_BYTES, ModelInput, decoded_fields
+from streams.features.snapshot import max_state_bytes
 from streams.features.spec import StateSpec
 from streams.records import HeaderPolicy
 
@@ -300,7 +301,13 @@ def _emit_features(t: _Table, state: StateSpec | None) -> bool:
 def _changelog_topic(t: _Table, state: StateSpec | None, group_id: str) -> str:
     if state is None:
         return ""
-    return t.table("state").text("changelog_topic", f"{group_id}-state-changelog")
+    state_table = t.table("state")
+    topic = state_table.text("changelog_topic", f"{group_id}-state-changelog")
+    others = [t.data.get(k) for k in ("output_topic", "dead_letter_topic", "backfill_topic")]
+    others += t.data.get("input_topics") or []
+    if topic in others:
+        raise state_table.fail("changelog_topic", topic, "a topic of its own (it holds the state, compacted)")
+    return topic
 
 
 def _headers(t: _Table) -> HeaderPolicy:
@@ -399,3 +406,25 @@ def default_model_dirs(spec: ModelSpec) -> list[Path]:
     """Where a model swap may load from when the config does not say: next to the configured model."""
     configured = spec.exported or spec.torchscript or spec.state_dict
     return [configured.parent] if configured is not None else [WEIGHTS_DIR]
+
+
+# A record's framing around its key and value, and the producer's own request limit (aiokafka's
+# max_request_size default): a key's state record must fit both.
+RECORD_OVERHEAD_BYTES = 256
+PRODUCER_REQUEST_BYTES = 1024 * 1024
+
+
+def state_too_big(pipeline: PipelineConfig, changelog_max_message_bytes: int) -> str | None:
+    """Why a key's full state could not be written to the changelog, or None if it fits."""
+    if pipeline.state is None:
+        return None
+    spec = pipeline.state
+    need = max_state_bytes(len(spec.fields), spec.capacity) + 1 + MAX_KEY_BYTES + RECORD_OVERHEAD_BYTES
+    limit = min(changelog_max_message_bytes, PRODUCER_REQUEST_BYTES)
+    if need <= limit:
+        return None
+    return (
+        f"key 'pipelines.{pipeline.name}.state.history_events' ({spec.capacity} events of {len(spec.fields)} "
+        f"field(s)): a key's state record can reach {need:,} bytes, over the {limit:,} the changelog "
+        f"{pipeline.changelog_topic} and the producer take; keep fewer events or fields per key"
+    )

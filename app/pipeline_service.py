@@ -14,8 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.partitioner import murmur2
 from mode import Service
 
 from app.build import (
@@ -26,6 +24,7 @@ from app.build import (
     build_pipeline,
     build_runner,
     build_transactional_sink,
+    input_isolation,
     settle_garbage_collector,
 )
 from app.cli import PROCESS_STARTED
@@ -36,12 +35,13 @@ from app.crash_hooks import (
     kill_in_changelog_flush_after,
     kill_in_transaction_after,
 )
-from app.kafka_clients import Connection, connection, make_admin, make_consumer
+from app.kafka_clients import Connection, connection, make_consumer
+from app.key_serving import KeyServing
+from app.state_warmup import warm_from_input
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
 from streams.driver import Driver
 from streams.errors import ModelLoadError, SluiceError, StateError
-from streams.features.serving import key_view
 from streams.kafka.changelog import Changelog
 from streams.kafka.group_commits import GroupCommits
 from streams.kafka.group_source import KafkaBatchSource
@@ -89,6 +89,7 @@ class PipelineService(Service):
         self._announce: asyncio.Task[None] | None = None
         # A stateful pipeline's changelog (for serving keys and the metrics).
         self.changelog: Changelog | None = None
+        self.keys = KeyServing(config, pipeline, web_address)
 
     @property
     def shortlabel(self) -> str:
@@ -129,13 +130,11 @@ class PipelineService(Service):
         self._consumer = make_consumer(
             conn,
             group_id=p.group_id,
-            client_id=f"sluice-{p.name}@{self.web_address()}" if self.web_address else f"sluice-{p.name}",
+            client_id=self.keys.client_id(),
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
             fetch_max_wait_ms=min(p.poll_ms, 500),
-            # Exactly-once reads inputs as a read_committed consumer would: a transactional
-            # producer's aborted records are not events.
-            isolation_level="read_committed" if exactly_once else "read_uncommitted",
+            isolation_level=input_isolation(p),
         )
         await sink.start()
         source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms, gated=transactions is not None)
@@ -225,12 +224,25 @@ class PipelineService(Service):
             if changelog is not None and txns.failed is None:
                 try:
                     await changelog.restore(assigned)
+                    await self._warm_cold_partitions(conn, assigned - changelog.found, driver)
                 except Exception as exc:  # noqa: BLE001 - the driver stops on it (the listener would swallow it)
                     txns.fail(exc if isinstance(exc, SluiceError) else StateError(f"restoring state: {exc!r}"))
                     return
             await source.start_from_committed(assigned)
 
         source.subscribe(on_revoke=on_revoke, on_assign=on_assign)
+
+    async def _warm_cold_partitions(self, conn: Connection, cold: set[Partition], driver: Driver) -> None:
+        """Partitions with no state in the changelog but committed offsets past their beginning (state
+        added to a running pipeline, a changelog deleted): their state is rebuilt from the input up
+        to the committed offset first, so their next events get the features a backfill gives them."""
+        assert self._consumer is not None
+        upto = {}
+        for partition in cold:
+            committed = await self._consumer.committed(TopicPartition(*partition))
+            if committed:
+                upto[partition] = committed
+        await warm_from_input(conn, driver.pipeline, upto)
 
     async def _announce_ready(self, started: float, warm: float) -> None:
         """Say what the first seconds cost, apart from serving: events that arrive before this line
@@ -250,47 +262,13 @@ class PipelineService(Service):
         )
 
     async def key_state(self, key: bytes) -> tuple[int, dict[str, Any]]:
-        """``GET /pipelines/NAME/keys/KEY``: (HTTP status, body). The key's state from the worker that
-        owns its partition (found by the default partitioner, as producers place keys); another
-        worker answers 307 with the owner's address in ``owner`` (and ``Location``)."""
-        p = self.pipeline_config
+        """``GET /pipelines/NAME/keys/KEY``: (HTTP status, body); see ``app.key_serving``."""
         stateful = self.driver.pipeline.stateful if self.driver is not None else None
         if stateful is None or self._consumer is None or self._source is None:
-            return 404, {"error": f"pipeline {p.name} has no per-key features, or is not running yet"}
-        topic = p.input_topics[0]
-        count = len(self._consumer.partitions_for_topic(topic) or ())
-        if not count:
-            return 503, {"error": f"the partitions of {topic} are not known yet"}
-        partition = Partition(topic, (murmur2(key) & 0x7FFFFFFF) % count)
-        where = {"topic": topic, "partition": partition.partition}
-        if TopicPartition(*partition) in self._source.ready:
-            view = key_view(stateful.step, partition, key)
-            if view is None:
-                return 404, {"error": "no state for this key (never seen, or forgotten after its TTL)", **where}
-            return 200, {"key": key.decode("utf-8", "replace"), **where, **view}
-        owner = await self._owner_of(partition)
-        if owner is None:
-            return 503, {"error": "no worker owns the key's partition right now (a rebalance?); ask again", **where}
-        return 307, {"owner": owner, **where}
-
-    async def _owner_of(self, partition: Partition) -> str | None:
-        """The web address of the group member assigned ``partition`` (from its client id)."""
-        admin = make_admin(connection(self.config))
-        await admin.start()
-        try:
-            (described,) = await admin.describe_consumer_groups([self.pipeline_config.group_id])
-        finally:
-            await admin.close()
-        for group in described.groups:
-            for member in group[-1]:
-                client_id, assignment = member[1], member[-1]
-                if not assignment or "@" not in client_id:
-                    continue
-                decoded = ConsumerProtocolMemberAssignment.decode(assignment)
-                for topic, partitions in decoded.assignment:
-                    if topic == partition.topic and partition.partition in partitions:
-                        return str(client_id.rpartition("@")[2])
-        return None
+            return 404, {
+                "error": f"pipeline {self.pipeline_config.name} has no per-key features, or is not running yet"
+            }
+        return await self.keys.answer(key, stateful.step, self._consumer, self._source.ready)
 
     async def swap_model(self, spec: ModelSpec) -> tuple[str, str]:
         """Load and warm up ``spec`` beside the serving model, then swap it in between two batches.

@@ -18,7 +18,16 @@ from __future__ import annotations
 from app.config_table import Table
 from streams.errors import ConfigError
 from streams.features.inputs import ModelInput
-from streams.features.spec import WINDOW_KINDS, Feature, LastEvents, SincePrevious, StateSpec, Window
+from streams.features.spec import (
+    MAX_DURATION_MS,
+    MAX_HISTORY_EVENTS,
+    WINDOW_KINDS,
+    Feature,
+    LastEvents,
+    SincePrevious,
+    StateSpec,
+    Window,
+)
 
 KINDS = ("last", "since_previous", *WINDOW_KINDS)
 _FIELD = "the name of an event field holding a number"
@@ -34,8 +43,8 @@ def load_state(t: Table) -> StateSpec:
         )
     spec = StateSpec(
         features=features,
-        ttl_ms=round(1000 * t.number("ttl_s", 7 * 24 * 3600.0)),
-        history_events=t.integer("history_events", 64, minimum=1),
+        ttl_ms=_duration_ms(t, "ttl_s", 7 * 24 * 3600.0),
+        history_events=_count(t, "history_events", 64),
         store=t.choice("store", ("memory",), "memory"),  # type: ignore[arg-type]
     )
     t.seen.add("changelog_topic")  # read by the pipeline, which knows the default
@@ -48,20 +57,37 @@ def _feature(t: Table, name: str) -> Feature:
     include_current = t.flag("include_current", False)
     feature: Feature
     if kind == "last":
-        fields = t.get("fields", list, f"a non-empty list of event field names, each {_FIELD}")
-        if not fields or not all(isinstance(f, str) and f.strip() for f in fields):
-            raise t.fail("fields", fields, f"a non-empty list of event field names, each {_FIELD}")
-        feature = LastEvents(name, t.integer("n", minimum=1), tuple(fields), t.flag("mask", False), include_current)
+        expected = f"a non-empty list of distinct event field names, each {_FIELD}"
+        fields = t.get("fields", list, expected)
+        if not fields or not all(isinstance(f, str) and f.strip() for f in fields) or len(set(fields)) < len(fields):
+            raise t.fail("fields", fields, expected)
+        feature = LastEvents(name, _count(t, "n"), tuple(fields), t.flag("mask", False), include_current)
     elif kind == "since_previous":
         if include_current:
             raise t.fail("include_current", True, "false: the time since the previous event never includes this one")
         feature = SincePrevious(name)
     else:
         field = None if kind == "count" else t.text("field")
-        window_ms = round(1000 * t.number("window_s"))
+        window_ms = _duration_ms(t, "window_s")
         feature = Window(name, kind, field, window_ms, include_current)  # type: ignore[arg-type]
     t.done()
     return feature
+
+
+def _duration_ms(t: Table, name: str, default: float | None = None) -> int:
+    """Seconds in the file, whole milliseconds here: at least 1 ms, at most about a century."""
+    expected = f"a number of seconds from 0.001 to {MAX_DURATION_MS // 1000:,}"
+    value = t.get(name, (int, float), expected, ... if default is None else default)
+    if not 0.001 <= value <= MAX_DURATION_MS / 1000:  # also refuses NaN and infinity
+        raise t.fail(name, value, expected)
+    return round(1000 * value)
+
+
+def _count(t: Table, name: str, default: int | None = None) -> int:
+    value = t.integer(name, ... if default is None else default, minimum=1)
+    if value > MAX_HISTORY_EVENTS:
+        raise t.fail(name, value, f"an integer from 1 to {MAX_HISTORY_EVENTS:,} (events kept per key)")
+    return value
 
 
 def load_inputs(t: Table, state: StateSpec | None, state_key: str) -> tuple[ModelInput, ...]:

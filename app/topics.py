@@ -112,29 +112,47 @@ async def ensure_topics(
         await admin.close()
 
 
-async def ensure_changelog(conn: Connection | str, topic: str, input_topic: str, timeout_s: float = 30.0) -> None:
-    """Create a stateful pipeline's changelog topic if missing: compacted (only each key's latest
-    state is kept), with as many partitions as the input topic (partition n holds input partition
-    n's keys). One that exists with fewer partitions cannot hold every input partition's state."""
+async def ensure_changelog(
+    conn: Connection | str, topic: str, input_topic: str, *, create: bool, timeout_s: float = 30.0
+) -> int:
+    """Make sure a stateful pipeline's changelog topic is there and fit: compacted (only each key's
+    latest state is kept; under ``delete`` state would vanish at the retention), with at least as
+    many partitions as the input topic (partition n holds input partition n's keys). Created so
+    if missing and ``create``. Returns its ``max.message.bytes``."""
     conn = as_connection(conn)
     inputs = len(await partitions_of(conn, input_topic))
     admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         if topic not in set(await admin.list_topics()):
+            if not create:
+                raise TopicMissingError(
+                    f"the state changelog {topic} does not exist; create it compacted with {inputs} partitions "
+                    f"(cleanup.policy=compact), or set [app] create_topics = true"
+                )
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
-                compacted = {"cleanup.policy": "compact", "min.insync.replicas": "1"}
+                compacted = {"cleanup.policy": "compact"}
                 await admin.create_topics([NewTopic(topic, inputs, 1, topic_configs=compacted)])
             log.info("created the state changelog %s (compacted, %d partitions)", topic, inputs)
             await _wait_for_leaders(admin, [topic], timeout_s)
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None, "max.message.bytes": None})]
+        )
     finally:
         await admin.close()
+    settings = {name: value for *_, entries in response.resources for name, value, *_ in entries}
+    if "compact" not in str(settings.get("cleanup.policy", "")).split(","):
+        raise TopicMissingError(
+            f"the state changelog {topic} has cleanup.policy={settings.get('cleanup.policy')}: state would be deleted "
+            f"at the topic's retention; set cleanup.policy=compact on it, or name another changelog_topic"
+        )
     have = len(await partitions_of(conn, topic))
     if have < inputs:
         raise TopicMissingError(
             f"the state changelog {topic} has {have} partitions but the input topic {input_topic} has {inputs}; "
             f"give it {inputs} (kafka-topics --alter --partitions {inputs}) or name another changelog_topic"
         )
+    return int(settings.get("max.message.bytes", 1048588))
 
 
 async def check_broker(conn: Connection | str, timeout_s: float = 15.0) -> None:

@@ -15,6 +15,7 @@ import hmac
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -116,8 +117,9 @@ def register_endpoints(
             service = services.get(pipeline)
             if service is None:
                 return self.error(404, f"no pipeline {pipeline!r}; pipelines: {sorted(services)}")
-            # The path arrives percent-decoded; bytes that were not UTF-8 come back as they were sent.
-            status, body = await service.key_state(key.encode("utf-8", "surrogateescape"))
+            # The key's bytes as sent (percent-encoded in the path), whether or not they are UTF-8.
+            raw = urllib.parse.unquote_to_bytes(request.url.raw_path.rsplit("/", 1)[-1])
+            status, body = await service.key_state(raw)
             if status == 307:
                 location = f"http://{body['owner']}{request.url.raw_path}"
                 return self.json(body, status=307, headers={"Location": location})

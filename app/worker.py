@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import faust
 
-from app.config import Config, dead_letters_too_big
+from app.config import Config, dead_letters_too_big, state_too_big
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
 from app.topics import ensure_changelog, ensure_topics, max_message_bytes
@@ -78,7 +78,12 @@ def check_topics(config: Config, services: Mapping[str, PipelineService]) -> Non
         for service in services.values():
             p = service.pipeline_config
             if p.state is not None:
-                await ensure_changelog(conn, p.changelog_topic, p.input_topics[0], timeout_s=15.0)
+                limit = await ensure_changelog(
+                    conn, p.changelog_topic, p.input_topics[0], create=create, timeout_s=15.0
+                )
+                problem = state_too_big(p, limit)
+                if problem:
+                    raise ConfigError(f"{config.path}: {problem}")
         return await max_message_bytes(conn, wanted)
 
     with ThreadPoolExecutor(max_workers=1) as pool:

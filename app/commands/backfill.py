@@ -8,13 +8,12 @@ import re
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
 from faust.cli import AppCommand, option
 
 from app.build import (
@@ -23,17 +22,19 @@ from app.build import (
     build_kafka_sink,
     build_pipeline,
     build_runner,
+    input_isolation,
     settle_garbage_collector,
 )
 from app.config import PipelineConfig
 from app.crash_hooks import count_from_env
-from app.kafka_clients import Connection, connection, make_consumer
+from app.kafka_clients import connection, make_consumer
 from app.main import app, config
 from app.progress import Progress
+from app.state_warmup import warm_from_input
 from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
-from streams.backfill import BackfillSummary, run_backfill, warm_state
+from streams.backfill import BackfillSummary, run_backfill
 from streams.checkpoint import Checkpoint, checkpoint_path
 from streams.errors import (
     CheckpointError,
@@ -46,9 +47,8 @@ from streams.errors import (
 from streams.file_sink import FileSink, FileState, check_target
 from streams.kafka.replay import ReplaySource, plan_replay, start_consumer, stop_consumer
 from streams.kafka.sink import KafkaSink
-from streams.pipeline import Pipeline, PipelineTopics, Sink
-from streams.records import OutputRecord, Partition
-from streams.replay_plan import ReplayPlan
+from streams.pipeline import PipelineTopics, Sink
+from streams.records import OutputRecord
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -317,7 +317,9 @@ async def backfill_run(
     conn = connection(config)
     await check_broker(conn)
     # No group: the backfill never touches the live worker's committed offsets.
-    consumer = make_consumer(conn, group_id=None, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION)
+    consumer = make_consumer(
+        conn, group_id=None, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION, isolation_level=input_isolation(p)
+    )
     await start_consumer(consumer)
     try:
         plan = run.checkpoint.plan if run.checkpoint is not None else None
@@ -384,7 +386,10 @@ async def backfill_run(
                 flush=True,
             )
             pipeline = build_pipeline(p, runner, hook or sink, "backfill", topics=topics, emit_features=emit_features)
-            await warm_from_the_beginning(conn, pipeline, checkpoint.plan, checkpoint.position)
+            # Started past the beginning (--from-timestamp, a resume): the state of what came before first.
+            await warm_from_input(
+                conn, pipeline, {p: checkpoint.position.get(p, at) for p, at in checkpoint.plan.start.items()}
+            )
             batcher = build_batcher(p, cost, "backfill")
             progress = Progress(checkpoint.plan.total, f"backfill {run.id}")
             progress.update(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
@@ -408,30 +413,6 @@ async def backfill_run(
             if file_sink is not None:
                 file_sink.close()
             await runner.aclose()
-    finally:
-        await stop_consumer(consumer)
-
-
-async def warm_from_the_beginning(
-    conn: Connection, pipeline: Pipeline, plan: ReplayPlan, position: Mapping[Partition, int]
-) -> None:
-    """A stateful pipeline starting past the beginning of its partitions (``--from-timestamp``, or a
-    resumed run) first rebuilds its keys' state from the beginning up to there, emitting nothing:
-    the features of its first events are then those a run from offset zero gives them."""
-    if pipeline.stateful is None:
-        return
-    consumer = make_consumer(conn, group_id=None, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION)
-    await start_consumer(consumer)
-    try:
-        tps = [TopicPartition(*p) for p in plan.end]
-        beginning = await consumer.beginning_offsets(tps)
-        start = {p: beginning[TopicPartition(*p)] for p in plan.end}
-        upto = {p: position.get(p, plan.start[p]) for p in plan.end}
-        warm = ReplayPlan(start, upto)
-        if warm.total:
-            print(f"rebuilding per-key state from {warm.total} earlier events first (nothing emitted)", file=sys.stderr)
-            read = await warm_state(ReplaySource(consumer, warm, start), pipeline)
-            print(f"per-key state rebuilt from {read} events", file=sys.stderr, flush=True)
     finally:
         await stop_consumer(consumer)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from streams.features.aggregate import compute
 from streams.features.step import FeatureStep
-from streams.features.store import PartitionId
+from streams.features.store import PartitionId, newest_times
 
 
 def key_view(step: FeatureStep, partition: PartitionId, key: bytes) -> dict[str, Any] | None:
@@ -22,7 +22,7 @@ def key_view(step: FeatureStep, partition: PartitionId, key: bytes) -> dict[str,
     times, values, length = store.times[[slot]], store.values[[slot]], store.length[[slot]].copy()
     newest = int(times[0, -1]) if length[0] else None
     now = step.latest_ms.get(partition, newest or 0)
-    if length[0] and newest is not None and newest < now - step.spec.ttl_ms:
+    if length[0] and newest_times(times, length)[0] < now - step.spec.ttl_ms:
         length[0] = 0  # idle past its TTL: its next event starts from nothing
     at = np.array([now], dtype=np.int64)
     features = {f.name: compute(f, times, values, length, at, step.field_index)[0].tolist() for f in step.spec.features}

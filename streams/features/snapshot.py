@@ -24,6 +24,11 @@ def encode_state(layout_id: bytes, offset: int, times: np.ndarray, values: np.nd
     return head + times.astype("<i8", copy=False).tobytes() + values.astype("<f4", copy=False).tobytes()
 
 
+def max_state_bytes(fields: int, capacity: int) -> int:
+    """The largest value a key's state record can have (a full key)."""
+    return _HEAD.size + capacity * (8 + 4 * fields)
+
+
 def decode_state(data: bytes, layout_id: bytes, fields: int, capacity: int) -> tuple[np.ndarray, np.ndarray, int]:
     """``(times, values, offset)``, or ``StateError`` saying why these bytes are not such a state."""
     if len(data) < _HEAD.size:
@@ -40,4 +45,6 @@ def decode_state(data: bytes, layout_id: bytes, fields: int, capacity: int) -> t
         raise StateError(f"a state record's length ({len(data)} bytes for {n} events) does not match its layout")
     times = np.frombuffer(data, dtype="<i8", count=n, offset=_HEAD.size).astype(np.int64)
     values = np.frombuffer(data, dtype="<f4", count=n * fields, offset=_HEAD.size + 8 * n).astype(np.float32)
+    if not np.isfinite(values).all() or offset < -1:
+        raise StateError("a state record holds values sluice never writes (NaN, infinity, or a negative offset)")
     return times, values.reshape(n, fields), offset

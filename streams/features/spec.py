@@ -6,12 +6,13 @@ event itself where ``include_current`` is set. Time is the record's timestamp (m
 a window of ``window_ms`` holds the key's events whose time lies in ``(t - window_ms, t]``, so an
 earlier event stamped later than the event (out of order) is not in its window. A key keeps
 its last ``history_events`` events: a window never sees more. A key starts again from nothing
-once its latest event is more than ``ttl_ms`` behind the partition's event time (the newest
-timestamp seen in the partition, this event included).
+once its newest kept event is more than ``ttl_ms`` behind the partition's event time (the
+newest timestamp seen in the partition, this event included).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Literal
@@ -20,6 +21,9 @@ from typing import Literal
 WindowKind = Literal["count", "sum", "mean", "min", "max", "std", "distinct"]
 WINDOW_KINDS: tuple[WindowKind, ...] = ("count", "sum", "mean", "min", "max", "std", "distinct")
 StoreKind = Literal["memory"]
+# Bounds the config enforces: events kept per key, and any duration (about a century).
+MAX_HISTORY_EVENTS = 100_000
+MAX_DURATION_MS = 100 * 366 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class StateSpec:
     history_events: int = 64
     store: StoreKind = "memory"
 
-    @property
+    # Cached: the changelog asks for these once per key it writes or restores.
+    @functools.cached_property
     def fields(self) -> tuple[str, ...]:
         """The event fields the state keeps, in first-mentioned order (each a number per event)."""
         names: list[str] = []
@@ -88,7 +93,7 @@ class StateSpec:
             names += [f for f in wanted if f is not None and f not in names]
         return tuple(names)
 
-    @property
+    @functools.cached_property
     def capacity(self) -> int:
         """Events kept per key: ``history_events``, or more if a sequence asks for more."""
         return max([self.history_events] + [f.n for f in self.features if isinstance(f, LastEvents)])
@@ -99,7 +104,7 @@ class StateSpec:
                 return feature
         raise KeyError(name)
 
-    @property
+    @functools.cached_property
     def layout_id(self) -> bytes:
         """Eight bytes naming what a key's stored state holds: a changelog written under another
         layout cannot be restored into this one."""

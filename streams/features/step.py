@@ -27,7 +27,7 @@ import numpy as np
 
 from streams.features.aggregate import compute
 from streams.features.spec import Feature, StateSpec
-from streams.features.store import KeyedStore, PartitionId
+from streams.features.store import KeyedStore, PartitionId, newest_times
 
 
 @dataclass
@@ -46,10 +46,16 @@ class StateUpdate:
     event_times: np.ndarray
 
 
+# A step without a changelog (a backfill) forgets idle keys itself, every this many batches:
+# nothing else would, and a long history holds many keys that went idle long ago.
+SWEEP_EVERY_BATCHES = 256
+
+
 class FeatureStep:
-    def __init__(self, spec: StateSpec, store: KeyedStore | None = None) -> None:
+    def __init__(self, spec: StateSpec, store: KeyedStore | None = None, *, changelog: bool = True) -> None:
         self.spec = spec
-        self.store = store or KeyedStore(spec.capacity, len(spec.fields))
+        self.store = store or KeyedStore(spec.capacity, len(spec.fields), track_changes=changelog)
+        self._applied = 0
         self.field_index = {name: i for i, name in enumerate(spec.fields)}
         self._before = [f for f in spec.features if not f.include_current]
         self._after = [f for f in spec.features if f.include_current]
@@ -86,10 +92,14 @@ class FeatureStep:
             times,
         )
         rank = occurrence_rank(local)
-        for r in range(int(rank.max()) + 1 if n else 0):
-            idx = np.flatnonzero(rank == r) if r or rank.any() else np.arange(n)
+        # Each round's events, in batch order, as slices of one sort (a hot key makes many rounds).
+        by_round = np.argsort(rank, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(rank))]) if n else np.zeros(1, dtype=np.int64)
+        for r in range(len(bounds) - 1):
+            idx = by_round[bounds[r] : bounds[r + 1]]
             rows, at = local[idx], times[idx]
-            idle = (state.length[rows] > 0) & (state.times[rows, -1] < event_time[idx] - self.spec.ttl_ms)
+            kept_newest = newest_times(state.times[rows], state.length[rows])
+            idle = (state.length[rows] > 0) & (kept_newest < event_time[idx] - self.spec.ttl_ms)
             if idle.any():
                 stale = rows[idle]
                 state.times[stale], state.values[stale], state.length[stale] = 0, 0, 0
@@ -111,6 +121,10 @@ class FeatureStep:
         store.length[update.slots] = update.length
         store.offset[update.slots] = update.offset
         self.latest_ms.update(update.latest_ms)
+        self._applied += 1
+        if not store.track_changes and self._applied % SWEEP_EVERY_BATCHES == 0:
+            for partition in update.latest_ms:
+                self.sweep(partition)
 
     def remember(self, update: StateUpdate, rows: np.ndarray, predictions: np.ndarray, version: str) -> None:
         """Keep the last prediction of each key of a scored batch (``rows``: the events scored, in

@@ -19,8 +19,16 @@ import numpy as np
 PartitionId = tuple[str, int]
 
 
+def newest_times(times: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Each row's newest kept event time (the smallest int64 for a row with none): what a key's
+    idleness counts from, so one late event (stamped early, out of order) does not age a key."""
+    capacity = times.shape[1]
+    real = np.arange(capacity)[None, :] >= (capacity - length)[:, None]
+    return np.where(real, times, np.iinfo(np.int64).min).max(axis=1)
+
+
 class KeyedStore:
-    def __init__(self, capacity: int, fields: int, *, initial_slots: int = 1024) -> None:
+    def __init__(self, capacity: int, fields: int, *, initial_slots: int = 1024, track_changes: bool = True) -> None:
         self.capacity = capacity
         self.fields = fields
         self.times = np.zeros((initial_slots, capacity), dtype=np.int64)
@@ -37,6 +45,8 @@ class KeyedStore:
         self._changed: dict[PartitionId, set[bytes]] = {}
         self._free: list[int] = []
         self._used = 0
+        # Only a store with a changelog needs to know which keys changed (a backfill's does not).
+        self.track_changes = track_changes
 
     def __len__(self) -> int:
         return sum(len(table) for table in self.tables.values())
@@ -53,7 +63,8 @@ class KeyedStore:
             slot = table.get(key)
             if slot is None:
                 slot = table[key] = self._new_slot()
-            self._changed[partition].add(key)
+            if self.track_changes:
+                self._changed[partition].add(key)
             slots[i] = slot
         return slots
 
@@ -71,7 +82,7 @@ class KeyedStore:
             return 0
         keys = list(table)
         slots = np.fromiter(table.values(), dtype=np.int64, count=len(keys))
-        idle = np.flatnonzero(self.times[slots, -1] < idle_before_ms)
+        idle = np.flatnonzero(newest_times(self.times[slots], self.length[slots]) < idle_before_ms)
         for i in idle.tolist():
             self._forget(partition, keys[i])
         return int(idle.size)
@@ -121,7 +132,8 @@ class KeyedStore:
 
     def _forget(self, partition: PartitionId, key: bytes) -> None:
         self._release(self.tables[partition].pop(key))
-        self._changed.setdefault(partition, set()).add(key)
+        if self.track_changes:
+            self._changed.setdefault(partition, set()).add(key)
 
     def _release(self, slot: int) -> None:
         self.clear(np.array([slot]))

@@ -20,6 +20,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -49,6 +50,8 @@ class Changelog:
         # Records written and bytes since start, for the metrics and the benchmarks.
         self.records_written = 0
         self.bytes_written = 0
+        # The partitions whose last restore found records (others had no state in the changelog).
+        self.found: set[Partition] = set()
 
     async def flush(self, partition: Partition, producer: AIOKafkaProducer) -> int:
         """Send the partition's changed keys in ``producer``'s open transaction; returns how many."""
@@ -86,6 +89,7 @@ class Changelog:
             return 0
         started = time.monotonic()
         self.step.drop_partitions(list(partitions))
+        self.found -= partitions
         store = self.step.store
         owner = {p.partition: p for p in partitions}
         consumer = self.new_consumer()
@@ -103,10 +107,7 @@ class Changelog:
             while todo:
                 fetched = await consumer.getmany(*todo, timeout_ms=_RESTORE_POLL_MS)
                 for tp, records in fetched.items():
-                    partition = owner[tp.partition]
-                    for record in records:
-                        if record.offset < end[tp] and record.key:
-                            self._load(partition, record.key, record.value)
+                    self._load_records(owner[tp.partition], [r for r in records if r.offset < end[tp]])
                 todo = {tp for tp in todo if await consumer.position(tp) < end[tp]}
         finally:
             await stop_consumer(consumer)
@@ -119,6 +120,18 @@ class Changelog:
             time.monotonic() - started,
         )
         return keys
+
+    def _load_records(self, partition: Partition, records: list[Any]) -> None:
+        if records:
+            self.found.add(partition)
+        for record in records:
+            if not record.key:
+                continue
+            try:
+                self._load(partition, record.key, record.value)
+            except StateError as exc:
+                where = f"{self.topic}[{record.partition}]@{record.offset}"
+                raise StateError(f"{where} (state of {partition.topic}[{partition.partition}]): {exc}") from None
 
     def _load(self, partition: Partition, key: bytes, value: bytes | None) -> None:
         spec, store = self.step.spec, self.step.store

@@ -41,7 +41,7 @@ async def test_metrics_move_with_the_traffic_the_worker_scores(kafka, tmp_path):
     with running_worker(config, tmp_path / "worker.log", ready_text="partitions assigned: ", web_port=port):
         before = scrape(port)
         assert before[("sluice_events_received_total", p)] == 0
-        assert before[("sluice_model_info", (("model", "fraud-mlp"), ("pipeline", "m"), ("version", "1")))] == 1
+        assert before[("sluice_model_info", (("model", "fraud-mlp"), ("pipeline", "m"), ("version", "2")))] == 1
         await produce_raw(kafka, topics["input_topic"], items)
         await read_topic(kafka, topics["output_topic"], expected=len(good), within_s=60)
         await read_topic(kafka, topics["dead_letter_topic"], expected=2, within_s=30)
@@ -114,10 +114,10 @@ async def test_a_model_swapped_mid_stream_scores_every_event_with_exactly_one_ve
         producer = start_producing(config, count, rate, seed)
         await read_topic(kafka, topics["output_topic"], expected=count // 5, within_s=60)
         swapped = await asyncio.to_thread(
-            run_sluice, *swap, "--version", "2", "--state-dict", str(models / "fraud-mlp-v2.pt"), env=env
+            run_sluice, *swap, "--version", "7", "--state-dict", str(models / "fraud-mlp-v2.pt"), env=env
         )
         assert swapped.returncode == 0, swapped.stderr
-        assert "now serves fraud-mlp v2" in swapped.stderr
+        assert "now serves fraud-mlp v7" in swapped.stderr
         after = list(demo_events(500, seed=seed + 1))
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in after])
         finished(producer)
@@ -129,11 +129,11 @@ async def test_a_model_swapped_mid_stream_scores_every_event_with_exactly_one_ve
     assert not missing, f"{len(missing)} events never scored, e.g. {missing[:10]}"
     assert not duplicates, "no fault, so exactly one prediction per event"
     bodies = [orjson.loads(r.value) for r in outputs]
-    assert Counter(b["model_version"] for b in bodies).keys() == {"1", "2"}
+    assert Counter(b["model_version"] for b in bodies).keys() == {"2", "7"}  # the demo's v2, then the swap's
     for partition in {b["source"]["partition"] for b in bodies}:
         versions = [b["model_version"] for b in bodies if b["source"]["partition"] == partition]
-        assert versions == sorted(versions), "within a partition, v1 until the swap, v2 after"
-    assert "now serving model fraud-mlp v2 (was fraud-mlp v1)" in log.read_text()
+        assert versions == sorted(versions), "within a partition, v2 until the swap, v7 after"
+    assert "now serving model fraud-mlp v7 (was fraud-mlp v2)" in log.read_text()
 
 
 async def test_two_workers_in_one_group_share_the_partitions_and_score_every_event(kafka, tmp_path):

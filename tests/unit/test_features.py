@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from streams.errors import StateError
 from streams.features.snapshot import decode_state, encode_state
 from streams.features.spec import WINDOW_KINDS, LastEvents, SincePrevious, StateSpec, Window
-from streams.features.step import FeatureStep, occurrence_rank
+from streams.features.step import SWEEP_EVERY_BATCHES, FeatureStep, occurrence_rank
 from streams.features.store import KeyedStore
 
 FIELDS = ("a", "b")
@@ -42,7 +42,7 @@ def reference(spec: StateSpec, events: list[tuple]) -> dict[str, list]:
     for partition, key, t, values in events:
         past = history.setdefault((partition, key), [])
         newest[partition] = max(t, newest.get(partition, t))
-        if past and past[-1][0] < newest[partition] - spec.ttl_ms:
+        if past and max(et for et, _ in past[-spec.capacity :]) < newest[partition] - spec.ttl_ms:
             past.clear()
         now = [*past, (t, values)]
         for feature in spec.features:
@@ -245,3 +245,23 @@ def test_the_demo_transformer_trains_on_the_history_the_stream_feature_serves():
         step.apply(update)
         served.append(got["history"])
     np.testing.assert_array_equal(np.concatenate(served), account_histories(data.accounts, values))
+
+
+def test_one_event_stamped_long_ago_does_not_age_its_key():
+    spec = StateSpec((Window("n", "count", None, 10**9),), ttl_ms=100)
+    step = FeatureStep(spec)
+    times = np.array([1_000, 1_050, 0, 1_080])  # a correction stamped long before, then on as usual
+    got, _ = step.compute([("t", 0)] * 4, [b"k"] * 4, times, np.zeros((4, 0), dtype=np.float32), np.arange(4))
+    # The late event's window ends at its own time (nothing before 0); the next one still sees all
+    # three: the key's newest event (1,050) is within the TTL, whatever the last one was stamped.
+    assert got["n"].tolist() == [0, 1, 0, 3]
+
+
+def test_a_step_without_a_changelog_tracks_no_changes_and_forgets_idle_keys_itself():
+    spec = StateSpec((SincePrevious("gap"),), ttl_ms=10)
+    step = FeatureStep(spec, changelog=False)
+    none = np.zeros((1, 0), dtype=np.float32)
+    for i in range(SWEEP_EVERY_BATCHES):
+        step.apply(step.compute([("t", 0)], [str(i).encode()], np.array([100 * i]), none, np.array([i]))[1])
+    assert len(step.store) == 1  # every key but the newest went idle and was swept
+    assert step.store.take_changed(("t", 0)) == []

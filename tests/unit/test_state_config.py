@@ -59,6 +59,12 @@ def test_a_state_table_declares_features_the_model_takes_in_its_order(tmp_path):
         (("gap = {", "gap = { oops = 1, "), "unknown key 'pipelines.p.state.features.gap.oops'"),
         (('input_topics = ["in"]', 'input_topics = ["in", "in2"]'), "a single input topic"),
         (("history_events = 8", 'store = "redis"'), "'pipelines.p.state.store' has value 'redis'"),
+        (("ttl_s = 60", "ttl_s = inf"), "'pipelines.p.state.ttl_s' has value inf"),
+        (("ttl_s = 60", "ttl_s = 1e17"), "a number of seconds from 0.001"),
+        (("window_s = 3600", "window_s = 0.0001"), "'pipelines.p.state.features.spend.window_s' has value 0.0001"),
+        (("history_events = 8", "history_events = 1000000000"), "an integer from 1 to 100,000"),
+        (('fields = ["amount", "country"]', 'fields = ["amount", "amount"]'), "distinct event field names"),
+        (("ttl_s = 60", 'changelog_topic = "out"'), "'pipelines.p.state.changelog_topic' has value 'out'"),
     ],
 )
 def test_a_bad_state_table_names_the_key_and_what_was_expected(tmp_path, change, expected):
@@ -80,3 +86,13 @@ def test_a_state_field_that_is_also_a_vector_input_is_refused(tmp_path):
 def test_emitting_features_needs_per_key_features(tmp_path):
     text = GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\nemit_features = true')
     assert "'pipelines.p.emit_features' has value True" in error_for(tmp_path, text)
+
+
+def test_a_state_too_big_for_the_changelog_is_refused_at_start_naming_the_key(tmp_path):
+    from app.config import state_too_big
+
+    p = load_config(write(tmp_path, STATEFUL.replace("history_events = 8", "history_events = 70000")), environ={})
+    pipeline = p.pipeline("p")
+    problem = state_too_big(pipeline, 1_048_588)
+    assert problem is not None and "pipelines.p.state.history_events" in problem
+    assert state_too_big(load_config(write(tmp_path, STATEFUL), environ={}).pipeline("p"), 1_048_588) is None

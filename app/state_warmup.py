@@ -1,0 +1,51 @@
+"""Rebuild per-key state from a pipeline's input, emitting nothing: what a stateful pipeline does
+before scoring from a point past the beginning of its partitions without the state of the
+events before it (a backfill from a timestamp or resumed; a live worker whose changelog holds
+nothing for a partition it resumes mid-stream, because state was added to a running pipeline
+or the changelog was deleted). Its first events then get the features a run from offset zero
+gives them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from aiokafka import TopicPartition
+
+from app.build import FETCH_BYTES_PER_PARTITION
+from app.kafka_clients import Connection, make_consumer
+from streams.backfill import warm_state
+from streams.kafka.replay import ReplaySource, start_consumer, stop_consumer
+from streams.pipeline import Pipeline
+from streams.records import Partition
+from streams.replay_plan import ReplayPlan
+
+log = logging.getLogger(__name__)
+
+
+async def warm_from_input(conn: Connection, pipeline: Pipeline, upto: Mapping[Partition, int]) -> int:
+    """Feed each partition's records from its beginning up to ``upto`` (exclusive) through the
+    features step; returns how many were read."""
+    if pipeline.stateful is None or not upto:
+        return 0
+    consumer = make_consumer(
+        conn, group_id=None, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION, isolation_level="read_committed"
+    )
+    await start_consumer(consumer)
+    try:
+        beginning = await consumer.beginning_offsets([TopicPartition(*p) for p in upto])
+        start = {p: beginning[TopicPartition(*p)] for p in upto}
+        plan = ReplayPlan(start, {p: max(upto[p], start[p]) for p in upto})
+        if not plan.total:
+            return 0
+        log.info(
+            "pipeline %s: rebuilding per-key state from %d earlier events of %s first (nothing emitted)",
+            pipeline.name,
+            plan.total,
+            ", ".join(f"{p.topic}[{p.partition}]" for p in sorted(upto)),
+        )
+        read = await warm_state(ReplaySource(consumer, plan, start), pipeline)
+        log.info("pipeline %s: per-key state rebuilt from %d events", pipeline.name, read)
+        return read
+    finally:
+        await stop_consumer(consumer)
