@@ -275,7 +275,7 @@ async def restore(spec: StateSpec, keys: int, events_per_key: int, prefix: str) 
     with a restore consumer set up as the worker sets up its own."""
     tag = f"{prefix}-restore-{int(time.time())}"
     await create_topics([f"{tag}-in"])
-    await ensure_changelog(BOOTSTRAP, f"{tag}-changelog", f"{tag}-in")  # compacted, as the worker makes it
+    await ensure_changelog(BOOTSTRAP, f"{tag}-changelog", f"{tag}-in", create=True)  # compacted, as the worker makes it
     try:
         written, writing_s = await write_changelog(spec, f"{tag}-changelog", keys, events_per_key)
         step = FeatureStep(spec)
