@@ -82,21 +82,16 @@ def run(step: FeatureStep, events: list[tuple], cuts: list[int], start: int = 0)
         batch = events[lo:hi]
         if not batch:
             continue
-        got, update = step.compute(
+        arguments = (
             [("t", p) for p, _, _, _ in batch],
             [k for _, k, _, _ in batch],
             np.array([t for _, _, t, _ in batch]),
             np.array([[v[f] for f in step.spec.fields] for *_, v in batch], dtype=np.float32),
             np.arange(start + lo, start + hi),
         )
+        got, update = step.compute(*arguments)
         if lo % 2:  # a batch computed again (the model was down) sees the state as it was
-            got, update = step.compute(
-                [("t", p) for p, _, _, _ in batch],
-                [k for _, k, _, _ in batch],
-                np.array([t for _, _, t, _ in batch]),
-                np.array([[v[f] for f in step.spec.fields] for *_, v in batch], dtype=np.float32),
-                np.arange(start + lo, start + hi),
-            )
+            got, update = step.compute(*arguments)
         step.apply(update)
         for partition in (("t", 0), ("t", 1)):  # as a commit does: forgetting idle keys changes no feature
             step.sweep(partition)
