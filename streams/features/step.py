@@ -8,8 +8,9 @@ the current event are computed, the events are appended, then the features that 
 
 Idleness is measured against the partition's event time: the newest timestamp seen in the
 partition so far, this event included (so it only moves forward, and depends only on the
-events before, in partition order). A key whose latest event is more than the TTL behind it
-is forgotten; since that time never goes back, the sweep that frees such keys at a commit
+events before, in partition order). A key whose newest kept event is more than the TTL behind
+it is forgotten (its newest, not its last: one event stamped long before does not age it);
+since that time never goes back, the sweep that frees such keys at a commit
 can never change a later event's features, however late (out of order) that event is stamped.
 
 ``compute`` works on a copy of the batch's keys' state and returns the new state as a
