@@ -91,7 +91,10 @@ async def watch(
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         if from_beginning:
-            await consumer.seek_to_beginning(*tps)
+            # Explicit offsets: seek_to_beginning can lose a race with aiokafka's own offset reset.
+            beginning = await consumer.beginning_offsets(tps)
+            for tp in tps:
+                consumer.seek(tp, beginning[tp])
         elif since > 0:
             start_ms = int((time.time() - since) * 1000)
             found = await consumer.offsets_for_times({tp: start_ms for tp in tps})
