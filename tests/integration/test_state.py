@@ -61,13 +61,14 @@ def stateful_config(tmp_path, kafka, name, topics, *, partitions=3, app_id=None)
     )
 
 
-def keyed_events(count: int, seed: int, start: int = 0) -> list[tuple[bytes, bytes, int]]:
-    """(key, value, timestamp ms): 60 keys, ~20 ms apart, jittered so some arrive out of order."""
+def keyed_events(count: int, seed: int, start: int = 0, keys: int | None = None) -> list[tuple[bytes, bytes, int]]:
+    """(key, value, timestamp ms): 60 keys, ~20 ms apart, jittered so some arrive out of order;
+    with ``keys``, the keys in turn (acct-00, acct-01, ...) instead of at random."""
     rng = random.Random(seed)
     base = int(time.time() * 1000) - 3_600_000
     out = []
     for i in range(start, start + count):
-        key = f"acct-{rng.randrange(60):02d}"
+        key = f"acct-{i % keys:02d}" if keys else f"acct-{rng.randrange(60):02d}"
         event = {
             "id": f"ev-{seed}-{i}",
             "features": [round(rng.gauss(0, 1), 3) for _ in range(32)],
@@ -220,6 +221,10 @@ async def test_a_key_is_served_by_the_worker_that_owns_it_and_the_other_names_th
     topics = topics_for(unique(name))
     config = stateful_config(tmp_path, kafka, name, topics, partitions=4)
     events = keyed_events(1200, seed=44)
+    # Then one more event of every key, last: no key is idle past its TTL (3 s) when asked about
+    # (one that is has been forgotten, and is a 404 by design).
+    latest = max(ts for _, _, ts in events)
+    events += [(key, value, latest + 1 + i) for i, (key, value, _) in enumerate(keyed_events(60, seed=45, keys=60))]
     ports = {"first": free_port(), "second": free_port()}
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     ready = f"pipeline {name}: ready"
