@@ -47,7 +47,8 @@ async def test_under_a_burst_the_heavy_model_keeps_every_event_and_batches_grow(
     trickle, burst = events[:40], events[40:]
     log_path = tmp_path / "worker.log"
 
-    with running_worker(config, log_path, ready_text="pipeline burst: scoring"):
+    # Ready: partitions assigned and their state restored, so the trickle never waits on the start.
+    with running_worker(config, log_path, ready_text="pipeline burst: ready"):
         for event in trickle:  # 20 events/s: each one should go alone
             await produce_raw(kafka, topics["input_topic"], [(event.key, event.value)])
             await asyncio.sleep(0.05)
