@@ -71,9 +71,6 @@ class PipelineService(Service):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        # Where other workers reach this one's web server: named in its consumer's client id, so a
-        # worker asked about a key of a partition it does not own can say which worker does.
-        self.web_address = web_address
         self.config = config
         self.pipeline_config = pipeline
         self._model = model
@@ -89,6 +86,8 @@ class PipelineService(Service):
         self._announce: asyncio.Task[None] | None = None
         # A stateful pipeline's changelog (for serving keys and the metrics).
         self.changelog: Changelog | None = None
+        # ``web_address``: where other workers reach this one's web server, named in its consumer's
+        # client id, so a worker asked about a key it does not own can say which worker does.
         self.keys = KeyServing(config, pipeline, web_address)
 
     @property
