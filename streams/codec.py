@@ -97,6 +97,20 @@ class Decoded:
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
+    def narrowed(self, keep: np.ndarray, rejects: Sequence[Reject] = ()) -> Decoded:
+        """Only the rows ``keep`` selects (a boolean mask or indices), with ``rejects`` added in batch
+        order: every row-wise field narrowed alike, so none is forgotten by a caller."""
+        ids = [self.ids[i] for i in np.arange(len(self))[keep].tolist()]
+        return Decoded(
+            rows=self.rows[keep],
+            ids=ids,
+            inputs=[x[keep] for x in self.inputs],
+            rejects=sorted([*self.rejects, *rejects], key=lambda r: r.index),
+            features=None if self.features is None else {k: v[keep] for k, v in self.features.items()},
+            state_update=self.state_update,
+            state_rows=None if self.state_rows is None else self.state_rows[keep],
+        )
+
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:

@@ -120,13 +120,4 @@ def non_finite_rows(predictions: np.ndarray) -> np.ndarray:
 
 def without_failed_rows(decoded: Decoded, kept: np.ndarray, failures: Sequence[Failure]) -> Decoded:
     """``decoded`` narrowed to the rows the model scored, the others rejected as ``ModelError``."""
-    rejects = list(decoded.rejects) + [Reject(int(decoded.rows[f.row]), "ModelError", f.message) for f in failures]
-    return Decoded(
-        rows=decoded.rows[kept],
-        ids=[decoded.ids[i] for i in kept.tolist()],
-        inputs=[x[kept] for x in decoded.inputs],
-        rejects=sorted(rejects, key=lambda r: r.index),
-        features=None if decoded.features is None else {k: v[kept] for k, v in decoded.features.items()},
-        state_update=decoded.state_update,
-        state_rows=None if decoded.state_rows is None else decoded.state_rows[kept],
-    )
+    return decoded.narrowed(kept, [Reject(int(decoded.rows[f.row]), "ModelError", f.message) for f in failures])

@@ -102,13 +102,4 @@ def _without(decoded: Decoded, positions: Sequence[int], error: str, message: st
     """``decoded`` without the events at ``positions`` (of its rows), each rejected for ``error``."""
     keep = np.ones(len(decoded), dtype=bool)
     keep[list(positions)] = False
-    rejects = decoded.rejects + [Reject(int(decoded.rows[p]), error, message) for p in positions]
-    return Decoded(
-        rows=decoded.rows[keep],
-        ids=[event_id for event_id, k in zip(decoded.ids, keep.tolist(), strict=True) if k],
-        inputs=[x[keep] for x in decoded.inputs],
-        rejects=sorted(rejects, key=lambda r: r.index),
-        features=None if decoded.features is None else {k: v[keep] for k, v in decoded.features.items()},
-        state_update=decoded.state_update,
-        state_rows=None if decoded.state_rows is None else decoded.state_rows[keep],
-    )
+    return decoded.narrowed(keep, [Reject(int(decoded.rows[p]), error, message) for p in positions])
