@@ -6,7 +6,9 @@ consumer settings from here, so the two modes differ only where a setting below 
 from __future__ import annotations
 
 import gc
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from app.config import Config, PipelineConfig
@@ -16,8 +18,12 @@ from models.loading import LoadedModel
 from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
 from streams.cost_model import CostModel, reference_sizes
+from streams.errors import StateError
 from streams.features.inputs import StatefulInputs
+from streams.features.rocks_store import RocksStore
+from streams.features.spec import StateSpec
 from streams.features.step import FeatureStep
+from streams.features.store import KeyedStore
 from streams.kafka.sink import KafkaSink
 from streams.kafka.transactions import PartitionTransactions, TransactionalSink
 from streams.pipeline import Pipeline, PipelineTopics, Sink
@@ -84,8 +90,32 @@ def build_pipeline(
 def build_stateful_inputs(pipeline: PipelineConfig, mode: Mode) -> StatefulInputs | None:
     if pipeline.state is None:
         return None
-    step = FeatureStep(pipeline.state, changelog=mode == "live")  # a backfill rebuilds its state, writes none
-    return StatefulInputs(step, pipeline.inputs, pipeline.schema.inputs)
+    live = mode == "live"  # a backfill rebuilds its state from offset zero and writes no changelog
+    return StatefulInputs(
+        FeatureStep(pipeline.state, build_store(pipeline.state, live)), pipeline.inputs, pipeline.schema.inputs
+    )
+
+
+def build_store(spec: StateSpec, live: bool) -> KeyedStore:
+    """The store the config names. A live worker's RocksDB databases are kept between runs (in the
+    folder, one per changelog partition); a backfill's are its own, in a fresh folder it removes."""
+    if spec.store == "memory":
+        return KeyedStore(spec.capacity, len(spec.fields), track_changes=live)
+    assert spec.directory is not None
+    try:
+        spec.directory.mkdir(parents=True, exist_ok=True)
+        directory = spec.directory if live else Path(tempfile.mkdtemp(prefix="backfill-", dir=spec.directory))
+    except OSError as exc:
+        raise StateError(f"cannot use the state directory {spec.directory}: {exc.strerror or exc}") from None
+    return RocksStore(
+        spec.capacity,
+        len(spec.fields),
+        layout_id=spec.layout_id,
+        directory=directory,
+        cache_keys=spec.cache_keys,
+        track_changes=live,
+        remove_on_close=not live,
+    )
 
 
 def input_isolation(pipeline: PipelineConfig) -> str:

@@ -341,7 +341,7 @@ def _delivery(t: _Table) -> dict[str, Any]:
 def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineConfig:
     max_payload = t.integer("max_payload_bytes", 1 << 20, minimum=1)
     state_key = f"{t.prefix}.state"
-    state = load_state(t.table("state")) if "state" in t.data else None
+    state = load_state(t.table("state"), base) if "state" in t.data else None
     features = t.table("features")
     inputs = load_inputs(features, state, state_key)
     topics = t.data.get("input_topics")

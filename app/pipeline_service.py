@@ -209,6 +209,7 @@ class PipelineService(Service):
             txns.before_commit = (
                 changelog.flush if kill_after is None else KillInChangelogFlush(changelog.flush, kill_after)
             )
+            txns.after_commit = changelog.committed
 
         async def on_revoke(revoked: set[Partition]) -> None:
             try:
@@ -326,4 +327,6 @@ class PipelineService(Service):
             await self._sink.stop()
         if self._runner is not None:
             await self._runner.aclose()
+        if self.driver is not None and self.driver.pipeline.stateful is not None:
+            self.driver.pipeline.stateful.step.store.close()  # a RocksDB store's databases and locks
         log.info("pipeline %s stopped", self.pipeline_config.name)

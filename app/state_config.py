@@ -3,6 +3,9 @@
     [pipelines.NAME.state]
     ttl_s = 604800              # forget a key idle this long (event time)
     history_events = 64         # events kept per key: no window sees more
+    store = "memory"            # or "rocksdb": state larger than memory, restarts read less
+    directory = "state"         # rocksdb: its databases (relative to this file)
+    cache_keys = 100000         # rocksdb: keys kept in memory
     [pipelines.NAME.state.features]
     history = { kind = "last", n = 16, fields = ["amount"], mask = true, include_current = true }
     spend_1h = { kind = "sum", field = "amount", window_s = 3600 }
@@ -14,6 +17,8 @@ was expected, as for every other key.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from app.config_table import Table
 from streams.errors import ConfigError
@@ -33,7 +38,7 @@ KINDS = ("last", "since_previous", *WINDOW_KINDS)
 _FIELD = "the name of an event field holding a number"
 
 
-def load_state(t: Table) -> StateSpec:
+def load_state(t: Table, base: Path) -> StateSpec:
     features_table = t.table("features")
     features = tuple(_feature(features_table.table(name), name) for name in list(features_table.data))
     features_table.done()
@@ -45,7 +50,9 @@ def load_state(t: Table) -> StateSpec:
         features=features,
         ttl_ms=_duration_ms(t, "ttl_s", 7 * 24 * 3600.0),
         history_events=_count(t, "history_events", 64),
-        store=t.choice("store", ("memory",), "memory"),  # type: ignore[arg-type]
+        store=t.choice("store", ("memory", "rocksdb"), "memory"),  # type: ignore[arg-type]
+        directory=_directory(t, base),
+        cache_keys=t.integer("cache_keys", 100_000, minimum=1),
     )
     t.seen.add("changelog_topic")  # read by the pipeline, which knows the default
     t.done()
@@ -81,6 +88,15 @@ def _duration_ms(t: Table, name: str, default: float | None = None) -> int:
     if not 0.001 <= value <= MAX_DURATION_MS / 1000:  # also refuses NaN and infinity
         raise t.fail(name, value, expected)
     return round(1000 * value)
+
+
+def _directory(t: Table, base: Path) -> Path:
+    """Where a "rocksdb" store keeps its databases: relative to the config file, as every path here."""
+    value = t.text("directory", "state")
+    if "\0" in value:
+        raise t.fail("directory", value, "a folder path")
+    path = Path(value)
+    return path if path.is_absolute() else base / path
 
 
 def _count(t: Table, name: str, default: int | None = None) -> int:

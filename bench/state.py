@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,7 +41,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 import bench.exactly_once as exactly_once
 import bench.latency as latency
-from app.build import FETCH_BYTES_PER_PARTITION
+from app.build import FETCH_BYTES_PER_PARTITION, build_store
 from app.config_table import Table
 from app.kafka_clients import make_consumer
 from app.state_config import load_state
@@ -96,7 +98,8 @@ def progress(what: str, done: int, total: int, started: float) -> None:
 def state_spec() -> StateSpec:
     """``STATE`` parsed by sluice's own config loader, so the in-process figures use what the worker uses."""
     return load_state(
-        Table(Path(__file__), "pipelines.bench.state", tomllib.loads(STATE)["pipelines"]["bench"]["state"])
+        Table(Path(__file__), "pipelines.bench.state", tomllib.loads(STATE)["pipelines"]["bench"]["state"]),
+        Path(__file__).parent,
     )
 
 
@@ -155,20 +158,39 @@ def profile_shares(raw: Path) -> dict[str, float]:
     return {stage: n / total for stage, n in sorted(counts.items(), key=lambda kv: -kv[1])} | {"samples": total}
 
 
-async def drain(label: str, stateful: bool, items: list, wanted: set[str], args: argparse.Namespace) -> dict:
+# The drains: each label's store lines (None: no state). The demo events have 10,000 accounts: the
+# default cache holds them all; a cache of 2,500 makes most batches read keys back from RocksDB.
+DRAINS: dict[str, str | None] = {
+    "plain": None,
+    "state": "",
+    "rocksdb": 'store = "rocksdb"',
+    "rocksdb-cache-2500": 'store = "rocksdb"\ncache_keys = 2500',
+}
+
+
+def state_lines(store: str, directory: Path) -> str:
+    lines = f"{store}\ndirectory = {json.dumps(str(directory))}" if store else ""
+    return STATE.replace("history_events = 16\n", f"history_events = 16\n{lines}\n")
+
+
+async def drain(label: str, items: list, wanted: set[str], args: argparse.Namespace) -> dict:
     tag, workdir = f"{args.prefix}-{label}-{int(time.time())}", args.out / "tmp"
     try:
-        return await _drain(tag, label, stateful, items, wanted, workdir)
+        return await _drain(tag, label, items, wanted, workdir)
     finally:
         await drop_topics(BOOTSTRAP, f"{tag}-")
+        shutil.rmtree(workdir / f"{tag}-state", ignore_errors=True)
 
 
-async def _drain(tag: str, label: str, stateful: bool, items: list, wanted: set[str], workdir: Path) -> dict:
+async def _drain(tag: str, label: str, items: list, wanted: set[str], workdir: Path) -> dict:
     await create_topics([f"{tag}-in"])
     await create_topics([f"{tag}-out"], log_append=True)
     await produce_by_key(f"{tag}-in", items)
+    store = DRAINS.get(label, "")
+    stateful = store is not None
     # exactly_once.start_worker's ``delivery`` is lines for the pipeline's table: the state tables go there.
-    worker = exactly_once.start_worker(tag, "fraud-mlp", STATE if stateful else "", workdir)
+    lines = state_lines(store, workdir / f"{tag}-state") if store is not None else ""
+    worker = exactly_once.start_worker(tag, "fraud-mlp", lines, workdir)
     raw, log = workdir / f"{tag}-profile.txt", workdir / f"{tag}.log"
     spy = asyncio.create_task(asyncio.to_thread(start_profiler, worker, log, raw)) if label == "profiled" else None
     reading = asyncio.create_task(read_outputs(f"{tag}-out", wanted, timeout_s=600))
@@ -182,7 +204,8 @@ async def _drain(tag: str, label: str, stateful: bool, items: list, wanted: set[
         outputs = reading.result()
     finally:
         latency.stop_worker(worker)  # its last commit flushes the changelog
-    row: dict = {"label": label, "stateful": stateful, "drain_per_s": output_rate(outputs), "scored": len(outputs)}
+    row: dict = {"label": label, "stateful": stateful, "store": store, "drain_per_s": output_rate(outputs)}
+    row["scored"] = len(outputs)
     if spy is not None:
         (await spy).wait(timeout=60)
         row["profile"] = profile_shares(raw)
@@ -270,49 +293,64 @@ async def write_changelog(
     return changelog.bytes_written, time.perf_counter() - started
 
 
-async def restore(spec: StateSpec, keys: int, events_per_key: int, prefix: str) -> dict:
+async def restore(spec: StateSpec, keys: int, events_per_key: int, prefix: str, workdir: Path) -> dict:
     """Seconds for ``Changelog.restore`` of every partition of a changelog holding ``keys`` keys,
-    with a restore consumer set up as the worker sets up its own."""
+    with a restore consumer set up as the worker sets up its own: into the memory store; into
+    RocksDB databases from nothing; and again into those databases, as a restarted worker does
+    (it reads only what the changelog gained since its local copy: nothing, here)."""
     tag = f"{prefix}-restore-{int(time.time())}"
     await create_topics([f"{tag}-in"])
     await ensure_changelog(BOOTSTRAP, f"{tag}-changelog", f"{tag}-in", create=True)  # compacted, as the worker makes it
+    directory = workdir / f"{tag}-rocksdb"
+    rocks = dataclasses.replace(spec, store="rocksdb", directory=directory)
     try:
         written, writing_s = await write_changelog(spec, f"{tag}-changelog", keys, events_per_key)
-        step = FeatureStep(spec)
-        new_consumer = lambda: make_consumer(  # noqa: E731
-            as_connection(BOOTSTRAP),
-            client_id="bench-restore",
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
-        )
-        changelog = Changelog(step, f"{tag}-changelog", new_consumer)
-        started = time.perf_counter()
-
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(5)
-                progress("restore: keys restored", len(step.store), keys, started)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            restored = await changelog.restore({Partition(f"{tag}-in", p) for p in range(latency.PARTITIONS)})
-        finally:
-            watcher.cancel()
-        seconds = time.perf_counter() - started
+        result: dict = {
+            "keys_written": keys,
+            "events_per_key": events_per_key,
+            "bytes": written,
+            "bytes_per_key": written / keys,
+            "flushed_keys_per_s": keys / writing_s,
+        }
+        gc.collect()
+        rss_before = rss_bytes()
+        for label in ("rocksdb", "rocksdb_restart"):
+            store = build_store(rocks, live=True)
+            result[label] = await timed_restore(FeatureStep(rocks, store), tag, keys, label)
+            result[label]["rss_delta_per_key"] = (rss_bytes() - rss_before) / keys
+            store.close()
+            result[label]["disk_bytes_per_key"] = sum(f.stat().st_size for f in directory.rglob("*")) / keys
+        result["memory"] = await timed_restore(FeatureStep(spec), tag, keys, "memory")
     finally:
         await drop_topics(BOOTSTRAP, f"{tag}-")
-    print(f"  restore: {restored:,} keys in {seconds:.1f} s ({restored / seconds:,.0f} keys/s)", flush=True)
-    return {
-        "keys_written": keys,
-        "keys_restored": restored,
-        "events_per_key": events_per_key,
-        "bytes": written,
-        "bytes_per_key": written / keys,
-        "flushed_keys_per_s": keys / writing_s,
-        "seconds": seconds,
-        "keys_per_s": restored / seconds,
-    }
+        shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
+async def timed_restore(step: FeatureStep, tag: str, keys: int, label: str) -> dict:
+    new_consumer = lambda: make_consumer(  # noqa: E731
+        as_connection(BOOTSTRAP),
+        client_id="bench-restore",
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
+    )
+    changelog = Changelog(step, f"{tag}-changelog", new_consumer)
+    started = time.perf_counter()
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(5)
+            print(f"  restore ({label}): {time.perf_counter() - started:.0f} s", flush=True)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        restored = await changelog.restore({Partition(f"{tag}-in", p) for p in range(latency.PARTITIONS)})
+    finally:
+        watcher.cancel()
+    seconds = time.perf_counter() - started
+    print(f"  restore ({label}): {restored:,} keys in {seconds:.1f} s ({keys / seconds:,.0f} keys/s)", flush=True)
+    return {"keys_restored": restored, "seconds": seconds, "keys_per_s": keys / seconds}
 
 
 def machine() -> str:
@@ -331,10 +369,11 @@ async def run(args: argparse.Namespace) -> dict:
     items = events(args.backlog, seed=1)
     wanted = ids_of(items)
     results["input_bytes_per_event"] = sum(len(k) + len(v) for k, v in items) / len(items)
-    plan = [(label, label == "state") for _ in range(args.rounds) for label in ("plain", "state")]
+    plan = [label for _ in range(args.rounds) for label in DRAINS]
     started = time.perf_counter()
-    for i, (label, stateful) in enumerate(plan, start=1):
-        row = await drain(label, stateful, items, wanted, args) | {"round": (i + 1) // 2}
+    for i, label in enumerate(plan, start=1):
+        row = await drain(label, items, wanted, args) | {"round": (i - 1) // len(DRAINS) + 1}
+        stateful = row["stateful"]
         results["rounds"].append(row)
         log = f", changelog {row['changelog_bytes_per_event']:.0f} B/event" if stateful else ""
         eta = (time.perf_counter() - started) / i * (len(plan) - i)
@@ -343,11 +382,14 @@ async def run(args: argparse.Namespace) -> dict:
             f"({row['scored']:,} scored{log}); {i}/{len(plan)} drains, ETA {eta:.0f} s",
             flush=True,
         )
-    rates = {k: [r["drain_per_s"] for r in results["rounds"] if r["label"] == k] for k in ("plain", "state")}
-    results["ratio"] = float(np.mean(rates["state"]) / np.mean(rates["plain"]))
-    results["round_ratios"] = [b / a for a, b in zip(rates["plain"], rates["state"], strict=True)]
+    rates = {k: [r["drain_per_s"] for r in results["rounds"] if r["label"] == k] for k in DRAINS}
+    results["ratios"] = {k: float(np.mean(rates[k]) / np.mean(rates["plain"])) for k in DRAINS if k != "plain"}
+    results["round_ratios"] = {
+        k: [b / a for a, b in zip(rates["plain"], rates[k], strict=True)] for k in DRAINS if k != "plain"
+    }
+    results["ratio"] = results["ratios"]["state"]
     if args.profile:
-        results["profile"] = (await drain("profiled", True, items, wanted, args))["profile"]
+        results["profile"] = (await drain("profiled", items, wanted, args))["profile"]
         print(
             "  profile of a stateful drain: "
             + ", ".join(f"{k} {v:.0%}" for k, v in results["profile"].items() if k != "samples"),
@@ -355,7 +397,7 @@ async def run(args: argparse.Namespace) -> dict:
         )
     results["memory"] = memory_per_key(spec, args.keys, args.batch)
     print(f"  memory: {results['memory']['bytes_per_key']:,.0f} B/key", flush=True)
-    results["restore"] = await restore(spec, args.restore_keys, args.restore_events, args.prefix)
+    results["restore"] = await restore(spec, args.restore_keys, args.restore_events, args.prefix, args.out / "tmp")
     results["load_after"] = os.getloadavg()
     return results
 
@@ -388,10 +430,22 @@ def report(r: dict) -> str:
             + (f"{log[0]:.3f} | {log[1]:.1f} |" if log else "| |")
         )
     verdict = "meets" if r["ratio"] >= 0.5 else "MISSES"
+    each = r["round_ratios"]
     lines += [
         "",
-        f"State / plain, mean of the rounds: **{r['ratio']:.2f}** (each round: "
-        f"{', '.join(f'{x:.2f}' for x in r['round_ratios'])}); the issue's bar is 0.5: this {verdict} it.",
+        f"State (memory store) / plain, mean of the rounds: **{r['ratio']:.2f}** (each round: "
+        f"{', '.join(f'{x:.2f}' for x in each['state'])}); the issue's bar is 0.5: this {verdict} it.",
+        "",
+    ]
+    for label in [k for k in r["ratios"] if k != "state"]:
+        rounds = ", ".join(f"{x:.2f}" for x in each[label])
+        lines.append(f"- `{label}` / plain: **{r['ratios'][label]:.2f}** (each round: {rounds})")
+    lines += [
+        "",
+        '`rocksdb`: the same features with `store = "rocksdb"` (its default cache of 100,000 keys holds the demo\'s '
+        "10,000 accounts: what it adds is writing each commit's changed keys to the local databases); "
+        "`rocksdb-cache-2500`: a cache of a quarter of the accounts, so most batches read keys back from RocksDB "
+        "and evict others.",
         "",
         f"Changelog: one record per key changed since the previous commit (every `commit_interval_ms`, 1 s by "
         f"default), so records per event fall as the drain rate grows; a demo event is "
@@ -418,10 +472,20 @@ def report(r: dict) -> str:
         "",
         f"## Restore ({s['keys_written']:,} keys of {s['events_per_key']} events, {r['partitions']} partitions)",
         "",
-        f"`Changelog.restore` of every partition: **{s['seconds']:.1f} s**, {s['keys_per_s']:,.0f} keys/s, "
-        f"{s['keys_restored']:,} keys restored; the changelog held {s['bytes'] / 2**20:,.0f} MiB "
-        f"({s['bytes_per_key']:.0f} bytes per key), written by `Changelog.flush` in committed transactions of 100,000 "
-        f"keys at {s['flushed_keys_per_s']:,.0f} keys/s.",
+        f"The changelog held {s['bytes'] / 2**20:,.0f} MiB ({s['bytes_per_key']:.0f} bytes per key), written by "
+        f"`Changelog.flush` in committed transactions of 100,000 keys at {s['flushed_keys_per_s']:,.0f} keys/s. "
+        "`Changelog.restore` of every partition:",
+        "",
+        "| into | seconds | keys/s |",
+        "| --- | ---: | ---: |",
+        f"| the memory store | **{s['memory']['seconds']:.1f}** | {s['memory']['keys_per_s']:,.0f} |",
+        f"| RocksDB, from nothing | **{s['rocksdb']['seconds']:.1f}** | {s['rocksdb']['keys_per_s']:,.0f} |",
+        f"| RocksDB, restarted on its local copy | **{s['rocksdb_restart']['seconds']:.1f}** | "
+        f"{s['rocksdb_restart']['keys_per_s']:,.0f} |",
+        "",
+        f"RocksDB on disk: {s['rocksdb']['disk_bytes_per_key']:,.0f} bytes per key (before compaction); the "
+        f"process's RSS grew by {s['rocksdb']['rss_delta_per_key']:,.0f} bytes per key restored into it (the memory "
+        "store holds every key in memory; RocksDB only its cache, memtables and block cache).",
     ]
     return "\n".join(lines) + "\n"
 

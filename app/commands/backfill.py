@@ -362,6 +362,7 @@ async def backfill_run(
             sink, topics = file_sink, file_sink.topics
             commit_sink = file_state(file_sink)
         hook = _CrashAfterCheckpoints(sink, crash_after) if crash_after else None
+        pipeline = None
         try:
             checkpoint = run.checkpoint
             if checkpoint is None:
@@ -408,6 +409,8 @@ async def backfill_run(
             progress.finish(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
             return summary
         finally:
+            if pipeline is not None and pipeline.stateful is not None:
+                pipeline.stateful.step.store.close()  # a RocksDB store's folder of its own
             if kafka_sink is not None:
                 await kafka_sink.stop()
             if file_sink is not None:

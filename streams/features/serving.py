@@ -16,7 +16,7 @@ from streams.features.store import PartitionId, newest_times
 def key_view(step: FeatureStep, partition: PartitionId, key: bytes) -> dict[str, Any] | None:
     """What the worker knows of ``key`` in ``partition`` (which it owns), or None for a key with no state."""
     store = step.store
-    slot = store.tables.get(partition, {}).get(key)
+    slot = store.lookup(partition, key)
     if slot is None:
         return None
     times, values, length = store.times[[slot]], store.values[[slot]], store.length[[slot]].copy()

@@ -48,3 +48,14 @@ def decode_state(data: bytes, layout_id: bytes, fields: int, capacity: int) -> t
     if not np.isfinite(values).all() or offset < -1:
         raise StateError("a state record holds values sluice never writes (NaN, infinity, or a negative offset)")
     return times, values.reshape(n, fields), offset
+
+
+def newest_time(data: bytes) -> int | None:
+    """The newest event time in a state record (its events are kept in arrival order, not time
+    order), or None for a record that is not one."""
+    if len(data) < _HEAD.size:
+        return None
+    n = _HEAD.unpack_from(data)[3]
+    if not n > 0 or len(data) < _HEAD.size + 8 * n:
+        return None
+    return int(np.frombuffer(data, dtype="<i8", count=n, offset=_HEAD.size).max())

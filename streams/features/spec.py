@@ -15,12 +15,13 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 # The aggregations over an event-time window of one numeric field (count needs no field).
 WindowKind = Literal["count", "sum", "mean", "min", "max", "std", "distinct"]
 WINDOW_KINDS: tuple[WindowKind, ...] = ("count", "sum", "mean", "min", "max", "std", "distinct")
-StoreKind = Literal["memory"]
+StoreKind = Literal["memory", "rocksdb"]
 # Bounds the config enforces: events kept per key, and any duration (about a century).
 MAX_HISTORY_EVENTS = 100_000
 MAX_DURATION_MS = 100 * 366 * 24 * 3600 * 1000
@@ -82,6 +83,9 @@ class StateSpec:
     ttl_ms: int
     history_events: int = 64
     store: StoreKind = "memory"
+    # A "rocksdb" store's folder (a database per input partition in it) and the keys it keeps in memory.
+    directory: Path | None = None
+    cache_keys: int = 100_000
 
     # Cached: the changelog asks for these once per key it writes or restores.
     @functools.cached_property

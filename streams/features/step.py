@@ -45,6 +45,8 @@ class StateUpdate:
     event_slots: np.ndarray
     event_offsets: np.ndarray
     event_times: np.ndarray
+    # The store's generation it was computed in (``KeyedStore.applied``).
+    generation: int = 0
 
 
 # A step without a changelog (a backfill) forgets idle keys itself, every this many batches:
@@ -55,7 +57,9 @@ SWEEP_EVERY_BATCHES = 256
 class FeatureStep:
     def __init__(self, spec: StateSpec, store: KeyedStore | None = None, *, changelog: bool = True) -> None:
         self.spec = spec
-        self.store = store or KeyedStore(spec.capacity, len(spec.fields), track_changes=changelog)
+        self.store = (
+            store if store is not None else KeyedStore(spec.capacity, len(spec.fields), track_changes=changelog)
+        )
         self._applied = 0
         self.field_index = {name: i for i, name in enumerate(spec.fields)}
         self._before = [f for f in spec.features if not f.include_current]
@@ -91,6 +95,7 @@ class FeatureStep:
             slots,
             np.asarray(offsets, dtype=np.int64),
             times,
+            store.generation,
         )
         rank = occurrence_rank(local)
         # Each round's events, in batch order, as slices of one sort (a hot key makes many rounds).
@@ -121,6 +126,7 @@ class FeatureStep:
         store.values[update.slots] = update.values
         store.length[update.slots] = update.length
         store.offset[update.slots] = update.offset
+        store.applied(update.generation)
         self.latest_ms.update(update.latest_ms)
         self._applied += 1
         if not store.track_changes and self._applied % SWEEP_EVERY_BATCHES == 0:

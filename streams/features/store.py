@@ -28,6 +28,9 @@ def newest_times(times: np.ndarray, length: np.ndarray) -> np.ndarray:
 
 
 class KeyedStore:
+    # Whether the store keeps a local copy of the changelog (``persisted`` wants the records).
+    keeps_local_copy = False
+
     def __init__(self, capacity: int, fields: int, *, initial_slots: int = 1024, track_changes: bool = True) -> None:
         self.capacity = capacity
         self.fields = fields
@@ -47,6 +50,8 @@ class KeyedStore:
         self._used = 0
         # Only a store with a changelog needs to know which keys changed (a backfill's does not).
         self.track_changes = track_changes
+        # Counts ``slots_for`` calls: a batch's state update names the generation it was computed in.
+        self.generation = 0
 
     def __len__(self) -> int:
         return sum(len(table) for table in self.tables.values())
@@ -54,6 +59,7 @@ class KeyedStore:
     def slots_for(self, partitions: Sequence[PartitionId], keys: Sequence[bytes]) -> np.ndarray:
         """The slot of each (partition, key), a new empty one for a key not seen before; each key is
         marked changed (its events are about to be appended)."""
+        self.generation += 1
         slots = np.empty(len(keys), dtype=np.int64)
         for i, (partition, key) in enumerate(zip(partitions, keys, strict=True)):
             table = self.tables.get(partition)
@@ -62,7 +68,7 @@ class KeyedStore:
                 self._changed[partition] = set()
             slot = table.get(key)
             if slot is None:
-                slot = table[key] = self._new_slot()
+                slot = table[key] = self._new_slot_for(partition, key)
             if self.track_changes:
                 self._changed[partition].add(key)
             slots[i] = slot
@@ -96,13 +102,46 @@ class KeyedStore:
         table = self.tables.get(partition, {})
         return [(key, table.get(key)) for key in changed]
 
+    def lookup(self, partition: PartitionId, key: bytes) -> int | None:
+        """A key's slot, or None for a key with no state (serving by key: nothing is marked changed)."""
+        return self.tables.get(partition, {}).get(key)
+
+    def key_count(self, partition: PartitionId) -> int:
+        return len(self.tables.get(partition, {}))
+
+    # What a store with a local copy of the changelog (``RocksStore``) does more; here, nothing.
+    def open(self, partition: PartitionId) -> tuple[int, int | None] | None:
+        """Before a restore: the changelog offset the local copy reflects and the partition's event
+        time there, or None to restore from the beginning (there is no local copy)."""
+        return None
+
+    def wipe(self, partition: PartitionId) -> None:
+        """Forget the local copy of ``partition`` (it cannot be brought up to date from the changelog)."""
+
+    def mirror(self, partition: PartitionId, record_key: bytes, record_value: bytes | None) -> None:
+        """Keep a changelog record read during a restore, as it is, in the local copy."""
+
+    def restored(self, partition: PartitionId, next_offset: int) -> None:
+        """The local copy holds the changelog up to ``next_offset`` (exclusive)."""
+
+    def persisted(
+        self, partition: PartitionId, records: Sequence[tuple[bytes, bytes | None]], next_offset: int
+    ) -> None:
+        """``records`` (the changelog records of a committed transaction) are committed up to ``next_offset``."""
+
+    def applied(self, generation: int) -> None:
+        """The state computed in ``generation`` (and every one before) is written to the store."""
+
+    def close(self) -> None:
+        """Release what the store holds outside the process's memory."""
+
     def load(self, partition: PartitionId, key: bytes, times: np.ndarray, values: np.ndarray, offset: int) -> None:
         """Set a key's state (restoring from the changelog); not marked changed."""
         table = self.tables.setdefault(partition, {})
         self._changed.setdefault(partition, set())
         slot = table.get(key)
         if slot is None:
-            slot = table[key] = self._new_slot()
+            slot = table[key] = self._new_slot_for(partition, key)
         n = len(times)
         self.clear(np.array([slot]))
         if n:
@@ -140,6 +179,9 @@ class KeyedStore:
         self.offset[slot] = -1
         self.prediction[slot], self.prediction_offset[slot] = np.nan, -1
         self._free.append(slot)
+
+    def _new_slot_for(self, partition: PartitionId, key: bytes) -> int:
+        return self._new_slot()
 
     def _new_slot(self) -> int:
         if self._free:

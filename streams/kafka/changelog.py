@@ -52,6 +52,8 @@ class Changelog:
         self.bytes_written = 0
         # The partitions whose last restore found records (others had no state in the changelog).
         self.found: set[Partition] = set()
+        # Per partition: the records sent in its open transaction and the offset they start after.
+        self._uncommitted: dict[Partition, tuple[list[tuple[bytes, bytes | None]], int]] = {}
 
     async def flush(self, partition: Partition, producer: AIOKafkaProducer) -> int:
         """Send the partition's changed keys in ``producer``'s open transaction; returns how many."""
@@ -68,19 +70,30 @@ class Changelog:
             value = None if slot is None else encode_state(spec.layout_id, int(store.offset[slot]), *store.events(slot))
             records.append((KEY_PREFIX + key, value))
         sent = []
-        batch = producer.create_batch()
+        batch, in_batch = producer.create_batch(), 0
         for key, value in records:
             self.bytes_written += len(key) + (len(value) if value else 0)
             if batch.append(key=key, value=value, timestamp=None) is None:
                 batch.close()
                 sent.append(await producer.send_batch(batch, self.topic, partition=partition.partition))
-                batch = producer.create_batch()
+                batch, in_batch = producer.create_batch(), 0
                 batch.append(key=key, value=value, timestamp=None)
+            in_batch += 1
         batch.close()
         sent.append(await producer.send_batch(batch, self.topic, partition=partition.partition))
-        await asyncio.gather(*sent)
+        delivered = await asyncio.gather(*sent)
+        if store.keeps_local_copy:
+            # The local copy takes them once the transaction commits (``committed``): the changelog
+            # up to just after the last of them (the last batch's base offset and its records).
+            self._uncommitted[partition] = (records, delivered[-1].offset + in_batch)
         self.records_written += len(changed)
         return len(changed)
+
+    def committed(self, partition: Partition) -> None:
+        """The partition's transaction committed: what it carried is the local copy's now."""
+        written = self._uncommitted.pop(partition, None)
+        if written is not None:
+            self.step.store.persisted(partition, *written)
 
     async def restore(self, partitions: set[Partition]) -> int:
         """Load the state of ``partitions`` from the changelog (replacing what was kept of them);
@@ -90,6 +103,7 @@ class Changelog:
         started = time.monotonic()
         self.step.drop_partitions(list(partitions))
         self.found -= partitions
+        self._uncommitted = {p: w for p, w in self._uncommitted.items() if p not in partitions}
         store = self.step.store
         owner = {p.partition: p for p in partitions}
         consumer = self.new_consumer()
@@ -98,28 +112,60 @@ class Changelog:
             tps = [TopicPartition(self.topic, n) for n in sorted(owner)]
             consumer.assign(tps)
             end = await consumer.end_offsets(tps)
+            beginning = await consumer.beginning_offsets(tps)
+            start = {tp: self._start_of(owner[tp.partition], beginning[tp], end[tp]) for tp in tps}
             # An explicit seek: aiokafka's seek_to_beginning can lose a race with the consumer's own
             # reset to its auto_offset_reset position, and would then read nothing.
-            beginning = await consumer.beginning_offsets(tps)
             for tp in tps:
-                consumer.seek(tp, beginning[tp])
-            todo = {tp for tp in tps if end[tp] > beginning[tp]}
+                consumer.seek(tp, start[tp])
+            todo = {tp for tp in tps if end[tp] > start[tp]}
             while todo:
                 fetched = await consumer.getmany(*todo, timeout_ms=_RESTORE_POLL_MS)
                 for tp, records in fetched.items():
-                    self._load_records(owner[tp.partition], [r for r in records if r.offset < end[tp]])
+                    wanted = [r for r in records if r.offset < end[tp]]
+                    self._load_records(owner[tp.partition], wanted)
+                    if wanted:
+                        store.restored(owner[tp.partition], wanted[-1].offset + 1)
                 todo = {tp for tp in todo if await consumer.position(tp) < end[tp]}
         finally:
             await stop_consumer(consumer)
-        keys = sum(len(store.tables.get(p, {})) for p in partitions)
+        for tp in tps:
+            store.restored(owner[tp.partition], end[tp])
+        keys = sum(store.key_count(p) for p in partitions)
         log.info(
-            "state of %s restored from %s: %d keys in %.1fs",
+            "state of %s restored from %s: %d keys in %.1fs (%s)",
             ", ".join(f"{p.topic}[{p.partition}]" for p in sorted(partitions)),
             self.topic,
             keys,
             time.monotonic() - started,
+            ", ".join(f"read from offset {start[tp]} to {end[tp]}" for tp in tps),
         )
         return keys
+
+    def _start_of(self, partition: Partition, beginning: int, end: int) -> int:
+        """Where the restore of ``partition`` reads the changelog from: after what the store's local
+        copy holds, or the beginning (no copy, or one that does not fit the changelog: wiped)."""
+        local = self.step.store.open(partition)
+        if local is None:
+            return beginning
+        checkpoint, event_time = local
+        if not beginning <= checkpoint <= end:
+            log.warning(
+                "the local state of %s[%d] reflects %s up to offset %d, which it does not hold now (%d to %d): "
+                "rebuilding it from the changelog",
+                *partition,
+                self.topic,
+                checkpoint,
+                beginning,
+                end,
+            )
+            self.step.store.wipe(partition)
+            return beginning
+        if checkpoint > beginning:
+            self.found.add(partition)
+        if event_time is not None:
+            self.step.latest_ms[partition] = event_time
+        return checkpoint
 
     def _load_records(self, partition: Partition, records: list[Any]) -> None:
         if records:
@@ -148,3 +194,4 @@ class Changelog:
             raise StateError(
                 f"{self.topic} holds a record sluice did not write (key {key[:40]!r}); is it another topic?"
             )
+        store.mirror(partition, key, value)

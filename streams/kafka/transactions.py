@@ -61,6 +61,8 @@ class PartitionTransactions:
         self._producers: dict[Partition, AIOKafkaProducer] = {}
         # What else goes into a partition's transaction when it commits (a stateful pipeline's changelog).
         self.before_commit: BeforeCommit | None = None
+        # Told of each partition whose transaction committed (a local copy of the changelog takes it).
+        self.after_commit: Callable[[Partition], None] | None = None
         # The first failure: once set, nothing more is committed, and the driver stops on it.
         self.failed: SluiceError | None = None
         self.failure_seen = asyncio.Event()
@@ -135,6 +137,8 @@ class PartitionTransactions:
             await self.before_commit(partition, producer)
         await producer.send_offsets_to_transaction({TopicPartition(*partition): offset}, self.group_id)
         await producer.commit_transaction()
+        if self.after_commit is not None:
+            self.after_commit(partition)
         await producer.begin_transaction()
 
     def fail(self, failure: SluiceError) -> SluiceError:

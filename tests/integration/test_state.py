@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import http.client
 import random
+import re
 import signal
 import time
 import urllib.parse
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.kafka_helpers import (
@@ -34,6 +36,7 @@ FEATURES = """
 [pipelines.{name}.state]
 ttl_s = 3
 history_events = 6
+{store}
 [pipelines.{name}.state.features]
 recent = {{ kind = "last", n = 4, fields = ["amount", "foreign"], mask = true, include_current = true }}
 gap = {{ kind = "since_previous" }}
@@ -47,9 +50,13 @@ merchants_5s = {{ kind = "distinct", field = "merchant", window_s = 5 }}
 """
 
 
-def stateful_config(tmp_path, kafka, name, topics, *, partitions=3, app_id=None):
+# The RocksDB store with a cache of 8 keys for 60: keys go to the database and back all the time.
+ROCKSDB = 'store = "rocksdb"\ncache_keys = 8'
+
+
+def stateful_config(tmp_path, kafka, name, topics, *, partitions=3, app_id=None, store=""):
     """A stateful pipeline's config; its app id (and so its changelog topic) new to this run."""
-    lines = "emit_features = true\ncommit_interval_ms = 300\n" + FEATURES.format(name=name)
+    lines = "emit_features = true\ncommit_interval_ms = 300\n" + FEATURES.format(name=name, store=store)
     return write_config(
         tmp_path,
         bootstrap=kafka,
@@ -121,10 +128,11 @@ def assert_same_features(live: dict[tuple[int, int], list[dict]], reference: dic
             assert abs(body["prediction"] - want["prediction"]) <= 1e-6, position
 
 
-async def test_live_features_and_predictions_equal_a_backfill_from_offset_zero(kafka, tmp_path):
+@pytest.mark.parametrize("store", ["", ROCKSDB], ids=["memory", "rocksdb"])
+async def test_live_features_and_predictions_equal_a_backfill_from_offset_zero(kafka, tmp_path, store):
     name = "statelive"
     topics = topics_for(unique(name))
-    config = stateful_config(tmp_path, kafka, name, topics)
+    config = stateful_config(tmp_path, kafka, name, topics, store=store)
     events = keyed_events(3000, seed=41)
     with running_worker(config, tmp_path / "worker.log", ready_text=f"pipeline {name}: ready") as worker:
         await produce_timed(kafka, topics["input_topic"], events[:1000])
@@ -140,11 +148,14 @@ async def test_live_features_and_predictions_equal_a_backfill_from_offset_zero(k
     assert starts > 60, "no key went idle past its TTL (each of the 60 keys starts from nothing once)"
 
 
-async def test_a_worker_killed_while_writing_its_changelog_restores_state_without_counting_twice(kafka, tmp_path):
+@pytest.mark.parametrize("store", ["", ROCKSDB], ids=["memory", "rocksdb"])
+async def test_a_worker_killed_while_writing_its_changelog_restores_state_without_counting_twice(
+    kafka, tmp_path, store
+):
     name = "statekill"
     topics = topics_for(unique(name))
     app_id = unique(f"{name}-app")
-    config = stateful_config(tmp_path, kafka, name, topics, app_id=app_id)
+    config = stateful_config(tmp_path, kafka, name, topics, app_id=app_id, store=store)
     events = keyed_events(3000, seed=42)
     # Known point: three commits wrote state, then a fourth sent its keys' state (acknowledged,
     # in transactions still open) and the process killed itself before committing.
@@ -159,7 +170,12 @@ async def test_a_worker_killed_while_writing_its_changelog_restores_state_withou
         while len(live) < 3000:
             live = by_position(await read_topic(kafka, topics["output_topic"], expected=3000, within_s=5))
         assert stop_gracefully(second) == 0
-    assert "restored from" in second_log.read_text()
+    restored = second_log.read_text()
+    assert "restored from" in restored
+    if store:  # the local databases held what the three commits wrote: only what came after is read
+        starts = [int(n) for n in re.findall(r"read from offset (\d+) to", restored)]
+        assert starts and max(starts) > 0, restored
+        assert (tmp_path / "state").is_dir()
     changelog = f"{app_id}.{name}-state-changelog"
     committed = await read_topic(kafka, changelog, expected=10**9, within_s=2, isolation_level="read_committed")
     everything = await read_topic(kafka, changelog, expected=10**9, within_s=2)
@@ -168,10 +184,12 @@ async def test_a_worker_killed_while_writing_its_changelog_restores_state_withou
     assert_same_features(live, reference)
 
 
-async def test_a_rebalance_to_a_second_worker_and_back_moves_state_with_its_partitions(kafka, tmp_path):
+# RocksDB: the two workers share one state directory, as two processes on one host would.
+@pytest.mark.parametrize("store", ["", ROCKSDB], ids=["memory", "rocksdb"])
+async def test_a_rebalance_to_a_second_worker_and_back_moves_state_with_its_partitions(kafka, tmp_path, store):
     name = "statereb"
     topics = topics_for(unique(name))
-    config = stateful_config(tmp_path, kafka, name, topics, partitions=4)
+    config = stateful_config(tmp_path, kafka, name, topics, partitions=4, store=store)
     events = keyed_events(4000, seed=43)
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     with running_worker(config, first_log, ready_text=f"pipeline {name}: ready") as first:

@@ -53,15 +53,16 @@ def test_the_report_renders_every_section() -> None:
         "rss_delta_per_key": 500.0,
         "fed_per_s": 1e5,
     }
+    timed = {"keys_restored": 1000, "seconds": 0.1, "keys_per_s": 1e4}
     restore = {
         "keys_written": 1000,
-        "keys_restored": 1000,
         "events_per_key": 16,
         "bytes": 356_000,
         "bytes_per_key": 356.0,
         "flushed_keys_per_s": 3e4,
-        "seconds": 0.1,
-        "keys_per_s": 1e4,
+        "memory": timed,
+        "rocksdb": timed | {"disk_bytes_per_key": 200.0, "rss_delta_per_key": 50.0},
+        "rocksdb_restart": timed | {"seconds": 0.01, "keys_per_s": 1e5},
     }
     text = report(
         {
@@ -74,7 +75,8 @@ def test_the_report_renders_every_section() -> None:
             "partitions": 4,
             "rounds": rounds,
             "ratio": 0.6,
-            "round_ratios": [0.6],
+            "ratios": {"state": 0.6, "rocksdb": 0.5},
+            "round_ratios": {"state": [0.6], "rocksdb": [0.5]},
             "input_bytes_per_event": 375.0,
             "profile": {"model (torch)": 1.0, "samples": 10},
             "memory": memory,
@@ -84,4 +86,5 @@ def test_the_report_renders_every_section() -> None:
     assert ".venv/bin/python -m bench.state --rounds 1" in text
     assert "**0.60**" in text and "meets" in text
     assert "| 1 | state | 24,000 | 0.500 | 170.0 |" in text
-    assert "455 bytes per key" in text and "1,000 keys restored" in text
+    assert "455 bytes per key" in text and "| RocksDB, restarted on its local copy | **0.0** | 100,000 |" in text
+    assert "`rocksdb` / plain: **0.50**" in text

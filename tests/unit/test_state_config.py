@@ -3,6 +3,8 @@ gives, and one line naming the file, the key, the value and what was expected fo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.config import load_config
@@ -44,6 +46,17 @@ def test_a_state_table_declares_features_the_model_takes_in_its_order(tmp_path):
     assert p.changelog_topic == "t.p-state-changelog"
 
 
+def test_a_rocksdb_store_keeps_its_databases_relative_to_the_config_file(tmp_path):
+    p = load_config(write(tmp_path, STATEFUL.replace("history_events = 8", 'store = "rocksdb"')), environ={}).pipeline(
+        "p"
+    )
+    assert p.state is not None
+    assert (p.state.store, p.state.directory, p.state.cache_keys) == ("rocksdb", tmp_path / "state", 100_000)
+    where = STATEFUL.replace("history_events = 8", 'store = "rocksdb"\ndirectory = "/var/lib/sluice"\ncache_keys = 5')
+    p = load_config(write(tmp_path, where), environ={}).pipeline("p")
+    assert p.state is not None and (p.state.directory, p.state.cache_keys) == (Path("/var/lib/sluice"), 5)
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -65,6 +78,8 @@ def test_a_state_table_declares_features_the_model_takes_in_its_order(tmp_path):
         (("history_events = 8", "history_events = 1000000000"), "an integer from 1 to 100,000"),
         (('fields = ["amount", "country"]', 'fields = ["amount", "amount"]'), "distinct event field names"),
         (("ttl_s = 60", 'changelog_topic = "out"'), "'pipelines.p.state.changelog_topic' has value 'out'"),
+        (("history_events = 8", 'store = "rocksdb"\ncache_keys = 0'), "'pipelines.p.state.cache_keys' has value 0"),
+        (("history_events = 8", "directory = 3"), "'pipelines.p.state.directory' has value 3"),
     ],
 )
 def test_a_bad_state_table_names_the_key_and_what_was_expected(tmp_path, change, expected):

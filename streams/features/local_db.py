@@ -1,0 +1,141 @@
+"""The local copy of a changelog: a RocksDB database (through ``rocksdict``) per input partition.
+
+A partition's database holds the same records as its changelog partition (``k`` + key: a key's
+state; ``w``: the partition's event time) as of the changelog offset it names (``m:checkpoint``:
+it reflects every record before it), and the layout its states were written under
+(``m:layout``). Records reach it only once the Kafka transaction that carried them committed,
+so it is never ahead of the committed offsets.
+
+One process opens a database at a time (RocksDB's lock). A worker that finds a partition's
+database locked (another worker on this host, sharing the folder, has not let go of it)
+waits a little, then uses a private folder instead, rebuilt from the changelog and removed
+when it lets go of the partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+from streams.errors import StateError
+
+log = logging.getLogger(__name__)
+
+PartitionId = tuple[str, int]
+KEY_PREFIX = b"k"
+EVENT_TIME_KEY = b"w"
+CHECKPOINT_KEY = b"m:checkpoint"
+LAYOUT_KEY = b"m:layout"
+_INT64 = struct.Struct("<q")
+# How long to wait for another process on this host to let go of a partition's database.
+LOCK_WAIT_S = 5.0
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    return options
+
+
+def new_batch() -> WriteBatch:
+    return WriteBatch(raw_mode=True)
+
+
+class PartitionDatabases:
+    def __init__(self, directory: Path, layout_id: bytes) -> None:
+        self.directory = directory
+        self.layout_id = layout_id
+        self._dbs: dict[PartitionId, Rdict] = {}
+        self._private: dict[PartitionId, Path] = {}
+
+    def get(self, partition: PartitionId) -> Rdict | None:
+        """The partition's database if it is open."""
+        return self._dbs.get(partition)
+
+    def checkpoint(self, partition: PartitionId) -> tuple[int, int | None] | None:
+        """Opens the partition's database: the changelog offset it reflects and the partition's
+        event time in it, or None for a database with nothing (one of another layout is wiped)."""
+        db = self.open(partition)
+        if db.get(LAYOUT_KEY) != self.layout_id:
+            db = self.wipe(partition)
+        checkpoint = db.get(CHECKPOINT_KEY)
+        if checkpoint is None:
+            return None
+        event_time = db.get(EVENT_TIME_KEY)
+        return _INT64.unpack(checkpoint)[0], None if event_time is None else _INT64.unpack(event_time)[0]
+
+    def wipe(self, partition: PartitionId) -> Rdict:
+        """An empty database in place of the partition's."""
+        db = self._dbs.pop(partition, None)
+        if db is not None:
+            db.close()
+        Rdict.destroy(str(self._private.get(partition) or self.path(partition)), _options())
+        return self.open(partition)
+
+    def write(self, partition: PartitionId, batch: WriteBatch, next_offset: int | None = None) -> None:
+        """Write ``batch`` (and, atomically with it, the changelog offset it brings the copy to)."""
+        if next_offset is not None:
+            batch.put(CHECKPOINT_KEY, _INT64.pack(next_offset))
+        self.open(partition).write(batch)
+
+    def key_count(self, partition: PartitionId) -> int:
+        """RocksDB's estimate of the keys (exact until its files are compacted), less the records that are not keys."""
+        db = self._dbs.get(partition)
+        if db is None:
+            return 0
+        meta = sum(db.get(k) is not None for k in (LAYOUT_KEY, CHECKPOINT_KEY, EVENT_TIME_KEY))
+        return max(0, (db.property_int_value("rocksdb.estimate-num-keys") or 0) - meta)
+
+    def close(self, partitions: Iterable[PartitionId] | None = None) -> None:
+        for partition in list(self._dbs if partitions is None else partitions):
+            db = self._dbs.pop(partition, None)
+            if db is not None:
+                db.close()
+            private = self._private.pop(partition, None)
+            if private is not None:
+                shutil.rmtree(private, ignore_errors=True)
+
+    def path(self, partition: PartitionId) -> Path:
+        topic, number = partition
+        if not topic.strip(".") or "/" in topic or "\\" in topic or "\0" in topic:
+            raise StateError(f"cannot keep the state of a topic named {topic!r} in a folder")
+        return self.directory / f"{topic}-{number}"
+
+    def open(self, partition: PartitionId) -> Rdict:
+        db = self._dbs.get(partition)
+        if db is not None:
+            return db
+        path = self._private.get(partition) or self.path(partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                db = Rdict(str(path), _options())
+                break
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception
+                if "lock" not in str(exc).lower():
+                    raise StateError(f"cannot open the state database {path}: {exc}") from None
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                private = self._private[partition] = path.with_name(f"{path.name}.{os.getpid()}")
+                log.warning(
+                    "state database %s is in use by another process on this host; restoring %s[%d] into %s "
+                    "instead (give each worker on one host its own state directory to avoid this)",
+                    path,
+                    *partition,
+                    private,
+                )
+                shutil.rmtree(private, ignore_errors=True)
+                path = private
+        if db.get(LAYOUT_KEY) is None:
+            db[LAYOUT_KEY] = self.layout_id
+        self._dbs[partition] = db
+        return db

@@ -1,0 +1,205 @@
+"""The RocksDB store gives the features of the memory store, event for event, whatever its cache
+size (keys evicted to the database and read back), with a changelog (changes kept until a
+commit) or without (a backfill), and a worker restarted on its local databases continues as if
+never stopped."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import streams.features.local_db as local_db
+from streams.errors import StateError
+from streams.features.local_db import EVENT_TIME_KEY, KEY_PREFIX
+from streams.features.rocks_store import RocksStore
+from streams.features.snapshot import encode_state
+from streams.features.step import FeatureStep
+from tests.unit.test_features import reference, spec_with
+
+PARTITIONS = (("t", 0), ("t", 1))
+values = st.fixed_dictionaries({f: st.integers(-40, 40).map(lambda i: i / 4) for f in ("a", "b")})
+# Twelve keys: many more than the smallest caches.
+event = st.tuples(st.integers(0, 1), st.sampled_from([b"k%d" % i for i in range(12)]), st.integers(0, 60_000), values)
+
+
+def rocks_step(spec, directory: Path, cache_keys: int, *, live: bool) -> FeatureStep:
+    store = RocksStore(
+        spec.capacity,
+        len(spec.fields),
+        layout_id=spec.layout_id,
+        directory=directory,
+        cache_keys=cache_keys,
+        track_changes=live,
+    )
+    step = FeatureStep(spec, store)
+    if live:  # as a restore does, before any event of a partition is scored
+        for partition in PARTITIONS:
+            local = store.open(partition)
+            if local is not None and local[1] is not None:
+                step.latest_ms[partition] = local[1]
+    return step
+
+
+def commit(step: FeatureStep, written: list[int]) -> None:
+    """What a commit does to the store: the changed keys' records (as ``Changelog.flush`` writes
+    them), then, the transaction committed, the local copy takes them."""
+    store = step.store
+    for partition in PARTITIONS:
+        step.sweep(partition)
+        records = (
+            [(EVENT_TIME_KEY, np.int64(step.latest_ms[partition]).tobytes())] if partition in step.latest_ms else []
+        )
+        for key, slot in store.take_changed(partition):
+            value = (
+                None
+                if slot is None
+                else encode_state(step.spec.layout_id, int(store.offset[slot]), *store.events(slot))
+            )
+            records.append((KEY_PREFIX + key, value))
+        written[0] += len(records)
+        store.persisted(partition, records, written[0])
+
+
+def run(step: FeatureStep, events: list[tuple], cuts: list[int], start: int = 0) -> dict[str, np.ndarray]:
+    bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(events)), len(events)]
+    parts: dict[str, list[np.ndarray]] = {f.name: [np.zeros((0, *f.shape), np.float32)] for f in step.spec.features}
+    written = [0]
+    for lo, hi in itertools.pairwise(bounds):
+        batch = events[lo:hi]
+        arguments = (
+            [PARTITIONS[p] for p, _, _, _ in batch],
+            [k for _, k, _, _ in batch],
+            np.array([t for _, _, t, _ in batch]),
+            np.array([[v[f] for f in step.spec.fields] for *_, v in batch], dtype=np.float32),
+            np.arange(start + lo, start + hi),
+        )
+        got, update = step.compute(*arguments)
+        if lo % 2:  # computed again (the model was down): the first computation is never applied
+            got, update = step.compute(*arguments)
+        step.apply(update)
+        if step.store.track_changes:
+            commit(step, written)
+        else:
+            for partition in PARTITIONS:
+                step.sweep(partition)
+        for name, array in got.items():
+            parts[name].append(array)
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+def assert_reference(spec, events, got):
+    expected = reference(spec, events)
+    for feature in spec.features:
+        want = np.asarray(expected[feature.name], dtype=np.float64).reshape(len(events), *feature.shape)
+        np.testing.assert_allclose(got[feature.name], want, rtol=1e-6, atol=1e-5, err_msg=feature.name)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    events=st.lists(event, max_size=60),
+    cuts=st.lists(st.integers(0, 60), max_size=10),
+    ttl_ms=st.integers(1, 70_000),
+    cache_keys=st.integers(1, 6),
+    live=st.booleans(),
+)
+def test_features_equal_the_reference_whatever_the_cache_size(events, cuts, ttl_ms, cache_keys, live):
+    spec = spec_with(10_000, ttl_ms, 4)
+    with tempfile.TemporaryDirectory() as directory:
+        step = rocks_step(spec, Path(directory), cache_keys, live=live)
+        try:
+            assert_reference(spec, events, run(step, events, cuts))
+        finally:
+            step.store.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(events=st.lists(event, min_size=1, max_size=50), cut=st.integers(0, 50), cuts=st.lists(st.integers(0, 50)))
+def test_a_worker_restarted_on_its_local_databases_continues_as_if_never_stopped(events, cut, cuts):
+    spec = spec_with(10_000, 40_000, 4)
+    cut = min(cut, len(events))
+    with tempfile.TemporaryDirectory() as directory:
+        first = rocks_step(spec, Path(directory), 3, live=True)
+        whole = run(first, events[:cut], cuts)
+        first.store.close()
+        second = rocks_step(spec, Path(directory), 3, live=True)
+        try:
+            rest = run(second, events[cut:], [c - cut for c in cuts], start=cut)
+        finally:
+            second.store.close()
+    assert_reference(spec, events, {n: np.concatenate([whole[n], rest[n]]) for n in whole})
+
+
+def test_the_cache_stays_near_its_bound_and_keys_come_back_from_the_database(tmp_path):
+    spec = spec_with(10_000, 10**9, 4)
+    step = rocks_step(spec, tmp_path, 100, live=False)
+    keys = [b"key-%d" % i for i in range(1000)]
+    for round_ in range(3):
+        for lo in range(0, 1000, 50):
+            batch = keys[lo : lo + 50]
+            _, update = step.compute(
+                [PARTITIONS[0]] * 50, batch, np.full(50, 1_000 + round_), np.ones((50, 2), np.float32), np.arange(50)
+            )
+            step.apply(update)
+            assert len(step.store) <= 100 + 50
+    got, _ = step.compute([PARTITIONS[0]], [b"key-7"], np.array([2_000]), np.ones((1, 2), np.float32), np.arange(1))
+    assert got["count_before"][0] == 3  # its three earlier events, read back from the database
+    assert step.store.evicted > 2000
+    step.store.close()
+    assert not tmp_path.exists() or not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
+
+
+def test_a_key_only_in_the_database_is_forgotten_after_its_ttl_with_a_tombstone(tmp_path):
+    spec = spec_with(10_000, 5_000, 4)
+    step = rocks_step(spec, tmp_path, 2, live=True)
+    written = [0]
+    for i, key in enumerate([b"a", b"b", b"c", b"d"]):
+        _, update = step.compute(
+            [PARTITIONS[0]], [key], np.array([1_000 + i]), np.ones((1, 2), np.float32), np.array([i])
+        )
+        step.apply(update)
+        commit(step, written)
+    _, update = step.compute([PARTITIONS[0]], [b"e"], np.array([60_000]), np.ones((1, 2), np.float32), np.array([9]))
+    step.apply(update)
+    step.sweep(PARTITIONS[0])
+    forgotten = {key for key, slot in step.store.take_changed(PARTITIONS[0]) if slot is None}
+    assert forgotten == {b"a", b"b", b"c", b"d"}
+    step.store.close()
+
+
+def test_a_database_of_another_layout_is_wiped_and_restored_from_the_beginning(tmp_path):
+    step = rocks_step(spec_with(10_000, 5_000, 4), tmp_path, 10, live=True)
+    _, update = step.compute([PARTITIONS[0]], [b"a"], np.array([1]), np.ones((1, 2), np.float32), np.array([0]))
+    step.apply(update)
+    commit(step, [0])
+    assert step.store.open(PARTITIONS[0]) is not None
+    step.store.close()
+    other = RocksStore(5, 2, layout_id=b"otherlay", directory=tmp_path, cache_keys=10)
+    assert other.open(PARTITIONS[0]) is None
+    assert other.key_count(PARTITIONS[0]) == 0
+    other.close()
+
+
+def test_a_database_locked_by_another_process_is_replaced_by_a_private_one(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(local_db, "LOCK_WAIT_S", 0.2)
+    spec = spec_with(10_000, 5_000, 4)
+    holder = rocks_step(spec, tmp_path, 10, live=True)
+    second = rocks_step(spec, tmp_path, 10, live=True)
+    assert "in use by another process" in caplog.text
+    private = [p for p in tmp_path.iterdir() if p.name.count(".") == 1]
+    assert private
+    second.store.close()
+    assert not any(p.exists() for p in private)
+    holder.store.close()
+
+
+@pytest.mark.parametrize("topic", ["..", ".", "a/b", "a\\b"])
+def test_a_topic_name_cannot_climb_out_of_the_state_directory(tmp_path, topic):
+    store = RocksStore(4, 2, layout_id=b"12345678", directory=tmp_path, cache_keys=10)
+    with pytest.raises(StateError, match="cannot keep the state"):
+        store.open((topic, 0))
