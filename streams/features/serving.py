@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.features.aggregate import compute
+from streams.features.aggregate import compute_all
 from streams.features.step import FeatureStep
 from streams.features.store import PartitionId, newest_times
 
@@ -25,7 +25,8 @@ def key_view(step: FeatureStep, partition: PartitionId, key: bytes) -> dict[str,
     if length[0] and newest_times(times, length)[0] < now - step.spec.ttl_ms:
         length[0] = 0  # idle past its TTL: its next event starts from nothing
     at = np.array([now], dtype=np.int64)
-    features = {f.name: compute(f, times, values, length, at, step.field_index)[0].tolist() for f in step.spec.features}
+    computed = compute_all(step.spec.features, times, values, length, at, step.field_index)
+    features = {name: array[0].tolist() for name, array in computed.items()}
     prediction: dict[str, Any] | None = None
     if store.prediction_offset[slot] >= 0:
         value = float(store.prediction[slot])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.features.aggregate import compute
+from streams.features.aggregate import compute_all
 from streams.features.spec import Feature, StateSpec
 from streams.features.store import KeyedStore, PartitionId, newest_times
 
@@ -195,8 +195,8 @@ class FeatureStep:
         if not features:
             return
         times, values, length = state.times[rows], state.values[rows], state.length[rows]
-        for feature in features:
-            out[feature.name][idx] = compute(feature, times, values, length, at, self.field_index)
+        for name, array in compute_all(features, times, values, length, at, self.field_index).items():
+            out[name][idx] = array
 
 
 def occurrence_rank(slots: np.ndarray) -> np.ndarray:
