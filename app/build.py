@@ -6,6 +6,7 @@ consumer settings from here, so the two modes differ only where a setting below 
 from __future__ import annotations
 
 import gc
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from streams.batcher import Batcher, BatchPolicy
 from streams.cost_model import CostModel, reference_sizes
 from streams.errors import StateError
 from streams.features.inputs import StatefulInputs
+from streams.features.local_db import remove_stale
 from streams.features.rocks_store import RocksStore
 from streams.features.spec import StateSpec
 from streams.features.step import FeatureStep
@@ -92,19 +94,26 @@ def build_stateful_inputs(pipeline: PipelineConfig, mode: Mode) -> StatefulInput
         return None
     live = mode == "live"  # a backfill rebuilds its state from offset zero and writes no changelog
     return StatefulInputs(
-        FeatureStep(pipeline.state, build_store(pipeline.state, live)), pipeline.inputs, pipeline.schema.inputs
+        FeatureStep(pipeline.state, build_store(pipeline.state, live, pipeline.changelog_topic)),
+        pipeline.inputs,
+        pipeline.schema.inputs,
     )
 
 
-def build_store(spec: StateSpec, live: bool) -> KeyedStore:
-    """The store the config names. A live worker's RocksDB databases are kept between runs (in the
-    folder, one per changelog partition); a backfill's are its own, in a fresh folder it removes."""
+def build_store(spec: StateSpec, live: bool, changelog_topic: str) -> KeyedStore:
+    """The store the config names. A live worker's RocksDB databases are kept between runs, in a
+    folder per changelog topic (one per partition); a backfill's are its own, removed at its end."""
     if spec.store == "memory":
         return KeyedStore(spec.capacity, len(spec.fields), track_changes=live)
     assert spec.directory is not None
     try:
         spec.directory.mkdir(parents=True, exist_ok=True)
-        directory = spec.directory if live else Path(tempfile.mkdtemp(prefix="backfill-", dir=spec.directory))
+        remove_stale(spec.directory)
+        if live:
+            directory = spec.directory / changelog_topic
+            remove_stale(directory)
+        else:
+            directory = Path(tempfile.mkdtemp(prefix=f"backfill-{os.getpid()}-", dir=spec.directory))
     except OSError as exc:
         raise StateError(f"cannot use the state directory {spec.directory}: {exc.strerror or exc}") from None
     return RocksStore(

@@ -14,6 +14,7 @@ when it lets go of the partition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 from rocksdict import Options, Rdict, WriteBatch
 
 from streams.errors import StateError
+from streams.features.snapshot import newest_time
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class PartitionDatabases:
         self.layout_id = layout_id
         self._dbs: dict[PartitionId, Rdict] = {}
         self._private: dict[PartitionId, Path] = {}
+        # Where the next idle-key scan of each partition starts.
+        self._sweep_from: dict[PartitionId, bytes] = {}
 
     def get(self, partition: PartitionId) -> Rdict | None:
         """The partition's database if it is open."""
@@ -85,6 +89,25 @@ class PartitionDatabases:
             batch.put(CHECKPOINT_KEY, _INT64.pack(next_offset))
         self.open(partition).write(batch)
 
+    def idle_keys(self, partition: PartitionId, idle_before_ms: int, scan: int) -> list[bytes]:
+        """The keys whose newest event is older than ``idle_before_ms`` among the next ``scan``
+        of the partition's database, going round it from one call to the next."""
+        db = self._dbs.get(partition)
+        if db is None:
+            return []
+        it = db.iter()
+        it.seek(self._sweep_from.get(partition, KEY_PREFIX))
+        idle: list[bytes] = []
+        for _ in range(scan):
+            if not it.valid() or it.key()[:1] != KEY_PREFIX:
+                break
+            newest = newest_time(it.value())
+            if newest is not None and newest < idle_before_ms:
+                idle.append(it.key()[1:])
+            it.next()
+        self._sweep_from[partition] = it.key() if it.valid() and it.key()[:1] == KEY_PREFIX else KEY_PREFIX
+        return idle
+
     def key_count(self, partition: PartitionId) -> int:
         """RocksDB's estimate of the keys (exact until its files are compacted), less the records that are not keys."""
         db = self._dbs.get(partition)
@@ -98,6 +121,7 @@ class PartitionDatabases:
             db = self._dbs.pop(partition, None)
             if db is not None:
                 db.close()
+            self._sweep_from.pop(partition, None)
             private = self._private.pop(partition, None)
             if private is not None:
                 shutil.rmtree(private, ignore_errors=True)
@@ -108,34 +132,85 @@ class PartitionDatabases:
             raise StateError(f"cannot keep the state of a topic named {topic!r} in a folder")
         return self.directory / f"{topic}-{number}"
 
+    async def acquire(self, partition: PartitionId) -> None:
+        """Open the partition's database, waiting up to ``LOCK_WAIT_S`` (without blocking the event
+        loop) for another process on this host to let go of it; then a private folder instead."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while partition not in self._dbs:
+            if self._try_open(partition) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            elif partition not in self._dbs:
+                self._go_private(partition)
+
     def open(self, partition: PartitionId) -> Rdict:
-        db = self._dbs.get(partition)
-        if db is not None:
-            return db
+        """The partition's database, opened now (a private folder if another process holds it)."""
+        db = self._dbs.get(partition) or self._try_open(partition)
+        if db is None:
+            self._go_private(partition)
+            db = self._try_open(partition)
+            assert db is not None  # a folder named after this process: no one else opens it
+        return db
+
+    def _try_open(self, partition: PartitionId) -> Rdict | None:
+        """The database, or None while another process holds its lock."""
         path = self._private.get(partition) or self.path(partition)
         path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                db = Rdict(str(path), _options())
-                break
-            except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception
-                if "lock" not in str(exc).lower():
-                    raise StateError(f"cannot open the state database {path}: {exc}") from None
-                if time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    continue
-                private = self._private[partition] = path.with_name(f"{path.name}.{os.getpid()}")
-                log.warning(
-                    "state database %s is in use by another process on this host; restoring %s[%d] into %s "
-                    "instead (give each worker on one host its own state directory to avoid this)",
-                    path,
-                    *partition,
-                    private,
-                )
-                shutil.rmtree(private, ignore_errors=True)
-                path = private
+        try:
+            db = Rdict(str(path), _options())
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception
+            message = str(exc)
+            if "/LOCK:" not in message:
+                raise StateError(f"cannot open the state database {path}: {message}") from None
+            if "current process" in message:
+                raise StateError(f"the state database {path} is open twice in this process (a bug)") from None
+            return None
         if db.get(LAYOUT_KEY) is None:
+            if _holds_records(db):  # not one of ours (or damaged): it is only a copy, so start again
+                log.warning("state database %s was not written by sluice: emptied", path)
+                db.close()
+                Rdict.destroy(str(path), _options())
+                db = Rdict(str(path), _options())
             db[LAYOUT_KEY] = self.layout_id
         self._dbs[partition] = db
         return db
+
+    def _go_private(self, partition: PartitionId) -> None:
+        path = self.path(partition)
+        private = self._private[partition] = path.with_name(f"{path.name}.{os.getpid()}")
+        log.warning(
+            "state database %s is in use by another process on this host; restoring %s[%d] into %s "
+            "instead (give each worker on one host its own state directory to avoid this)",
+            path,
+            *partition,
+            private,
+        )
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _holds_records(db: Rdict) -> bool:
+    it = db.iter()
+    it.seek_to_first()
+    return bool(it.valid())
+
+
+def remove_stale(directory: Path) -> None:
+    """Remove the folders of processes that are gone: private copies (``NAME.PID``) and a killed
+    backfill's state (``backfill-PID-...``)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        pid = entry.suffix[1:] if entry.name.count(".") and entry.suffix[1:].isdigit() else None
+        if entry.name.startswith("backfill-") and entry.name.split("-")[1].isdigit():
+            pid = entry.name.split("-")[1]
+        if pid is not None and entry.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

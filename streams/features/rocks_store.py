@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 from rocksdict import Rdict
 
+from streams.errors import StateError
 from streams.features.local_db import KEY_PREFIX, PartitionDatabases, new_batch
-from streams.features.snapshot import decode_state, encode_state, newest_time
-from streams.features.store import KeyedStore, PartitionId, _resized
+from streams.features.snapshot import decode_state, encode_state
+from streams.features.store import KeyedStore, PartitionId, _resized, partition_runs
 
 # Keys of the database (not cached) each sweep looks at for idleness, going round the database.
 SWEEP_SCAN_KEYS = 2048
@@ -58,18 +59,15 @@ class RocksStore(KeyedStore):
         self.evicted = 0
         self.databases = PartitionDatabases(directory, layout_id)
         self._restoring: dict[PartitionId, Any] = {}
-        self._sweep_from: dict[PartitionId, bytes] = {}
 
     def slots_for(self, partitions: Sequence[PartitionId], keys: Sequence[bytes]) -> np.ndarray:
         # This batch's cached keys are marked in use first: making room for its other keys must not evict them.
-        upcoming = self.generation + 1
         missing: dict[tuple[PartitionId, bytes], None] = {}
-        for partition, key in zip(partitions, keys, strict=True):
-            slot = self.tables.get(partition, {}).get(key)
-            if slot is None:
-                missing[(partition, key)] = None
-            else:
-                self.last_used[slot] = upcoming
+        for partition, lo, hi in partition_runs(partitions):
+            table = self.tables.get(partition, {})
+            found = [table.get(key) for key in keys[lo:hi]]
+            self.last_used[[slot for slot in found if slot is not None]] = self.generation + 1
+            missing |= {(partition, keys[lo + i]): None for i, slot in enumerate(found) if slot is None}
         if missing:
             self._fault_in(list(missing))
         slots = super().slots_for(partitions, keys)
@@ -80,6 +78,9 @@ class RocksStore(KeyedStore):
     def lookup(self, partition: PartitionId, key: bytes) -> int | None:
         if key not in self.tables.get(partition, ()):
             self._fault_in([(partition, key)])
+            slot = super().lookup(partition, key)
+            if slot is not None:  # read now, not by a batch: free to be evicted at once
+                self.last_used[slot] = self.applied_generation
         return super().lookup(partition, key)
 
     def key_count(self, partition: PartitionId) -> int:
@@ -99,10 +100,20 @@ class RocksStore(KeyedStore):
             db = self._db(partition)
             if db is None:
                 continue
+            # A key forgotten since the last commit (its tombstone not yet persisted) is not read back.
+            pending = self._changed.get(partition, set())
+            keys = [key for key in keys if key not in pending]
             stored: list[bytes | None] = db.get([KEY_PREFIX + k for k in keys])  # type: ignore[assignment]
             for key, value in zip(keys, stored, strict=True):
                 if value is not None:
-                    times, values, offset = decode_state(value, self.layout_id, self.fields, self.capacity)
+                    try:
+                        times, values, offset = decode_state(value, self.layout_id, self.fields, self.capacity)
+                    except StateError as exc:  # a damaged copy: emptied, so the restart rebuilds it
+                        self.databases.wipe(partition)
+                        raise StateError(
+                            f"the local state of {partition[0]}[{partition[1]}]: {exc}; emptied, "
+                            "restart the worker to rebuild it from the changelog"
+                        ) from None
                     super().load(partition, key, times, values, offset)
                     slot = self.tables[partition][key]
                     self.dirty[slot], self.last_used[slot] = False, self.generation + 1
@@ -175,28 +186,21 @@ class RocksStore(KeyedStore):
         db = self._db(partition)
         if db is None:
             return forgotten
-        table = self.tables.get(partition, {})
-        pending = self._changed.get(partition, set())
-        it = db.iter()
-        it.seek(self._sweep_from.get(partition, KEY_PREFIX))
-        idle: list[bytes] = []
-        for _ in range(SWEEP_SCAN_KEYS):
-            if not it.valid() or it.key()[:1] != KEY_PREFIX:
-                break
-            key = it.key()[1:]
-            if key not in table and key not in pending:
-                newest = newest_time(it.value())
-                if newest is not None and newest < idle_before_ms:
-                    idle.append(key)
-            it.next()
-        self._sweep_from[partition] = it.key() if it.valid() and it.key()[:1] == KEY_PREFIX else KEY_PREFIX
-        del it
+        cached, pending = self.tables.get(partition, {}), self._changed.get(partition, set())
+        idle = [
+            key
+            for key in self.databases.idle_keys(partition, idle_before_ms, SWEEP_SCAN_KEYS)
+            if key not in cached and key not in pending
+        ]
         for key in idle:
             if self.track_changes:
                 self._changed.setdefault(partition, set()).add(key)  # a tombstone at the next commit
             else:
                 del db[KEY_PREFIX + key]
         return forgotten + len(idle)
+
+    async def acquire(self, partition: PartitionId) -> None:
+        await self.databases.acquire(partition)
 
     def open(self, partition: PartitionId) -> tuple[int, int | None] | None:
         return self.databases.checkpoint(partition)
@@ -239,7 +243,6 @@ class RocksStore(KeyedStore):
         super().drop_partitions(partitions)
         for partition in partitions:
             self._restoring.pop(partition, None)
-            self._sweep_from.pop(partition, None)
         self.databases.close(partitions)
 
     def close(self) -> None:

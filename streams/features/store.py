@@ -11,12 +11,23 @@ the changelog; a key forgotten by ``sweep`` (idle past its TTL) is written as a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 # A partition as the store sees it: (topic, partition), what ``streams.records.Partition`` is too.
 PartitionId = tuple[str, int]
+
+
+def partition_runs(partitions: Sequence[PartitionId]) -> Iterator[tuple[PartitionId, int, int]]:
+    """``(partition, start, stop)`` of each run of equal partitions (a batch holds each fetched
+    partition's records together, so there are about as many runs as partitions)."""
+    start = 0
+    for partition, run in itertools.groupby(partitions):
+        stop = start + sum(1 for _ in run)
+        yield partition, start, stop
+        start = stop
 
 
 def newest_times(times: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -61,17 +72,24 @@ class KeyedStore:
         marked changed (its events are about to be appended)."""
         self.generation += 1
         slots = np.empty(len(keys), dtype=np.int64)
-        for i, (partition, key) in enumerate(zip(partitions, keys, strict=True)):
+        for partition, lo, hi in partition_runs(partitions):
             table = self.tables.get(partition)
             if table is None:
                 table = self.tables[partition] = {}
                 self._changed[partition] = set()
-            slot = table.get(key)
-            if slot is None:
-                slot = table[key] = self._new_slot_for(partition, key)
+            group = keys[lo:hi]
+            found = [table.get(key) for key in group]
+            if None in found:
+                for i, slot in enumerate(found):
+                    if slot is None:  # new (or new earlier in this group)
+                        key = group[i]
+                        slot = table.get(key)
+                        found[i] = (
+                            slot if slot is not None else table.setdefault(key, self._new_slot_for(partition, key))
+                        )
+            slots[lo:hi] = found  # type: ignore[assignment]  # no None left
             if self.track_changes:
-                self._changed[partition].add(key)
-            slots[i] = slot
+                self._changed[partition].update(group)
         return slots
 
     def clear(self, slots: np.ndarray) -> None:
@@ -114,6 +132,9 @@ class KeyedStore:
         """Before a restore: the changelog offset the local copy reflects and the partition's event
         time there, or None to restore from the beginning (there is no local copy)."""
         return None
+
+    async def acquire(self, partition: PartitionId) -> None:
+        """Before ``open``: take hold of the partition's local copy (waiting for another process)."""
 
     def wipe(self, partition: PartitionId) -> None:
         """Forget the local copy of ``partition`` (it cannot be brought up to date from the changelog)."""

@@ -106,6 +106,8 @@ class Changelog:
         self._uncommitted = {p: w for p, w in self._uncommitted.items() if p not in partitions}
         store = self.step.store
         owner = {p.partition: p for p in partitions}
+        for partition in partitions:
+            await store.acquire(partition)
         consumer = self.new_consumer()
         await start_consumer(consumer)
         try:

@@ -61,7 +61,7 @@ def test_the_report_renders_every_section() -> None:
         "bytes_per_key": 356.0,
         "flushed_keys_per_s": 3e4,
         "memory": timed,
-        "rocksdb": timed | {"disk_bytes_per_key": 200.0, "rss_delta_per_key": 50.0},
+        "rocksdb": timed | {"disk_bytes_per_key": 200.0, "rss_delta_mib": 50.0},
         "rocksdb_restart": timed | {"seconds": 0.01, "keys_per_s": 1e5},
     }
     text = report(

@@ -6,6 +6,8 @@ never stopped."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -185,17 +187,32 @@ def test_a_database_of_another_layout_is_wiped_and_restored_from_the_beginning(t
     other.close()
 
 
+def hold_database(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding the database at ``path`` for ``seconds``; returns once it holds it."""
+    code = (
+        "import sys, time\nfrom rocksdict import Options, Rdict\n"
+        f"db = Rdict({str(path)!r}, Options(raw_mode=True))\nprint('held', flush=True)\n"
+        f"time.sleep({seconds})\ndb.close()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_a_database_locked_by_another_process_is_replaced_by_a_private_one(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(local_db, "LOCK_WAIT_S", 0.2)
     spec = spec_with(10_000, 5_000, 4)
-    holder = rocks_step(spec, tmp_path, 10, live=True)
-    second = rocks_step(spec, tmp_path, 10, live=True)
-    assert "in use by another process" in caplog.text
-    private = [p for p in tmp_path.iterdir() if p.name.count(".") == 1]
-    assert private
-    second.store.close()
-    assert not any(p.exists() for p in private)
-    holder.store.close()
+    holder = hold_database(tmp_path / "t-0", 60)
+    try:
+        second = rocks_step(spec, tmp_path, 10, live=True)
+        assert "in use by another process" in caplog.text
+        private = [p for p in tmp_path.iterdir() if p.name.count(".") == 1]
+        assert private
+        second.store.close()
+        assert not any(p.exists() for p in private)
+    finally:
+        holder.kill()
+        holder.communicate()
 
 
 @pytest.mark.parametrize("topic", ["..", ".", "a/b", "a\\b"])
@@ -203,3 +220,89 @@ def test_a_topic_name_cannot_climb_out_of_the_state_directory(tmp_path, topic):
     store = RocksStore(4, 2, layout_id=b"12345678", directory=tmp_path, cache_keys=10)
     with pytest.raises(StateError, match="cannot keep the state"):
         store.open((topic, 0))
+
+
+def test_a_database_sluice_did_not_write_is_emptied_not_trusted(tmp_path):
+    from rocksdict import Options, Rdict
+
+    path = tmp_path / "t-0"
+    foreign = Rdict(str(path), Options(raw_mode=True))
+    foreign[b"kx"] = b"not a sluice state"
+    foreign.close()
+    spec = spec_with(10_000, 5_000, 4)
+    step = rocks_step(spec, tmp_path, 10, live=True)
+    got, _ = step.compute([PARTITIONS[0]], [b"x"], np.array([1]), np.ones((1, 2), np.float32), np.array([0]))
+    assert got["count_before"][0] == 0
+    step.store.close()
+
+
+def test_a_damaged_state_in_the_database_empties_it_and_says_to_restart(tmp_path):
+    spec = spec_with(10_000, 10**9, 4)
+    step = rocks_step(spec, tmp_path, 10, live=True)
+    step.store.databases.open(PARTITIONS[0])[KEY_PREFIX + b"x"] = b"SK1 damaged"
+    with pytest.raises(StateError, match="restart the worker"):
+        step.store.lookup(PARTITIONS[0], b"x")
+    assert step.store.open(PARTITIONS[0]) is None  # emptied: the restart restores from the changelog
+    step.store.close()
+
+
+def test_reading_keys_for_the_endpoint_keeps_the_cache_within_its_bound(tmp_path):
+    spec = spec_with(10_000, 10**9, 4)
+    step = rocks_step(spec, tmp_path, 20, live=True)
+    keys = [b"key-%d" % i for i in range(200)]
+    for lo in range(0, 200, 10):
+        _, update = step.compute(
+            [PARTITIONS[0]] * 10, keys[lo : lo + 10], np.full(10, 5), np.ones((10, 2), np.float32), np.arange(10)
+        )
+        step.apply(update)
+        commit(step, [lo])
+    for key in keys:
+        assert step.store.lookup(PARTITIONS[0], key) is not None
+    assert len(step.store) <= 20
+    step.store.close()
+
+
+def test_a_key_forgotten_since_the_last_commit_is_not_read_back_from_the_database(tmp_path):
+    spec = spec_with(10_000, 5_000, 4)
+    step = rocks_step(spec, tmp_path, 10, live=True)
+    _, update = step.compute([PARTITIONS[0]], [b"old"], np.array([1_000]), np.ones((1, 2), np.float32), np.array([0]))
+    step.apply(update)
+    commit(step, [0])
+    _, update = step.compute([PARTITIONS[0]], [b"new"], np.array([90_000]), np.ones((1, 2), np.float32), np.array([1]))
+    step.apply(update)
+    step.sweep(PARTITIONS[0])  # "old" is forgotten: its tombstone goes with the next commit
+    assert step.store.lookup(PARTITIONS[0], b"old") is None
+    step.store.close()
+
+
+async def test_a_worker_waits_for_another_process_to_let_go_without_blocking_its_loop(tmp_path, monkeypatch):
+    import asyncio
+
+    monkeypatch.setattr(local_db, "LOCK_WAIT_S", 30)
+    spec = spec_with(10_000, 5_000, 4)
+    holder = hold_database(tmp_path / "t-0", 0.5)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    other = local_db.PartitionDatabases(tmp_path, spec.layout_id)
+    await other.acquire(PARTITIONS[0])  # the holder lets go after 0.5 s
+    ticker.cancel()
+    holder.communicate()
+    assert ticks >= 5
+    assert other.get(PARTITIONS[0]) is not None and not other._private  # the shared one, not a private copy
+    other.close()
+
+
+def test_folders_of_processes_that_are_gone_are_removed(tmp_path):
+    import os
+
+    for name in ("t-0.999999999", "backfill-999999999-abc", f"t-1.{os.getpid()}", "t-2", "backfill-x"):
+        (tmp_path / name).mkdir()
+    local_db.remove_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"t-1.{os.getpid()}", "t-2", "backfill-x"])
