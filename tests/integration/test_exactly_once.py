@@ -1,6 +1,7 @@
 """Exactly-once delivery against the real broker: a read_committed consumer sees every source
-position exactly once (0 missing, 0 duplicates) across a SIGKILL, a rebalance, and a worker
-paused past its session timeout that wakes up while another owns its partitions.
+position exactly once (0 missing, 0 duplicates) across a SIGKILL, a rebalance, a broker
+restart, and a worker paused past its session timeout that wakes up while another owns its
+partitions.
 
 Each test first makes the worker reach a known point: outputs sent in a transaction that is
 still open (visible to a read_uncommitted reader, not to a read_committed one).
@@ -18,6 +19,7 @@ import orjson
 
 from app.demo_events import demo_events
 from tests.integration.kafka_helpers import (
+    ROOT,
     finished,
     produce_raw,
     read_topic,
@@ -61,19 +63,31 @@ async def until_a_transaction_is_open(kafka: str, topic: str, *, at_least: int, 
     raise AssertionError(f"no open transaction on {topic} after {within_s}s")
 
 
-async def exactly_once_outputs(kafka: str, topics: dict[str, str], count: int, within_s: float = 120) -> None:
+async def exactly_once_outputs(
+    kafka: str, topics: dict[str, str], count: int, *, letters: int = 0, within_s: float = 120
+) -> None:
+    """``count`` positions, each with exactly one output: a prediction, or one of ``letters`` dead letters."""
     outputs = await read_topic(
-        kafka, topics["output_topic"], expected=count, within_s=within_s, idle=3, isolation_level="read_committed"
+        kafka,
+        topics["output_topic"],
+        expected=count - letters,
+        within_s=within_s,
+        idle=3,
+        isolation_level="read_committed",
     )
-    letters = await read_topic(
-        kafka, topics["dead_letter_topic"], expected=0, within_s=5, idle=2, isolation_level="read_committed"
+    dead = await read_topic(
+        kafka, topics["dead_letter_topic"], expected=letters, within_s=30, idle=2, isolation_level="read_committed"
     )
-    seen = positions(outputs) + positions(letters)
+    seen = positions(outputs) + positions(dead)
     expected = {(topics["input_topic"], p, o) for (_, p, o) in seen}
     duplicates = {pos: n for pos, n in seen.items() if n > 1}
     assert not duplicates, f"{len(duplicates)} positions with more than one output, e.g. {list(duplicates)[:5]}"
     assert len(seen) == count, f"{count - len(seen)} positions without an output"
     assert set(seen) == expected
+
+
+def restart_broker() -> None:
+    subprocess.run([str(ROOT / "docker" / "kafka-local"), "restart"], check=True, timeout=180)
 
 
 def bad_events(count: int) -> list[tuple[bytes | None, bytes | None]]:
@@ -96,7 +110,7 @@ async def test_a_worker_killed_mid_transaction_leaves_every_position_scored_exac
         assert first.wait(timeout=120) == -signal.SIGKILL
     with running_worker(config, tmp_path / "second.log", ready_text="pipeline eoskill: scoring") as second:
         finished(producer)
-        await exactly_once_outputs(kafka, topics, count + bad)
+        await exactly_once_outputs(kafka, topics, count + bad, letters=bad)
         assert stop_gracefully(second) == 0
     committed, everything = await committed_and_all(kafka, topics["output_topic"])
     assert everything > committed, "the killed worker's open transaction was aborted, not committed"
@@ -123,6 +137,30 @@ async def test_a_rebalance_to_a_second_worker_and_back_scores_every_position_exa
         await exactly_once_outputs(kafka, topics, 5000)
         assert first.poll() is None
     assert "exactly-once:" not in first_log.read_text() + second_log.read_text()
+
+
+async def test_a_broker_restart_mid_transaction_is_survived_with_every_position_scored_exactly_once(kafka, tmp_path):
+    name = unique("eos-restart")
+    topics = topics_for(name)
+    # A long interval: the known point below (everything scored, nothing committed) lasts 10 s.
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="eosrestart", extra=exactly_once(10_000), **topics)
+    events = [(e.key, e.value) for e in demo_events(3000, seed=34)]
+    log = tmp_path / "worker.log"
+
+    with running_worker(config, log, ready_text="transactions open for ") as worker:
+        await produce_raw(kafka, topics["input_topic"], bad_events(20) + events[:1000])
+        # Known point: the first 1,000 outputs sent in transactions still open when the broker goes.
+        committed, everything = 0, 0
+        for _ in range(30):
+            committed, everything = await committed_and_all(kafka, topics["output_topic"])
+            if everything >= 1000:
+                break
+        assert (committed, everything) == (0, 1000)
+        await asyncio.to_thread(restart_broker)
+        await produce_raw(kafka, topics["input_topic"], events[1000:])
+        await exactly_once_outputs(kafka, topics, 3020, letters=20, within_s=180)
+        assert worker.poll() is None, f"the worker died with the broker:\n{log.read_text()[-3000:]}"
+    assert "stopped on an error" not in log.read_text()
 
 
 async def test_a_worker_paused_past_its_session_is_fenced_and_commits_nothing(kafka, tmp_path):
