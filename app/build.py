@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from app.config import Config, PipelineConfig
 from app.kafka_clients import Connection, make_producer
-from app.topics import max_message_bytes
+from app.topics import compacted_topics, max_message_bytes
 from models.loading import LoadedModel
 from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
@@ -162,10 +162,12 @@ async def build_transactional_sink(
     """Exactly-once: the live worker's transactional producers (one per input partition, made as
     partitions are assigned) and the sink that sends with them, not started."""
     transactions = build_partition_transactions(conn, pipeline, **settings)
+    outputs = [pipeline.output_topic, pipeline.dead_letter_topic]
     sink = TransactionalSink(
         transactions,
         input_topic=pipeline.input_topics[0],
-        max_record_bytes=await max_message_bytes(conn, [pipeline.output_topic, pipeline.dead_letter_topic]),
+        max_record_bytes=await max_message_bytes(conn, outputs),
+        compacted=await compacted_topics(conn, outputs),
     )
     return transactions, sink
 

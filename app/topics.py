@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -135,13 +135,10 @@ async def ensure_changelog(
                 await admin.create_topics([NewTopic(topic, inputs, 1, topic_configs=compacted)])
             log.info("created the state changelog %s (compacted, %d partitions)", topic, inputs)
             await _wait_for_leaders(admin, [topic], timeout_s)
-        (response,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None, "max.message.bytes": None})]
-        )
     finally:
         await admin.close()
-    settings = {name: value for *_, entries in response.resources for name, value, *_ in entries}
-    if "compact" not in str(settings.get("cleanup.policy", "")).split(","):
+    settings = (await topic_settings(conn, [topic], ["cleanup.policy", "max.message.bytes"])).get(topic, {})
+    if not is_compacted(settings):
         raise TopicMissingError(
             f"the state changelog {topic} has cleanup.policy={settings.get('cleanup.policy')}: state would be deleted "
             f"at the topic's retention; set cleanup.policy=compact on it, or name another changelog_topic"
@@ -187,21 +184,38 @@ async def partitions_of(conn: Connection | str, topic: str) -> list[int]:
     return sorted(p["partition"] for p in described["partitions"])
 
 
-async def max_message_bytes(conn: Connection | str, topics: Iterable[str]) -> dict[str, int]:
-    """Each existing topic's ``max.message.bytes``: the largest record batch it accepts."""
+async def topic_settings(
+    conn: Connection | str, topics: Iterable[str], names: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """The settings ``names`` of each existing topic among ``topics`` (a missing topic is left out)."""
     wanted = sorted(set(topics))
     admin = make_admin(as_connection(conn))
     await admin.start()
     try:
         responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in wanted]
+            [ConfigResource(ConfigResourceType.TOPIC, t, dict.fromkeys(names)) for t in wanted]
         )
     finally:
         await admin.close()
-    limits: dict[str, int] = {}
+    found: dict[str, dict[str, str]] = {}
     for response in responses:
         for error_code, _, _, topic, entries in response.resources:
-            for name, value, *_ in entries if error_code == 0 else ():
-                if name == "max.message.bytes":
-                    limits[topic] = int(value)
-    return limits
+            if error_code == 0:
+                found[topic] = {name: value for name, value, *_ in entries if name in names}
+    return found
+
+
+async def max_message_bytes(conn: Connection | str, topics: Iterable[str]) -> dict[str, int]:
+    """Each existing topic's ``max.message.bytes``: the largest record batch it accepts."""
+    settings = await topic_settings(conn, topics, ["max.message.bytes"])
+    return {topic: int(s["max.message.bytes"]) for topic, s in settings.items() if "max.message.bytes" in s}
+
+
+def is_compacted(settings: Mapping[str, str]) -> bool:
+    return "compact" in str(settings.get("cleanup.policy", "")).split(",")
+
+
+async def compacted_topics(conn: Connection | str, topics: Iterable[str]) -> set[str]:
+    """The compacted ones among ``topics``: they refuse records without a key."""
+    settings = await topic_settings(conn, topics, ["cleanup.policy"])
+    return {topic for topic, s in settings.items() if is_compacted(s)}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
@@ -153,8 +153,10 @@ class PartitionTransactions:
 class TransactionalSink:
     """A ``streams.pipeline.Sink`` that sends each output with its input partition's producer, in
     its open transaction, to the input's partition number (modulo the topic's count), keyed like
-    its input. A record over its topic's limit is not sent but reported as ``OutputRefused`` (to
-    be dead-lettered in the same transaction); any other failure raises ``TransactionFailed``.
+    its input. A record the broker would refuse for good (over its topic's limit, or without a
+    key for a compacted topic) is not sent but reported as ``OutputRefused``, to be dead-lettered
+    in the same transaction: sent, the broker's refusal would fail the whole transaction, and the
+    same record again after each restart. Any other failure raises ``TransactionFailed``.
     """
 
     def __init__(
@@ -163,10 +165,12 @@ class TransactionalSink:
         *,
         input_topic: str,
         max_record_bytes: Mapping[str, int] | None = None,
+        compacted: Iterable[str] = (),
     ) -> None:
         self.transactions = transactions
         self.input_topic = input_topic
         self._limits = dict(max_record_bytes or {})
+        self._compacted = frozenset(compacted)
         self._partition_counts: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -186,6 +190,9 @@ class TransactionalSink:
         for record in records:
             if record_size(record) > self.limit(record.topic):
                 refused.append((record, f"the record is over {self.limit(record.topic)} bytes, the topic's limit"))
+                continue
+            if record.key is None and record.topic in self._compacted:
+                refused.append((record, f"{record.topic} is compacted: it refuses records without a key"))
                 continue
             source = record.partition if record.partition is not None else -1
             groups.setdefault((source, record.topic), []).append(record)

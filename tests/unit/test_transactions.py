@@ -170,6 +170,18 @@ async def test_an_output_over_the_topic_limit_is_refused_and_the_rest_sent_in_th
     assert [c[4] for c in fakes.done("send")] == [[b"ok"]]
 
 
+async def test_an_output_without_a_key_for_a_compacted_topic_is_refused_not_sent():
+    fakes, transactions = await owning(0)
+    sink = TransactionalSink(transactions, input_topic=TOPIC, compacted={"scores"})
+    keyless = output(0, b"no key")._replace(key=None)
+    with pytest.raises(OutputRefused) as refused:
+        await (await sink.send([keyless, output(0, b"ok")]))
+    assert [(r.value, reason) for r, reason in refused.value.refused] == [
+        (b"no key", "scores is compacted: it refuses records without a key")
+    ]
+    assert [c[4] for c in fakes.done("send")] == [[b"ok"]]
+
+
 async def test_a_fenced_commit_stops_everything_at_once_and_commits_nothing_more():
     fakes, transactions = await owning(0, 1)
     commits = TransactionCommits(transactions, interval_ms=60_000)
