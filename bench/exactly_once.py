@@ -3,13 +3,14 @@
 
     docker/kafka-local start
     .venv/bin/python -m bench.exactly_once                         # MLP, 20,000-event backlog, 2 intervals
-    .venv/bin/python -m bench.exactly_once --intervals 100,1000 --rate 1500 --seconds 8
+    .venv/bin/python -m bench.exactly_once --intervals 100,1000 --rates 1500,6000 --seconds 8
 
 For each setting: the drain rate of a backlog produced beforehand (outputs read with
-``read_committed``, rate by their append times), then p50/p99 latency at one open-loop offered
-rate, from the input's CreateTime to the moment a ``read_committed`` consumer on this machine
-receives the output: an exactly-once output is appended at once but visible only when its
-transaction commits, so the broker's append time would hide the interval. ``--rounds`` repeats
+``read_committed``, rate by their append times), then p50/p99 latency at each open-loop offered
+rate (the same rates for every setting), from the input's CreateTime to the moment a
+``read_committed`` consumer on this machine receives the output: an exactly-once output is
+appended at once but visible only when its transaction commits, so the broker's append time
+would hide the interval. ``--rounds`` repeats
 the settings in turn (the machine may be shared). Results go to
 bench/results/exactly_once.{md,json}; the run's topics (prefix ``--prefix``) are deleted.
 """
@@ -78,8 +79,8 @@ async def visible_latency(topic_in: str, topic_out: str, rate: float, seconds: f
     tps = [TopicPartition(topic_out, p) for p in range(PARTITIONS)]
     consumer.assign(tps)
     await consumer.seek_to_end(*tps)
-    items = events(int(rate * seconds), seed=7)
-    wanted, latencies = ids_of(items), []
+    items = events(int(rate * seconds), seed=7 + int(rate))  # ids of their own at each rate
+    wanted, latencies = ids_of(items), list[float]()
 
     async def receive() -> None:
         while len(latencies) < len(wanted):
@@ -104,7 +105,15 @@ async def visible_latency(topic_in: str, topic_out: str, rate: float, seconds: f
 
 
 async def measure(
-    label: str, delivery: str, *, model: str, backlog: int, rate: float, seconds: float, workdir: Path, prefix: str
+    label: str,
+    delivery: str,
+    *,
+    model: str,
+    backlog: int,
+    rates: list[float],
+    seconds: float,
+    workdir: Path,
+    prefix: str,
 ) -> dict[str, object]:
     tag = f"{prefix}-{label}-{int(time.time())}"
     await create_topics([f"{tag}-in"])
@@ -112,44 +121,45 @@ async def measure(
     items = events(backlog, seed=1)
     await produce(f"{tag}-in", items)
     worker = start_worker(tag, model, delivery, workdir)
+    latencies: dict[str, tuple[float, float]] = {}
     try:
         drain = output_rate(await read_outputs(f"{tag}-out", ids_of(items), timeout_s=300))
         print(f"  {label:24s} drains a backlog of {backlog:,} at {drain:,.0f}/s", flush=True)
-        p50, p99 = await visible_latency(f"{tag}-in", f"{tag}-out", rate, seconds)
-        print(f"  {label:24s} at {rate:,.0f}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms until visible", flush=True)
+        for rate in rates:
+            p50, p99 = await visible_latency(f"{tag}-in", f"{tag}-out", rate, seconds)
+            latencies[f"{rate:.0f}"] = (p50, p99)
+            print(f"  {label:24s} at {rate:,.0f}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms until visible", flush=True)
     finally:
         stop_worker(worker)
         await drop_topics(BOOTSTRAP, f"{tag}-")
-    return {
-        "label": label,
-        "drain_per_s": drain,
-        "rate": rate,
-        "p50_ms": p50,
-        "p99_ms": p99,
-    }
+    return {"label": label, "drain_per_s": drain, "latency_ms": latencies}
 
 
 def report(results: dict[str, object]) -> str:
     rows = results["settings"]
-    assert isinstance(rows, list)
+    rates = results["rates"]
+    assert isinstance(rows, list) and isinstance(rates, list)
     base = 1.0
     lines = [
         f"# Exactly-once vs at-least-once ({results['model']}, {results['started']}, {results['cpus']} CPUs)",
         "",
-        f"`python -m bench.exactly_once --backlog {results['backlog']} --rate {results['rate']:.0f} "
+        f"`python -m bench.exactly_once --backlog {results['backlog']} --rates {','.join(f'{r:.0f}' for r in rates)} "
         f"--seconds {results['seconds']:.0f} --intervals {results['intervals']} --rounds {results['rounds']}`; "
-        "one run; outputs read with read_committed.",
+        "one run; outputs read with read_committed; latency from the input's CreateTime until a read_committed "
+        "reader on this machine receives the output (p50 / p99 ms, the first fifth of each point left out as warm-up).",
         "",
-        f"| round | delivery | backlog drain (events/s) | vs at-least-once | p50 / p99 until visible at "
-        f"{results['rate']:,.0f}/s (ms) |",
-        "| ---: | --- | ---: | ---: | ---: |",
+        "| round | delivery | backlog drain (events/s) | vs at-least-once | "
+        + " | ".join(f"at {r:,.0f}/s" for r in rates)
+        + " |",
+        "| ---: | --- | ---: | ---: |" + " ---: |" * len(rates),
     ]
     for row in rows:
         if row["label"] == "at_least_once":
             base = row["drain_per_s"] or 1.0
+        points = " | ".join("{:.0f} / {:.0f}".format(*row["latency_ms"][f"{r:.0f}"]) for r in rates)
         lines.append(
             f"| {row['round']} | {row['label']} | {row['drain_per_s']:,.0f} | {row['drain_per_s'] / base:.2f}x "
-            f"| {row['p50_ms']:.0f} / {row['p99_ms']:.0f} |"
+            f"| {points} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -158,7 +168,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fraud-mlp")
     parser.add_argument("--backlog", type=int, default=20_000)
-    parser.add_argument("--rate", type=float, default=1500.0, help="offered events/s of the latency point")
+    parser.add_argument("--rates", default="1500,6000", help="offered events/s of the latency points")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of the latency point")
     parser.add_argument("--intervals", default="100,1000", help="transaction_interval_ms values to measure")
     parser.add_argument("--rounds", type=int, default=1, help="run every setting this many times, in turn")
@@ -174,7 +184,7 @@ def main() -> int:
     results: dict[str, object] = {
         "model": args.model,
         "backlog": args.backlog,
-        "rate": args.rate,
+        "rates": [float(r) for r in args.rates.split(",")],
         "seconds": args.seconds,
         "intervals": args.intervals,
         "rounds": args.rounds,
@@ -191,7 +201,7 @@ def main() -> int:
                     delivery,
                     model=args.model,
                     backlog=args.backlog,
-                    rate=args.rate,
+                    rates=[float(r) for r in args.rates.split(",")],
                     seconds=args.seconds,
                     workdir=workdir,
                     prefix=args.prefix,

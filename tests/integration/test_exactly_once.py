@@ -63,6 +63,16 @@ async def until_a_transaction_is_open(kafka: str, topic: str, *, at_least: int, 
     raise AssertionError(f"no open transaction on {topic} after {within_s}s")
 
 
+async def until_sent_and_none_committed(kafka: str, topic: str, count: int, tries: int = 60) -> None:
+    """Until ``topic`` holds ``count`` outputs, all in transactions still open (a long interval's)."""
+    committed, everything = 0, 0
+    for _ in range(tries):
+        committed, everything = await committed_and_all(kafka, topic)
+        if everything >= count:
+            break
+    assert (committed, everything) == (0, count)
+
+
 async def exactly_once_outputs(
     kafka: str, topics: dict[str, str], count: int, *, letters: int = 0, within_s: float = 120
 ) -> None:
@@ -150,12 +160,7 @@ async def test_a_broker_restart_mid_transaction_is_survived_with_every_position_
     with running_worker(config, log, ready_text="transactions open for ") as worker:
         await produce_raw(kafka, topics["input_topic"], bad_events(20) + events[:1000])
         # Known point: the first 1,000 outputs sent in transactions still open when the broker goes.
-        committed, everything = 0, 0
-        for _ in range(30):
-            committed, everything = await committed_and_all(kafka, topics["output_topic"])
-            if everything >= 1000:
-                break
-        assert (committed, everything) == (0, 1000)
+        await until_sent_and_none_committed(kafka, topics["output_topic"], 1000)
         await asyncio.to_thread(restart_broker)
         await produce_raw(kafka, topics["input_topic"], events[1000:])
         await exactly_once_outputs(kafka, topics, 3020, letters=20, within_s=180)
@@ -179,12 +184,7 @@ async def test_a_worker_paused_past_its_session_is_fenced_and_commits_nothing(ka
     with running_worker(slow, zombie_log, ready_text="transactions open for ") as zombie:
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in events[:1500]])
         # Known point: the zombie scored the first half, in transactions still open.
-        committed, everything = 0, 0
-        for _ in range(60):
-            committed, everything = await committed_and_all(kafka, topics["output_topic"])
-            if everything >= 1500:
-                break
-        assert (committed, everything) == (0, 1500)
+        await until_sent_and_none_committed(kafka, topics["output_topic"], 1500)
         zombie.send_signal(signal.SIGSTOP)
         try:
             with running_worker(fast, owner_log, ready_text="transactions open for ") as owner:
