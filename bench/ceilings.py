@@ -10,9 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -20,23 +24,45 @@ import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS
+from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS, build_stateful_inputs
+from app.config import PipelineConfig, load_config
 from app.demo_events import demo_events
+from app.pipeline_toml import write_pipeline_config
 from app.topics import partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 from models.synthetic import generate
 from models.train import model_inputs
-from streams.codec import EventSchema, TensorField
 from streams.kafka.sink import KafkaSink
 from streams.pipeline import Pipeline, PipelineTopics
 from streams.records import OutputRecord
 
 SIZES = (1, 8, 32, 64, 128, 256, 512)
-SCHEMAS = {
-    name: EventSchema("id", tuple(TensorField(f, s) for f, s in zip(m.inputs, m.shapes, strict=True)))
-    for name, m in DEMO_MODELS.items()
-}
+
+
+@functools.cache
+def demo_pipeline(model: str) -> PipelineConfig:
+    """The demo model's pipeline as a worker runs it (the transformer's with per-key state: its
+    history is kept per account, not carried by the events)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bench.toml"
+        write_pipeline_config(
+            path,
+            bootstrap="localhost:9092",
+            pipeline="bench",
+            input_topic="in",
+            output_topic="out",
+            dead_letter_topic="dlq",
+            demo=model,
+        )
+        return load_config(path, environ={}).pipeline("bench")
+
+
+def demo_parts(model: str) -> dict[str, Any]:
+    """What a ceiling's Pipeline takes from the demo pipeline: its decoder's schema and, for a
+    stateful one, its per-key features (computed as a backfill does: no changelog)."""
+    config = demo_pipeline(model)
+    return {"schema": config.schema, "stateful": build_stateful_inputs(config, "backfill")}
 
 
 def model_alone(model: str, *, threads: int, min_seconds: float = 0.5) -> dict[str, object]:
@@ -118,7 +144,7 @@ async def transport_alone(bootstrap: str, model: str, count: int, *, prefix: str
         await sink.start()
         pipeline = Pipeline(
             name="transport",
-            schema=SCHEMAS[model],
+            **demo_parts(model),
             runner=ZeroRunner(),
             sink=sink,
             topics=PipelineTopics(topic_out, f"{topic_out}-dlq"),
@@ -179,7 +205,7 @@ async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -
     decoding them with the pipeline's own decoder: no model, nothing produced."""
     pipeline = Pipeline(
         name="fetch-decode",
-        schema=SCHEMAS[model],
+        **demo_parts(model),
         runner=ZeroRunner(),
         sink=_Unused(),
         topics=PipelineTopics(f"{topic}-unused", f"{topic}-unused-dlq"),
@@ -192,7 +218,7 @@ async def read_ceilings(bootstrap: str, model: str, topic: str, count: int) -> d
     the beginning: aiokafka ``getmany`` alone (records fetched, nothing decoded), and ``getmany``
     + ``orjson.loads`` of every value + one ``np.array`` per model input over the batch (what a
     careful hand-written consumer does). Each the best of two reads: these machines are noisy."""
-    fields = DEMO_MODELS[model].inputs
+    fields = [f.field for f in demo_pipeline(model).schema.inputs]  # the event's fields the pipeline reads
 
     def parse(records: list[ConsumerRecord]) -> None:
         events = [orjson.loads(r.value) for r in records]
