@@ -8,6 +8,7 @@ the key, the value and what was expected; ``config/sluice.toml`` documents every
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -307,6 +308,9 @@ def _changelog_topic(t: _Table, state: StateSpec | None, group_id: str) -> str:
     others += t.data.get("input_topics") or []
     if topic in others:
         raise state_table.fail("changelog_topic", topic, "a topic of its own (it holds the state, compacted)")
+    # Kafka's rule for topic names; the name is also a folder of a rocksdb store's databases.
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) or topic in {".", ".."}:
+        raise state_table.fail("changelog_topic", topic, "a Kafka topic name: letters, digits, '.', '_', '-'")
     return topic
 
 

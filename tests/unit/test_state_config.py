@@ -80,6 +80,7 @@ def test_a_rocksdb_store_keeps_its_databases_relative_to_the_config_file(tmp_pat
         (("ttl_s = 60", 'changelog_topic = "out"'), "'pipelines.p.state.changelog_topic' has value 'out'"),
         (("history_events = 8", 'store = "rocksdb"\ncache_keys = 0'), "'pipelines.p.state.cache_keys' has value 0"),
         (("history_events = 8", "directory = 3"), "'pipelines.p.state.directory' has value 3"),
+        (("ttl_s = 60", 'changelog_topic = "../up"'), "'pipelines.p.state.changelog_topic' has value '../up'"),
     ],
 )
 def test_a_bad_state_table_names_the_key_and_what_was_expected(tmp_path, change, expected):
