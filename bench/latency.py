@@ -369,10 +369,10 @@ async def run(
         }
         reference = 0.0
         runnable = strategies
-        if model in DEMO_STATE and strategies != ["adaptive"]:
-            # Its history comes from per-key state, which the Faust and Quix peers here do not keep.
-            runnable = [s for s in strategies if s == "adaptive"]
-            print(f"  {model}: peers skipped (its features are per-key state; the peers keep none)", flush=True)
+        if model in DEMO_STATE and {"take", "per-event"} & set(strategies):
+            # Its history is per-key state: the Quix peers keep it in Quix's State; the Faust peers keep none yet.
+            runnable = [s for s in strategies if s not in ("take", "per-event")]
+            print(f"  {model}: Faust peers skipped (its features are per-key state; they keep none)", flush=True)
         for strategy in runnable:
             tag = f"{prefix}-{model}-{strategy}-{int(time.time())}"
             drain, rate, topic_in, topic_out, worker = await saturation(

@@ -69,6 +69,24 @@ class DemoModel:
             return list(self.module(*tensors).tolist())
 
 
+# The transformer's input ``history``: the account's last 16 transactions, this one included,
+# as sluice's demo pipeline keeps them per key (app.pipeline_toml.DEMO_STATE); a peer keeps the
+# rows in its framework's own per-key state and passes them here.
+HISTORY_EVENTS = 16
+HISTORY_FIELDS = ("amount", "merchant_risk", "foreign")
+
+
+def with_history(doc: dict[str, Any], kept: list[list[float]]) -> tuple[dict[str, Any], list[list[float]]]:
+    """``doc`` with its ``history`` (zero rows first, a mask column last), and the rows to keep."""
+    kept = [*kept, [float(doc[f]) for f in HISTORY_FIELDS]][-HISTORY_EVENTS:]
+    padding = [[0.0] * (len(HISTORY_FIELDS) + 1)] * (HISTORY_EVENTS - len(kept))
+    return {**doc, "history": padding + [[*row, 1.0] for row in kept]}, kept
+
+
+def needs_history(model: str) -> bool:
+    return "history" in DEMO_MODELS[model].inputs
+
+
 def prediction_record(doc: Mapping[str, Any], prediction: float, event_ts_ms: int) -> dict[str, Any]:
     """The output every peer produces for one event."""
     return {"id": doc["id"], "prediction": prediction, "event_ts": event_ts_ms}

@@ -23,8 +23,9 @@ one line ``quix drain: {"events": N, "seconds": ..., "per_s": ...}``, timed from
 event processed to the end of the run (the final checkpoint's flush included). Without it the
 application runs until SIGTERM, as the runner needs for its load points.
 
-Quix keeps its state (none here: nothing is stateful) under ``state_dir``; it is a
-temporary directory removed on exit, so a run leaves nothing in the working tree.
+For the transformer, each account's last transactions are kept in Quix's per-key state
+(``sdf.apply(..., stateful=True)``: RocksDB with a changelog topic, as its docs show), under
+``state_dir``: a temporary directory removed on exit, so a run leaves nothing in the working tree.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from quixstreams import Application
 from quixstreams.kafka import Producer
 from quixstreams.models import HeadersTuples
 from quixstreams.sinks import BatchingSink, SinkBatch
+from quixstreams.state import State
 
-from bench.peers import DemoModel, PeerSettings, prediction_record
+from bench.peers import DemoModel, PeerSettings, needs_history, prediction_record, with_history
 
 
 class ScoringSink(BatchingSink):
@@ -97,6 +99,14 @@ def build(settings: PeerSettings, state_dir: str, on_event: Callable[[], None]) 
     model = DemoModel(settings.model, torch_threads=settings.torch_threads)
     events = app.topic(settings.topic_in, key_deserializer="bytes", value_deserializer="json")
     sdf = app.dataframe(events)
+    if needs_history(settings.model):
+
+        def add_history(doc: dict[str, Any], state: State) -> dict[str, Any]:
+            doc, kept = with_history(doc, state.get("history", []))
+            state.set("history", kept)
+            return doc
+
+        sdf = sdf.apply(add_history, stateful=True)
     if batching:
         sdf.sink(ScoringSink(app, settings.topic_out, model, on_event))
         return app
