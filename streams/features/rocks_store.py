@@ -47,7 +47,6 @@ class RocksStore(KeyedStore):
     ) -> None:
         super().__init__(capacity, fields, initial_slots=max(16, min(1024, cache_keys)), track_changes=track_changes)
         self.layout_id = layout_id
-        self.directory = directory
         self.cache_keys = cache_keys
         self.remove_on_close = remove_on_close
         self.last_used = np.zeros(len(self.length), dtype=np.int64)
@@ -76,12 +75,13 @@ class RocksStore(KeyedStore):
         return slots
 
     def lookup(self, partition: PartitionId, key: bytes) -> int | None:
-        if key not in self.tables.get(partition, ()):
-            self._fault_in([(partition, key)])
-            slot = super().lookup(partition, key)
-            if slot is not None:  # read now, not by a batch: free to be evicted at once
-                self.last_used[slot] = self.applied_generation
-        return super().lookup(partition, key)
+        if key in self.tables.get(partition, ()):
+            return super().lookup(partition, key)
+        self._fault_in([(partition, key)])
+        slot = super().lookup(partition, key)
+        if slot is not None:  # read now, not by a batch: free to be evicted at once
+            self.last_used[slot] = self.applied_generation
+        return slot
 
     def key_count(self, partition: PartitionId) -> int:
         return max(self.databases.key_count(partition), super().key_count(partition))
@@ -249,7 +249,7 @@ class RocksStore(KeyedStore):
         self.drop_partitions(list(self.tables))
         self.databases.close()
         if self.remove_on_close:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            shutil.rmtree(self.databases.directory, ignore_errors=True)
 
     def _db(self, partition: PartitionId) -> Rdict | None:
         """The partition's database: a live worker's is opened by ``open`` (restoring), a backfill's
