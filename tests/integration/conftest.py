@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import warnings
+from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.kafka_helpers import ROOT
+from tests.integration.kafka_helpers import ROOT, delete_topics_of_this_run
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -17,7 +20,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka() -> str:
+def kafka() -> Iterator[str]:
     """Bootstrap servers of a running broker, started by the project's own script if need be.
 
     Starting is idempotent: when CI (or a developer) already started it, this just checks
@@ -26,4 +29,11 @@ def kafka() -> str:
     bootstrap = os.environ.get("SLUICE_TEST_BOOTSTRAP", "127.0.0.1:9092")
     if "SLUICE_TEST_BOOTSTRAP" not in os.environ:
         subprocess.run([str(ROOT / "docker" / "kafka-local"), "start"], check=True)
-    return bootstrap
+    yield bootstrap
+    # The run's topics go with it (SLUICE_TEST_KEEP_TOPICS=1 keeps them to look at).
+    if os.environ.get("SLUICE_TEST_KEEP_TOPICS") == "1":
+        return
+    try:
+        asyncio.run(delete_topics_of_this_run(bootstrap))
+    except Exception as exc:  # the tests' verdict stands; a broker gone by now only leaves topics behind
+        warnings.warn(f"could not delete this run's topics: {exc!r}", stacklevel=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.pipeline_toml import demo_inputs, write_pipeline_config
@@ -29,9 +31,37 @@ from app.topics import partitions_of
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The suffixes `unique` handed out in this test process: every topic a test creates (and those a
+# worker derives from them: changelogs, dead letters) carries one, so the session can delete them.
+_suffixes_handed_out: set[str] = set()
+_SUFFIX = re.compile(r"[0-9a-f]{10}")
+
+
 def unique(name: str) -> str:
     """A topic or group name no other test (or earlier run) uses."""
-    return f"{name}-{uuid.uuid4().hex[:10]}"
+    suffix = uuid.uuid4().hex[:10]
+    _suffixes_handed_out.add(suffix)
+    return f"{name}-{suffix}"
+
+
+async def delete_topics_of_this_run(bootstrap: str) -> int:
+    """Delete every topic whose name carries a suffix `unique` handed out in this process.
+
+    Left behind, a run's few hundred topics pile up in the broker's data directory, and a broker
+    with thousands of partitions takes minutes to start (it loads and, after a crash, recovers
+    each one). Returns how many topics were deleted.
+    """
+    if not _suffixes_handed_out:
+        return 0
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if any(m in _suffixes_handed_out for m in _SUFFIX.findall(t))]
+        for start in range(0, len(ours), 100):
+            await admin.delete_topics(ours[start : start + 100], timeout_ms=60_000)
+        return len(ours)
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:
