@@ -37,6 +37,9 @@ async def test_under_a_burst_the_heavy_model_keeps_every_event_and_batches_grow(
         tmp_path,
         bootstrap=kafka,
         pipeline="burst",
+        # Its own app id: the transformer keeps per-key state, in a changelog named after it
+        # (a shared one would restore an earlier run's state, and never be deleted).
+        app_id=name,
         partitions=2,
         demo="fraud-transformer",
         extra="latency_budget_ms = 50\nmax_batch_size = 256",
