@@ -73,7 +73,7 @@ def needs_a_fresh_producer(exc: BaseException) -> bool:
 
 def record_size(record: OutputRecord) -> int:
     """An upper bound of the bytes ``record`` takes alone in a record batch."""
-    headers = sum(len(name.encode()) + len(value) + 10 for name, value in record.headers)
+    headers = sum(len(name.encode()) + len(value) + 10 for name, value in record.headers) if record.headers else 0
     return len(record.key or b"") + len(record.value) + headers + _BATCH_OVERHEAD_BYTES
 
 
@@ -139,12 +139,14 @@ class KafkaSink:
     async def _send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
         by_partition: dict[tuple[str, int | None], list[OutputRecord]] = {}
         refused: list[tuple[OutputRecord, str]] = []
+        limits = {topic: self.limit(topic) for topic in {record.topic for record in records}}
+        counts = {topic: await self._partitions(topic) for topic in limits}
         for record in records:
-            if record_size(record) > self.limit(record.topic):
-                refused.append((record, f"the record is over {self.limit(record.topic)} bytes, the topic's limit"))
+            if record_size(record) > limits[record.topic]:
+                refused.append((record, f"the record is over {limits[record.topic]} bytes, the topic's limit"))
                 continue
             # No input partition to follow (None): the producer's key partitioner decides.
-            partition = None if record.partition is None else record.partition % await self._partitions(record.topic)
+            partition = None if record.partition is None else record.partition % counts[record.topic]
             by_partition.setdefault((record.topic, partition), []).append(record)
         sent: list[tuple[list[OutputRecord], asyncio.Future[object]]] = []
         async with self._sending:
@@ -207,14 +209,12 @@ class KafkaSink:
         for attempt in range(1, _ALONE_ATTEMPTS + 1):
             async with self._sending:
                 generation = self._generation
-                partition = (
-                    None if record.partition is None else record.partition % await self._partitions(record.topic)
-                )
-                if partition is None:
+                if record.partition is None:
                     future = await self.producer.send(
                         record.topic, record.value, key=record.key, headers=list(record.headers)
                     )
                 else:
+                    partition = record.partition % await self._partitions(record.topic)
                     batch = self.producer.create_batch()
                     batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
                     batch.close()

@@ -160,6 +160,40 @@ def test_non_finite_and_multi_output_predictions_are_still_valid_json():
     assert orjson.loads(multi[1].value)["prediction"] == [0.4, 0.6]
 
 
+# Mostly the characters that could move a split of '["a","b"]' at '","'.
+_id_texts = st.one_of(st.text(alphabet='",\\a\x00é'), st.text())
+_ids = st.one_of(_id_texts, st.integers(min_value=-(2**63), max_value=2**63 - 1))
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+@given(
+    events=st.one_of(
+        st.lists(st.tuples(_id_texts, _finite), max_size=8), st.lists(st.tuples(_ids, _finite), max_size=8)
+    )
+)
+def test_ids_and_predictions_are_written_as_orjson_writes_each_of_them(events):
+    """The encoder serialises a batch's ids (and predictions) in one call and splits the result:
+    quotes, backslashes, '","' inside ids, empty strings and mixed types must not move a split."""
+    ids, predictions = [i for i, _ in events], [p for _, p in events]
+    n = len(events)
+    records = [InputRecord("in", 0, i, 1_000, b"k", b"{}") for i in range(n)]
+    decoded = codec.Decoded(np.arange(n), ids, [])
+    out = encode_predictions(
+        records,
+        decoded,
+        np.array(predictions, dtype=np.float64),
+        topic="o",
+        model_name="m",
+        model_version="1",
+        now_ms=0,
+    )
+    bodies = [orjson.loads(o.value) for o in out]
+    assert [b["id"] for b in bodies] == ids
+    assert [b["prediction"] for b in bodies] == predictions
+
+
 # Leaves a producer might put where numbers belong: numbers of every size, booleans, numeric
 # strings, nulls. Only numbers and booleans are features; the rest must be WrongType however
 # the event is batched.
