@@ -55,6 +55,8 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         lines += [f"## {model}", ""]
         if "backlog" in entry:
             lines += [f"Backlog {entry['backlog']:,} events.", ""]
+        if entry.get("note"):
+            lines += [str(entry["note"]), ""]
         lines += [
             "| ceiling / strategy | events/s | vs model alone | vs transport alone | vs one at a time (Faust) "
             "| sluice is |",
@@ -119,6 +121,8 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         points = results["models"][model]["points"]
         for strategy in _strategies(results):
             mine = [p for p in points if p["strategy"] == strategy]
+            if not mine:  # not run for this model (e.g. Faust take() for a stateful one)
+                continue
             xs = [p["offered_per_s"] for p in mine]
             ys = [p["p99_ms"] for p in mine]
             ax.plot(xs, ys, marker="o", label=LABELS[strategy])
