@@ -29,7 +29,7 @@ import torch
 
 from app.build import settle_garbage_collector
 from app.pipeline_toml import write_pipeline_config
-from bench.ceilings import fetch_and_decode, model_alone
+from bench.ceilings import drop_topics, fetch_and_decode, model_alone
 from bench.latency import BOOTSTRAP, PARTITIONS, RESULTS, ROOT, create_topics, events, produce
 from models.registry import DEMO_MODELS
 
@@ -93,13 +93,16 @@ async def run(models: list[str], count: int, workdir: Path) -> dict[str, object]
     results: dict[str, object] = {"events": count, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "models": {}}
     for model in models:
         topic, config = await prepare(model, count, workdir)
-        ceiling = model_alone(model, threads=torch.get_num_threads())
-        settle_garbage_collector()  # as `sluice backfill` does, so the ceiling gets the same help
-        reads = [await fetch_and_decode(BOOTSTRAP, model, topic, min(count, 300_000)) for _ in range(3)]
-        transport = statistics.median(reads)
-        measured = await asyncio.to_thread(backfill, config, workdir)
-        # One process per core, as the README suggests for a faster backfill (a bonus, not the ratio).
-        split = await asyncio.to_thread(backfill, config, workdir, 2)
+        try:
+            ceiling = model_alone(model, threads=torch.get_num_threads())
+            settle_garbage_collector()  # as `sluice backfill` does, so the ceiling gets the same help
+            reads = [await fetch_and_decode(BOOTSTRAP, model, topic, min(count, 300_000)) for _ in range(3)]
+            transport = statistics.median(reads)
+            measured = await asyncio.to_thread(backfill, config, workdir)
+            # One process per core, as the README suggests for a faster backfill (a bonus, not the ratio).
+            split = await asyncio.to_thread(backfill, config, workdir, 2)
+        finally:
+            await drop_topics(BOOTSTRAP, topic)  # the input, its outputs and dead letters
         lower = min(float(ceiling["best_per_s"]), transport)  # type: ignore[arg-type]
         entry: dict[str, object] = {
             "model_alone": ceiling,

@@ -101,12 +101,13 @@ class ZeroRunner:
         return None
 
 
-async def drop_topics(bootstrap: str, prefix: str) -> list[str]:
-    """Delete the topics whose names start with ``prefix`` (a benchmark's scratch topics)."""
+async def drop_topics(bootstrap: str, tag: str) -> list[str]:
+    """Delete the topics whose names contain ``tag`` (a benchmark run's scratch topics, and the
+    ones its workers derived from them: Quix names its changelogs ``changelog__<app id>--...``)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        doomed = sorted(t for t in await admin.list_topics() if tag in t)
         if doomed:
             await admin.delete_topics(doomed)
         return doomed

@@ -152,7 +152,9 @@ def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str) -
         path,
         bootstrap=BOOTSTRAP,
         pipeline="bench",
-        app_id="bench-adaptive",
+        # The run's own app id: its state changelog is then the run's, deleted with its topics
+        # (a fixed one was restored by every later run).
+        app_id=f"{topic_in}-app",
         input_topic=topic_in,
         output_topic=topic_out,
         dead_letter_topic=f"{topic_in}-dlq",
