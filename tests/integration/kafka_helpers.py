@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -34,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # The suffixes `unique` handed out in this test process: every topic a test creates (and those a
 # worker derives from them: changelogs, dead letters) carries one, so the session can delete them.
 _suffixes_handed_out: set[str] = set()
-_SUFFIX = re.compile(r"[0-9a-f]{10}")
 
 
 def unique(name: str) -> str:
@@ -56,7 +54,7 @@ async def delete_topics_of_this_run(bootstrap: str) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        ours = [t for t in await admin.list_topics() if any(m in _suffixes_handed_out for m in _SUFFIX.findall(t))]
+        ours = [t for t in await admin.list_topics() if any(s in t for s in _suffixes_handed_out)]
         for start in range(0, len(ours), 100):
             await admin.delete_topics(ours[start : start + 100], timeout_ms=60_000)
         return len(ours)
