@@ -371,11 +371,11 @@ async def run(
         }
         reference = 0.0
         runnable = strategies
-        if model in DEMO_STATE and "take" in strategies:
-            # Its history is per-key state: Quix's State, a Faust Table in the per-event agent (bench.faust_peers).
-            runnable = [s for s in strategies if s != "take"]
-            print(f"  {model}: Faust take() skipped (its per-key history is a Table only per event)", flush=True)
         if model in DEMO_STATE:
+            # Its history is per-key state: Quix's State, a Faust Table in the per-event agent (bench.faust_peers).
+            if "take" in strategies:
+                runnable = [s for s in strategies if s != "take"]
+                print(f"  {model}: Faust take() skipped (its per-key history is a Table only per event)", flush=True)
             entry["note"] = (
                 "The model reads each account's history, kept per key: in sluice's state, in Quix's `State`, "
                 "in a Faust `Table` (the one-at-a-time agent; the `take()` agent cannot keep one: see "

@@ -12,6 +12,7 @@ milliseconds), which the runner needs for end-to-end latency.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.pipeline_toml import DEMO_STATE
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 
@@ -69,11 +71,14 @@ class DemoModel:
             return list(self.module(*tensors).tolist())
 
 
-# The transformer's input ``history``: the account's last 16 transactions, this one included,
-# as sluice's demo pipeline keeps them per key (app.pipeline_toml.DEMO_STATE); a peer keeps the
-# rows in its framework's own per-key state and passes them here.
-HISTORY_EVENTS = 16
-HISTORY_FIELDS = ("amount", "merchant_risk", "foreign")
+# The transformer's input ``history``: the account's last transactions, this one included, as
+# sluice's demo pipeline keeps them per key (read from its state table, app.pipeline_toml.DEMO_STATE,
+# so the peers build what sluice serves); a peer keeps the rows in its framework's own per-key
+# state and passes them here.
+_STATE = tomllib.loads(DEMO_STATE["fraud-transformer"].format(pipeline="p"))["pipelines"]["p"]["state"]
+_HISTORY = _STATE["features"]["history"]
+HISTORY_EVENTS: int = _HISTORY["n"]
+HISTORY_FIELDS: tuple[str, ...] = tuple(_HISTORY["fields"])
 
 
 def with_history(doc: dict[str, Any], kept: list[list[float]]) -> tuple[dict[str, Any], list[list[float]]]:
@@ -84,7 +89,7 @@ def with_history(doc: dict[str, Any], kept: list[list[float]]) -> tuple[dict[str
 
 
 def needs_history(model: str) -> bool:
-    return "history" in DEMO_MODELS[model].inputs
+    return model in DEMO_STATE
 
 
 def prediction_record(doc: Mapping[str, Any], prediction: float, event_ts_ms: int) -> dict[str, Any]:
