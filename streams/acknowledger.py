@@ -18,7 +18,7 @@ import numpy as np
 from streams.errors import DeliveryFailed
 from streams.live_stats import LiveStats
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Pipeline
+from streams.pipeline import Stage
 from streams.records import OutputRecord, SourceRecord
 from streams.source import Progress
 
@@ -51,7 +51,7 @@ class InFlight:
 class Acknowledger:
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Stage,
         progress: Progress,
         *,
         max_in_flight: int,

@@ -30,7 +30,7 @@ from streams.codec import Decoded
 from streams.errors import DeliveryFailed, ModelError
 from streams.feeder import Feeder
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Pipeline, Scored
+from streams.pipeline import Scored, Stage
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class _Prepared:
 class Dispatcher:
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: Stage,
         batcher: Batcher,
         feeder: Feeder,
         acknowledger: Acknowledger,

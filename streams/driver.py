@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from models.protocol import Runner
 from streams.acknowledger import Acknowledger
@@ -29,18 +30,21 @@ from streams.dispatcher import Dispatcher, LateEvents, ModelDown
 from streams.feeder import Feeder
 from streams.live_stats import LiveStats
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Pipeline, wall_clock_ms
+from streams.pipeline import Pipeline, Stage, wall_clock_ms
 from streams.records import Partition
 from streams.source import Progress, Source
 
 log = logging.getLogger(__name__)
 
+# The scoring ``Pipeline`` (it has a model to swap and to name), or another stage (re-keying).
+StageT = TypeVar("StageT", bound=Stage)
 
-class Driver:
+
+class Driver(Generic[StageT]):
     def __init__(
         self,
         source: Source,
-        pipeline: Pipeline,
+        pipeline: StageT,
         batcher: Batcher,
         progress: Progress,
         *,
@@ -154,8 +158,9 @@ class Driver:
         one model, and the output names it.
         """
         async with self.dispatcher.lock:
-            old = self.pipeline.runner
-            self.pipeline.use_runner(runner)
+            pipeline = self._scoring()
+            old = pipeline.runner
+            pipeline.use_runner(runner)
             self.batcher.use_cost_model(cost)
             self.metrics.model_swaps += 1
         return old
@@ -179,13 +184,19 @@ class Driver:
         return self.source.lag_by_partition()
 
     def serving(self) -> tuple[str, str]:
-        return self.pipeline.runner.name, self.pipeline.runner.version
+        runner = self._scoring().runner
+        return runner.name, runner.version
 
     def predicted_batch_seconds(self) -> dict[int, float]:
         return self.batcher.predicted_seconds()
 
     def model_unavailable(self) -> bool:
         return self.dispatcher.model_error is not None
+
+    def _scoring(self) -> Pipeline:
+        if not isinstance(self.pipeline, Pipeline):
+            raise TypeError(f"{self.pipeline.name} is not a scoring pipeline: it has no model")
+        return self.pipeline
 
     def lost_outputs(self) -> int:
         return self.pipeline.lost_outputs

@@ -20,8 +20,8 @@ import numpy as np
 
 from models.protocol import Runner
 from streams.codec import Decoded, EventSchema, Reject, decode, encode_predictions
-from streams.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters, replacement_for_refused
-from streams.errors import OutputRefused
+from streams.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters
+from streams.delivery import Delivery, Sink
 from streams.features.inputs import StatefulInputs
 from streams.isolation import Failure, IsolatingScorer, non_finite_rows, without_failed_rows
 from streams.records import HeaderPolicy, OutputRecord, SourceRecord, header_picker
@@ -31,18 +31,6 @@ log = logging.getLogger(__name__)
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class Sink(Protocol):
-    """Where outputs go."""
-
-    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
-        """Hand over ``records`` (in order) and return an awaitable that completes when every
-        one of them is durably acknowledged, or raises if any could not be delivered:
-        ``OutputRefused`` for records the destination will never take (all the others are
-        then acknowledged), ``DeliveryFailed`` for a failure worth retrying (the driver sends
-        them again), anything else to stop."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +46,27 @@ class BatchOutcome:
 class Scored:
     outputs: list[OutputRecord]
     outcome: BatchOutcome
+
+
+class Stage(Protocol):
+    """What the driver runs over a source: the scoring ``Pipeline``, or the ``Rekeying`` that
+    feeds a pipeline keyed by an event field. ``decode`` and ``featurize`` run on the event loop
+    in batch order, ``finish`` may run beside the next batch's ``decode``."""
+
+    name: str
+
+    @property
+    def lost_outputs(self) -> int: ...
+
+    def decode(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Decoded: ...
+
+    def featurize(self, records: Sequence[SourceRecord], decoded: Decoded, expired: Sequence[int] = ()) -> Decoded: ...
+
+    async def finish(self, records: Sequence[SourceRecord], decoded: Decoded) -> Scored: ...
+
+    async def emit(self, scored: Scored) -> Awaitable[None]: ...
+
+    async def deliver(self, outputs: Sequence[OutputRecord]) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,13 @@ class Pipeline:
         self.name = name
         self.schema = schema
         self.use_runner(runner)
-        self.sink = sink
+        self.delivery = Delivery(
+            sink,
+            pipeline=name,
+            dead_letter_topic=topics.dead_letter,
+            max_copy_bytes=dead_letter_copy_bytes,
+            clock_ms=clock_ms,
+        )
         self.topics = topics
         self.clock_ms = clock_ms
         self.key_by_position = key_by_position
@@ -93,9 +108,6 @@ class Pipeline:
         self.headers_of = header_picker(headers)
         self.stateful = stateful
         self.emit_features = emit_features and stateful is not None
-        # Outputs refused by the destination whose minimal dead letter was refused too:
-        # logged with their source position, and counted here for the metrics.
-        self.lost_outputs = 0
 
     def use_runner(self, runner: Runner) -> None:
         """Score with ``runner`` from the next batch on (the caller makes sure no batch is being scored)."""
@@ -213,44 +225,12 @@ class Pipeline:
         return await self.deliver(scored.outputs)
 
     async def deliver(self, outputs: Sequence[OutputRecord]) -> Awaitable[None]:
-        """Send ``outputs``; the result completes once each is acknowledged or, if the destination
-        refused it for good, replaced by a minimal dead letter (or, if even that is refused,
-        logged with its source position and counted). Other failures raise, for a retry."""
-        return self._settled(await self.sink.send(outputs))
+        """``streams.delivery.Delivery.deliver``: acknowledged, or replaced by dead letters."""
+        return await self.delivery.deliver(outputs)
 
-    async def _settled(self, acknowledged: Awaitable[None]) -> None:
-        try:
-            await acknowledged
-        except OutputRefused as refused:
-            now = self.clock_ms()
-            replacements = [
-                replacement_for_refused(
-                    record,
-                    reason,
-                    topic=self.topics.dead_letter,
-                    pipeline=self.name,
-                    now_ms=now,
-                    max_copy_bytes=self.dead_letter_copy_bytes,
-                )
-                for record, reason in refused.refused
-            ]
-            log.warning(
-                "pipeline %s: the broker refused %d output(s) for good (%s); sending minimal dead letters instead",
-                self.name,
-                len(replacements),
-                refused.refused[0][1],
-            )
-            try:
-                await (await self.sink.send(replacements))
-            except OutputRefused as again:
-                for record, reason in again.refused:
-                    self.lost_outputs += 1
-                    log.error(
-                        "pipeline %s: LOST OUTPUT: the broker refused even the minimal dead letter for %s: %s",
-                        self.name,
-                        record.value[:300].decode("utf-8", "replace"),
-                        reason,
-                    )
+    @property
+    def lost_outputs(self) -> int:
+        return self.delivery.lost_outputs
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         """Score one batch, emit it, and wait until every output is acknowledged."""

@@ -96,6 +96,8 @@ class OutputRecord(NamedTuple):
 
     ``partition`` is the partition of the input it answers, which the sink follows so
     per-key order holds without re-hashing keys; None leaves it to the key partitioner.
+    A re-keyed event (``streams.kafka.rekey``) goes to ``to_partition`` instead, its new key's
+    partition, and keeps its input's ``timestamp`` (None: the time it is produced).
     A named tuple, not a dataclass: one is made per event, and a tuple costs a third as much.
     """
 
@@ -104,3 +106,5 @@ class OutputRecord(NamedTuple):
     value: bytes
     partition: int | None = None
     headers: Sequence[tuple[str, bytes]] = ()
+    to_partition: int | None = None
+    timestamp: int | None = None

@@ -38,15 +38,11 @@ from aiokafka.errors import (
 )
 
 from streams.errors import DeliveryFailed, OutputRefused
+from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, append, record_size, target_partition
 from streams.records import OutputRecord
 
 log = logging.getLogger(__name__)
 
-# The broker's default record limit (message.max.bytes / max.message.bytes) and the
-# producer's max_request_size are both about 1 MiB.
-DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
-# A record batch's header, plus the per-record varints, attributes and timestamp delta.
-_BATCH_OVERHEAD_BYTES = 61 + 32
 # What the broker answers about a record it will never take: too large, a bad timestamp, or
 # invalid (INVALID_RECORD, e.g. no key on a compacted topic, which aiokafka does not know by
 # name and reports as UnknownError). Anything else that is not retriable (authorization, an
@@ -69,12 +65,6 @@ def refused_for_good(exc: BaseException) -> bool:
 def needs_a_fresh_producer(exc: BaseException) -> bool:
     """Whether a failed batch breaks (or was failed by) the producer's sequence numbers."""
     return isinstance(exc, _ABOUT_THE_RECORD + _PRODUCER_BROKEN)
-
-
-def record_size(record: OutputRecord) -> int:
-    """An upper bound of the bytes ``record`` takes alone in a record batch."""
-    headers = sum(len(name.encode()) + len(value) + 10 for name, value in record.headers) if record.headers else 0
-    return len(record.key or b"") + len(record.value) + headers + _BATCH_OVERHEAD_BYTES
 
 
 class KafkaSink:
@@ -145,9 +135,7 @@ class KafkaSink:
             if record_size(record) > limits[record.topic]:
                 refused.append((record, f"the record is over {limits[record.topic]} bytes, the topic's limit"))
                 continue
-            # No input partition to follow (None): the producer's key partitioner decides.
-            partition = None if record.partition is None else record.partition % counts[record.topic]
-            by_partition.setdefault((record.topic, partition), []).append(record)
+            by_partition.setdefault((record.topic, target_partition(record, counts[record.topic])), []).append(record)
         sent: list[tuple[list[OutputRecord], asyncio.Future[object]]] = []
         async with self._sending:
             generation = self._generation
@@ -162,15 +150,12 @@ class KafkaSink:
                 batch = self.producer.create_batch()
                 members: list[OutputRecord] = []
                 for record in group:
-                    if (
-                        batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
-                        is None
-                    ):
+                    if append(batch, record) is None:
                         # Full: ship it and start the next one (order within the partition holds).
                         batch.close()
                         sent.append((members, await self.producer.send_batch(batch, topic, partition=partition)))
                         batch, members = self.producer.create_batch(), []
-                        batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
+                        append(batch, record)
                     members.append(record)
                 batch.close()
                 sent.append((members, await self.producer.send_batch(batch, topic, partition=partition)))
@@ -209,14 +194,14 @@ class KafkaSink:
         for attempt in range(1, _ALONE_ATTEMPTS + 1):
             async with self._sending:
                 generation = self._generation
-                if record.partition is None:
+                partition = target_partition(record, await self._partitions(record.topic))
+                if partition is None:
                     future = await self.producer.send(
                         record.topic, record.value, key=record.key, headers=list(record.headers)
                     )
                 else:
-                    partition = record.partition % await self._partitions(record.topic)
                     batch = self.producer.create_batch()
-                    batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
+                    append(batch, record)
                     batch.close()
                     future = await self.producer.send_batch(batch, record.topic, partition=partition)
             try:

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from streams.errors import Fenced, OutputRefused, SluiceError, TransactionFailed
-from streams.kafka.sink import DEFAULT_MAX_RECORD_BYTES, record_size
+from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, append, record_size, target_partition
 from streams.records import OutputRecord, Partition
 
 log = logging.getLogger(__name__)
@@ -153,10 +153,11 @@ class PartitionTransactions:
 class TransactionalSink:
     """A ``streams.pipeline.Sink`` that sends each output with its input partition's producer, in
     its open transaction, to the input's partition number (modulo the topic's count), keyed like
-    its input. A record the broker would refuse for good (over its topic's limit, or without a
-    key for a compacted topic) is not sent but reported as ``OutputRefused``, to be dead-lettered
-    in the same transaction: sent, the broker's refusal would fail the whole transaction, and the
-    same record again after each restart. Any other failure raises ``TransactionFailed``.
+    its input (a re-keyed event: to its new key's partition). A record the broker would refuse for
+    good (over its topic's limit, or without a key for a compacted topic) is not sent but reported
+    as ``OutputRefused``, to be dead-lettered in the same transaction: sent, the broker's refusal
+    would fail the whole transaction, and the same record again after each restart. Any other
+    failure raises ``TransactionFailed``.
     """
 
     def __init__(
@@ -208,16 +209,20 @@ class TransactionalSink:
                 count = self._partition_counts.get(topic)
                 if count is None:
                     count = self._partition_counts[topic] = len(await producer.partitions_for(topic))
-                batch = producer.create_batch()
+                # The input partition's transaction holds them; a re-keyed record goes to its key's partition.
+                by_target: dict[int, list[OutputRecord]] = {}
                 for record in group:
-                    headers = list(record.headers)
-                    if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
-                        batch.close()
-                        sent.append(await producer.send_batch(batch, topic, partition=source % count))
-                        batch = producer.create_batch()
-                        batch.append(key=record.key, value=record.value, timestamp=None, headers=headers)
-                batch.close()
-                sent.append(await producer.send_batch(batch, topic, partition=source % count))
+                    by_target.setdefault(target_partition(record, count) or 0, []).append(record)
+                for partition, records_there in by_target.items():
+                    batch = producer.create_batch()
+                    for record in records_there:
+                        if append(batch, record) is None:
+                            batch.close()
+                            sent.append(await producer.send_batch(batch, topic, partition=partition))
+                            batch = producer.create_batch()
+                            append(batch, record)
+                    batch.close()
+                    sent.append(await producer.send_batch(batch, topic, partition=partition))
         except KafkaError as exc:
             raise self.transactions.fail(_failure(exc, "sending outputs")) from exc
         if dropped:

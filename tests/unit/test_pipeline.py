@@ -109,7 +109,7 @@ async def _refuse(refused: list[tuple[OutputRecord, str]]) -> None:
 async def test_an_output_refused_for_good_becomes_a_minimal_dead_letter_and_the_batch_completes():
     pipeline, _, _ = make_pipeline()
     sink = RefusingSink(marker=b'"id":"refuse-me"')
-    pipeline.sink = sink
+    pipeline.delivery.sink = sink
     batch = [rec(i, orjson.dumps({"id": "refuse-me" if i == 1 else i, "x": [i, 1]})) for i in range(3)]
     await (await pipeline.emit(await pipeline.score(batch)))
     assert [orjson.loads(r.value)["id"] for r in sink.records if r.topic == "out"] == [0, 2]
@@ -120,7 +120,7 @@ async def test_an_output_refused_for_good_becomes_a_minimal_dead_letter_and_the_
 
 async def test_an_output_whose_minimal_dead_letter_is_refused_too_is_counted_as_lost_and_the_batch_completes(caplog):
     pipeline, _, _ = make_pipeline()
-    pipeline.sink = RefusingSink(marker=b'"offset":1')  # refuses the prediction and its replacement
+    pipeline.delivery.sink = RefusingSink(marker=b'"offset":1')  # refuses the prediction and its replacement
     batch = [rec(i, orjson.dumps({"id": i, "x": [i, 1]})) for i in range(3)]
     await (await pipeline.emit(await pipeline.score(batch)))
     assert pipeline.lost_outputs == 1
