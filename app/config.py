@@ -117,16 +117,36 @@ class PipelineConfig:
     changelog_topic: str = ""
     # Live outputs carry each event's per-key features too (the backfill's --emit-features).
     emit_features: bool = False
+    # Keyed by an event field: the re-keying stage ahead, and ``input_topics`` is its repartition topic.
+    rekey: RekeyConfig | None = None
+
+    @property
+    def source_topics(self) -> tuple[str, ...]:
+        """The topics the producers write: the input topics, or those the re-keying stage reads."""
+        return (self.rekey.source_topic,) if self.rekey is not None else self.input_topics
 
     @property
     def topics(self) -> list[str]:
-        """Every topic the pipeline reads or writes."""
-        return [*self.input_topics, self.output_topic, self.dead_letter_topic]
+        """Every topic the pipeline reads or writes (a repartition topic is checked on its own)."""
+        return [*self.source_topics, self.output_topic, self.dead_letter_topic]
 
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
         """The shape per event of each model input, in forward() order."""
         return [i.shape for i in self.inputs] if self.inputs else [f.shape for f in self.schema.inputs]
+
+
+@dataclass(frozen=True)
+class RekeyConfig:
+    """A pipeline keyed by an event field (``state.key_field``): a re-keying stage reads the
+    configured input topic and routes each event, keyed by ``field``, to ``topic``, which the
+    pipeline consumes (its ``input_topics``) and its backfill replays."""
+
+    field: str
+    source_topic: str
+    topic: str
+    # The re-keying stage's own consumer group (and transactional ids, exactly-once).
+    group_id: str
 
 
 @dataclass(frozen=True)
@@ -314,6 +334,32 @@ def _changelog_topic(t: _Table, state: StateSpec | None, group_id: str) -> str:
     return topic
 
 
+def _rekey(t: _Table, state: StateSpec | None, group_id: str, inputs: tuple[str, ...]) -> RekeyConfig | None:
+    if state is None:
+        return None
+    state_table = t.table("state")
+    expected = "the name of the event field holding each event's key (a string or an integer)"
+    field = state_table.get("key_field", str, expected, None)
+    if field is None:
+        if "repartition_topic" in state_table.data:
+            raise state_table.fail(
+                "repartition_topic",
+                state_table.data["repartition_topic"],
+                "no repartition topic: set key_field, or remove this key",
+            )
+        return None
+    if not field.strip():
+        raise state_table.fail("key_field", field, expected)
+    topic = state_table.text("repartition_topic", f"{group_id}-repartition")
+    others = [t.data.get(k) for k in ("output_topic", "dead_letter_topic", "backfill_topic")]
+    others += [*inputs, state_table.data.get("changelog_topic", f"{group_id}-state-changelog")]
+    if topic in others:
+        raise state_table.fail("repartition_topic", topic, "a topic of its own (it holds the re-keyed events)")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) or topic in {".", ".."}:
+        raise state_table.fail("repartition_topic", topic, "a Kafka topic name: letters, digits, '.', '_', '-'")
+    return RekeyConfig(field, inputs[0], topic, f"{group_id}-rekey")
+
+
 def _headers(t: _Table) -> HeaderPolicy:
     expected = "true (carry every input header to the outputs), false, or a list of header names"
     value = t.get("headers", (bool, list), expected, True)
@@ -326,6 +372,10 @@ def _headers(t: _Table) -> HeaderPolicy:
 
 def _delivery(t: _Table) -> dict[str, Any]:
     delivery = t.choice("delivery", DELIVERIES, "at_least_once")
+    state = t.data.get("state")
+    if isinstance(state, dict) and "key_field" in state:
+        # Re-keying is transactional in either mode (an event re-keyed twice would count twice in state).
+        return {"delivery": delivery, "transaction_interval_ms": t.number("transaction_interval_ms", 100.0)}
     if delivery == "at_least_once":
         if "transaction_interval_ms" in t.data:
             raise ConfigError(
@@ -353,9 +403,12 @@ def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineCon
         # State lives per input partition, and its changelog partition is the input partition's number.
         raise t.fail("input_topics", topics, f"a single input topic for a pipeline with [{state_key}]")
     group_id = t.text("group_id", f"{app_id}.{name}")
+    input_topics = _topics(t, "input_topics")
+    rekey = _rekey(t, state, group_id, input_topics)
     pipeline = PipelineConfig(
         name=name,
-        input_topics=_topics(t, "input_topics"),
+        input_topics=input_topics if rekey is None else (rekey.topic,),
+        rekey=rekey,
         output_topic=t.text("output_topic"),
         dead_letter_topic=t.text("dead_letter_topic"),
         backfill_topic=t.text("backfill_topic", None) or f"{t.data.get('output_topic', '')}-backfill",

@@ -5,6 +5,9 @@ interrupt a worker make it stop itself at a known point, never race it.
 transactions are committed, the next outputs are sent, acknowledged by the broker (they are in
 the log, in a transaction still open), and the process kills itself with SIGKILL.
 
+``SLUICE_TEST_KILL_IN_REKEY_TRANSACTION_AFTER_COMMITS=N``: the same, in the re-keying stage of a
+pipeline keyed by an event field (exactly-once): its re-keyed records are left in an open transaction.
+
 ``SLUICE_TEST_KILL_IN_CHANGELOG_FLUSH_AFTER_COMMITS=N`` (stateful pipelines): once N commits
 wrote state to the changelog, the next one writes its keys' state, acknowledged by the broker
 (in the log, in the partition's transaction still open), and the process kills itself.
@@ -22,6 +25,7 @@ from streams.pipeline import Sink
 from streams.records import OutputRecord, Partition
 
 KILL_IN_TRANSACTION_ENV = "SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS"
+KILL_IN_REKEY_ENV = "SLUICE_TEST_KILL_IN_REKEY_TRANSACTION_AFTER_COMMITS"
 KILL_IN_FLUSH_ENV = "SLUICE_TEST_KILL_IN_CHANGELOG_FLUSH_AFTER_COMMITS"
 
 
@@ -37,6 +41,10 @@ def count_from_env(name: str, what: str) -> int | None:
 
 def kill_in_transaction_after() -> int | None:
     return count_from_env(KILL_IN_TRANSACTION_ENV, "commits")
+
+
+def kill_in_rekey_transaction_after() -> int | None:
+    return count_from_env(KILL_IN_REKEY_ENV, "commits")
 
 
 class KillInOpenTransaction:

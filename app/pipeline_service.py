@@ -37,6 +37,7 @@ from app.crash_hooks import (
 )
 from app.kafka_clients import Connection, connection, make_consumer
 from app.key_serving import KeyServing
+from app.rekey_service import RekeyService
 from app.state_warmup import warm_from_input
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
@@ -68,9 +69,14 @@ class PipelineService(Service):
         model: LoadedModel | None = None,
         metrics: PipelineMetrics | None = None,
         web_address: Callable[[], str] | None = None,
+        rekey: RekeyService | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        # Keyed by an event field: the stage that feeds this pipeline's repartition topic.
+        self.rekey = rekey
+        if rekey is not None:
+            self.add_dependency(rekey)
         self.config = config
         self.pipeline_config = pipeline
         self._model = model
@@ -96,8 +102,9 @@ class PipelineService(Service):
 
     @property
     def ready(self) -> bool:
-        """Scoring: the model is warm and the group gave this worker its partitions."""
-        return self._source is not None and self._source.joined.is_set()
+        """Scoring: the model is warm and the group gave this worker its partitions (and re-keying's)."""
+        rekeying = self.rekey is None or self.rekey.ready
+        return rekeying and self._source is not None and self._source.joined.is_set()
 
     def assigned_partitions(self) -> int:
         return len(self._consumer.assignment()) if self._consumer is not None and self.ready else 0
@@ -249,6 +256,8 @@ class PipelineService(Service):
         wait for the model's warm-up and the group join, not for the batcher."""
         assert self._source is not None
         await self._source.joined.wait()
+        if self.rekey is not None:  # its consumer joins a group of its own
+            await self.rekey.joined()
         now = time.monotonic()
         log.info(
             "pipeline %s: ready: %d partition(s) assigned, %.1fs after the worker started (imports, model "

@@ -6,6 +6,7 @@
     store = "memory"            # or "rocksdb": state larger than memory, restarts read less
     directory = "state"         # rocksdb: its databases (relative to this file)
     cache_keys = 100000         # rocksdb: keys kept in memory
+    key_field = "account"       # key by this event field, not the record key (re-keyed through a topic)
     [pipelines.NAME.state.features]
     history = { kind = "last", n = 16, fields = ["amount"], mask = true, include_current = true }
     spend_1h = { kind = "sum", field = "amount", window_s = 3600 }
@@ -54,7 +55,8 @@ def load_state(t: Table, base: Path) -> StateSpec:
         directory=_directory(t, base),
         cache_keys=t.integer("cache_keys", 100_000, minimum=1),
     )
-    t.seen.add("changelog_topic")  # read by the pipeline, which knows the default
+    # Read by the pipeline, which knows their defaults (they are named after its consumer group).
+    t.seen.update(("changelog_topic", "key_field", "repartition_topic"))
     t.done()
     return spec
 

@@ -152,6 +152,33 @@ async def ensure_changelog(
     return int(settings.get("max.message.bytes", 1048588))
 
 
+async def ensure_repartition(
+    conn: Connection | str, topic: str, source_topic: str, *, create: bool, timeout_s: float = 30.0
+) -> None:
+    """Make sure the repartition topic of a pipeline keyed by an event field is there. Created (if
+    ``create``) with the source topic's partitions and retention: it holds the same events, and a
+    backfill replays it, so it keeps them as long as the source does."""
+    conn = as_connection(conn)
+    if await partitions_of(conn, topic):
+        return
+    if not create:
+        raise TopicMissingError(
+            f"the repartition topic {topic} does not exist; create it (as many partitions as {source_topic}, "
+            f"and its retention), or set [app] create_topics = true"
+        )
+    count = len(await partitions_of(conn, source_topic))
+    retention = (await topic_settings(conn, [source_topic], ["retention.ms"])).get(source_topic, {})
+    admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
+            await admin.create_topics([NewTopic(topic, count, 1, topic_configs=retention)])
+        log.info("created the repartition topic %s (%d partitions, as %s)", topic, count, source_topic)
+        await _wait_for_leaders(admin, [topic], timeout_s)
+    finally:
+        await admin.close()
+
+
 async def check_broker(conn: Connection | str, timeout_s: float = 15.0) -> None:
     """Connect once, so an unreachable broker or refused credentials is one clear error up front."""
     await ensure_topics(conn, [], create=False, partitions=1, timeout_s=timeout_s)

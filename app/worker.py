@@ -17,7 +17,8 @@ import faust
 from app.config import Config, dead_letters_too_big, state_too_big
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
-from app.topics import ensure_changelog, ensure_topics, max_message_bytes
+from app.rekey_service import RekeyService
+from app.topics import ensure_changelog, ensure_repartition, ensure_topics, max_message_bytes
 from app.web import metrics_registry, register_endpoints
 from models.loading import LoadedModel, load_model
 from streams.errors import ConfigError, ModelLoadError
@@ -43,6 +44,9 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
             model=models[p.name],
             metrics=collector.register(PipelineMetrics(p.name)),
             web_address=lambda: web_address(app, config),
+            rekey=None
+            if p.rekey is None
+            else RekeyService(config, p, collector.register(PipelineMetrics(f"{p.name}-rekey"))),
         )
         for p in config.pipelines
     }
@@ -77,6 +81,8 @@ def check_topics(config: Config, services: Mapping[str, PipelineService]) -> Non
         await ensure_topics(conn, wanted, create=create, partitions=partitions, timeout_s=15.0)
         for service in services.values():
             p = service.pipeline_config
+            if p.rekey is not None:
+                await ensure_repartition(conn, p.rekey.topic, p.rekey.source_topic, create=create, timeout_s=15.0)
             if p.state is not None:
                 limit = await ensure_changelog(
                     conn, p.changelog_topic, p.input_topics[0], create=create, timeout_s=15.0

@@ -31,7 +31,7 @@ FLUSH_EVERY = 2_000
 )
 async def produce(self: AppCommand, count: int, topic: str | None, rate: float, seed: int) -> None:
     """Produce synthetic card transactions (the demo models' input) to Kafka."""
-    topic = topic or config.pipelines[0].input_topics[0]
+    topic = topic or config.pipelines[0].source_topics[0]
     with exit_on_operator_error("produce"):
         conn = connection(config)
         await ensure_topics(conn, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions)

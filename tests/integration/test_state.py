@@ -54,9 +54,10 @@ merchants_5s = {{ kind = "distinct", field = "merchant", window_s = 5 }}
 ROCKSDB = 'store = "rocksdb"\ncache_keys = 8'
 
 
-def stateful_config(tmp_path, kafka, name, topics, *, partitions=3, app_id=None, store=""):
-    """A stateful pipeline's config; its app id (and so its changelog topic) new to this run."""
-    lines = "emit_features = true\ncommit_interval_ms = 300\n" + FEATURES.format(name=name, store=store)
+def stateful_config(tmp_path, kafka, name, topics, *, partitions=3, app_id=None, store="", settings=""):
+    """A stateful pipeline's config; its app id (and so its changelog topic) new to this run.
+    ``store`` goes in its [state] table, ``settings`` in the pipeline's own."""
+    lines = f"emit_features = true\ncommit_interval_ms = 300\n{settings}\n" + FEATURES.format(name=name, store=store)
     return write_config(
         tmp_path,
         bootstrap=kafka,

@@ -81,12 +81,39 @@ def test_a_rocksdb_store_keeps_its_databases_relative_to_the_config_file(tmp_pat
         (("history_events = 8", 'store = "rocksdb"\ncache_keys = 0'), "'pipelines.p.state.cache_keys' has value 0"),
         (("history_events = 8", "directory = 3"), "'pipelines.p.state.directory' has value 3"),
         (("ttl_s = 60", 'changelog_topic = "../up"'), "'pipelines.p.state.changelog_topic' has value '../up'"),
+        (
+            ("ttl_s = 60", "key_field = 3"),
+            "'pipelines.p.state.key_field' has value 3: expected the name of the event field",
+        ),
+        (("ttl_s = 60", 'key_field = " "'), "'pipelines.p.state.key_field' has value ' '"),
+        (("ttl_s = 60", 'repartition_topic = "r"'), "no repartition topic: set key_field"),
+        (
+            ("ttl_s = 60", 'key_field = "a"\nrepartition_topic = "in"'),
+            "'pipelines.p.state.repartition_topic' has value 'in'",
+        ),
+        (("ttl_s = 60", 'key_field = "a"\nrepartition_topic = "a/b"'), "a Kafka topic name"),
     ],
 )
 def test_a_bad_state_table_names_the_key_and_what_was_expected(tmp_path, change, expected):
     old, new = change
     assert old in STATEFUL
     assert expected in error_for(tmp_path, STATEFUL.replace(old, new, 1))
+
+
+def test_a_key_field_puts_a_rekeying_stage_ahead_and_the_pipeline_reads_its_repartition_topic(tmp_path):
+    p = load_config(write(tmp_path, STATEFUL.replace("ttl_s = 60", 'ttl_s = 60\nkey_field = "account"')), environ={})
+    pipeline = p.pipeline("p")
+    assert pipeline.rekey is not None
+    assert (pipeline.rekey.field, pipeline.rekey.source_topic) == ("account", "in")
+    assert pipeline.rekey.topic == "t.p-repartition" and pipeline.rekey.group_id == "t.p-rekey"
+    assert pipeline.input_topics == ("t.p-repartition",) and pipeline.source_topics == ("in",)
+    assert "in" in pipeline.topics
+    named = STATEFUL.replace("ttl_s = 60", 'ttl_s = 60\nkey_field = "account"\nrepartition_topic = "by-account"')
+    assert load_config(write(tmp_path, named), environ={}).pipeline("p").input_topics == ("by-account",)
+    assert load_config(write(tmp_path, STATEFUL), environ={}).pipeline("p").rekey is None
+    # Re-keying is transactional in either delivery mode, so its interval may be set in both.
+    often = named.replace('input_topics = ["in"]', 'input_topics = ["in"]\ntransaction_interval_ms = 20')
+    assert load_config(write(tmp_path, often), environ={}).pipeline("p").transaction_interval_ms == 20
 
 
 def test_a_feature_input_without_a_state_table_says_so(tmp_path):

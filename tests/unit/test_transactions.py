@@ -147,6 +147,22 @@ async def test_outputs_go_with_the_producer_of_the_input_partition_they_answer()
     assert len(sends) == 3
 
 
+async def test_a_rekeyed_output_goes_to_its_keys_partition_in_its_input_partitions_transaction():
+    fakes, transactions = await owning(0, 1)
+    sink = TransactionalSink(transactions, input_topic=TOPIC)
+    routed = [
+        OutputRecord("repartition", b"k", b"a", 0, to_partition=1, timestamp=5),
+        OutputRecord("repartition", b"k", b"b", 1, to_partition=1, timestamp=6),
+        OutputRecord("repartition", b"j", b"c", 0, to_partition=0, timestamp=7),
+    ]
+    await (await sink.send(routed))
+    assert sorted(fakes.done("send")) == [
+        (f"{GROUP}.{TOPIC}.0", "send", "repartition", 0, [b"c"]),
+        (f"{GROUP}.{TOPIC}.0", "send", "repartition", 1, [b"a"]),
+        (f"{GROUP}.{TOPIC}.1", "send", "repartition", 1, [b"b"]),
+    ]
+
+
 async def test_outputs_and_offsets_of_a_partition_no_longer_owned_are_neither_sent_nor_committed():
     fakes, transactions = await owning(0, 1)
     sink = TransactionalSink(transactions, input_topic=TOPIC)

@@ -1,0 +1,171 @@
+"""The re-keying stage of a pipeline keyed by an event field, inside the Faust worker.
+
+It runs the same driver as a pipeline (``streams.kafka.rekey.Rekeying`` in place of the model), with
+a consumer group of its own on the configured input topic: whatever the pipeline's delivery,
+its offsets commit with the re-keyed records in one transaction per input partition, every
+``transaction_interval_ms``: no event is ever re-keyed twice, so per-key state never counts one
+twice (the pipeline reads the repartition topic ``read_committed``). The pipeline's service
+starts it and is ready only once it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from mode import Service
+
+from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS, build_batcher, input_isolation
+from app.config import Config, PipelineConfig, RekeyConfig
+from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
+from app.kafka_clients import connection, make_consumer, make_producer
+from app.topics import compacted_topics, max_message_bytes, partitions_of
+from streams.cost_model import CostModel
+from streams.delivery import Sink
+from streams.driver import Driver
+from streams.kafka.group_source import KafkaBatchSource
+from streams.kafka.rekey import Rekeying
+from streams.kafka.transaction_commits import TransactionCommits
+from streams.kafka.transactions import PartitionTransactions, TransactionalSink
+from streams.metrics import PipelineMetrics
+from streams.records import Partition
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 20.0
+# Reading a key field and handing the event on, per event (measured: a few microseconds); only
+# a starting point for the batcher, which measures the stage within seconds.
+REKEY_SECONDS_PER_EVENT = 5e-6
+
+
+class RekeyService(Service):
+    def __init__(self, config: Config, pipeline: PipelineConfig, metrics: PipelineMetrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        assert pipeline.rekey is not None
+        self.config = config
+        self.pipeline_config = pipeline
+        self.rekey: RekeyConfig = pipeline.rekey
+        self.metrics = metrics
+        self.driver: Driver[Rekeying] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._sink: TransactionalSink | None = None
+        self._source: KafkaBatchSource | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._crashing: asyncio.Future[None] | None = None
+        self._stage_running = asyncio.Event()
+
+    @property
+    def shortlabel(self) -> str:
+        return f"Rekey[{self.pipeline_config.name}]"
+
+    @property
+    def ready(self) -> bool:
+        return self._source is not None and self._source.joined.is_set()
+
+    async def joined(self) -> None:
+        """Once the group gave this worker its share of the input's partitions."""
+        await self._stage_running.wait()
+        assert self._source is not None
+        await self._source.joined.wait()
+
+    async def on_start(self) -> None:
+        p, r = self.pipeline_config, self.rekey
+        conn = connection(self.config)
+        client_id = f"sluice-{p.name}-rekey"
+        outputs = [r.topic, p.dead_letter_topic]
+        # Always transactional: an event re-keyed twice would be counted twice in its key's state.
+        settings = {**PRODUCER_SETTINGS["live"], "client_id": client_id}
+        transactions = PartitionTransactions(
+            lambda transactional_id: make_producer(conn, transactional_id=transactional_id, **settings),
+            group_id=r.group_id,
+        )
+        sink = TransactionalSink(
+            transactions,
+            input_topic=r.source_topic,
+            max_record_bytes=await max_message_bytes(conn, outputs),
+            compacted=await compacted_topics(conn, outputs),
+        )
+        self._sink = sink
+        self._consumer = make_consumer(
+            conn,
+            group_id=r.group_id,
+            client_id=client_id,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
+            fetch_max_wait_ms=min(p.poll_ms, 500),
+            isolation_level=input_isolation(p),
+        )
+        await sink.start()
+        source = KafkaBatchSource(self._consumer, (r.source_topic,), poll_ms=p.poll_ms, gated=True)
+        self._source = source
+        routed_to: Sink = sink
+        on_committed = source.mark_committed
+        kill_after = kill_in_rekey_transaction_after()
+        if kill_after is not None:
+            routed_to = hook = KillInOpenTransaction(sink, kill_after, on_committed)
+            on_committed = hook.committed
+        stage = Rekeying(
+            name=p.name,
+            field=r.field,
+            topic=r.topic,
+            partitions=len(await partitions_of(conn, r.topic)),
+            sink=routed_to,
+            dead_letter_topic=p.dead_letter_topic,
+            max_payload_bytes=p.schema.max_payload_bytes,
+            dead_letter_copy_bytes=p.dead_letter_copy_bytes,
+        )
+        progress = TransactionCommits(transactions, interval_ms=p.transaction_interval_ms, on_committed=on_committed)
+        cost = CostModel(fallback_seconds_per_event=REKEY_SECONDS_PER_EVENT)
+        self.driver = driver = Driver(source, stage, build_batcher(p, cost, "live"), progress, metrics=self.metrics)
+        self._subscribe_with_transactions(source, driver, transactions)
+        await self._consumer.start()
+        self._run_task = asyncio.create_task(driver.run(), name=f"sluice-rekey-{p.name}")
+        self._run_task.add_done_callback(self._on_loop_done)
+        self._stage_running.set()
+        log.info(
+            "pipeline %s: re-keying %s by field %r -> %s (group %s, transactions every %.0f ms)",
+            p.name,
+            r.source_topic,
+            r.field,
+            r.topic,
+            r.group_id,
+            p.transaction_interval_ms,
+        )
+
+    @staticmethod
+    def _subscribe_with_transactions(
+        source: KafkaBatchSource, driver: Driver[Rekeying], txns: PartitionTransactions
+    ) -> None:
+        async def on_revoke(revoked: set[Partition]) -> None:
+            try:
+                await driver.release_partitions(revoked)  # commits every open transaction
+            finally:
+                await txns.release(revoked)
+
+        async def on_assign(assigned: set[Partition]) -> None:
+            await txns.assign(assigned)  # fences their previous owners first
+            await source.start_from_committed(assigned)
+
+        source.subscribe(on_revoke=on_revoke, on_assign=on_assign)
+
+    def _on_loop_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pipeline %s: re-keying stopped on an error: %r", self.pipeline_config.name, task.exception())
+            # Crash the worker: what was not committed is re-keyed after a restart.
+            self._crashing = asyncio.ensure_future(self.crash(task.exception()))  # type: ignore[arg-type]
+
+    async def on_stop(self) -> None:
+        if self.driver is not None and self._run_task is not None and not self._run_task.done():
+            self.driver.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._run_task), STOP_GRACE_S)
+            except TimeoutError:
+                self._run_task.cancel()
+            except Exception:  # noqa: BLE001 - already reported by _on_loop_done
+                pass
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._sink is not None:
+            await self._sink.stop()
