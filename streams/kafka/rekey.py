@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 from aiokafka.partitioner import murmur2
@@ -35,6 +36,10 @@ from streams.pipeline import BatchOutcome, Scored, wall_clock_ms
 from streams.records import OutputRecord, SourceRecord, UndecodableRecord
 
 SOURCE_HEADER = "sluice-source"
+# Integer keys orjson reads as integers (beyond them, floats: not keys).
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+# What msgspec raises for a value it refuses (UnicodeDecodeError is a ValueError).
+_REFUSED = (msgspec.DecodeError, ValueError, RecursionError)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -64,7 +69,8 @@ class Rekeying:
         dead_letter_copy_bytes: int,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
-        self.name = name
+        self.pipeline = name
+        self.name = f"{name} (re-keying)"  # in the driver's log lines
         self.field = field
         self.topic = topic
         self.partitions = partitions
@@ -72,6 +78,11 @@ class Rekeying:
         self.max_payload_bytes = max_payload_bytes
         self.dead_letter_copy_bytes = dead_letter_copy_bytes
         self.clock_ms = clock_ms
+        # The fast path: msgspec reads the key field alone, skipping the rest of the event (a
+        # third of orjson's time on a demo event). It vouches only for a string or an integer key
+        # of at most MAX_KEY_BYTES; anything else is decided by ``key_of``, which says why.
+        keyed = msgspec.defstruct("Keyed", [("key", str | int | None, msgspec.field(name=field, default=None))])
+        self._fast_key = msgspec.json.Decoder(keyed).decode
         self.delivery = Delivery(
             sink,
             pipeline=name,
@@ -123,7 +134,23 @@ class Rekeying:
         rows: list[int] = []
         keys: list[bytes] = []
         rejects: list[Reject] = []
+        fast_key, limit = self._fast_key, self.max_payload_bytes
         for index, record in enumerate(records):
+            value = record.value
+            if value and len(value) <= limit and type(record) is not UndecodableRecord:
+                try:
+                    found = getattr(fast_key(value), "key")  # noqa: B009 - a field msgspec made at run time
+                except _REFUSED:
+                    found = None
+                encoded = None
+                if type(found) is str:
+                    encoded = found.encode("utf-8", "surrogatepass")
+                elif type(found) is int and _INT_MIN <= found <= _INT_MAX:
+                    encoded = str(found).encode()
+                if encoded is not None and len(encoded) <= MAX_KEY_BYTES:
+                    rows.append(index)
+                    keys.append(encoded)
+                    continue
             key = self.key_of(record)
             if type(key) is bytes:
                 rows.append(index)
@@ -164,7 +191,7 @@ class Rekeying:
                 records,
                 decoded.rejects,
                 topic=self.dead_letter_topic,
-                pipeline=self.name,
+                pipeline=self.pipeline,
                 now_ms=self.clock_ms(),
                 max_copy_bytes=self.dead_letter_copy_bytes,
                 headers_of=_all_headers,

@@ -11,7 +11,14 @@ from collections import Counter
 import numpy as np
 import orjson
 
-from tests.integration.kafka_helpers import read_topic, running_worker, stop_gracefully, topics_for, unique
+from tests.integration.kafka_helpers import (
+    read_topic,
+    running_worker,
+    stop_gracefully,
+    topics_for,
+    unique,
+    wait_for_log,
+)
 from tests.integration.test_state import (
     assert_same_features,
     backfilled,
@@ -127,3 +134,36 @@ async def test_a_worker_killed_inside_a_rekeying_transaction_rekeys_each_event_e
     assert len(bodies) == 3000
     assert_keyed_by_field(committed, bodies)
     assert_same_features(live, await backfilled(kafka, config, unique("rekeykill-backfill"), 3000))
+
+
+async def test_a_rebalance_to_a_second_worker_and_back_rekeys_each_event_once(kafka, tmp_path):
+    name = "rekeyreb"
+    topics = topics_for(unique(name))
+    app_id = unique(f"{name}-app")
+    config = rekeyed_config(tmp_path, kafka, name, topics, app_id=app_id)
+    events = unkeyed_events(4000, seed=45)
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    with running_worker(config, first_log, ready_text=f"pipeline {name}: ready") as first:
+        await produce_timed(kafka, topics["input_topic"], events[:1000])
+        await read_topic(kafka, topics["output_topic"], expected=1000, within_s=60)
+        producing = asyncio.ensure_future(produce_timed(kafka, topics["input_topic"], events[1000:3000], rate=400))
+        with running_worker(config, second_log, ready_text=f"pipeline {name}: ready") as second:
+            wait_for_log(first_log, "partitions revoked", proc=first)
+            await producing
+            await read_topic(kafka, topics["output_topic"], expected=3000, within_s=60)
+            assert stop_gracefully(second) == 0
+        await produce_timed(kafka, topics["input_topic"], events[3000:], rate=1000)
+        live = by_position(await read_topic(kafka, topics["output_topic"], expected=4000, within_s=120, idle=1))
+        assert first.poll() is None
+    assert "re-keying" in second_log.read_text()
+    repartition = f"{app_id}.{name}-repartition"
+    committed = await read_topic(
+        kafka, repartition, expected=4000, within_s=30, idle=1, isolation_level="read_committed"
+    )
+    assert Counter(orjson.loads(r.value)["id"] for r in committed) == Counter(
+        orjson.loads(v)["id"] for _, v, _ in events
+    )
+    bodies = [b for bs in live.values() for b in bs]
+    assert {b["id"] for b in bodies} == {orjson.loads(v)["id"] for _, v, _ in events}
+    assert_keyed_by_field(committed, bodies)
+    assert_same_features(live, await backfilled(kafka, config, unique("rekeyreb-backfill"), 4000))

@@ -106,6 +106,7 @@ async def test_every_string_or_integer_key_routes_and_equal_keys_share_a_partiti
     events = [rec(i, orjson.dumps({"account": key})) for i, key in enumerate(keys)]
     scored = await rekeying.finish(events, rekeying.decode(events))
     assert [out.key for out in scored.outputs] == [str(key).encode("utf-8", "surrogatepass") for key in keys]
+    assert [out.key for out in scored.outputs] == [rekeying.key_of(event) for event in events], "fast == careful"
     where: dict[bytes | None, int | None] = {}
     for out in scored.outputs:
         assert where.setdefault(out.key, out.to_partition) == out.to_partition
