@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 
 from tests.integration.kafka_helpers import (
+    free_port,
     read_topic,
     running_worker,
     stop_gracefully,
@@ -23,6 +24,7 @@ from tests.integration.test_state import (
     assert_same_features,
     backfilled,
     by_position,
+    get_key,
     keyed_events,
     produce_timed,
     stateful_config,
@@ -81,12 +83,20 @@ async def test_events_without_keys_are_rekeyed_by_a_field_and_live_equals_backfi
     config = rekeyed_config(tmp_path, kafka, name, topics, app_id=app_id)
     events = unkeyed_events(3000, seed=43)
     bad = [(None, value, ts) for value, (_, _, ts) in zip(BAD, events, strict=False)]
-    with running_worker(config, tmp_path / "worker.log", ready_text=f"pipeline {name}: ready") as worker:
+    port = free_port()
+    with running_worker(config, tmp_path / "worker.log", ready_text=f"pipeline {name}: ready", web_port=port) as worker:
         await produce_timed(kafka, topics["input_topic"], events[:1000] + bad)
         await produce_timed(kafka, topics["input_topic"], events[1000:], rate=1500)
         live = by_position(await read_topic(kafka, topics["output_topic"], expected=3000, within_s=120, idle=1))
         letters = await read_topic(kafka, topics["dead_letter_topic"], expected=len(bad), within_s=30)
+        # Served by the field's value: the key of the last event, whose state cannot have expired.
+        last = orjson.loads(events[-1][1])
+        status, served, _ = await asyncio.to_thread(get_key, port, name, str(last["acct"]))
         assert stop_gracefully(worker) == 0
+    assert status == 200, served
+    [output] = [b for bs in live.values() for b in bs if b["id"] == last["id"]]
+    assert served["last_prediction"]["prediction"] == output["prediction"]
+    assert served["last_prediction"]["source"] == output["source"]
     repartition = f"{app_id}.{name}-repartition"
     repartitioned = await read_topic(kafka, repartition, expected=3000, within_s=30, idle=1)
     assert len(repartitioned) == 3000
