@@ -165,6 +165,7 @@ DRAINS: dict[str, str | None] = {
     "state": "",
     "rocksdb": 'store = "rocksdb"',
     "rocksdb-cache-2500": 'store = "rocksdb"\ncache_keys = 2500',
+    "rekeyed": 'key_field = "account"',
 }
 
 
@@ -445,7 +446,9 @@ def report(r: dict) -> str:
         '`rocksdb`: the same features with `store = "rocksdb"` (its default cache of 100,000 keys holds the demo\'s '
         "10,000 accounts: what it adds is writing each commit's changed keys to the local databases); "
         "`rocksdb-cache-2500`: a cache of a quarter of the accounts, so most batches read keys back from RocksDB "
-        "and evict others.",
+        "and evict others. `rekeyed`: the memory store keyed by the event's `account` field "
+        "(`key_field`), so every event first goes through the re-keying stage and its repartition topic "
+        "(transactions every 100 ms), in the same process.",
         "",
         f"Changelog: one record per key changed since the previous commit (every `commit_interval_ms`, 1 s by "
         f"default), so records per event fall as the drain rate grows; a demo event is "
