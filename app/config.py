@@ -189,6 +189,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
     pipelines_table.done()
     if not pipelines:
         raise ConfigError(f"{path}: key 'pipelines' has no pipeline: expected at least one [pipelines.NAME] table")
+    _check_rekeyed_names(path, pipelines)
     root.done()
     return Config(path=path, app=app, pipelines=pipelines)
 
@@ -319,11 +320,19 @@ def _emit_features(t: _Table, state: StateSpec | None) -> bool:
     return emit
 
 
+def default_changelog(state: Mapping[str, Any], group_id: str) -> str:
+    """The changelog a stateful pipeline gets unless its config names one. Keyed by an event field,
+    it has a name of its own: state kept by record key must never be restored as state by field
+    (turning key_field on would count every past event twice; with a fresh changelog the
+    pipeline rebuilds its state from the re-keyed history instead)."""
+    return f"{group_id}-rekeyed-state-changelog" if "key_field" in state else f"{group_id}-state-changelog"
+
+
 def _changelog_topic(t: _Table, state: StateSpec | None, group_id: str) -> str:
     if state is None:
         return ""
     state_table = t.table("state")
-    topic = state_table.text("changelog_topic", f"{group_id}-state-changelog")
+    topic = state_table.text("changelog_topic", default_changelog(state_table.data, group_id))
     others = [t.data.get(k) for k in ("output_topic", "dead_letter_topic", "backfill_topic")]
     others += t.data.get("input_topics") or []
     if topic in others:
@@ -352,12 +361,51 @@ def _rekey(t: _Table, state: StateSpec | None, group_id: str, inputs: tuple[str,
         raise state_table.fail("key_field", field, expected)
     topic = state_table.text("repartition_topic", f"{group_id}-repartition")
     others = [t.data.get(k) for k in ("output_topic", "dead_letter_topic", "backfill_topic")]
-    others += [*inputs, state_table.data.get("changelog_topic", f"{group_id}-state-changelog")]
+    others += [*inputs, state_table.data.get("changelog_topic", default_changelog(state_table.data, group_id))]
+    others.append(f"{t.data.get('output_topic', '')}-backfill")
     if topic in others:
         raise state_table.fail("repartition_topic", topic, "a topic of its own (it holds the re-keyed events)")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) or topic in {".", ".."}:
         raise state_table.fail("repartition_topic", topic, "a Kafka topic name: letters, digits, '.', '_', '-'")
+    budget, interval = t.data.get("latency_budget_ms", 50.0), t.data.get("transaction_interval_ms", 100.0)
+    if t.data.get("late_events") == "dead_letter" and budget <= interval:
+        raise t.fail(
+            "late_events",
+            "dead_letter",
+            f"'score' with [{t.prefix}.state] key_field: re-keyed events reach the model only when their "
+            f"transaction commits (transaction_interval_ms {interval}), after latency_budget_ms {budget}",
+        )
     return RekeyConfig(field, inputs[0], topic, f"{group_id}-rekey")
+
+
+def _check_rekeyed_names(path: Path, pipelines: tuple[PipelineConfig, ...]) -> None:
+    """A re-keying stage's metrics are those of "NAME-rekey", and its topic and group are its own."""
+    names = {p.name for p in pipelines}
+    used: dict[str, set[str]] = {}
+    for q in pipelines:
+        for topic in (*q.topics, q.changelog_topic, q.backfill_topic, q.rekey.topic if q.rekey else ""):
+            used.setdefault(topic, set()).add(q.name)
+    for p in pipelines:
+        if p.rekey is None:
+            continue
+        if f"{p.name}-rekey" in names:
+            raise ConfigError(
+                f"{path}: pipeline '{p.name}-rekey' has the name of pipeline '{p.name}''s re-keying stage "
+                "(its metrics); rename it"
+            )
+        sharing = sorted(used[p.rekey.topic] - {p.name})
+        if sharing:
+            raise ConfigError(
+                f"{path}: key 'pipelines.{p.name}.state.repartition_topic' has value {p.rekey.topic!r}: "
+                f"expected a topic of its own (pipeline {sharing[0]!r} uses it)"
+            )
+        if p.rekey.group_id in {q.group_id for q in pipelines} | {
+            q.rekey.group_id for q in pipelines if q.rekey and q is not p
+        }:
+            raise ConfigError(
+                f"{path}: pipeline '{p.name}': its re-keying stage's consumer group {p.rekey.group_id!r} "
+                "is another pipeline's group_id; rename one"
+            )
 
 
 def _headers(t: _Table) -> HeaderPolicy:

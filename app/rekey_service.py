@@ -18,13 +18,14 @@ from aiokafka import AIOKafkaConsumer
 from mode import Service
 
 from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS, build_batcher, input_isolation
-from app.config import Config, PipelineConfig, RekeyConfig
+from app.config import PRODUCER_REQUEST_BYTES, Config, PipelineConfig, RekeyConfig
 from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
 from app.kafka_clients import connection, make_consumer, make_producer
-from app.topics import compacted_topics, max_message_bytes, partitions_of
+from app.topics import compacted_topics, max_message_bytes, partitions_of, timestamp_window_ms
 from streams.cost_model import CostModel
 from streams.delivery import Sink
 from streams.driver import Driver
+from streams.errors import TopicMissingError
 from streams.kafka.group_source import KafkaBatchSource
 from streams.kafka.rekey import Rekeying
 from streams.kafka.transaction_commits import TransactionCommits
@@ -81,10 +82,13 @@ class RekeyService(Service):
             lambda transactional_id: make_producer(conn, transactional_id=transactional_id, **settings),
             group_id=r.group_id,
         )
+        # A record over the producer's own request limit fails its whole transaction, like one over the
+        # topic's: both are checked before sending (the re-keyed event becomes a dead letter).
+        limits = {t: min(n, PRODUCER_REQUEST_BYTES) for t, n in (await max_message_bytes(conn, outputs)).items()}
         sink = TransactionalSink(
             transactions,
             input_topic=r.source_topic,
-            max_record_bytes=await max_message_bytes(conn, outputs),
+            max_record_bytes={t: limits.get(t, PRODUCER_REQUEST_BYTES) for t in outputs},
             compacted=await compacted_topics(conn, outputs),
         )
         self._sink = sink
@@ -106,11 +110,15 @@ class RekeyService(Service):
         if kill_after is not None:
             routed_to = hook = KillInOpenTransaction(sink, kill_after, on_committed)
             on_committed = hook.committed
+        partitions = len(await partitions_of(conn, r.topic))
+        if not partitions:
+            raise TopicMissingError(f"the repartition topic {r.topic} of pipeline {p.name} is gone; restart the worker")
         stage = Rekeying(
             name=p.name,
             field=r.field,
             topic=r.topic,
-            partitions=len(await partitions_of(conn, r.topic)),
+            partitions=partitions,
+            timestamp_window_ms=await timestamp_window_ms(conn, r.topic),
             sink=routed_to,
             dead_letter_topic=p.dead_letter_topic,
             max_payload_bytes=p.schema.max_payload_bytes,
@@ -119,6 +127,7 @@ class RekeyService(Service):
         progress = TransactionCommits(transactions, interval_ms=p.transaction_interval_ms, on_committed=on_committed)
         cost = CostModel(fallback_seconds_per_event=REKEY_SECONDS_PER_EVENT)
         self.driver = driver = Driver(source, stage, build_batcher(p, cost, "live"), progress, metrics=self.metrics)
+        self.metrics.probe = driver  # the input topic's lag, the queue, lost outputs
         self._subscribe_with_transactions(source, driver, transactions)
         await self._consumer.start()
         self._run_task = asyncio.create_task(driver.run(), name=f"sluice-rekey-{p.name}")

@@ -155,28 +155,62 @@ async def ensure_changelog(
 async def ensure_repartition(
     conn: Connection | str, topic: str, source_topic: str, *, create: bool, timeout_s: float = 30.0
 ) -> None:
-    """Make sure the repartition topic of a pipeline keyed by an event field is there. Created (if
-    ``create``) with the source topic's partitions and retention: it holds the same events, and a
-    backfill replays it, so it keeps them as long as the source does."""
+    """Make sure the repartition topic of a pipeline keyed by an event field is there and fit. Created
+    (if ``create``) with the source topic's partitions, replication and retention: it holds the same
+    events, and a backfill replays it, so it keeps them as long as the source does. It must keep
+    every record (not compacted: each record is keyed, compaction would drop a key's older events)
+    with the producer's timestamps (``CreateTime``: windows are measured by them)."""
     conn = as_connection(conn)
-    if await partitions_of(conn, topic):
-        return
-    if not create:
+    if not await partitions_of(conn, topic):
+        if not create:
+            raise TopicMissingError(
+                f"the repartition topic {topic} does not exist; create it (as many partitions as {source_topic}, "
+                f"and its retention), or set [app] create_topics = true"
+            )
+        await _create_like(conn, topic, source_topic, timeout_s)
+    settings = (await topic_settings(conn, [topic], ["cleanup.policy", "message.timestamp.type"])).get(topic, {})
+    if is_compacted(settings):
         raise TopicMissingError(
-            f"the repartition topic {topic} does not exist; create it (as many partitions as {source_topic}, "
-            f"and its retention), or set [app] create_topics = true"
+            f"the repartition topic {topic} is compacted: it would drop a key's older events; "
+            f"set cleanup.policy=delete on it, or name another repartition_topic"
         )
-    count = len(await partitions_of(conn, source_topic))
-    retention = (await topic_settings(conn, [source_topic], ["retention.ms"])).get(source_topic, {})
+    if settings.get("message.timestamp.type", "CreateTime") != "CreateTime":
+        raise TopicMissingError(
+            f"the repartition topic {topic} has message.timestamp.type={settings['message.timestamp.type']}: the "
+            f"events' own timestamps would be replaced; set it to CreateTime, or name another repartition_topic"
+        )
+
+
+async def _create_like(conn: Connection, topic: str, source_topic: str, timeout_s: float) -> None:
+    kept = ["retention.ms", "retention.bytes"]
+    copied = (await topic_settings(conn, [source_topic], kept)).get(source_topic, {})
     admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
+        (described,) = await admin.describe_topics([source_topic])
+        partitions = described["partitions"]
+        replicas = len(partitions[0]["replicas"]) if partitions else 1
         with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
-            await admin.create_topics([NewTopic(topic, count, 1, topic_configs=retention)])
-        log.info("created the repartition topic %s (%d partitions, as %s)", topic, count, source_topic)
+            await admin.create_topics([NewTopic(topic, len(partitions), replicas, topic_configs=copied)])
+        log.info(
+            "created the repartition topic %s (%d partitions, replication %d, as %s)",
+            topic,
+            len(partitions),
+            replicas,
+            source_topic,
+        )
         await _wait_for_leaders(admin, [topic], timeout_s)
     finally:
         await admin.close()
+
+
+async def timestamp_window_ms(conn: Connection | str, topic: str) -> tuple[int | None, int | None]:
+    """How far behind and ahead of the broker's clock a record's timestamp may be for ``topic``
+    (``message.timestamp.before.max.ms``, ``after.max.ms``); None where there is no bound."""
+    names = ["message.timestamp.before.max.ms", "message.timestamp.after.max.ms"]
+    settings = (await topic_settings(conn, [topic], names)).get(topic, {})
+    bounds = [int(settings[name]) if name in settings else None for name in names]
+    return tuple(None if b is None or b >= 2**62 else b for b in bounds)  # type: ignore[return-value]
 
 
 async def check_broker(conn: Connection | str, timeout_s: float = 15.0) -> None:

@@ -129,9 +129,10 @@ def register_endpoints(
     class Model(View):
         async def get(self, request: Request, pipeline: str) -> Response:
             service = services.get(pipeline)
-            if service is None or service.driver is None:
+            serving = service.driver.serving() if service is not None and service.driver is not None else None
+            if serving is None:
                 return self.error(404, f"no running pipeline {pipeline!r}; pipelines: {sorted(services)}")
-            name, version = service.driver.serving()
+            name, version = serving
             return self.json({"pipeline": pipeline, "model": name, "version": version})
 
         async def post(self, request: Request, pipeline: str) -> Response:

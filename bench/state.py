@@ -211,7 +211,8 @@ async def _drain(tag: str, label: str, items: list, wanted: set[str], workdir: P
         (await spy).wait(timeout=60)
         row["profile"] = profile_shares(raw)
     if stateful:
-        written = await read_changelog(f"{tag}-app.bench-state-changelog")
+        rekeyed = "rekeyed-" if "key_field" in (store or "") else ""  # app.config.default_changelog
+        written = await read_changelog(f"{tag}-app.bench-{rekeyed}state-changelog")
         row |= {f"changelog_{k}": v for k, v in written.items()}
         row |= {f"changelog_{k}_per_event": v / max(1, len(outputs)) for k, v in written.items()}
     return row

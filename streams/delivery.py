@@ -17,6 +17,9 @@ from streams.records import OutputRecord
 
 log = logging.getLogger(__name__)
 
+# What stands in for an output the destination refused for good: (output, reason, now ms) -> dead letter.
+Replacement = Callable[[OutputRecord, str, int], OutputRecord]
+
 
 class Sink(Protocol):
     """Where outputs go."""
@@ -41,8 +44,10 @@ class Delivery:
         dead_letter_topic: str,
         max_copy_bytes: int,
         clock_ms: Callable[[], int],
+        replacement: Replacement | None = None,
     ) -> None:
         self.sink = sink
+        self.replacement = replacement or self.minimal_dead_letter
         self.pipeline = pipeline
         self.dead_letter_topic = dead_letter_topic
         self.max_copy_bytes = max_copy_bytes
@@ -50,6 +55,17 @@ class Delivery:
         # Outputs refused by the destination whose minimal dead letter was refused too:
         # logged with their source position, and counted here for the metrics.
         self.lost_outputs = 0
+
+    def minimal_dead_letter(self, refused: OutputRecord, reason: str, now_ms: int) -> OutputRecord:
+        """``streams.dead_letters.replacement_for_refused``: for outputs that name their source."""
+        return replacement_for_refused(
+            refused,
+            reason,
+            topic=self.dead_letter_topic,
+            pipeline=self.pipeline,
+            now_ms=now_ms,
+            max_copy_bytes=self.max_copy_bytes,
+        )
 
     async def deliver(self, outputs: Sequence[OutputRecord]) -> Awaitable[None]:
         """Send ``outputs``; the result completes once each is acknowledged or, if the destination
@@ -62,17 +78,7 @@ class Delivery:
             await acknowledged
         except OutputRefused as refused:
             now = self.clock_ms()
-            replacements = [
-                replacement_for_refused(
-                    record,
-                    reason,
-                    topic=self.dead_letter_topic,
-                    pipeline=self.pipeline,
-                    now_ms=now,
-                    max_copy_bytes=self.max_copy_bytes,
-                )
-                for record, reason in refused.refused
-            ]
+            replacements = [self.replacement(record, reason, now) for record, reason in refused.refused]
             log.warning(
                 "pipeline %s: the broker refused %d output(s) for good (%s); sending minimal dead letters instead",
                 self.pipeline,

@@ -183,9 +183,10 @@ class Driver(Generic[StageT]):
     def lag_by_partition(self) -> dict[tuple[str, int], int]:
         return self.source.lag_by_partition()
 
-    def serving(self) -> tuple[str, str]:
-        runner = self._scoring().runner
-        return runner.name, runner.version
+    def serving(self) -> tuple[str, str] | None:
+        if not isinstance(self.pipeline, Pipeline):
+            return None  # a stage without a model (re-keying)
+        return self.pipeline.runner.name, self.pipeline.runner.version
 
     def predicted_batch_seconds(self) -> dict[int, float]:
         return self.batcher.predicted_seconds()

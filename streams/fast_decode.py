@@ -85,7 +85,7 @@ class FastDecoder:
 
         Every value must be non-empty and within the schema's size limit (the careful path
         names those faults)."""
-        positions = _plain_positions(values)
+        positions = plain_positions(values)
         objects, positions = self._structs(values, positions)
         ids: list[Any] = list(map(self._ids, objects))
         if int in set(map(type, ids)):
@@ -168,7 +168,7 @@ def _skeleton(shape: tuple[int, ...]) -> bytes:
     return b"[" + b",".join([inner] * shape[0]) + b"]"
 
 
-def _plain_positions(values: Sequence[bytes]) -> list[int]:
+def plain_positions(values: Sequence[bytes]) -> list[int]:
     """The positions of the values where msgspec's verdict on the skipped fields is orjson's.
 
     Values are checked in chunks, joined (a value is a substring of its joined chunk, so a

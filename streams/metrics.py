@@ -59,7 +59,7 @@ class LiveProbe(Protocol):
 
     def lag_by_partition(self) -> dict[tuple[str, int], int]: ...
 
-    def serving(self) -> tuple[str, str]:
+    def serving(self) -> tuple[str, str] | None:
         """The model's name and version."""
         ...
 
@@ -171,8 +171,9 @@ class SluiceCollector(Collector):
                 queue.add_metric([name], m.probe.queue_depth())
                 for (topic, partition), records in sorted(m.probe.lag_by_partition().items()):
                     lag.add_metric([name, topic, str(partition)], records)
-                model_name, version = m.probe.serving()
-                model.add_metric([name, model_name, version], 1)
+                serving = m.probe.serving()
+                if serving is not None:
+                    model.add_metric([name, *serving], 1)
                 down.add_metric([name], 1 if m.probe.model_unavailable() else 0)
                 lost.add_metric([name], m.probe.lost_outputs())
                 for size, seconds in sorted(m.probe.predicted_batch_seconds().items()):

@@ -9,11 +9,13 @@ topic as it would an input keyed by the producers, and its backfill replays that
 order in which a key's events were re-keyed is the order its state saw them, live and replayed.
 
 Each routed event carries a ``sluice-source`` header naming its original position
-(``topic:partition:offset``), which the pipeline's outputs carry on. An event without a usable
-key (not a JSON object, no such field, a field that is not a string or an integer, a key over
-``MAX_KEY_BYTES``) is dead-lettered here, with its original position. The stage runs in the
-driver like a pipeline, so its offsets commit only after its records are acknowledged, or
-with them in one transaction per input partition (exactly-once: no event is re-keyed twice).
+(``topic:partition:offset``; one the producer set is replaced), which the pipeline's outputs
+carry on. An event the repartition topic would refuse (too large with its new key and header,
+or a timestamp outside the topic's ``message.timestamp.before/after.max.ms``) is dead-lettered
+at its original position: sent, it would fail the whole transaction, again at each restart. So
+is an event without a usable key (``streams.key_field``). The stage runs in the driver like a
+pipeline; its offsets commit with its records in one transaction per input partition (the
+service sees to it), so no event is ever re-keyed twice.
 """
 
 from __future__ import annotations
@@ -21,25 +23,21 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
-import msgspec
 import numpy as np
-import orjson
 from aiokafka.partitioner import murmur2
 
 from streams.codec import Decoded, Reject
-from streams.dead_letters import encode_dead_letters
+from streams.dead_letters import dead_letter, encode_dead_letters
 from streams.delivery import Delivery, Sink
-from streams.features.inputs import MAX_KEY_BYTES
+from streams.key_field import KeyField
 from streams.pipeline import BatchOutcome, Scored, wall_clock_ms
-from streams.records import OutputRecord, SourceRecord, UndecodableRecord
+from streams.records import InputRecord, OutputRecord, SourceRecord
 
 SOURCE_HEADER = "sluice-source"
-# Integer keys orjson reads as integers (beyond them, floats: not keys).
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-# What msgspec raises for a value it refuses (UnicodeDecodeError is a ValueError).
-_REFUSED = (msgspec.DecodeError, ValueError, RecursionError)
+# Room left for the clocks of this worker and the broker to differ when checking a timestamp
+# against the topic's window: an event that close to an edge is dead-lettered, not risked.
+CLOCK_SKEW_MS = 60_000
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -67,8 +65,11 @@ class Rekeying:
         dead_letter_topic: str,
         max_payload_bytes: int,
         dead_letter_copy_bytes: int,
+        timestamp_window_ms: tuple[int | None, int | None] = (None, None),
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
+        """``timestamp_window_ms``: how far behind and ahead of the broker's clock a record's timestamp
+        may be for ``topic`` (its ``message.timestamp.before.max.ms`` and ``after.max.ms``; None: any)."""
         self.pipeline = name
         self.name = f"{name} (re-keying)"  # in the driver's log lines
         self.field = field
@@ -78,17 +79,15 @@ class Rekeying:
         self.max_payload_bytes = max_payload_bytes
         self.dead_letter_copy_bytes = dead_letter_copy_bytes
         self.clock_ms = clock_ms
-        # The fast path: msgspec reads the key field alone, skipping the rest of the event (a
-        # third of orjson's time on a demo event). It vouches only for a string or an integer key
-        # of at most MAX_KEY_BYTES; anything else is decided by ``key_of``, which says why.
-        keyed = msgspec.defstruct("Keyed", [("key", str | int | None, msgspec.field(name=field, default=None))])
-        self._fast_key = msgspec.json.Decoder(keyed).decode
+        self.max_behind_ms, self.max_ahead_ms = timestamp_window_ms
+        self.key_field = KeyField(field, max_payload_bytes)
         self.delivery = Delivery(
             sink,
             pipeline=name,
             dead_letter_topic=dead_letter_topic,
             max_copy_bytes=dead_letter_copy_bytes,
             clock_ms=clock_ms,
+            replacement=self._replacement,
         )
 
     @property
@@ -96,69 +95,42 @@ class Rekeying:
         return self.delivery.lost_outputs
 
     def key_of(self, record: SourceRecord) -> bytes | Reject:
-        """The event's key, or why it has none (a ``Reject`` whose index the caller sets)."""
-        value = record.value
-        if type(record) is UndecodableRecord:
-            return Reject(-1, "Undecodable", f"the consumer could not decode the record's batch: {record.reason}")
-        if value is None:
-            return Reject(-1, "Tombstone", "the record has no value (a tombstone), so no key field")
-        if len(value) > self.max_payload_bytes:
-            return Reject(
-                -1, "PayloadTooLarge", f"the value is {len(value)} bytes; the limit is {self.max_payload_bytes}"
-            )
-        try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            return Reject(-1, "InvalidJSON", f"the value is not valid JSON: {exc}")
-        if not isinstance(doc, dict):
-            return Reject(-1, "NotAnObject", f"the value is JSON {type(doc).__name__}, expected an object")
-        key: Any = doc.get(self.field)
-        if key is None:
-            return Reject(
-                -1, "MissingKey", f"field {self.field!r} (the key of the per-key features) is missing or null"
-            )
-        if isinstance(key, str):
-            encoded = key.encode("utf-8", "surrogatepass")
-        elif isinstance(key, int) and not isinstance(key, bool):
-            encoded = str(key).encode()
-        else:
-            return Reject(-1, "WrongType", f"field {self.field!r} (the key) must be a string or an integer")
-        if len(encoded) > MAX_KEY_BYTES:
-            size = len(encoded)
-            return Reject(-1, "KeyTooLong", f"field {self.field!r} (the key) is {size} bytes; at most {MAX_KEY_BYTES}")
-        return encoded
+        """``streams.key_field.KeyField.key_of``: the reference for an event's key."""
+        return self.key_field.key_of(record)
 
     def decode(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Decoded:
         """Each event's key (``ids``, row for row), and a reason for each event without one.
         ``expired`` is ignored: a late event is routed all the same (the pipeline may dead-letter it)."""
+        now = self.clock_ms()
+        rejects = [
+            Reject(i, "TimestampOutOfRange", why)
+            for i, record in enumerate(records)
+            if (why := self._outside_window(record.timestamp, now)) is not None
+        ]
         rows: list[int] = []
         keys: list[bytes] = []
-        rejects: list[Reject] = []
-        fast_key, limit = self._fast_key, self.max_payload_bytes
-        for index, record in enumerate(records):
-            value = record.value
-            if value and len(value) <= limit and type(record) is not UndecodableRecord:
-                try:
-                    found = getattr(fast_key(value), "key")  # noqa: B009 - a field msgspec made at run time
-                except _REFUSED:
-                    found = None
-                encoded = None
-                if type(found) is str:
-                    encoded = found.encode("utf-8", "surrogatepass")
-                elif type(found) is int and _INT_MIN <= found <= _INT_MAX:
-                    encoded = str(found).encode()
-                if encoded is not None and len(encoded) <= MAX_KEY_BYTES:
-                    rows.append(index)
-                    keys.append(encoded)
-                    continue
-            key = self.key_of(record)
+        for index, key in sorted(self.key_field.keys(records, skip=[r.index for r in rejects]).items()):
             if type(key) is bytes:
                 rows.append(index)
                 keys.append(key)
             else:
-                assert isinstance(key, Reject)
-                rejects.append(Reject(index, key.error, key.message))
-        return Decoded(rows=np.asarray(rows, dtype=np.int64), ids=list(keys), inputs=[], rejects=rejects)
+                rejects.append(key)  # type: ignore[arg-type]
+        rejects.sort(key=lambda r: r.index)
+        return Decoded(rows=np.asarray(rows, dtype=np.int64), ids=keys, inputs=[], rejects=rejects)
+
+    def _outside_window(self, timestamp: int, now: int) -> str | None:
+        """Why the repartition topic would refuse this timestamp, or None if it takes it."""
+        if self.max_ahead_ms is not None and timestamp > now + self.max_ahead_ms - CLOCK_SKEW_MS:
+            return (
+                f"the event's timestamp is {(timestamp - now) / 1000:,.0f} s ahead of this worker's clock; "
+                f"{self.topic} takes at most {self.max_ahead_ms / 1000:,.0f} s (message.timestamp.after.max.ms)"
+            )
+        if self.max_behind_ms is not None and timestamp < now - self.max_behind_ms + CLOCK_SKEW_MS:
+            return (
+                f"the event's timestamp is {(now - timestamp) / 1000:,.0f} s behind this worker's clock; "
+                f"{self.topic} takes at most {self.max_behind_ms / 1000:,.0f} s (message.timestamp.before.max.ms)"
+            )
+        return None
 
     def featurize(self, records: Sequence[SourceRecord], decoded: Decoded, expired: Sequence[int] = ()) -> Decoded:
         return decoded
@@ -172,13 +144,16 @@ class Rekeying:
             record = records[row]
             assert record.value is not None
             position = f"{record.topic}:{record.partition}:{record.offset}".encode()
+            headers = record.headers
+            if headers:  # the producer's own sluice-source header would pass for this one
+                headers = [h for h in headers if h[0] != SOURCE_HEADER]
             outputs.append(
                 OutputRecord(
                     topic,
                     key,
                     record.value,
                     record.partition,
-                    (*record.headers, (SOURCE_HEADER, position)),
+                    (*headers, (SOURCE_HEADER, position)),
                     to_partition=key_hash(key) % partitions,
                     timestamp=record.timestamp,
                 )
@@ -204,6 +179,25 @@ class Rekeying:
             errors=errors,
         )
         return Scored(outputs, outcome)
+
+    def _replacement(self, refused: OutputRecord, reason: str, now_ms: int) -> OutputRecord:
+        """The dead letter standing in for a re-keyed event the repartition topic refused: the
+        event's original position (from its header) and its bytes, bounded as for any dead letter."""
+        position = dict(refused.headers).get(SOURCE_HEADER, b"").decode().rsplit(":", 2)
+        if refused.topic != self.topic or len(position) != 3:  # a dead letter of this stage's own
+            return self.delivery.minimal_dead_letter(refused, reason, now_ms)
+        topic, partition, offset = position[0], int(position[1]), int(position[2])
+        record = InputRecord(topic, partition, offset, refused.timestamp or 0, None, refused.value)
+        message = f"{self.topic} refused the re-keyed event ({reason})"
+        return dead_letter(
+            record,
+            error="OutputRefused",
+            message=message,
+            topic=self.dead_letter_topic,
+            pipeline=self.pipeline,
+            now_ms=now_ms,
+            max_copy_bytes=self.dead_letter_copy_bytes,
+        )
 
     async def emit(self, scored: Scored) -> Awaitable[None]:
         return await self.delivery.deliver(scored.outputs)

@@ -143,7 +143,11 @@ class KafkaSink:
                 if partition is None:
                     for record in group:
                         future = await self.producer.send(
-                            record.topic, record.value, key=record.key, headers=record.headers
+                            record.topic,
+                            record.value,
+                            key=record.key,
+                            headers=record.headers,
+                            timestamp_ms=record.timestamp,
                         )
                         sent.append(([record], future))
                     continue
@@ -197,7 +201,11 @@ class KafkaSink:
                 partition = target_partition(record, await self._partitions(record.topic))
                 if partition is None:
                     future = await self.producer.send(
-                        record.topic, record.value, key=record.key, headers=list(record.headers)
+                        record.topic,
+                        record.value,
+                        key=record.key,
+                        headers=list(record.headers),
+                        timestamp_ms=record.timestamp,
                     )
                 else:
                     batch = self.producer.create_batch()

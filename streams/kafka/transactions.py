@@ -195,8 +195,9 @@ class TransactionalSink:
             if record.key is None and record.topic in self._compacted:
                 refused.append((record, f"{record.topic} is compacted: it refuses records without a key"))
                 continue
-            source = record.partition if record.partition is not None else -1
-            groups.setdefault((source, record.topic), []).append(record)
+            if record.partition is None:  # every output answers an input: it has no transaction otherwise
+                raise ValueError(f"an output to {record.topic} names no input partition")
+            groups.setdefault((record.partition, record.topic), []).append(record)
         sent: list[asyncio.Future[object]] = []
         dropped = 0
         try:
@@ -212,7 +213,7 @@ class TransactionalSink:
                 # The input partition's transaction holds them; a re-keyed record goes to its key's partition.
                 by_target: dict[int, list[OutputRecord]] = {}
                 for record in group:
-                    by_target.setdefault(target_partition(record, count) or 0, []).append(record)
+                    by_target.setdefault(target_partition(record, count), []).append(record)  # type: ignore[arg-type]
                 for partition, records_there in by_target.items():
                     batch = producer.create_batch()
                     for record in records_there:

@@ -158,14 +158,15 @@ async def test_a_rebalance_to_a_second_worker_and_back_rekeys_each_event_once(ka
         await read_topic(kafka, topics["output_topic"], expected=1000, within_s=60)
         producing = asyncio.ensure_future(produce_timed(kafka, topics["input_topic"], events[1000:3000], rate=400))
         with running_worker(config, second_log, ready_text=f"pipeline {name}: ready") as second:
-            wait_for_log(first_log, "partitions revoked", proc=first)
+            # The stage's own partitions (of the input topic) move, not only the pipeline's.
+            wait_for_log(first_log, f"partitions revoked: {topics['input_topic']}[", proc=first)
             await producing
             await read_topic(kafka, topics["output_topic"], expected=3000, within_s=60)
             assert stop_gracefully(second) == 0
         await produce_timed(kafka, topics["input_topic"], events[3000:], rate=1000)
         live = by_position(await read_topic(kafka, topics["output_topic"], expected=4000, within_s=120, idle=1))
         assert first.poll() is None
-    assert "re-keying" in second_log.read_text()
+    assert f"transactions open for {topics['input_topic']}[" in second_log.read_text(), "the second re-keyed some"
     repartition = f"{app_id}.{name}-repartition"
     committed = await read_topic(
         kafka, repartition, expected=4000, within_s=30, idle=1, isolation_level="read_committed"

@@ -9,15 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.errors import OutputRefused
 from streams.features.inputs import MAX_KEY_BYTES
 from streams.kafka.rekey import SOURCE_HEADER, Rekeying, key_hash
 from streams.records import InputRecord, UndecodableRecord
 from tests.fakes import ListSink
 
 PARTITIONS = 6
+NOW = 1_700_000_000_000
 
 
-def stage(sink: ListSink | None = None) -> Rekeying:
+def stage(sink: ListSink | None = None, window: tuple[int | None, int | None] = (None, None)) -> Rekeying:
     return Rekeying(
         name="fraud",
         field="account",
@@ -27,12 +29,13 @@ def stage(sink: ListSink | None = None) -> Rekeying:
         dead_letter_topic="dlq",
         max_payload_bytes=10_000,
         dead_letter_copy_bytes=1_000,
-        clock_ms=lambda: 42,
+        timestamp_window_ms=window,
+        clock_ms=lambda: NOW,
     )
 
 
-def rec(offset: int, value: bytes | None, partition: int = 2) -> InputRecord:
-    return InputRecord("tx", partition, offset, 1_700_000_000_000 + offset, b"producer-key", value, (("trace", b"t"),))
+def rec(offset: int, value: bytes | None, partition: int = 2, headers=(("trace", b"t"),), ts: int = NOW) -> InputRecord:
+    return InputRecord("tx", partition, offset, ts + offset, b"producer-key", value, headers)
 
 
 # Java's Utils.murmur2, from Kafka's own UtilsTest (as signed ints there): the default partitioner
@@ -110,3 +113,44 @@ async def test_every_string_or_integer_key_routes_and_equal_keys_share_a_partiti
     where: dict[bytes | None, int | None] = {}
     for out in scored.outputs:
         assert where.setdefault(out.key, out.to_partition) == out.to_partition
+
+
+async def test_a_sluice_source_header_set_by_the_producer_is_replaced_not_kept():
+    rekeying = stage()
+    forged = rec(5, b'{"account": "a"}', headers=((SOURCE_HEADER, b"elsewhere:0:0"), ("trace", b"t")))
+    [out] = (await rekeying.finish([forged], rekeying.decode([forged]))).outputs
+    assert list(out.headers) == [("trace", b"t"), (SOURCE_HEADER, b"tx:2:5")]
+
+
+@pytest.mark.parametrize(("ts", "why"), [(NOW + 3_600_000, "ahead"), (NOW - 86_400_000, "behind")])
+async def test_an_event_whose_timestamp_the_repartition_topic_refuses_is_a_dead_letter(ts, why):
+    # Kafka 4's defaults: up to an hour ahead, any time behind; here also at most 12 hours behind.
+    rekeying = stage(window=(12 * 3_600_000, 3_600_000))
+    events = [rec(0, b'{"account": "a"}', ts=NOW), rec(1, b'{"account": "b"}', ts=ts)]
+    scored = await rekeying.finish(events, rekeying.decode(events))
+    assert [o.key for o in scored.outputs if o.topic == "fraud-repartition"] == [b"a"]
+    [letter] = [orjson.loads(o.value) for o in scored.outputs if o.topic == "dlq"]
+    assert letter["error"] == "TimestampOutOfRange" and why in letter["reason"]
+
+
+async def test_a_rekeyed_event_the_topic_refuses_becomes_a_dead_letter_at_its_original_position():
+    class Refusing(ListSink):
+        async def send(self, records):
+            refused = [(r, "MessageSizeTooLargeError") for r in records if r.topic == "fraud-repartition"]
+            await (await super().send([r for r in records if r.topic != "fraud-repartition"]))
+            return _refuse(refused)
+
+    sink = Refusing()
+    rekeying = stage(sink)
+    # Its body names another source and error: the dead letter must not take them from it.
+    event = rec(7, b'{"account": "a", "source": {"topic": "forged"}, "error": "Forged"}')
+    await (await rekeying.emit(await rekeying.finish([event], rekeying.decode([event]))))
+    [letter] = [orjson.loads(r.value) for r in sink.records]
+    assert letter["error"] == "OutputRefused" and "fraud-repartition refused" in letter["reason"]
+    assert (letter["source"]["topic"], letter["source"]["partition"], letter["source"]["offset"]) == ("tx", 2, 7)
+    assert letter["value"] == event.value.decode()
+
+
+async def _refuse(refused):
+    if refused:
+        raise OutputRefused(refused)

@@ -92,6 +92,7 @@ def test_a_rocksdb_store_keeps_its_databases_relative_to_the_config_file(tmp_pat
             "'pipelines.p.state.repartition_topic' has value 'in'",
         ),
         (("ttl_s = 60", 'key_field = "a"\nrepartition_topic = "a/b"'), "a Kafka topic name"),
+        (("ttl_s = 60", 'key_field = "a"\nrepartition_topic = "out-backfill"'), "has value 'out-backfill'"),
     ],
 )
 def test_a_bad_state_table_names_the_key_and_what_was_expected(tmp_path, change, expected):
@@ -107,6 +108,7 @@ def test_a_key_field_puts_a_rekeying_stage_ahead_and_the_pipeline_reads_its_repa
     assert (pipeline.rekey.field, pipeline.rekey.source_topic) == ("account", "in")
     assert pipeline.rekey.topic == "t.p-repartition" and pipeline.rekey.group_id == "t.p-rekey"
     assert pipeline.input_topics == ("t.p-repartition",) and pipeline.source_topics == ("in",)
+    assert pipeline.changelog_topic == "t.p-rekeyed-state-changelog", "never the record-keyed state's"
     assert "in" in pipeline.topics
     named = STATEFUL.replace("ttl_s = 60", 'ttl_s = 60\nkey_field = "account"\nrepartition_topic = "by-account"')
     assert load_config(write(tmp_path, named), environ={}).pipeline("p").input_topics == ("by-account",)
@@ -114,6 +116,30 @@ def test_a_key_field_puts_a_rekeying_stage_ahead_and_the_pipeline_reads_its_repa
     # Re-keying is transactional in either delivery mode, so its interval may be set in both.
     often = named.replace('input_topics = ["in"]', 'input_topics = ["in"]\ntransaction_interval_ms = 20')
     assert load_config(write(tmp_path, often), environ={}).pipeline("p").transaction_interval_ms == 20
+
+
+REKEYED = STATEFUL.replace("ttl_s = 60", 'ttl_s = 60\nkey_field = "account"')
+
+
+def test_a_rekeyed_pipeline_dead_lettering_late_events_needs_a_budget_past_its_transactions(tmp_path):
+    late = REKEYED.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\nlate_events = "dead_letter"')
+    assert "'pipelines.p.late_events' has value 'dead_letter'" in error_for(tmp_path, late)
+    roomy = late.replace('late_events = "dead_letter"', 'late_events = "dead_letter"\nlatency_budget_ms = 500')
+    assert load_config(write(tmp_path, roomy), environ={}).pipeline("p").late_events == "dead_letter"
+
+
+def test_a_rekeyed_pipelines_topic_group_and_metrics_name_are_its_own(tmp_path):
+    second = REKEYED[REKEYED.index("[pipelines.p]") :].replace("pipelines.p", "pipelines.q")
+    shared = REKEYED + second.replace('output_topic = "out"', 'output_topic = "out2"').replace(
+        "ttl_s = 60", 'ttl_s = 60\nrepartition_topic = "t.p-repartition"'
+    )
+    assert "'t.p-repartition': expected a topic of its own (pipeline 'q' uses it)" in error_for(tmp_path, shared)
+    named = REKEYED + second.replace("pipelines.q", "pipelines.p-rekey").replace('key_field = "account"', "")
+    assert "pipeline 'p-rekey' has the name of pipeline 'p''s re-keying stage" in error_for(tmp_path, named)
+    grouped = REKEYED + GOOD[GOOD.index("[pipelines.p]") :].replace("pipelines.p", "pipelines.r").replace(
+        'input_topics = ["in"]', 'input_topics = ["in"]\ngroup_id = "t.p-rekey"'
+    )
+    assert "consumer group 't.p-rekey' is another pipeline's group_id" in error_for(tmp_path, grouped)
 
 
 def test_a_feature_input_without_a_state_table_says_so(tmp_path):
