@@ -35,6 +35,7 @@ from app.crash_hooks import (
     kill_in_changelog_flush_after,
     kill_in_transaction_after,
 )
+from app.driver_task import stop_driver
 from app.kafka_clients import Connection, connection, make_consumer
 from app.key_serving import KeyServing
 from app.rekey_service import RekeyService
@@ -55,8 +56,6 @@ from streams.records import Partition
 from streams.source import Progress
 
 log = logging.getLogger(__name__)
-
-STOP_GRACE_S = 20.0
 
 
 class PipelineService(Service):
@@ -319,17 +318,7 @@ class PipelineService(Service):
     async def on_stop(self) -> None:
         if self._announce is not None:
             self._announce.cancel()
-        if self.driver is not None and self._run_task is not None and not self._run_task.done():
-            self.driver.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._run_task), STOP_GRACE_S)
-            except TimeoutError:
-                log.warning(
-                    "pipeline %s: batch in flight did not finish in %.0fs", self.pipeline_config.name, STOP_GRACE_S
-                )
-                self._run_task.cancel()
-            except Exception:  # noqa: BLE001 - already reported by _on_loop_done
-                pass
+        await stop_driver(self.driver, self._run_task, f"pipeline {self.pipeline_config.name}")
         if self._consumer is not None:
             await self._consumer.stop()
         if self._sink is not None:

@@ -20,6 +20,7 @@ from mode import Service
 from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS, build_batcher, input_isolation
 from app.config import PRODUCER_REQUEST_BYTES, Config, PipelineConfig, RekeyConfig
 from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
+from app.driver_task import stop_driver
 from app.kafka_clients import connection, make_consumer, make_producer
 from app.topics import compacted_topics, max_message_bytes, partitions_of, timestamp_window_ms
 from streams.cost_model import CostModel
@@ -35,7 +36,6 @@ from streams.records import Partition
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 20.0
 # Reading a key field and handing the event on, per event (measured: a few microseconds); only
 # a starting point for the batcher, which measures the stage within seconds.
 REKEY_SECONDS_PER_EVENT = 5e-6
@@ -166,14 +166,7 @@ class RekeyService(Service):
             self._crashing = asyncio.ensure_future(self.crash(task.exception()))  # type: ignore[arg-type]
 
     async def on_stop(self) -> None:
-        if self.driver is not None and self._run_task is not None and not self._run_task.done():
-            self.driver.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._run_task), STOP_GRACE_S)
-            except TimeoutError:
-                self._run_task.cancel()
-            except Exception:  # noqa: BLE001 - already reported by _on_loop_done
-                pass
+        await stop_driver(self.driver, self._run_task, f"pipeline {self.pipeline_config.name} (re-keying)")
         if self._consumer is not None:
             await self._consumer.stop()
         if self._sink is not None:
