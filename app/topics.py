@@ -156,8 +156,8 @@ async def ensure_repartition(
     conn: Connection | str, topic: str, source_topic: str, *, create: bool, timeout_s: float = 30.0
 ) -> None:
     """Make sure the repartition topic of a pipeline keyed by an event field is there and fit. Created
-    (if ``create``) with the source topic's partitions, replication and retention: it holds the same
-    events, and a backfill replays it, so it keeps them as long as the source does. It must keep
+    (if ``create``) with the source topic's partitions, replication, retention and timestamp window:
+    it holds the same events, and a backfill replays it, so it keeps them as long as the source does. It must keep
     every record (not compacted: each record is keyed, compaction would drop a key's older events)
     with the producer's timestamps (``CreateTime``: windows are measured by them)."""
     conn = as_connection(conn)
@@ -182,7 +182,8 @@ async def ensure_repartition(
 
 
 async def _create_like(conn: Connection, topic: str, source_topic: str, timeout_s: float) -> None:
-    kept = ["retention.ms", "retention.bytes"]
+    # What the source keeps, and the timestamps it takes (a record it took is then taken here too).
+    kept = ["retention.ms", "retention.bytes", "message.timestamp.before.max.ms", "message.timestamp.after.max.ms"]
     copied = (await topic_settings(conn, [source_topic], kept)).get(source_topic, {})
     admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
     await asyncio.wait_for(admin.start(), timeout_s)

@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.integration.kafka_helpers import (
     free_port,
@@ -84,10 +85,23 @@ async def test_events_without_keys_are_rekeyed_by_a_field_and_live_equals_backfi
     config = rekeyed_config(tmp_path, kafka, name, topics, app_id=app_id)
     events = unkeyed_events(3000, seed=43)
     bad = [(None, value, ts) for value, (_, _, ts) in zip(BAD, events, strict=False)]
-    # Valid, but stamped two hours ahead: Kafka 4 refuses records over an hour ahead by default,
-    # which inside a re-keying transaction would fail it again after every restart.
+    # Valid, but stamped two hours ahead: the input topic takes it (it takes a day ahead), the
+    # repartition topic someone created beforehand does not (Kafka 4's default: an hour), which
+    # inside a re-keying transaction would fail it again after every restart.
     future = b'{"id": "future", "acct": "acct-01"}'
     bad.append((None, future, int(time.time() * 1000) + 2 * 3_600_000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        day_ahead = {"message.timestamp.after.max.ms": str(24 * 3_600_000)}
+        await admin.create_topics(
+            [
+                NewTopic(topics["input_topic"], 3, 1, topic_configs=day_ahead),
+                NewTopic(f"{app_id}.{name}-repartition", 3, 1),
+            ]
+        )
+    finally:
+        await admin.close()
     port = free_port()
     with running_worker(config, tmp_path / "worker.log", ready_text=f"pipeline {name}: ready", web_port=port) as worker:
         await produce_timed(kafka, topics["input_topic"], events[:1000] + bad)
