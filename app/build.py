@@ -157,28 +157,28 @@ async def build_kafka_sink(conn: Connection, topics: Sequence[str], mode: Mode, 
 
 
 async def build_transactional_sink(
-    conn: Connection, pipeline: PipelineConfig, **settings: Any
+    conn: Connection, *, group_id: str, input_topic: str, outputs: Sequence[str], **settings: Any
 ) -> tuple[PartitionTransactions, TransactionalSink]:
-    """Exactly-once: the live worker's transactional producers (one per input partition, made as
-    partitions are assigned) and the sink that sends with them, not started."""
-    transactions = build_partition_transactions(conn, pipeline, **settings)
-    outputs = [pipeline.output_topic, pipeline.dead_letter_topic]
+    """Exactly-once: transactional producers (one per partition of ``input_topic``, made as partitions
+    are assigned, their ids named after ``group_id``) and the sink that sends ``outputs`` with them,
+    checked against those topics' limits; not started. The pipeline's, and its re-keying stage's."""
+    transactions = build_partition_transactions(conn, group_id, **settings)
     sink = TransactionalSink(
         transactions,
-        input_topic=pipeline.input_topics[0],
+        input_topic=input_topic,
         max_record_bytes=await max_message_bytes(conn, outputs),
         compacted=await compacted_topics(conn, outputs),
     )
     return transactions, sink
 
 
-def build_partition_transactions(conn: Connection, pipeline: PipelineConfig, **settings: Any) -> PartitionTransactions:
+def build_partition_transactions(conn: Connection, group_id: str, **settings: Any) -> PartitionTransactions:
     """One transactional producer per input partition, made as partitions are assigned: what
     commits a partition's offset (with its outputs, exactly-once; with its state's changelog)."""
     producer_settings = {**PRODUCER_SETTINGS["live"], **settings}
     return PartitionTransactions(
         lambda transactional_id: make_producer(conn, transactional_id=transactional_id, **producer_settings),
-        group_id=pipeline.group_id,
+        group_id=group_id,
     )
 
 

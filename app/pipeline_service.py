@@ -122,7 +122,13 @@ class PipelineService(Service):
         sink: KafkaSink | TransactionalSink
         transactions: PartitionTransactions | None = None
         if exactly_once:
-            transactions, sink = await build_transactional_sink(conn, p, client_id=f"sluice-{p.name}")
+            transactions, sink = await build_transactional_sink(
+                conn,
+                group_id=p.group_id,
+                input_topic=p.input_topics[0],
+                outputs=[p.output_topic, p.dead_letter_topic],
+                client_id=f"sluice-{p.name}",
+            )
         else:
             sink = await build_kafka_sink(
                 conn, [p.output_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}"
@@ -130,7 +136,7 @@ class PipelineService(Service):
             if p.state is not None:
                 # At-least-once outputs, but the state and the offsets commit together in a
                 # transaction per input partition, so the state never counts an event twice.
-                transactions = build_partition_transactions(conn, p, client_id=f"sluice-{p.name}")
+                transactions = build_partition_transactions(conn, p.group_id, client_id=f"sluice-{p.name}")
         self._sink = sink
         self._consumer = make_consumer(
             conn,

@@ -17,12 +17,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from mode import Service
 
-from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS, build_batcher, input_isolation
-from app.config import PRODUCER_REQUEST_BYTES, Config, PipelineConfig, RekeyConfig
+from app.build import FETCH_BYTES_PER_PARTITION, build_batcher, build_transactional_sink, input_isolation
+from app.config import Config, PipelineConfig, RekeyConfig
 from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
 from app.driver_task import stop_driver
-from app.kafka_clients import connection, make_consumer, make_producer
-from app.topics import compacted_topics, max_message_bytes, partitions_of, timestamp_window_ms
+from app.kafka_clients import connection, make_consumer
+from app.topics import partitions_of, timestamp_window_ms
 from streams.cost_model import CostModel
 from streams.delivery import Sink
 from streams.driver import Driver
@@ -75,21 +75,13 @@ class RekeyService(Service):
         p, r = self.pipeline_config, self.rekey
         conn = connection(self.config)
         client_id = f"sluice-{p.name}-rekey"
-        outputs = [r.topic, p.dead_letter_topic]
         # Always transactional: an event re-keyed twice would be counted twice in its key's state.
-        settings = {**PRODUCER_SETTINGS["live"], "client_id": client_id}
-        transactions = PartitionTransactions(
-            lambda transactional_id: make_producer(conn, transactional_id=transactional_id, **settings),
+        transactions, sink = await build_transactional_sink(
+            conn,
             group_id=r.group_id,
-        )
-        # A record over the producer's own request limit fails its whole transaction, like one over the
-        # topic's: both are checked before sending (the re-keyed event becomes a dead letter).
-        limits = {t: min(n, PRODUCER_REQUEST_BYTES) for t, n in (await max_message_bytes(conn, outputs)).items()}
-        sink = TransactionalSink(
-            transactions,
             input_topic=r.source_topic,
-            max_record_bytes={t: limits.get(t, PRODUCER_REQUEST_BYTES) for t in outputs},
-            compacted=await compacted_topics(conn, outputs),
+            outputs=[r.topic, p.dead_letter_topic],
+            client_id=client_id,
         )
         self._sink = sink
         self._consumer = make_consumer(
