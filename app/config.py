@@ -333,13 +333,18 @@ def _changelog_topic(t: _Table, state: StateSpec | None, group_id: str) -> str:
         return ""
     state_table = t.table("state")
     topic = state_table.text("changelog_topic", default_changelog(state_table.data, group_id))
-    others = [t.data.get(k) for k in ("output_topic", "dead_letter_topic", "backfill_topic")]
-    others += t.data.get("input_topics") or []
+    others = [*(t.data.get("input_topics") or [])]
+    return _own_topic(t, state_table, "changelog_topic", topic, others, "it holds the state, compacted")
+
+
+def _own_topic(t: _Table, state_table: _Table, key: str, topic: str, others: list[Any], why: str) -> str:
+    """``topic`` if it is none of the pipeline's other topics (``others``, and its output, dead-letter
+    and backfill topics) and a valid Kafka topic name (also a folder name: a rocksdb store's)."""
+    others = [*others, *(t.data.get(k) for k in ("output_topic", "dead_letter_topic", "backfill_topic"))]
     if topic in others:
-        raise state_table.fail("changelog_topic", topic, "a topic of its own (it holds the state, compacted)")
-    # Kafka's rule for topic names; the name is also a folder of a rocksdb store's databases.
+        raise state_table.fail(key, topic, f"a topic of its own ({why})")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) or topic in {".", ".."}:
-        raise state_table.fail("changelog_topic", topic, "a Kafka topic name: letters, digits, '.', '_', '-'")
+        raise state_table.fail(key, topic, "a Kafka topic name: letters, digits, '.', '_', '-'")
     return topic
 
 
@@ -360,22 +365,23 @@ def _rekey(t: _Table, state: StateSpec | None, group_id: str, inputs: tuple[str,
     if not field.strip():
         raise state_table.fail("key_field", field, expected)
     topic = state_table.text("repartition_topic", f"{group_id}-repartition")
-    others = [t.data.get(k) for k in ("output_topic", "dead_letter_topic", "backfill_topic")]
-    others += [*inputs, state_table.data.get("changelog_topic", default_changelog(state_table.data, group_id))]
-    others.append(f"{t.data.get('output_topic', '')}-backfill")
-    if topic in others:
-        raise state_table.fail("repartition_topic", topic, "a topic of its own (it holds the re-keyed events)")
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) or topic in {".", ".."}:
-        raise state_table.fail("repartition_topic", topic, "a Kafka topic name: letters, digits, '.', '_', '-'")
-    budget, interval = t.data.get("latency_budget_ms", 50.0), t.data.get("transaction_interval_ms", 100.0)
-    if t.data.get("late_events") == "dead_letter" and budget <= interval:
+    changelog = state_table.data.get("changelog_topic", default_changelog(state_table.data, group_id))
+    others = [*inputs, changelog, f"{t.data.get('output_topic', '')}-backfill"]
+    _own_topic(t, state_table, "repartition_topic", topic, others, "it holds the re-keyed events")
+    return RekeyConfig(field, inputs[0], topic, f"{group_id}-rekey")
+
+
+def _check_late_rekeyed(t: _Table, p: PipelineConfig) -> None:
+    """Re-keyed events reach the model only when their transaction commits: dead-lettering late
+    ones with a budget under the transaction interval would dead-letter most of them."""
+    if p.rekey is not None and p.late_events == "dead_letter" and p.latency_budget_ms <= p.transaction_interval_ms:
         raise t.fail(
             "late_events",
             "dead_letter",
             f"'score' with [{t.prefix}.state] key_field: re-keyed events reach the model only when their "
-            f"transaction commits (transaction_interval_ms {interval}), after latency_budget_ms {budget}",
+            f"transaction commits (transaction_interval_ms {p.transaction_interval_ms:g}), after latency_budget_ms "
+            f"{p.latency_budget_ms:g}",
         )
-    return RekeyConfig(field, inputs[0], topic, f"{group_id}-rekey")
 
 
 def _check_rekeyed_names(path: Path, pipelines: tuple[PipelineConfig, ...]) -> None:
@@ -487,6 +493,7 @@ def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineCon
         raise t.fail("model_dirs", dirs, "a list of folders new models may be loaded from")
     else:
         dirs = [base / d if not Path(d).is_absolute() else Path(d) for d in dirs]
+    _check_late_rekeyed(t, pipeline)
     t.done()
     return replace(pipeline, model_dirs=tuple(dirs))
 

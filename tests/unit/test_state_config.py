@@ -126,6 +126,9 @@ def test_a_rekeyed_pipeline_dead_lettering_late_events_needs_a_budget_past_its_t
     assert "'pipelines.p.late_events' has value 'dead_letter'" in error_for(tmp_path, late)
     roomy = late.replace('late_events = "dead_letter"', 'late_events = "dead_letter"\nlatency_budget_ms = 500')
     assert load_config(write(tmp_path, roomy), environ={}).pipeline("p").late_events == "dead_letter"
+    # A budget that is no number is named as such (compared before validation, it raised TypeError).
+    wrong = late.replace('late_events = "dead_letter"', 'late_events = "dead_letter"\nlatency_budget_ms = "big"')
+    assert "'pipelines.p.latency_budget_ms' has value 'big'" in error_for(tmp_path, wrong)
 
 
 def test_a_rekeyed_pipelines_topic_group_and_metrics_name_are_its_own(tmp_path):
