@@ -43,7 +43,7 @@ import msgspec
 import numpy as np
 
 # Integers orjson returns as ints; beyond these it returns floats.
-_ID_MIN, _ID_MAX = -(2**63), 2**64 - 1
+ORJSON_INT_MIN, ORJSON_INT_MAX = -(2**63), 2**64 - 1
 # orjson refuses deeper nesting; a value shorter than twice this cannot nest that deep.
 _MAX_DEPTH = 1024
 # A number that could reach a double's maximum (~1.8e308) has an exponent of three digits or
@@ -61,7 +61,7 @@ _NUMBER_TEXT = b"0123456789.eE+- \t\n\rtruefals"
 # allocator to reuse (a batch joined whole cost twice as much, in page faults).
 _CHUNK = 64
 # What msgspec raises for a value it refuses (UnicodeDecodeError is a ValueError).
-_REFUSED = (msgspec.DecodeError, ValueError, RecursionError)
+MSGSPEC_REFUSED = (msgspec.DecodeError, ValueError, RecursionError)
 
 
 class FastDecoder:
@@ -89,7 +89,11 @@ class FastDecoder:
         objects, positions = self._structs(values, positions)
         ids: list[Any] = list(map(self._ids, objects))
         if int in set(map(type, ids)):
-            keep = [i for i, event_id in enumerate(ids) if type(event_id) is str or _ID_MIN <= event_id <= _ID_MAX]
+            keep = [
+                i
+                for i, event_id in enumerate(ids)
+                if type(event_id) is str or ORJSON_INT_MIN <= event_id <= ORJSON_INT_MAX
+            ]
             if len(keep) < len(ids):
                 objects, positions = [objects[i] for i in keep], [positions[i] for i in keep]
                 ids = [ids[i] for i in keep]
@@ -124,7 +128,7 @@ class FastDecoder:
                 return [], []
             try:
                 return self._numbers(b"[" + joined.translate(None, b"[]") + b"]"), []
-            except _REFUSED:
+            except MSGSPEC_REFUSED:
                 pass
         if len(raws) == 1:
             return [math.nan] * size, [0]
@@ -147,7 +151,7 @@ class FastDecoder:
                 # extend keeps what was decoded before a refusal; the next pass goes on after it.
                 objects.extend(map(self._decode, todo))
                 break
-            except _REFUSED:
+            except MSGSPEC_REFUSED:
                 refused.append(len(objects) + len(refused))
         if refused:
             skipped = set(refused)

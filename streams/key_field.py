@@ -22,14 +22,9 @@ import msgspec
 import orjson
 
 from streams.codec import Reject
-from streams.fast_decode import plain_positions
+from streams.fast_decode import MSGSPEC_REFUSED, ORJSON_INT_MAX, ORJSON_INT_MIN, plain_positions
 from streams.features.inputs import MAX_KEY_BYTES
 from streams.records import SourceRecord, UndecodableRecord
-
-# Integer keys orjson reads as integers (beyond them, floats: not keys).
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-# What msgspec raises for a value it refuses (UnicodeDecodeError is a ValueError).
-_REFUSED = (msgspec.DecodeError, ValueError, RecursionError)
 
 
 class KeyField:
@@ -54,7 +49,7 @@ class KeyField:
         for position in plain_positions(values):
             try:
                 key: Any = getattr(fast_key(values[position]), "key")  # noqa: B009 - a field msgspec made at run time
-            except _REFUSED:
+            except MSGSPEC_REFUSED:
                 continue
             encoded = _encoded(key)
             if encoded is not None and len(encoded) <= MAX_KEY_BYTES:
@@ -98,9 +93,9 @@ class KeyField:
 
 def _encoded(key: Any) -> bytes | None:
     """A key's bytes: a string's UTF-8 (orjson and msgspec refuse lone surrogates, so it encodes),
-    an integer's digits within orjson's integer range; None for anything else."""
+    an integer's digits within the range orjson reads as integers (beyond it, floats); None for anything else."""
     if type(key) is str:
         return key.encode()
-    if type(key) is int and _INT_MIN <= key <= _INT_MAX:
+    if type(key) is int and ORJSON_INT_MIN <= key <= ORJSON_INT_MAX:
         return str(key).encode()
     return None

@@ -32,7 +32,7 @@ from streams.dead_letters import dead_letter, encode_dead_letters
 from streams.delivery import Delivery, Sink
 from streams.key_field import KeyField
 from streams.pipeline import BatchOutcome, Scored, wall_clock_ms
-from streams.records import InputRecord, OutputRecord, SourceRecord
+from streams.records import InputRecord, OutputRecord, SourceRecord, header_picker
 
 SOURCE_HEADER = "sluice-source"
 # Room left for the clocks of this worker and the broker to differ when checking a timestamp
@@ -44,10 +44,6 @@ CLOCK_SKEW_MS = 60_000
 def key_hash(key: bytes) -> int:
     """Kafka's default partitioner: the positive murmur2 of the key's bytes (cached: keys repeat)."""
     return murmur2(key) & 0x7FFFFFFF
-
-
-def _all_headers(record: SourceRecord) -> tuple[tuple[str, bytes], ...]:
-    return tuple(record.headers)
 
 
 class Rekeying:
@@ -169,7 +165,7 @@ class Rekeying:
                 pipeline=self.pipeline,
                 now_ms=self.clock_ms(),
                 max_copy_bytes=self.dead_letter_copy_bytes,
-                headers_of=_all_headers,
+                headers_of=header_picker("all"),
             )
         outcome = BatchOutcome(
             events=len(records),
