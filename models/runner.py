@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -47,7 +48,14 @@ class TorchRunner:
         if threads > 0:
             torch.set_num_threads(threads)
         self.module = module.to(self.device).eval()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sluice-infer-{name}")
+        # OpenMP's thread count is a setting of each thread: set in whichever thread built the
+        # runner (the worker builds it off the event loop), it leaves the inference thread at
+        # one OpenMP thread per core, each spinning between batches on cores the event loop needs.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"sluice-infer-{name}",
+            initializer=functools.partial(torch.set_num_threads, threads) if threads > 0 else None,
+        )
 
     @property
     def name(self) -> str:
@@ -81,6 +89,18 @@ class TorchRunner:
         The first call of a module allocates and picks kernels; timing it would mislead
         whoever plans batches from these numbers.
         """
+        timings = self._executor.submit(self._timed_batches, input_shapes, batch_sizes).result()
+        log.info(
+            "model %s v%s warmed up on %s: %s",
+            self._name,
+            self._version,
+            self.device,
+            ", ".join(f"batch {s}: {t * 1e3:.2f} ms" for s, t in timings.items()),
+        )
+        return timings
+
+    def _timed_batches(self, input_shapes: Sequence[tuple[int, ...]], batch_sizes: Sequence[int]) -> dict[int, float]:
+        # On the inference thread: its settings and warmed state are the ones batches get.
         timings: dict[int, float] = {}
         for size in batch_sizes:
             batch = [np.zeros((size, *shape), dtype=np.float32) for shape in input_shapes]
@@ -90,13 +110,6 @@ class TorchRunner:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             timings[size] = time.perf_counter() - started
-        log.info(
-            "model %s v%s warmed up on %s: %s",
-            self._name,
-            self._version,
-            self.device,
-            ", ".join(f"batch {s}: {t * 1e3:.2f} ms" for s, t in timings.items()),
-        )
         return timings
 
     async def aclose(self) -> None:

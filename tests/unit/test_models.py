@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 import warnings
 
 import numpy as np
@@ -165,6 +167,37 @@ async def test_the_runner_scores_off_the_event_loop_one_prediction_per_input():
         assert set(timings) == {1, 4}
     finally:
         await runner.aclose()
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2, reason="counts Linux threads")
+async def test_torch_threads_hold_in_the_inference_thread_whichever_thread_built_the_runner():
+    # The worker builds its runner off the event loop; OpenMP's thread count is per thread, so
+    # set only there, the inference thread ran one OpenMP thread per core, spinning between
+    # batches (a core burnt at 2,500 events/s in the latency benchmark).
+    previous = torch.get_num_threads()
+    loaded = load_model(ModelSpec(demo="fraud-mlp"))
+    built: list[TorchRunner] = []
+    builder = threading.Thread(
+        target=lambda: built.append(
+            TorchRunner(loaded.module, name=loaded.name, version=loaded.version, device="cpu", threads=1)
+        )
+    )
+    builder.start()
+    builder.join()
+    runner = built[0]
+    try:
+        started_with = _os_threads()
+        runner.warm_up([(32,)], [1, 512])
+        for _ in range(3):
+            await runner.predict([generate(4096, seed=2).features])
+        assert _os_threads() == started_with + 1  # the inference thread, and no OpenMP team beside it
+    finally:
+        await runner.aclose()
+        torch.set_num_threads(previous)
 
 
 class TwoOut(nn.Module):
