@@ -147,6 +147,21 @@ async def read_outputs(topic: str, wanted: set[str], timeout_s: float) -> dict[s
         await consumer.stop()
 
 
+async def wait_for_outputs(topic: str, count: int, timeout_s: float) -> None:
+    """Until ``topic`` holds at least ``count`` records, asking only for its end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if sum((await consumer.end_offsets(tps)).values()) >= count:
+                return
+            await asyncio.sleep(0.25)
+    finally:
+        await consumer.stop()
+
+
 def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str) -> None:
     write_pipeline_config(
         path,
@@ -260,6 +275,8 @@ async def saturation(
     await produce(topic_in, backlog)
     stop_after = count if drain_only and strategy in QUIX_MODES else 0
     worker = start_worker(strategy, model, topic_in, topic_out, workdir, stop_after=stop_after)
+    # The worker drains alone: its outputs are read (and decoded, here) once all are in.
+    await wait_for_outputs(topic_out, count, timeout_s=300)
     outputs = await read_outputs(topic_out, ids_of(backlog), timeout_s=300)
     drain = output_rate(outputs)
     if drain_only:

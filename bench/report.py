@@ -31,7 +31,8 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         "open loop, at fractions of the adaptive worker's saturation rate (the same absolute rates for every "
         "strategy); a point is SATURATED when the achieved rate fell under 95% of the offered rate or events were "
         "not all scored in time. The load generator, the broker and the worker share the machine's cores, so "
-        "saturation is measured two ways: draining a backlog produced beforehand (the worker has the cores), and "
+        "saturation is measured two ways: draining a backlog produced beforehand (the worker has the cores with the "
+        "broker: its outputs are read back only once all are in), and "
         "the output rate under an open-loop overload (1.5x the drain rate; the generator competes for the cores, "
         "as in the load points). Load fractions are of the second.",
         "",
