@@ -25,6 +25,7 @@ from app.build import (
     build_runner,
     build_transactional_sink,
     input_isolation,
+    live_fetch_settings,
     settle_garbage_collector,
 )
 from app.cli import PROCESS_STARTED
@@ -144,8 +145,8 @@ class PipelineService(Service):
             client_id=self.keys.client_id(),
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
-            fetch_max_wait_ms=min(p.poll_ms, 500),
             isolation_level=input_isolation(p),
+            **live_fetch_settings(p),
         )
         await sink.start()
         source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms, gated=transactions is not None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from app.build import PRODUCER_SETTINGS, build_batcher, build_pipeline
+import dataclasses
+
+from app.build import FETCH_MIN_BYTES, PRODUCER_SETTINGS, build_batcher, build_pipeline, live_fetch_settings
 from app.config import load_config
 from streams.cost_model import CostModel
 from streams.pipeline import PipelineTopics
@@ -45,3 +47,15 @@ def test_the_live_batcher_keeps_the_budget_and_the_backfill_batcher_has_none(tmp
 def test_the_backfill_producer_batches_more_than_the_live_one():
     assert PRODUCER_SETTINGS["backfill"]["linger_ms"] > PRODUCER_SETTINGS["live"]["linger_ms"]
     assert PRODUCER_SETTINGS["backfill"]["max_batch_size"] >= PRODUCER_SETTINGS["live"]["max_batch_size"]
+
+
+def test_a_live_fetch_waits_at_the_broker_for_a_fuller_answer_within_the_fill_wait_and_the_budget(tmp_path):
+    p = pipeline_config(tmp_path)  # latency_budget_ms = 20, max_fill_wait_ms = 5 (default)
+    assert live_fetch_settings(p) == {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": 2}
+    assert live_fetch_settings(dataclasses.replace(p, latency_budget_ms=500.0))["fetch_max_wait_ms"] == 5
+    assert live_fetch_settings(dataclasses.replace(p, latency_budget_ms=5.0))["fetch_max_wait_ms"] == 1
+    # max_fill_wait_ms = 0: never wait for more; the broker answers as soon as anything arrived.
+    assert live_fetch_settings(dataclasses.replace(p, max_fill_wait_ms=0.0)) == {
+        "fetch_min_bytes": 1,
+        "fetch_max_wait_ms": p.poll_ms,
+    }
