@@ -17,7 +17,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from mode import Service
 
-from app.build import FETCH_BYTES_PER_PARTITION, build_batcher, build_transactional_sink, input_isolation
+from app.build import (
+    FETCH_BYTES_PER_PARTITION,
+    build_batcher,
+    build_transactional_sink,
+    input_isolation,
+    live_fetch_settings,
+)
 from app.config import Config, PipelineConfig, RekeyConfig
 from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
 from app.driver_task import stop_driver
@@ -90,8 +96,8 @@ class RekeyService(Service):
             client_id=client_id,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
-            fetch_max_wait_ms=min(p.poll_ms, 500),
             isolation_level=input_isolation(p),
+            **live_fetch_settings(p),
         )
         await sink.start()
         source = KafkaBatchSource(self._consumer, (r.source_topic,), poll_ms=p.poll_ms, gated=True)
