@@ -136,12 +136,13 @@ def build_store(spec: StateSpec, live: bool, changelog_topic: str) -> KeyedStore
 def live_fetch_settings(pipeline: PipelineConfig) -> dict[str, int]:
     """How long the broker may hold a live fetch, and for how many bytes: for
     ``FETCH_MIN_BYTES``, up to ``max_fill_wait_ms`` and a tenth of the budget (whole
-    milliseconds, at least one); with ``max_fill_wait_ms = 0``, an answer as soon as anything
-    arrived (waiting ``poll_ms`` only while idle)."""
-    wait_ms = min(pipeline.max_fill_wait_ms, pipeline.latency_budget_ms / 10)
+    milliseconds, at least one, never longer than an idle fetch); with
+    ``max_fill_wait_ms = 0``, an answer as soon as anything arrived (waiting only while idle)."""
+    idle_wait_ms = min(pipeline.poll_ms, 500)
     if pipeline.max_fill_wait_ms > 0:
+        wait_ms = min(pipeline.max_fill_wait_ms, pipeline.latency_budget_ms / 10, idle_wait_ms)
         return {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": max(1, math.floor(wait_ms))}
-    return {"fetch_min_bytes": 1, "fetch_max_wait_ms": min(pipeline.poll_ms, 500)}
+    return {"fetch_min_bytes": 1, "fetch_max_wait_ms": idle_wait_ms}
 
 
 def input_isolation(pipeline: PipelineConfig) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from app.build import FETCH_MIN_BYTES, PRODUCER_SETTINGS, build_batcher, build_pipeline, live_fetch_settings
 from app.config import load_config
@@ -54,6 +55,9 @@ def test_a_live_fetch_waits_at_the_broker_for_a_fuller_answer_within_the_fill_wa
     assert live_fetch_settings(p) == {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": 2}
     assert live_fetch_settings(dataclasses.replace(p, latency_budget_ms=500.0))["fetch_max_wait_ms"] == 5
     assert live_fetch_settings(dataclasses.replace(p, latency_budget_ms=5.0))["fetch_max_wait_ms"] == 1
+    # Never longer than an idle fetch, whatever the budget and the fill wait (TOML allows inf).
+    unbounded = dataclasses.replace(p, latency_budget_ms=math.inf, max_fill_wait_ms=math.inf)
+    assert live_fetch_settings(unbounded)["fetch_max_wait_ms"] == p.poll_ms
     # max_fill_wait_ms = 0: never wait for more; the broker answers as soon as anything arrived.
     assert live_fetch_settings(dataclasses.replace(p, max_fill_wait_ms=0.0)) == {
         "fetch_min_bytes": 1,
