@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -169,8 +170,15 @@ async def test_the_runner_scores_off_the_event_loop_one_prediction_per_input():
         await runner.aclose()
 
 
-def _os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _os_threads() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
+
+
+def _until_gone(native_id: int | None) -> None:
+    # A joined thread may still be listed for a moment.
+    deadline = time.monotonic() + 5
+    while str(native_id) in _os_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2, reason="counts Linux threads")
@@ -188,13 +196,15 @@ async def test_torch_threads_hold_in_the_inference_thread_whichever_thread_built
     )
     builder.start()
     builder.join()
+    _until_gone(builder.native_id)
     runner = built[0]
     try:
-        started_with = _os_threads()
-        runner.warm_up([(32,)], [1, 512])
-        for _ in range(3):
-            await runner.predict([generate(4096, seed=2).features])
-        assert _os_threads() == started_with + 1  # the inference thread, and no OpenMP team beside it
+        before = _os_threads()
+        runner.warm_up([(32,)], [1, 64, 512])
+        for rows in (1, 7, 64, 512, 4096):
+            await runner.predict([generate(rows, seed=2).features])
+        inference_thread = str(runner._executor.submit(threading.get_native_id).result())
+        assert _os_threads() - before == {inference_thread}  # and no OpenMP team beside it
     finally:
         await runner.aclose()
         torch.set_num_threads(previous)
