@@ -27,6 +27,7 @@ from streams.features.rocks_store import RocksStore
 from streams.features.spec import StateSpec
 from streams.features.step import FeatureStep
 from streams.features.store import KeyedStore
+from streams.kafka.fetch_pacing import FetchPacing
 from streams.kafka.sink import KafkaSink
 from streams.kafka.transactions import PartitionTransactions, TransactionalSink
 from streams.pipeline import Pipeline, PipelineTopics, Sink
@@ -36,10 +37,9 @@ Mode = Literal["live", "backfill"]
 # Bytes fetched per partition per request: a few thousand demo events, enough to fill the
 # largest batch from one partition in one round trip (the broker's default, 1 MiB, needed several).
 FETCH_BYTES_PER_PARTITION = 4 * 1024 * 1024
-# What a live fetch waits for at the broker, for at most the pipeline's max_fill_wait_ms: with
-# an answer as soon as anything arrived, a worker under moderate load sent a fetch, ran its
-# loop and decoded a few events per arrival, which took 80% of a core at 2,500 demo events/s
-# (40% with this); a fuller fetch costs the events at most that wait.
+# What a live fetch waits for at the broker while records come, for at most the pipeline's
+# max_fill_wait_ms: answered at each arrival, a worker under moderate load ran a fetch and a
+# turn of its loop per few events, 80% of a core at 2,500 demo events/s (40% with this).
 FETCH_MIN_BYTES = 64 * 1024
 # Producer batching by mode. Live: outputs leave within a millisecond, since every one counts
 # against the latency budget. Backfill: nobody waits on one output, so wait a little longer and
@@ -133,16 +133,18 @@ def build_store(spec: StateSpec, live: bool, changelog_topic: str) -> KeyedStore
     )
 
 
-def live_fetch_settings(pipeline: PipelineConfig) -> dict[str, int]:
-    """How long the broker may hold a live fetch, and for how many bytes: for
-    ``FETCH_MIN_BYTES``, up to ``max_fill_wait_ms`` and a tenth of the budget (whole
-    milliseconds, at least one, never longer than an idle fetch); with
-    ``max_fill_wait_ms = 0``, an answer as soon as anything arrived (waiting only while idle)."""
+def live_fetch_pacing(pipeline: PipelineConfig) -> FetchPacing:
+    """How long the broker may hold a live fetch (``streams.kafka.fetch_pacing``): while records
+    come, for ``FETCH_MIN_BYTES``, up to ``max_fill_wait_ms`` and a tenth of the budget (whole
+    milliseconds, at least one, never longer than an idle fetch); while none come, or with
+    ``max_fill_wait_ms = 0``, an answer as soon as anything arrived."""
     idle_wait_ms = min(pipeline.poll_ms, 500)
-    if pipeline.max_fill_wait_ms > 0:
-        wait_ms = min(pipeline.max_fill_wait_ms, pipeline.latency_budget_ms / 10, idle_wait_ms)
-        return {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": max(1, math.floor(wait_ms))}
-    return {"fetch_min_bytes": 1, "fetch_max_wait_ms": idle_wait_ms}
+    if pipeline.max_fill_wait_ms <= 0:
+        return FetchPacing(busy_min_bytes=1, busy_wait_ms=idle_wait_ms, idle_wait_ms=idle_wait_ms)
+    wait_ms = min(pipeline.max_fill_wait_ms, pipeline.latency_budget_ms / 10, idle_wait_ms)
+    return FetchPacing(
+        busy_min_bytes=FETCH_MIN_BYTES, busy_wait_ms=max(1, math.floor(wait_ms)), idle_wait_ms=idle_wait_ms
+    )
 
 
 def input_isolation(pipeline: PipelineConfig) -> str:

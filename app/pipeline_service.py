@@ -25,7 +25,7 @@ from app.build import (
     build_runner,
     build_transactional_sink,
     input_isolation,
-    live_fetch_settings,
+    live_fetch_pacing,
     settle_garbage_collector,
 )
 from app.cli import PROCESS_STARTED
@@ -139,6 +139,7 @@ class PipelineService(Service):
                 # transaction per input partition, so the state never counts an event twice.
                 transactions = build_partition_transactions(conn, p.group_id, client_id=f"sluice-{p.name}")
         self._sink = sink
+        pacing = live_fetch_pacing(p)
         self._consumer = make_consumer(
             conn,
             group_id=p.group_id,
@@ -146,10 +147,12 @@ class PipelineService(Service):
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
             isolation_level=input_isolation(p),
-            **live_fetch_settings(p),
+            **pacing.idle_settings(),
         )
         await sink.start()
-        source = KafkaBatchSource(self._consumer, p.input_topics, poll_ms=p.poll_ms, gated=transactions is not None)
+        source = KafkaBatchSource(
+            self._consumer, p.input_topics, poll_ms=p.poll_ms, gated=transactions is not None, pacing=pacing
+        )
         self._source = source
         progress: Progress
         scored_to: Sink = sink

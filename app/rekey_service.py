@@ -22,7 +22,7 @@ from app.build import (
     build_batcher,
     build_transactional_sink,
     input_isolation,
-    live_fetch_settings,
+    live_fetch_pacing,
 )
 from app.config import Config, PipelineConfig, RekeyConfig
 from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
@@ -90,6 +90,7 @@ class RekeyService(Service):
             client_id=client_id,
         )
         self._sink = sink
+        pacing = live_fetch_pacing(p)
         self._consumer = make_consumer(
             conn,
             group_id=r.group_id,
@@ -97,10 +98,10 @@ class RekeyService(Service):
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
             isolation_level=input_isolation(p),
-            **live_fetch_settings(p),
+            **pacing.idle_settings(),
         )
         await sink.start()
-        source = KafkaBatchSource(self._consumer, (r.source_topic,), poll_ms=p.poll_ms, gated=True)
+        source = KafkaBatchSource(self._consumer, (r.source_topic,), poll_ms=p.poll_ms, gated=True, pacing=pacing)
         self._source = source
         routed_to: Sink = sink
         on_committed = source.mark_committed

@@ -29,6 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from streams.kafka.fetch_pacing import FetchPacing
 from streams.kafka.undecodable import UNDECODABLE, read_past_undecodable
 from streams.records import Partition, SourceRecord, UndecodableRecord
 
@@ -71,10 +72,20 @@ class KafkaBatchSource:
 
     exhausted = False
 
-    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], *, poll_ms: int, gated: bool = False) -> None:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        topics: Sequence[str],
+        *,
+        poll_ms: int,
+        gated: bool = False,
+        pacing: FetchPacing | None = None,
+    ) -> None:
         self.consumer = consumer
         self.topics = list(topics)
         self.poll_ms = poll_ms
+        self.pacing = pacing
+        self._busy = False
         self.on_revoke: RevokeHandler = _nothing_in_flight
         self.on_assign: AssignHandler | None = None
         # Gated (exactly-once): a partition's records are handed out only once ``start_from_committed``
@@ -137,6 +148,9 @@ class KafkaBatchSource:
             fetched = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=max_records)
         except UNDECODABLE as exc:
             return await self._read_around_undecodable(max_records, exc)
+        if self.pacing is not None and bool(fetched) != self._busy:
+            self._busy = bool(fetched)
+            self.pacing.apply(self.consumer, self._busy)
         return self._collect(fetched)
 
     async def _read_around_undecodable(self, max_records: int, error: Exception) -> list[SourceRecord]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from app.build import FETCH_MIN_BYTES, PRODUCER_SETTINGS, build_batcher, build_pipeline, live_fetch_settings
+from app.build import FETCH_MIN_BYTES, PRODUCER_SETTINGS, build_batcher, build_pipeline, live_fetch_pacing
 from app.config import load_config
 from streams.cost_model import CostModel
+from streams.kafka.fetch_pacing import FetchPacing
 from streams.pipeline import PipelineTopics
 from tests.fakes import ListSink, SumRunner
 from tests.unit.test_config import GOOD, write
@@ -50,16 +51,16 @@ def test_the_backfill_producer_batches_more_than_the_live_one():
     assert PRODUCER_SETTINGS["backfill"]["max_batch_size"] >= PRODUCER_SETTINGS["live"]["max_batch_size"]
 
 
-def test_a_live_fetch_waits_at_the_broker_for_a_fuller_answer_within_the_fill_wait_and_the_budget(tmp_path):
+def test_a_live_fetch_is_held_for_a_fuller_answer_within_the_fill_wait_and_the_budget(tmp_path):
     p = pipeline_config(tmp_path)  # latency_budget_ms = 20, max_fill_wait_ms = 5 (default)
-    assert live_fetch_settings(p) == {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": 2}
-    assert live_fetch_settings(dataclasses.replace(p, latency_budget_ms=500.0))["fetch_max_wait_ms"] == 5
-    assert live_fetch_settings(dataclasses.replace(p, latency_budget_ms=5.0))["fetch_max_wait_ms"] == 1
+    assert live_fetch_pacing(p) == FetchPacing(busy_min_bytes=FETCH_MIN_BYTES, busy_wait_ms=2, idle_wait_ms=p.poll_ms)
+    assert live_fetch_pacing(dataclasses.replace(p, latency_budget_ms=500.0)).busy_wait_ms == 5
+    assert live_fetch_pacing(dataclasses.replace(p, latency_budget_ms=5.0)).busy_wait_ms == 1
     # Never longer than an idle fetch, whatever the budget and the fill wait (TOML allows inf).
     unbounded = dataclasses.replace(p, latency_budget_ms=math.inf, max_fill_wait_ms=math.inf)
-    assert live_fetch_settings(unbounded)["fetch_max_wait_ms"] == p.poll_ms
+    assert live_fetch_pacing(unbounded).busy_wait_ms == p.poll_ms
     # max_fill_wait_ms = 0: never wait for more; the broker answers as soon as anything arrived.
-    assert live_fetch_settings(dataclasses.replace(p, max_fill_wait_ms=0.0)) == {
-        "fetch_min_bytes": 1,
-        "fetch_max_wait_ms": p.poll_ms,
-    }
+    never = live_fetch_pacing(dataclasses.replace(p, max_fill_wait_ms=0.0))
+    assert (never.busy_min_bytes, never.busy_wait_ms) == (1, p.poll_ms)
+    # A consumer starts idle: the first event after a quiet spell is answered at once.
+    assert live_fetch_pacing(p).idle_settings() == {"fetch_min_bytes": 1, "fetch_max_wait_ms": p.poll_ms}
