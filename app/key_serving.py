@@ -87,12 +87,14 @@ class KeyServing:
 
     async def _describe_owners(self) -> dict[Partition, str]:
         prefix = f"sluice-{self.pipeline.name}@"
+        # Made outside the try, closed in its finally: also when start() fails or the lookup's
+        # timeout cancels it (shielded, so that cancellation cannot cut the close short).
         admin = make_admin(connection(self.config))
-        await admin.start()
         try:
+            await admin.start()
             (described,) = await admin.describe_consumer_groups([self.pipeline.group_id])
         finally:
-            await admin.close()
+            await asyncio.shield(admin.close())
         owners: dict[Partition, str] = {}
         for group in described.groups:
             for member in group[-1]:
