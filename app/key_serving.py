@@ -3,18 +3,27 @@ key's partition; any other worker says which one does.
 
 A key's partition is the one Kafka's default partitioner gives it (murmur2 of the key), as
 producers place keys. The owner is found in the consumer group's description: each worker
-names its web address in its consumer's client id (``sluice-NAME@host:port``), the way Kafka
-Streams workers advertise ``application.server``. Only members with this pipeline's prefix and
-a plain ``host:port`` count, so a client that joins the group cannot redirect requests.
+names its web address in its consumer's client id (``sluice-NAME@host:port``, ``[v6]:port``
+for IPv6), the way Kafka Streams workers advertise ``application.server``.
+
+A client id is whatever the client says, so it is never trusted alone: a member is named only
+when the address it advertises is where the broker saw it connect from (``client_host`` in the
+group's description): an IP address equal to it, or a host name that resolves, here, to it.
+The redirect then names that verified IP address, not the name (a later lookup could answer
+otherwise). So a client that joins the group can at most have requests sent to the machine it
+connects to Kafka from; a member that fails the check is logged once and its keys answer 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
+import socket
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,12 +39,87 @@ from streams.records import Partition
 
 log = logging.getLogger(__name__)
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 # How long the group's assignment is reused for requests about keys another worker owns, and
 # how long one lookup may take: the endpoint never costs the worker more than that.
 OWNERS_TTL_S = 2.0
 OWNER_LOOKUP_TIMEOUT_S = 5.0
-# What an advertised web address may be: host:port, nothing a browser would follow elsewhere.
-WEB_ADDRESS = re.compile(r"[A-Za-z0-9.-]{1,253}:[0-9]{1,5}")
+# Looking up the host names members advertise: how long a request waits for one (a name that
+# does not answer costs only its own members), and how long an answer is reused.
+RESOLVE_TIMEOUT_S = 2.0
+RESOLVED_TTL_S = 10.0
+# What an advertised web address may be: host:port or [IPv6]:port, nothing a browser would
+# follow elsewhere. Host names may hold '_' (compose v1 container names, some zones).
+WEB_ADDRESS = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]{2,45})\]|(?P<host>[A-Za-z0-9._-]{1,253})):(?P<port>[0-9]{1,5})")
+# The members already logged as unverified (member id, client id, address seen): once each.
+_MAX_WARNED = 1024
+
+MOVING = "the key's partition is moving between workers; ask again in a moment"
+UNVERIFIED = (
+    "the key's partition is held by a group member whose web address could not be verified "
+    "(it does not connect to Kafka from the address it names); not redirecting: see the worker's log"
+)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A group member that names a web address in its client id."""
+
+    member_id: str
+    client_id: str
+    host: str  # as advertised, without brackets
+    port: int
+    seen_from: IPAddress | None  # where the broker saw it connect from
+
+    @property
+    def advertised(self) -> str:
+        return host_port(self.host, self.port)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a partition: ``address`` is the verified host:port to redirect to, or None."""
+
+    member: Member
+    address: str | None
+
+
+def host_port(host: str | IPAddress, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (as URLs write it)."""
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def ip_address(text: str) -> IPAddress | None:
+    """An IP address without its zone, IPv4-mapped IPv6 as IPv4; None when ``text`` is not one."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_web_address(text: str) -> tuple[str, int] | None:
+    """(host, port) of an advertised ``host:port`` or ``[IPv6]:port``; None for anything else."""
+    match = WEB_ADDRESS.fullmatch(text)
+    if match is None:
+        return None
+    port = int(match["port"])
+    if not 0 < port < 65536:
+        return None
+    if match["ipv6"] is not None:
+        address = ip_address(match["ipv6"])
+        return (str(address), port) if isinstance(address, ipaddress.IPv6Address) else None
+    return match["host"], port
+
+
+def seen_from(client_host: str) -> IPAddress | None:
+    """The address in the group description's ``client_host``: Java's ``InetAddress.toString()``,
+    ``/10.0.0.5``, ``name/10.0.0.5`` or ``/0:0:0:0:0:0:0:1`` (IPv6 uncompressed, maybe a zone)."""
+    return ip_address(client_host.rsplit("/", 1)[-1])
 
 
 class KeyServing:
@@ -43,20 +127,36 @@ class KeyServing:
         self.config = config
         self.pipeline = pipeline
         self.web_address = web_address
-        self._owners: dict[Partition, str] = {}
+        self._owners: dict[Partition, Owner] = {}
         self._owners_at = float("-inf")
         self._lock = asyncio.Lock()
+        # Host name -> (when asked, the lookup): a lookup under way is waited for, not repeated.
+        self._lookups: dict[str, tuple[float, asyncio.Task[frozenset[IPAddress]]]] = {}
+        self._warned: set[tuple[str, str, str]] = set()
+
+    def own_address(self) -> str | None:
+        """This worker's web address as its client id names it (IPv6 in brackets)."""
+        if self.web_address is None:
+            return None
+        address = self.web_address()
+        host, _, port = address.rpartition(":")
+        if ":" in host and not host.startswith("["):  # an IPv6 address, as the bind names it
+            address = f"[{host}]:{port}"
+        parsed = parse_web_address(address)
+        return host_port(*parsed) if parsed is not None else address
 
     def client_id(self) -> str:
         """The consumer's client id: it names this worker's web address for the others."""
         name = f"sluice-{self.pipeline.name}"
-        return f"{name}@{self.web_address()}" if self.web_address is not None else name
+        own = self.own_address()
+        return f"{name}@{own}" if own is not None else name
 
     async def answer(
         self, key: bytes, step: FeatureStep, consumer: AIOKafkaConsumer, ready: Set[TopicPartition]
     ) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body): 200 with the key's state, 404 for a key with none, 307 naming the
-        owner (``owner``, and ``Location``), 503 while its partition moves between workers."""
+        owner (``owner``, and ``Location``), 503 while its partition moves between workers or
+        while the member that holds it is not a verified worker."""
         topic = self.pipeline.input_topics[0]
         count = len(consumer.partitions_for_topic(topic) or ())
         if not count:
@@ -69,23 +169,28 @@ class KeyServing:
                 return 404, {"error": "no state for this key (never seen, or forgotten after its TTL)", **where}
             return 200, {"key": key.decode("utf-8", "replace"), **where, **view}
         owner = await self._owner_of(partition)
-        if owner is None or (self.web_address is not None and owner == self.web_address()):
+        if owner is None or owner.member.advertised == self.own_address():
             # Nobody, or this worker before its state is restored: a rebalance is under way.
-            return 503, {"error": "the key's partition is moving between workers; ask again in a moment", **where}
-        return 307, {"owner": owner, **where}
+            return 503, {"error": MOVING, **where}
+        if owner.address is None:
+            return 503, {"error": UNVERIFIED, **where}
+        return 307, {"owner": owner.address, **where}
 
-    async def _owner_of(self, partition: Partition) -> str | None:
+    async def _owner_of(self, partition: Partition) -> Owner | None:
         async with self._lock:  # one lookup at a time; requests meanwhile share its answer
             if time.monotonic() - self._owners_at > OWNERS_TTL_S:
                 try:
-                    self._owners = await asyncio.wait_for(self._describe_owners(), OWNER_LOOKUP_TIMEOUT_S)
+                    held = await asyncio.wait_for(self._describe_group(), OWNER_LOOKUP_TIMEOUT_S)
                 except (TimeoutError, KafkaError) as exc:
                     log.warning("pipeline %s: could not ask the group who owns what: %r", self.pipeline.name, exc)
                     self._owners = {}
+                else:
+                    self._owners = await self._verified(held)
                 self._owners_at = time.monotonic()
             return self._owners.get(partition)
 
-    async def _describe_owners(self) -> dict[Partition, str]:
+    async def _describe_group(self) -> list[tuple[Member, list[Partition]]]:
+        """The group's members that advertise a web address, with the partitions each holds."""
         prefix = f"sluice-{self.pipeline.name}@"
         # Made outside the try, closed in its finally: also when start() fails or the lookup's
         # timeout cancels it (shielded, so that cancellation cannot cut the close short).
@@ -95,13 +200,101 @@ class KeyServing:
             (described,) = await admin.describe_consumer_groups([self.pipeline.group_id])
         finally:
             await asyncio.shield(admin.close())
-        owners: dict[Partition, str] = {}
+        held: list[tuple[Member, list[Partition]]] = []
         for group in described.groups:
-            for member in group[-1]:
-                client_id, assignment = str(member[1]), member[-1]
-                address = client_id[len(prefix) :]
-                if not assignment or not client_id.startswith(prefix) or not WEB_ADDRESS.fullmatch(address):
+            # DescribeGroups v0-v3: (error, group, state, protocol type, protocol, members, ...);
+            # a member: (member id, client id, client host, metadata, assignment).
+            if group[0] != 0:
+                continue
+            for member_id, client_id, client_host, _, assignment in (m[:5] for m in group[5]):
+                address = parse_web_address(client_id[len(prefix) :]) if client_id.startswith(prefix) else None
+                if not assignment or address is None:
                     continue
-                for topic, numbers in ConsumerProtocolMemberAssignment.decode(assignment).assignment:
-                    owners.update({Partition(topic, n): address for n in numbers})
+                partitions = [
+                    Partition(topic, n)
+                    for topic, numbers in ConsumerProtocolMemberAssignment.decode(assignment).assignment
+                    for n in numbers
+                ]
+                held.append((Member(member_id, client_id, *address, seen_from(client_host)), partitions))
+        return held
+
+    async def _verified(self, held: list[tuple[Member, list[Partition]]]) -> dict[Partition, Owner]:
+        """Each partition's owner, with the address to redirect to where its member is verified."""
+        own = self.own_address()
+        names = {m.host for m, _ in held if m.advertised != own and ip_address(m.host) is None}
+        self._lookups = {h: e for h, e in self._lookups.items() if h in names or not e[1].done()}
+        resolved = dict(zip(names, await asyncio.gather(*(self._addresses_of(h) for h in names)), strict=True))
+        owners: dict[Partition, Owner] = {}
+        for member, partitions in held:
+            address: str | None = None
+            if member.advertised == own:
+                address = own
+            elif member.seen_from is not None:
+                literal = ip_address(member.host)
+                addresses = {literal} if literal is not None else resolved.get(member.host) or frozenset()
+                if member.seen_from in addresses:
+                    address = host_port(member.seen_from, member.port)
+            if address is None:
+                self._warn_unverified(member, partitions, resolved.get(member.host, frozenset()))
+            owners.update({p: Owner(member, address) for p in partitions})
         return owners
+
+    async def _addresses_of(self, host: str) -> frozenset[IPAddress] | None:
+        """The addresses ``host`` resolves to (empty: none), None if the lookup has not answered
+        within ``RESOLVE_TIMEOUT_S`` (it goes on; the next request waits for it again)."""
+        now = time.monotonic()
+        entry = self._lookups.get(host)
+        if entry is None or (entry[1].done() and now - entry[0] > RESOLVED_TTL_S):
+            entry = self._lookups[host] = (now, asyncio.get_running_loop().create_task(_resolve(host)))
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry[1]), RESOLVE_TIMEOUT_S)
+        except TimeoutError:
+            return None
+
+    def _warn_unverified(
+        self, member: Member, partitions: Iterable[Partition], resolved: frozenset[IPAddress] | None
+    ) -> None:
+        seen = str(member.seen_from) if member.seen_from is not None else "an address it could not read"
+        key = (member.member_id, member.client_id, seen)
+        if key in self._warned:
+            return
+        if len(self._warned) >= _MAX_WARNED:
+            self._warned.clear()
+        self._warned.add(key)
+        if ip_address(member.host) is not None:
+            why = "that is another address"
+        elif resolved is None:
+            why = f"looking up {member.host!r} did not answer within {RESOLVE_TIMEOUT_S:g}s"
+        elif not resolved:
+            why = f"{member.host!r} does not resolve here"
+        else:
+            why = f"{member.host!r} resolves here to {', '.join(sorted(map(str, resolved)))} only"
+        log.warning(
+            "pipeline %s: not redirecting key requests to %s: group %s member %s (client id %r) names it as its "
+            "web address, but the broker saw it connect from %s, and %s. Requests for keys of partitions %s "
+            "answer 503 while it holds them. If it is a sluice worker, bind its web server (web_bind) to the "
+            "address it reaches Kafka from, or make its host name resolve to that address; if it is not, it "
+            "has no business in the group: find the client at %s and restrict who may join the group "
+            "(Kafka ACLs on the group)",
+            self.pipeline.name,
+            member.advertised,
+            self.pipeline.group_id,
+            member.member_id,
+            member.client_id,
+            seen,
+            why,
+            ", ".join(f"{p.topic}[{p.partition}]" for p in partitions),
+            seen,
+        )
+
+
+async def _resolve(host: str) -> frozenset[IPAddress]:
+    """The addresses ``host`` resolves to (the system's resolver, off the event loop); empty when
+    it does not resolve."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:  # gaierror; idna refuses labels over 63 characters
+        log.debug("looking up %r: %r", host, exc)
+        return frozenset()
+    addresses = (ip_address(str(info[4][0])) for info in infos)
+    return frozenset(a for a in addresses if a is not None)

@@ -111,6 +111,172 @@ async def ask(keys: KeyServing, partition: int, ready: set[int] = frozenset()) -
 PREFIX = f"sluice-{PIPELINE.name}@"
 
 
+async def test_a_member_that_names_an_address_it_does_not_connect_from_is_not_named(monkeypatch, caplog):
+    # The rogue of the issue: any client can join the group with this client id.
+    members = [member(f"{PREFIX}evil.example:80", "/10.0.0.66", [1, 2], member_id="rogue-1")]
+    resolving(monkeypatch, {"evil.example": ["203.0.113.7"]})
+    keys, _ = serving(monkeypatch, members)
+    with caplog.at_level(logging.WARNING, logger="app.key_serving"):
+        status, body = await ask(keys, 1)
+    assert status == 503, body
+    assert "owner" not in body and "evil.example" not in str(body)
+    assert "could not be verified" in body["error"]
+    assert body["partition"] == 1
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    text = warning.getMessage()
+    for words in ("rogue-1", "evil.example:80", "10.0.0.66", "203.0.113.7", PIPELINE.group_id):
+        assert words in text, text
+
+
+async def test_a_name_that_does_not_resolve_or_an_ip_of_another_host_is_not_named(monkeypatch):
+    members = [
+        member(f"{PREFIX}evil.example:80", "/10.0.0.66", [0]),
+        member(f"{PREFIX}203.0.113.7:80", "/10.0.0.66", [1]),
+        member(f"{PREFIX}[2001:db8::7]:80", "/10.0.0.66", [2]),
+    ]
+    resolving(monkeypatch, {})
+    keys, _ = serving(monkeypatch, members)
+    for partition in (0, 1, 2):
+        status, body = await ask(keys, partition)
+        assert status == 503 and "owner" not in body, (partition, body)
+
+
+async def test_each_unverified_member_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(key_serving, "OWNERS_TTL_S", 0.0)  # every request asks the group again
+    members = [member(f"{PREFIX}evil.example:80", "/10.0.0.66", [1], member_id="rogue-1")]
+    resolving(monkeypatch, {})
+    keys, made = serving(monkeypatch, members)
+    with caplog.at_level(logging.WARNING, logger="app.key_serving"):
+        for _ in range(3):
+            assert (await ask(keys, 1))[0] == 503
+    assert len(made) == 3
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+async def test_an_ip_the_member_connects_from_is_named(monkeypatch):
+    members = [member(f"{PREFIX}10.0.0.5:6066", "/10.0.0.5", [3])]
+    asked = resolving(monkeypatch, {})
+    keys, _ = serving(monkeypatch, members)
+    assert await ask(keys, 3) == (307, {"owner": "10.0.0.5:6066", "topic": TOPIC, "partition": 3})
+    assert asked == [], "an IP address needs no lookup"
+
+
+@pytest.mark.parametrize("host", ["worker-1", "sluice_worker_1", "worker-1.cluster.local", "Worker_2.local"])
+async def test_a_host_name_that_resolves_to_where_the_member_connects_from_is_named_by_that_address(monkeypatch, host):
+    # Names with '_' are common (compose v1 containers, some DNS zones); glibc resolves them.
+    members = [member(f"{PREFIX}{host}:6066", "/10.0.0.5", [3])]
+    resolving(monkeypatch, {host: ["10.0.0.9", "10.0.0.5"]})
+    keys, _ = serving(monkeypatch, members)
+    # The redirect names the address verified, not the name: a later lookup (the client's) could
+    # answer another address.
+    assert await ask(keys, 3) == (307, {"owner": "10.0.0.5:6066", "topic": TOPIC, "partition": 3})
+
+
+@pytest.mark.parametrize(
+    ("advertised", "client_host", "names", "owner"),
+    [
+        ("[::1]:6066", "/0:0:0:0:0:0:0:1", {}, "[::1]:6066"),  # Java writes IPv6 addresses uncompressed
+        ("[2001:db8::5]:6066", "/2001:db8:0:0:0:0:0:5", {}, "[2001:db8::5]:6066"),
+        ("[2001:DB8:0::5]:6066", "/2001:db8:0:0:0:0:0:5%0", {}, "[2001:db8::5]:6066"),  # a scope id from Java
+        ("worker-6:6066", "/2001:db8:0:0:0:0:0:5", {"worker-6": ["2001:db8::5"]}, "[2001:db8::5]:6066"),
+        ("10.0.0.5:6066", "/::ffff:10.0.0.5", {}, "10.0.0.5:6066"),  # an IPv4 client on a dual-stack listener
+        ("worker-4:6066", "worker-4/10.0.0.5", {"worker-4": ["10.0.0.5"]}, "10.0.0.5:6066"),  # Java's name/ip
+    ],
+)
+async def test_ipv6_members_are_named_in_brackets(monkeypatch, advertised, client_host, names, owner):
+    members = [member(f"{PREFIX}{advertised}", client_host, [2])]
+    resolving(monkeypatch, names)
+    keys, _ = serving(monkeypatch, members)
+    assert await ask(keys, 2) == (307, {"owner": owner, "topic": TOPIC, "partition": 2})
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    [
+        "sluice-other@10.0.0.5:6066",  # another pipeline's prefix
+        f"{PREFIX}10.0.0.5",  # no port
+        f"{PREFIX}10.0.0.5:0",
+        f"{PREFIX}10.0.0.5:65536",
+        f"{PREFIX}10.0.0.5:6066/x",
+        f"{PREFIX}user@10.0.0.5:6066",
+        f"{PREFIX}::1:6066",  # IPv6 without brackets: which colon starts the port?
+        f"{PREFIX}[::1%eth0]:6066",
+        f"{PREFIX}[not-ip]:6066",
+        f"{PREFIX}10.0.0.5:6066 ",
+    ],
+)
+async def test_client_ids_that_are_not_a_plain_address_of_this_pipeline_are_never_named(monkeypatch, client_id):
+    members = [member(client_id, "/10.0.0.5", [0]), member(client_id, "/::1", [1])]
+    resolving(monkeypatch, {"10.0.0.5": ["10.0.0.5"]})
+    keys, _ = serving(monkeypatch, members)
+    for partition in (0, 1):
+        status, body = await ask(keys, partition)
+        assert status == 503 and "owner" not in body, (client_id, body)
+
+
+async def test_a_name_whose_lookup_hangs_costs_only_its_own_members(monkeypatch):
+    monkeypatch.setattr(key_serving, "RESOLVE_TIMEOUT_S", 0.05)
+    members = [
+        member(f"{PREFIX}slow.example:80", "/10.0.0.66", [0]),
+        member(f"{PREFIX}worker-1:6066", "/10.0.0.5", [1]),
+    ]
+    asked = resolving(monkeypatch, {"worker-1": ["10.0.0.5"]}, hang=frozenset({"slow.example"}))
+    keys, _ = serving(monkeypatch, members)
+    assert (await ask(keys, 0))[0] == 503
+    assert await ask(keys, 1) == (307, {"owner": "10.0.0.5:6066", "topic": TOPIC, "partition": 1})
+    monkeypatch.setattr(key_serving, "OWNERS_TTL_S", 0.0)
+    await ask(keys, 0)
+    assert asked.count("slow.example") == 1, "a lookup still under way is waited for again, not started again"
+
+
+async def test_lookups_are_cached(monkeypatch):
+    monkeypatch.setattr(key_serving, "OWNERS_TTL_S", 0.0)
+    members = [member(f"{PREFIX}worker-1:6066", "/10.0.0.5", [1])]
+    asked = resolving(monkeypatch, {"worker-1": ["10.0.0.5"]})
+    keys, made = serving(monkeypatch, members)
+    for _ in range(3):
+        assert (await ask(keys, 1))[0] == 307
+    assert len(made) == 3 and asked == ["worker-1"]
+
+
+async def test_this_worker_before_its_state_is_restored_is_a_partition_moving(monkeypatch):
+    members = [member(f"{PREFIX}{OWN_ADDRESS}", "/10.0.0.1", [0])]
+    keys, _ = serving(monkeypatch, members)
+    status, body = await ask(keys, 0)
+    assert status == 503 and "moving between workers" in body["error"]
+
+
+async def test_a_partition_nobody_holds_is_moving(monkeypatch):
+    keys, _ = serving(monkeypatch, [member(f"{PREFIX}10.0.0.5:6066", "/10.0.0.5", [])])
+    status, body = await ask(keys, 0)
+    assert status == 503 and "moving between workers" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("web_address", "client_id"),
+    [
+        ("10.0.0.1:6066", "10.0.0.1:6066"),
+        ("worker_1.local:6066", "worker_1.local:6066"),
+        ("::1:6066", "[::1]:6066"),  # a worker bound to an IPv6 address
+        ("2001:db8::5:6066", "[2001:db8::5]:6066"),
+        ("[2001:db8::5]:6066", "[2001:db8::5]:6066"),
+    ],
+)
+def test_the_client_id_names_the_web_address_as_host_port_with_ipv6_in_brackets(web_address, client_id):
+    keys = KeyServing(CONFIG, PIPELINE, lambda: web_address)
+    assert keys.client_id() == f"{PREFIX}{client_id}"
+    assert KeyServing(CONFIG, PIPELINE, None).client_id() == f"sluice-{PIPELINE.name}"
+
+
+async def test_an_ipv6_worker_recognises_itself(monkeypatch):
+    members = [member(f"{PREFIX}[::1]:6066", "/0:0:0:0:0:0:0:1", [0])]
+    monkeypatch.setattr(key_serving, "connection", lambda config: {})
+    monkeypatch.setattr(key_serving, "make_admin", lambda conn: FakeAdmin(members))
+    keys = KeyServing(CONFIG, PIPELINE, lambda: "::1:6066")
+    status, body = await ask(keys, 0)
+    assert status == 503 and "moving between workers" in body["error"]
+
+
 async def test_the_admin_client_is_closed_when_it_cannot_start(monkeypatch, caplog):
     keys, made = serving(monkeypatch, [], start=KafkaConnectionError("broker down"))
     with caplog.at_level(logging.WARNING, logger="app.key_serving"):
