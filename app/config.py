@@ -7,6 +7,8 @@ the key, the value and what was expected; ``config/sluice.toml`` documents every
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -36,6 +38,34 @@ DEFAULT_PATH = Path("config/sluice.toml")
 ENV_PATH = "SLUICE_CONFIG"
 ENV_BROKER = "SLUICE_BROKER"
 
+
+# The ranges of the numbers (``config/sluice.toml`` and the README say them too).
+# Kafka creates at most 10,000 partitions in one request (KAFKA-17870).
+MAX_TOPIC_PARTITIONS = 10_000
+MAX_TORCH_THREADS = 1024
+# Kafka's largest record is 2 GiB less a byte (its sizes are 32-bit).
+MAX_RECORD_BYTES = 2**31 - 1
+# A dead letter holds up to four copies (value, key, record key, headers) and its overhead.
+MAX_COPY_BYTES = (MAX_RECORD_BYTES - DEAD_LETTER_OVERHEAD_BYTES) // 4
+MAX_BATCH_SIZE = 65_536
+MAX_POLL_MS = 60_000
+MAX_COMMIT_INTERVAL_MS = 3_600_000.0
+# aiokafka's transaction_timeout_ms is 60,000: a transaction open longer is aborted by the broker.
+MAX_TRANSACTION_INTERVAL_MS = 30_000.0
+# torch holds a CUDA device index in 8 bits: "cuda:128" would be read as cuda:-128.
+MAX_CUDA_INDEX = 127
+DEVICE = re.compile(r"auto|cpu|cuda(?::(0|[1-9][0-9]{0,2}))?")
+HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+HOST_EXPECTED = (
+    "an IP address (such as 127.0.0.1, 0.0.0.0 or ::) or a host name (letters, digits, '-' and '_', "
+    "in dot-separated labels of at most 63)"
+)
+BROKER_SCHEMES = ("kafka", "aiokafka")
+BROKER_EXPECTED = (
+    "comma-separated kafka://HOST:PORT addresses (PORT from 1 to 65,535; HOST a host name, an IPv4 "
+    "address or an IPv6 address in brackets)"
+)
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -175,11 +205,17 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
     path = resolve_path(explicit)
     env = os.environ if environ is None else environ
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist (set --config PATH or ${ENV_PATH})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     root = _Table(path, "", raw)
     app = _load_app(root.table("app", default={}), env, path.parent)
     pipelines_table = root.table("pipelines", default={})
@@ -195,26 +231,85 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
 
 
 def _load_app(t: _Table, env: Mapping[str, str], base: Path) -> AppConfig:
-    broker = env.get(ENV_BROKER) or t.text("broker", "kafka://127.0.0.1:9092")
-    t.seen.add("broker")
+    broker = _broker(t, env)
     app = AppConfig(
         id=t.text("id", "sluice"),
         broker=broker if "://" in broker else f"kafka://{broker}",
         create_topics=t.flag("create_topics", True),
-        topic_partitions=t.integer("topic_partitions", 4, minimum=1),
-        torch_threads=t.integer("torch_threads", 0),
+        topic_partitions=t.integer(
+            "topic_partitions",
+            4,
+            minimum=1,
+            maximum=MAX_TOPIC_PARTITIONS,
+            why="Kafka creates no more in one request; create larger topics yourself",
+        ),
+        torch_threads=t.integer("torch_threads", 0, minimum=0, maximum=MAX_TORCH_THREADS),
         device=t.text("device", "auto"),
-        stats_interval_s=t.number("stats_interval_s", 10.0),
-        web_bind=t.text("web_bind", "127.0.0.1"),
-        web_port=t.integer("web_port", 6066, minimum=1),
+        stats_interval_s=t.number("stats_interval_s", 10.0, minimum=0.1, maximum=86_400),
+        web_bind=_host(t, "web_bind", "127.0.0.1"),
+        web_port=t.integer("web_port", 6066, minimum=1, maximum=65_535),
         admin_token_env=t.text("admin_token_env", "SLUICE_ADMIN_TOKEN"),
         compression=t.choice("compression", COMPRESSIONS, "none"),
         security=_load_security(t.table("security", default={}), base),
     )
-    if not (app.device in ("auto", "cpu") or app.device.startswith("cuda")):
-        raise t.fail("device", app.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    match = DEVICE.fullmatch(app.device)
+    if match is None or (match.group(1) is not None and int(match.group(1)) > MAX_CUDA_INDEX):
+        raise t.fail("device", app.device, f"'auto', 'cpu', 'cuda' or 'cuda:N' (N from 0 to {MAX_CUDA_INDEX})")
     t.done()
     return app
+
+
+def is_host(text: str) -> bool:
+    """An IP address (IPv6 without brackets, perhaps with a zone) or a host name: dot-separated
+    labels of letters, digits, '-' (not at either end) and '_' (which names in /etc/hosts and
+    container networks use), 253 characters at most."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    name = text[:-1] if text.endswith(".") else text
+    return 0 < len(name) <= 253 and all(HOST_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def _host(t: _Table, name: str, default: str) -> str:
+    value = t.text(name, default)
+    if not is_host(value):
+        raise t.fail(name, value, HOST_EXPECTED)
+    return value
+
+
+def is_broker_address(part: str) -> bool:
+    """``[kafka://]HOST[:PORT]``: HOST a host name, an IPv4 address or ``[IPv6]``; PORT 1 to 65,535."""
+    scheme, sep, address = part.strip().rpartition("://")
+    if sep and scheme not in BROKER_SCHEMES:
+        return False
+    if address.startswith("["):  # an IPv6 address, then perhaps a port
+        host, bracket, rest = address[1:].partition("]")
+        if not bracket or ":" not in host or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:] if rest else None
+    else:
+        host, colon, after = address.partition(":")
+        port = after if colon else None
+    if port is not None and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65_535):
+        return False
+    return is_host(host)
+
+
+def _broker(t: _Table, env: Mapping[str, str]) -> str:
+    """``[app] broker`` or ``$SLUICE_BROKER``: comma-separated ``[kafka://]HOST[:PORT]`` addresses."""
+    t.seen.add("broker")
+    from_env = env.get(ENV_BROKER)
+    broker = from_env or t.text("broker", "kafka://127.0.0.1:9092")
+    if all(is_broker_address(part) for part in broker.split(",")):
+        return broker
+    if from_env:
+        raise ConfigError(
+            f"{t.path}: ${ENV_BROKER} (which overrides key '{t.key('broker')}') has value {broker!r}: "
+            f"expected {BROKER_EXPECTED}"
+        )
+    raise t.fail("broker", broker, BROKER_EXPECTED)
 
 
 def _load_security(t: _Table, base: Path) -> SecurityConfig:
@@ -268,10 +363,22 @@ def _load_security(t: _Table, base: Path) -> SecurityConfig:
 
 
 def _topics(t: _Table, name: str) -> tuple[str, ...]:
-    value = t.get(name, list, "a non-empty list of topic names")
-    if not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise t.fail(name, value, "a non-empty list of topic names")
+    expected = "a non-empty list of Kafka topic names (letters, digits, '.', '_', '-')"
+    value = t.get(name, list, expected)
+    if not value or not all(isinstance(v, str) and is_topic(v) for v in value):
+        raise t.fail(name, value, expected)
     return tuple(value)
+
+
+def is_topic(name: str) -> bool:
+    return TOPIC_NAME.fullmatch(name) is not None and name not in (".", "..")
+
+
+def _topic(t: _Table, name: str, default: Any = ...) -> str:
+    value = t.text(name, default)
+    if value is not None and not is_topic(value):
+        raise t.fail(name, value, "a Kafka topic name: 1 to 249 letters, digits, '.', '_', '-'")
+    return value
 
 
 def _load_model(t: _Table, base: Path) -> ModelSpec:
@@ -343,7 +450,7 @@ def _own_topic(t: _Table, state_table: _Table, key: str, topic: str, others: lis
     others = [*others, *(t.data.get(k) for k in ("output_topic", "dead_letter_topic", "backfill_topic"))]
     if topic in others:
         raise state_table.fail(key, topic, f"a topic of its own ({why})")
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) or topic in {".", ".."}:
+    if not is_topic(topic):
         raise state_table.fail(key, topic, "a Kafka topic name: letters, digits, '.', '_', '-'")
     return topic
 
@@ -429,7 +536,7 @@ def _delivery(t: _Table) -> dict[str, Any]:
     state = t.data.get("state")
     if isinstance(state, dict) and "key_field" in state:
         # Re-keying is transactional in either mode (an event re-keyed twice would count twice in state).
-        return {"delivery": delivery, "transaction_interval_ms": t.number("transaction_interval_ms", 100.0)}
+        return {"delivery": delivery, "transaction_interval_ms": _transaction_interval(t)}
     if delivery == "at_least_once":
         if "transaction_interval_ms" in t.data:
             raise ConfigError(
@@ -443,15 +550,22 @@ def _delivery(t: _Table) -> dict[str, Any]:
         # Outputs name their input partition, not its topic: one transactional producer per input
         # partition needs the partition number alone to say which one.
         raise t.fail("input_topics", topics, "a single input topic with delivery = 'exactly_once'")
-    return {"delivery": delivery, "transaction_interval_ms": t.number("transaction_interval_ms", 100.0)}
+    return {"delivery": delivery, "transaction_interval_ms": _transaction_interval(t)}
+
+
+def _transaction_interval(t: _Table) -> float:
+    why = "a transaction open past the producer's 60,000 ms transaction timeout is aborted by the broker"
+    return t.number("transaction_interval_ms", 100.0, minimum=1, maximum=MAX_TRANSACTION_INTERVAL_MS, why=why)
 
 
 def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineConfig:
-    max_payload = t.integer("max_payload_bytes", 1 << 20, minimum=1)
+    max_payload = t.integer(
+        "max_payload_bytes", 1 << 20, minimum=1, maximum=MAX_RECORD_BYTES, why="Kafka's largest record"
+    )
     state_key = f"{t.prefix}.state"
     state = load_state(t.table("state"), base) if "state" in t.data else None
     features = t.table("features")
-    inputs = load_inputs(features, state, state_key)
+    inputs = load_inputs(features, state, state_key, max_payload)
     topics = t.data.get("input_topics")
     if state is not None and isinstance(topics, list) and len(topics) > 1:
         # State lives per input partition, and its changelog partition is the input partition's number.
@@ -463,26 +577,34 @@ def _load_pipeline(t: _Table, name: str, base: Path, app_id: str) -> PipelineCon
         name=name,
         input_topics=input_topics if rekey is None else (rekey.topic,),
         rekey=rekey,
-        output_topic=t.text("output_topic"),
-        dead_letter_topic=t.text("dead_letter_topic"),
-        backfill_topic=t.text("backfill_topic", None) or f"{t.data.get('output_topic', '')}-backfill",
+        output_topic=_topic(t, "output_topic"),
+        dead_letter_topic=_topic(t, "dead_letter_topic"),
+        backfill_topic=_topic(t, "backfill_topic", None) or f"{t.data.get('output_topic', '')}-backfill",
         model=_load_model(t.table("model"), base),
         schema=_load_schema(features, inputs, state, max_payload),
         inputs=inputs,
         state=state,
         changelog_topic=_changelog_topic(t, state, group_id),
         emit_features=_emit_features(t, state),
-        max_batch_size=t.integer("max_batch_size", 512, minimum=1),
-        poll_ms=t.integer("poll_ms", 100, minimum=1),
-        latency_budget_ms=t.number("latency_budget_ms", 50.0),
+        max_batch_size=t.integer("max_batch_size", 512, minimum=1, maximum=MAX_BATCH_SIZE),
+        poll_ms=t.integer("poll_ms", 100, minimum=1, maximum=MAX_POLL_MS),
+        # inf: no deadline (batches as large as max_batch_size allows, nothing ever late).
+        latency_budget_ms=t.number("latency_budget_ms", 50.0, minimum=0, above=True, maximum=math.inf),
         deadline_from=t.choice("deadline_from", ("event", "arrival"), "event"),
         late_events=t.choice("late_events", ("score", "dead_letter"), "score"),
-        max_fill_wait_ms=t.number("max_fill_wait_ms", 5.0, positive=False),
-        commit_interval_ms=t.number("commit_interval_ms", 1000.0),
+        # inf: wait for a fuller batch as long as an idle fetch would (see app.build.live_fetch_pacing).
+        max_fill_wait_ms=t.number("max_fill_wait_ms", 5.0, minimum=0, maximum=math.inf),
+        commit_interval_ms=t.number("commit_interval_ms", 1000.0, minimum=1, maximum=MAX_COMMIT_INTERVAL_MS),
         model_dirs=(),
         # Two apps on one cluster may both name a pipeline "fraud": the app id keeps their groups apart.
         group_id=group_id,
-        dead_letter_copy_bytes=t.integer("dead_letter_copy_bytes", DEFAULT_MAX_COPY_BYTES, minimum=MIN_COPY_BYTES),
+        dead_letter_copy_bytes=t.integer(
+            "dead_letter_copy_bytes",
+            DEFAULT_MAX_COPY_BYTES,
+            minimum=MIN_COPY_BYTES,
+            maximum=MAX_COPY_BYTES,
+            why="four copies and the rest of a dead letter must fit Kafka's largest record",
+        ),
         headers=_headers(t),
         **_delivery(t),
     )

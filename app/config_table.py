@@ -1,12 +1,28 @@
-"""A TOML table that remembers where it is in its file, so every config error names the key."""
+"""A TOML table that remembers where it is in its file, so every config error names the key.
+
+Every number has its range, given where the key is read: TOML integers have no bound in
+Python's ``tomllib``, and ``inf`` and ``nan`` are floats, so a value the loader let through
+would fail later, far from the file (a port Faust refuses, a partition count the broker
+refuses, a thread count torch cannot hold). No string holds control characters.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from streams.errors import ConfigError
+
+# C0 and C1 control characters (NUL, newlines, escapes...): no name, path or label holds one.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(number: float) -> str:
+    """A bound as an error shows it: 65,535, 0.1, 3,600,000."""
+    return f"{int(number):,}" if float(number).is_integer() else f"{number:,}"
 
 
 class Table:
@@ -42,20 +58,36 @@ class Table:
         value = self.get(name, str, "a non-empty string", default)
         if value is not None and not value.strip():
             raise self.fail(name, value, "a non-empty string")
+        if value is not None and CONTROL.search(value):
+            raise self.fail(name, value, "a string without control characters")
         return value
 
-    def integer(self, name: str, default: Any = ..., minimum: int = 0) -> int:
-        value = self.get(name, int, f"an integer >= {minimum}", default)
-        if value < minimum:
-            raise self.fail(name, value, f"an integer >= {minimum}")
-        return value
-
-    def number(self, name: str, default: Any = ..., *, positive: bool = True) -> float:
-        expected = "a number > 0" if positive else "a number >= 0"
-        value = self.get(name, (int, float), expected, default)
-        if value < 0 or (positive and value == 0) or value != value:
+    def integer(self, name: str, default: Any = ..., *, minimum: int = 0, maximum: int, why: str = "") -> int:
+        """An integer from ``minimum`` to ``maximum``; ``why`` says where the maximum comes from."""
+        expected = f"an integer from {minimum:,} to {maximum:,}" + (f" ({why})" if why else "")
+        value = self.get(name, int, expected, default)
+        if not minimum <= value <= maximum:
             raise self.fail(name, value, expected)
-        return float(value)
+        return value
+
+    def number(
+        self, name: str, default: Any = ..., *, minimum: float, maximum: float, above: bool = False, why: str = ""
+    ) -> float:
+        """A number from ``minimum`` (``above``: greater than it) to ``maximum``, which may be
+        ``math.inf`` for a key where infinity means something (no deadline, no limit)."""
+        low = f"> {shown(minimum)}" if above else f">= {shown(minimum)}"
+        expected = f"a number {low}" if maximum == math.inf else f"a number from {shown(minimum)} to {shown(maximum)}"
+        if maximum != math.inf and above:
+            expected = f"a number {low} and at most {shown(maximum)}"
+        expected += f" ({why})" if why else ""
+        value = self.get(name, (int, float), expected, default)
+        # Comparisons refuse NaN; an integer too large for a float is refused, not an OverflowError.
+        if not (minimum < value if above else minimum <= value) or not value <= maximum:
+            raise self.fail(name, value, expected)
+        try:
+            return float(value)
+        except OverflowError:
+            raise self.fail(name, value, expected) from None
 
     def flag(self, name: str, default: Any = ...) -> bool:
         return self.get(name, bool, "true or false", default)

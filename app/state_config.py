@@ -19,6 +19,7 @@ was expected, as for every other key.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from app.config_table import Table
@@ -36,6 +37,8 @@ from streams.features.spec import (
 )
 
 KINDS = ("last", "since_previous", *WINDOW_KINDS)
+# Keys a rocksdb store keeps in memory: a billion is already far more than a host holds.
+MAX_CACHE_KEYS = 1_000_000_000
 _FIELD = "the name of an event field holding a number"
 
 
@@ -53,7 +56,7 @@ def load_state(t: Table, base: Path) -> StateSpec:
         history_events=_count(t, "history_events", 64),
         store=t.choice("store", ("memory", "rocksdb"), "memory"),  # type: ignore[arg-type]
         directory=_directory(t, base),
-        cache_keys=t.integer("cache_keys", 100_000, minimum=1),
+        cache_keys=t.integer("cache_keys", 100_000, minimum=1, maximum=MAX_CACHE_KEYS),
     )
     # Read by the pipeline, which knows their defaults (they are named after its consumer group).
     t.seen.update(("changelog_topic", "key_field", "repartition_topic"))
@@ -102,14 +105,16 @@ def _directory(t: Table, base: Path) -> Path:
 
 
 def _count(t: Table, name: str, default: int | None = None) -> int:
-    value = t.integer(name, ... if default is None else default, minimum=1)
-    if value > MAX_HISTORY_EVENTS:
-        raise t.fail(name, value, f"an integer from 1 to {MAX_HISTORY_EVENTS:,} (events kept per key)")
-    return value
+    default_value = ... if default is None else default
+    return t.integer(name, default_value, minimum=1, maximum=MAX_HISTORY_EVENTS, why="events kept per key")
 
 
-def load_inputs(t: Table, state: StateSpec | None, state_key: str) -> tuple[ModelInput, ...]:
-    """The model's inputs, in ``forward`` order: event fields (with a shape) or declared features."""
+def load_inputs(t: Table, state: StateSpec | None, state_key: str, max_payload: int) -> tuple[ModelInput, ...]:
+    """The model's inputs, in ``forward`` order: event fields (with a shape) or declared features.
+
+    An event field holds no more numbers than an event of ``max_payload`` bytes can: the
+    smallest JSON array of n numbers, ``[0,0,...]``, is 2n + 1 bytes. (A shape of 2**31 once
+    loaded, to fail when the first batch was allocated.)"""
     expected = "a list of {field = NAME, shape = [N, ...]} or {feature = NAME} tables"
     raw = t.get("inputs", list, expected)
     if not raw or not all(isinstance(item, dict) for item in raw):
@@ -123,6 +128,13 @@ def load_inputs(t: Table, state: StateSpec | None, state_key: str) -> tuple[Mode
             shape = entry.get("shape", list, "a list of positive integers, e.g. [32]")
             if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
                 raise entry.fail("shape", shape, "a list of positive integers, e.g. [32]")
+            most = (max_payload - 1) // 2
+            if math.prod(shape) > most:
+                expected = (
+                    f"a list of positive integers, e.g. [32], of at most {most:,} numbers in all "
+                    f"(an event of max_payload_bytes {max_payload:,} holds no more)"
+                )
+                raise entry.fail("shape", shape, expected)
             inputs.append(ModelInput(entry.text("field"), tuple(shape)))
         entry.done()
     if state is not None:

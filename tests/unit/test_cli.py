@@ -48,7 +48,45 @@ def test_a_bad_config_stops_the_command_with_one_clear_line(tmp_path):
     result = run_cli("--config", str(bad), "worker")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert f"{bad}: key 'app.torch_threads' has value -1: expected an integer >= 0" in result.stderr
+    assert f"{bad}: key 'app.torch_threads' has value -1: expected an integer from 0 to 1,024" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("web_port = 70000", "key 'app.web_port' has value 70000: expected an integer from 1 to 65,535"),
+        (
+            "topic_partitions = 2147483648",
+            "key 'app.topic_partitions' has value 2147483648: expected an integer from 1 to 10,000 "
+            "(Kafka creates no more in one request; create larger topics yourself)",
+        ),
+        (
+            "torch_threads = 2147483648",
+            "key 'app.torch_threads' has value 2147483648: expected an integer from 0 to 1,024",
+        ),
+        (r'web_bind = "\u0000"', "key 'app.web_bind' has value '\\x00': expected a string without control characters"),
+        (
+            'web_bind = "0.0.0.0:80"',
+            "key 'app.web_bind' has value '0.0.0.0:80': expected an IP address (such as 127.0.0.1, 0.0.0.0 or ::) "
+            "or a host name (letters, digits, '-' and '_', in dot-separated labels of at most 63)",
+        ),
+        ("stats_interval_s = inf", "key 'app.stats_interval_s' has value inf: expected a number from 0.1 to 86,400"),
+        (
+            'broker = "kafka://127.0.0.1:70000"',
+            "key 'app.broker' has value 'kafka://127.0.0.1:70000': expected comma-separated kafka://HOST:PORT "
+            "addresses (PORT from 1 to 65,535; HOST a host name, an IPv4 address or an IPv6 address in brackets)",
+        ),
+    ],
+)
+def test_a_config_value_past_its_range_stops_the_worker_with_one_line_and_status_2(tmp_path, line, says):
+    # Each of these once passed the loader and failed later: Faust's traceback (web_port, broker),
+    # the broker's refusal, torch, or a worker that started and never bound its web server.
+    bad = tmp_path / "bad.toml"
+    key = line.split(" ")[0]
+    app_table = '[app]\nid = "x"\n' + ("" if key == "broker" else 'broker = "kafka://127.0.0.1:9"\n') + line + "\n"
+    bad.write_text(app_table + PIPELINE)
+    result = run_cli("--config", str(bad), "worker")
+    assert one_line_exit_2(result) == f"sluice worker: {bad}: {says}"
 
 
 def test_an_unloadable_model_stops_the_worker_before_it_starts(tmp_path):
@@ -114,6 +152,18 @@ inputs = [{{ field = "features", shape = [32] }}]
 )
 def test_the_invoked_command_is_found_past_options_and_their_values(argv, command):
     assert invoked_command(argv) == command
+
+
+PIPELINE = """
+[pipelines.p]
+input_topics = ["in"]
+output_topic = "out"
+dead_letter_topic = "dlq"
+[pipelines.p.model]
+demo = "fraud-mlp"
+[pipelines.p.features]
+inputs = [{ field = "features", shape = [32] }]
+"""
 
 
 def unreachable_config(tmp_path: Path) -> Path:

@@ -101,7 +101,7 @@ def test_wrong_type(tmp_path):
         tmp_path,
         GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\nmax_batch_size = "big"'),
     )
-    assert "key 'pipelines.p.max_batch_size' has value 'big': expected an integer >= 1" in message
+    assert "key 'pipelines.p.max_batch_size' has value 'big': expected an integer from 1 to 65,536" in message
 
 
 def test_a_boolean_is_not_a_number(tmp_path):
@@ -114,7 +114,7 @@ def test_a_boolean_is_not_a_number(tmp_path):
 
 def test_negative_number(tmp_path):
     message = error_for(tmp_path, GOOD.replace('dead_letter_topic = "dlq"', 'dead_letter_topic = "dlq"\npoll_ms = -5'))
-    assert "key 'pipelines.p.poll_ms' has value -5: expected an integer >= 1" in message
+    assert "key 'pipelines.p.poll_ms' has value -5: expected an integer from 1 to 60,000" in message
 
 
 def test_missing_topic(tmp_path):

@@ -81,7 +81,7 @@ def test_delivery_is_at_least_once_unless_the_file_says_exactly_once(tmp_path):
         ),
         (
             'delivery = "exactly_once"\ntransaction_interval_ms = 0',
-            "key 'pipelines.p.transaction_interval_ms' has value 0: expected a number > 0",
+            "key 'pipelines.p.transaction_interval_ms' has value 0: expected a number from 1 to 30,000",
         ),
         ("transaction_interval_ms = 100", "key 'pipelines.p.transaction_interval_ms' would be ignored"),
     ],
