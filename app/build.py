@@ -8,9 +8,7 @@ from __future__ import annotations
 import gc
 import math
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from app.config import Config, PipelineConfig
@@ -21,8 +19,8 @@ from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
 from streams.cost_model import CostModel, reference_sizes
 from streams.errors import StateError
+from streams.features.folders import make_own_folder, remove_stale
 from streams.features.inputs import StatefulInputs
-from streams.features.local_db import remove_stale
 from streams.features.rocks_store import RocksStore
 from streams.features.spec import StateSpec
 from streams.features.step import FeatureStep
@@ -119,7 +117,7 @@ def build_store(spec: StateSpec, live: bool, changelog_topic: str) -> KeyedStore
             directory = spec.directory / changelog_topic
             remove_stale(directory)
         else:
-            directory = Path(tempfile.mkdtemp(prefix=f"backfill-{os.getpid()}-", dir=spec.directory))
+            directory = make_own_folder(spec.directory, f"backfill-{os.getpid()}-")
     except OSError as exc:
         raise StateError(f"cannot use the state directory {spec.directory}: {exc.strerror or exc}") from None
     return RocksStore(

@@ -8,15 +8,14 @@ so it is never ahead of the committed offsets.
 
 One process opens a database at a time (RocksDB's lock). A worker that finds a partition's
 database locked (another worker on this host, sharing the folder, has not let go of it)
-waits a little, then uses a private folder instead, rebuilt from the changelog and removed
-when it lets go of the partition.
+waits a little, then uses a private folder instead (marked as its own, see ``folders``),
+rebuilt from the changelog and removed when it lets go of the partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import struct
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from rocksdict import Options, Rdict, WriteBatch
 
 from streams.errors import StateError
+from streams.features.folders import make_own_folder, release_own_folder
 from streams.features.snapshot import newest_time
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ class PartitionDatabases:
             self._sweep_from.pop(partition, None)
             private = self._private.pop(partition, None)
             if private is not None:
-                shutil.rmtree(private, ignore_errors=True)
+                shutil.rmtree(private.parent, ignore_errors=True)
+                release_own_folder(private.parent)
 
     def path(self, partition: PartitionId) -> Path:
         topic, number = partition
@@ -176,7 +177,7 @@ class PartitionDatabases:
 
     def _go_private(self, partition: PartitionId) -> None:
         path = self.path(partition)
-        private = self._private[partition] = path.with_name(f"{path.name}.{os.getpid()}")
+        private = self._private[partition] = make_own_folder(path.parent, f"{path.name}.private-") / "db"
         log.warning(
             "state database %s is in use by another process on this host; restoring %s[%d] into %s "
             "instead (give each worker on one host its own state directory to avoid this)",
@@ -184,33 +185,9 @@ class PartitionDatabases:
             *partition,
             private,
         )
-        shutil.rmtree(private, ignore_errors=True)
 
 
 def _holds_records(db: Rdict) -> bool:
     it = db.iter()
     it.seek_to_first()
     return bool(it.valid())
-
-
-def remove_stale(directory: Path) -> None:
-    """Remove the folders of processes that are gone: private copies (``NAME.PID``) and a killed
-    backfill's state (``backfill-PID-...``)."""
-    if not directory.is_dir():
-        return
-    for entry in directory.iterdir():
-        pid = entry.suffix[1:] if entry.name.count(".") and entry.suffix[1:].isdigit() else None
-        if entry.name.startswith("backfill-") and entry.name.split("-")[1].isdigit():
-            pid = entry.name.split("-")[1]
-        if pid is not None and entry.is_dir() and not _alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -23,6 +23,7 @@ import numpy as np
 from rocksdict import Rdict
 
 from streams.errors import StateError
+from streams.features.folders import release_own_folder
 from streams.features.local_db import KEY_PREFIX, PartitionDatabases, new_batch
 from streams.features.snapshot import decode_state, encode_state
 from streams.features.store import KeyedStore, PartitionId, _resized, partition_runs
@@ -250,6 +251,7 @@ class RocksStore(KeyedStore):
         self.databases.close()
         if self.remove_on_close:
             shutil.rmtree(self.databases.directory, ignore_errors=True)
+            release_own_folder(self.databases.directory)
 
     def _db(self, partition: PartitionId) -> Rdict | None:
         """The partition's database: a live worker's is opened by ``open`` (restoring), a backfill's

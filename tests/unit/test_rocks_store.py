@@ -297,12 +297,3 @@ async def test_a_worker_waits_for_another_process_to_let_go_without_blocking_its
     assert ticks >= 5
     assert other.get(PARTITIONS[0]) is not None and not other._private  # the shared one, not a private copy
     other.close()
-
-
-def test_folders_of_processes_that_are_gone_are_removed(tmp_path):
-    import os
-
-    for name in ("t-0.999999999", "backfill-999999999-abc", f"t-1.{os.getpid()}", "t-2", "backfill-x"):
-        (tmp_path / name).mkdir()
-    local_db.remove_stale(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"t-1.{os.getpid()}", "t-2", "backfill-x"])
