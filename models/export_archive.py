@@ -16,7 +16,14 @@
 So an archive passes only when it is made of what ``torch.export.save`` writes for plain
 tensors: raw weight and constant bytes, sample inputs the safe loader accepts, and shape
 expressions in the grammar sympy's own ``srepr`` prints. Anything else is refused with the
-entry that made the decision. The caller hands torch the very bytes checked here.
+entry that made the decision.
+
+The zip itself is read strictly (``models.strict_zip``): a file can show Python's ``zipfile``
+one central directory and torch's miniz reader another, so reading it "the same way torch
+does" is not enough. ``check_export_archive`` returns the entries it checked, and the caller
+hands torch a fresh archive of exactly those (``repack``), never the file's own bytes.
+Deflated entries are inflated in bounded steps: programs and configs up to
+``MAX_JSON_BYTES`` each, all deflated entries together up to ``MAX_INFLATED_BYTES``.
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ from __future__ import annotations
 import io
 import json
 import re
-import zipfile
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.strict_zip import NotAZip, ZipEntry, ZipError, read_zip, write_zip
 from streams.errors import ModelLoadError
 
 WEIGHTS_CONFIG = "data/weights/{}_weights_config.json"
@@ -41,6 +49,11 @@ NATIVE_CODE_DIR = "data/aotinductor/"
 MODELS_DIR = "models/"
 # Entries torch.export.save writes beside the programs: format markers, no code.
 ARCHIVE_METADATA = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
+# What a deflated entry may inflate to: a program's JSON (graph and signature, not weights) is
+# megabytes for large models; torch.export.save stores every entry uncompressed, so deflated
+# ones come from re-zipping, and a deflate bomb costs at most this much memory before refusal.
+MAX_JSON_BYTES = 256 << 20
+MAX_INFLATED_BYTES = 1 << 30
 
 # What sympy's srepr prints for the shapes torch.export records: constructors, their keyword
 # assumptions, and the functions torch's deserializer registers. No attribute access, no
@@ -77,15 +90,16 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {cause[:300]}" if cause else type(exc).__name__
 
 
-def check_export_archive(data: bytes, path: Path) -> None:
-    """Raise ``ModelLoadError`` naming the entry unless ``data`` holds only plain tensors and shapes."""
+def check_export_archive(data: bytes, path: Path) -> list[ZipEntry]:
+    """The archive's entries, checked; ``ModelLoadError`` naming the entry unless ``data`` is a
+    plainly laid out zip holding only plain tensors and shapes. Hand torch ``repack`` of them."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        entries = _entries(archive, path)
-    except zipfile.BadZipFile as exc:
-        raise ModelLoadError(
-            f"exported program {path} is not a torch.export archive (not a zip file: {reason(exc)})"
-        ) from exc
+        checked = read_zip(data, _size_limit, MAX_INFLATED_BYTES)
+    except NotAZip as exc:
+        raise ModelLoadError(f"exported program {path} is not a torch.export archive (not a zip file: {exc})") from None
+    except ZipError as exc:
+        raise ModelLoadError(f"refusing exported program {path}: {exc}") from None
+    entries = _entries(checked, path)
 
     def refuse(entry: str, why: str) -> ModelLoadError:
         return ModelLoadError(f"refusing exported program {path}: {entry} {why}")
@@ -110,42 +124,53 @@ def check_export_archive(data: bytes, path: Path) -> None:
             name = config_name.format(model)
             if name not in entries:
                 raise refuse(name, "is missing: only archives written by torch.export.save (torch>=2.6) are checked")
-            payloads = _check_payloads(_json(archive, entries[name], name, refuse), name, prefix, refuse)
+            payloads = _check_payloads(_json(entries[name], name, refuse), name, prefix, refuse)
             folder = name.rsplit("/", 1)[0]
             allowed |= {name, *(f"{folder}/{payload}" for payload in payloads)}
         sample = SAMPLE_INPUTS.format(model)
         allowed |= {sample, f"{MODELS_DIR}{model}.json"}
         if sample in entries:
             try:
-                torch.load(io.BytesIO(archive.read(entries[sample])), map_location="cpu", weights_only=True)
+                torch.load(io.BytesIO(entries[sample].data), map_location="cpu", weights_only=True)
             except Exception as exc:  # Broad on purpose: whatever the safe loader rejects, torch would unpickle
                 raise refuse(sample, f"is not plain tensors (torch would unpickle it): {reason(exc)}") from exc
         model_json = f"{MODELS_DIR}{model}.json"
-        for expr in _expressions(_json(archive, entries[model_json], model_json, refuse)):
+        for expr in _expressions(_json(entries[model_json], model_json, refuse)):
             _check_expression(expr, lambda why, n=model_json: refuse(n, why))
     unknown = sorted(name for name in entries if name not in allowed and not name.endswith("/"))
     if unknown:
         # Only what torch.export.save writes for plain tensors: anything else is something torch
         # may read in a way this check does not know.
         raise refuse(unknown[0], "is not an entry torch.export.save writes for plain tensors")
+    return checked
 
 
-def _entries(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:
+def repack(entries: list[ZipEntry]) -> bytes:
+    """A fresh archive of the checked entries, for torch: whatever two views the original file
+    offered two zip readers, this one holds only what was checked."""
+    return write_zip(entries)
+
+
+def _size_limit(name: str) -> int:
+    # JSON is parsed whole (here and by torch); tensors stored raw are already in memory.
+    return MAX_JSON_BYTES if name.endswith(".json") else sys.maxsize
+
+
+def _entries(checked: list[ZipEntry], path: Path) -> dict[str, ZipEntry]:
     """Entries by name under the archive's root folder, lower-cased: torch's zip reader finds
     records case-insensitively and takes its root from the first entry, so two names that
     differ in case, or an entry outside that root, could show torch something else than us."""
-    infos = archive.infolist()
-    if not infos or "/" not in infos[0].filename:
+    if not checked or "/" not in checked[0].name:
         raise ModelLoadError(f"exported program {path} is not a torch.export archive (no root folder)")
-    root = infos[0].filename.split("/", 1)[0].lower() + "/"
-    entries: dict[str, zipfile.ZipInfo] = {}
-    for info in infos:
-        name = info.filename.lower()
+    root = checked[0].name.split("/", 1)[0].lower() + "/"
+    entries: dict[str, ZipEntry] = {}
+    for entry in checked:
+        name = entry.name.lower()
         if not name.startswith(root):
-            raise ModelLoadError(f"refusing exported program {path}: {info.filename} lies outside its root {root}")
+            raise ModelLoadError(f"refusing exported program {path}: {entry.name} lies outside its root {root}")
         if name[len(root) :] in entries:
-            raise ModelLoadError(f"refusing exported program {path}: {info.filename} appears twice")
-        entries[name[len(root) :]] = info
+            raise ModelLoadError(f"refusing exported program {path}: {entry.name} appears twice")
+        entries[name[len(root) :]] = entry
     return entries
 
 
@@ -153,9 +178,9 @@ def _is_model(name: str) -> bool:
     return name.startswith(MODELS_DIR) and name.endswith(".json") and "/" not in name[len(MODELS_DIR) :]
 
 
-def _json(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, refuse: Any) -> Any:
+def _json(entry: ZipEntry, name: str, refuse: Any) -> Any:
     try:
-        return json.loads(archive.read(info))
+        return json.loads(bytes(entry.data))
     except (ValueError, RecursionError) as exc:
         raise refuse(name, f"is not valid JSON: {reason(exc)}") from exc
 

@@ -28,7 +28,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from models.export_archive import check_export_archive, reason
+from models.export_archive import check_export_archive, reason, repack
 from models.registry import DEMO_MODELS
 from models.spec import ModelSpec  # described without torch, so reading a config needs none
 from streams.errors import ModelLoadError
@@ -115,10 +115,13 @@ def load_state(module: nn.Module, path: Path, what: str, confine_to: tuple[Path,
 def load_exported(path: Path, confine_to: tuple[Path, ...] = ()) -> nn.Module:
     with open_model_file(path, "exported program", confine_to) as file:
         data = file.read()
-    check_export_archive(data, path)
+    # Torch reads a fresh archive of the entries just checked, never the file's bytes: a zip can
+    # show the checker's reader one directory and torch's another (models.strict_zip), and the
+    # file may change after the check.
+    archive = repack(check_export_archive(data, path))
+    del data
     try:
-        # From the checked bytes, not the path: the file may change after the check.
-        return torch.export.load(io.BytesIO(data)).module()
+        return torch.export.load(io.BytesIO(archive)).module()
     except Exception as exc:  # Broad on purpose: torch's deserializer and verifier raise any type
         raise ModelLoadError(f"{path} is not a loadable torch.export archive: {reason(exc)}") from exc
 

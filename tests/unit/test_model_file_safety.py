@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -24,35 +25,12 @@ from torch import nn
 from app.config import load_config
 from models.loading import ModelSpec, load_model
 from streams.errors import CommandLineError, ConfigError, ModelLoadError
-
-
-class WritesMarker:
-    """Unpickling this creates the folder ``path``: proof that code from the file ran."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))  # leaves no open file behind, unlike open()
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(3, 1)
-        self.register_buffer("offset", torch.ones(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) + self.offset + torch.tensor([2.0])  # the tensor literal is a lifted constant
+from tests.crafted_archives import Tiny, WritesMarker, export_tiny, pickled_weights, torch_saved, two_directories
 
 
 @pytest.fixture
 def archive(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.pt2"
-    batch = torch.export.Dim("batch")
-    torch.manual_seed(0)
-    torch.export.save(torch.export.export(Tiny(), (torch.zeros(4, 3),), dynamic_shapes={"x": {0: batch}}), str(path))
-    return path
+    return export_tiny(tmp_path / "tiny.pt2")
 
 
 def rewrite(src: Path, dst: Path, replace: dict[str, bytes] | None = None, add: dict[str, bytes] | None = None) -> Path:
@@ -77,14 +55,6 @@ def edit_json(path: Path, name: str, change) -> bytes:
     data = json.loads(read(path, name))
     change(data)
     return json.dumps(data).encode()
-
-
-def torch_saved(obj: object) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
 
 
 def plain_torch_runs_it(path: Path, marker: Path) -> bool:
@@ -132,6 +102,46 @@ def test_an_archive_with_pickled_weights_is_refused_before_any_code_runs(archive
     assert message.startswith(f"refusing exported program {evil}: ")
     assert not marker.exists(), "no code from the file ran"
     assert plain_torch_runs_it(evil, marker), "the payload is live: plain torch.export.load runs it"
+
+
+def test_a_zip_showing_torch_another_directory_is_refused_before_any_code_runs(archive, tmp_path):
+    # Python's zipfile reads the directory that ends at the end record; torch's reader (miniz)
+    # the one at the record's stored offset, here hidden in the record's comment, naming pickled weights.
+    marker = tmp_path / "ran"
+    evil = two_directories(archive, tmp_path / "evil.pt2", pickled_weights(archive, marker))
+    with zipfile.ZipFile(evil) as z:
+        assert z.testzip() is None, "zipfile reads a sound archive"
+        config = json.loads(z.read(z.namelist()[0].split("/", 1)[0] + "/data/weights/model_weights_config.json"))
+        assert not any(meta["use_pickle"] for meta in config["config"].values()), "and nothing pickled in it"
+    data = evil.read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    size, torch_reads = struct.unpack_from("<2L", data, end + 12)
+    assert refused(evil, "zip readers would disagree on its entries") == (
+        f"refusing exported program {evil}: its end record places the {size}-byte central directory at byte "
+        f"{torch_reads}, but the directory before the end records starts at byte {end - size}: zip readers would "
+        "disagree on its entries (data prepended, or a second directory)"
+    )
+    assert not marker.exists(), "no code from the file ran"
+    assert plain_torch_runs_it(evil, marker), "the payload is live: plain torch.export.load runs it"
+
+
+def test_a_users_export_with_a_dynamic_batch_loads_from_the_repacked_entries(tmp_path):
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    torch.manual_seed(1)
+    model, path = M(), tmp_path / "user.pt2"
+    ep = torch.export.export(model, (torch.zeros(8, 32),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, path)
+    loaded = load_model(ModelSpec(exported=path))
+    assert (loaded.name, loaded.version) == ("user", "1")
+    x = torch.randn(3, 32)  # another batch size than exported with
+    assert torch.allclose(loaded.module(x), model(x))
 
 
 @pytest.mark.parametrize(
