@@ -119,3 +119,15 @@ def _central(info: zipfile.ZipInfo, offset: int) -> bytes:
         b"PK\x01\x02", 20, 3, 20, 0, info.flag_bits, info.compress_type, dos_time, dos_date, info.CRC,
         info.compress_size, info.file_size, len(raw), 0, 0, 0, 0, 0, offset,
     ) + raw  # fmt: skip
+
+
+def with_bad_crc(src: Path, dst: Path, suffix: str = "models/model.json") -> Path:
+    """``src`` with one byte of the entry ``...suffix`` changed, as a damaged disk or download would."""
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(suffix))
+    name_length, extra_length = struct.unpack_from("<2H", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start] ^= 0x01  # the JSON's "{" becomes "z"
+    dst.write_bytes(bytes(data))
+    return dst

@@ -1,0 +1,106 @@
+"""Crafted and damaged ``torch.export`` archives against the real CLI and a live worker.
+
+A backfill or a worker given one stops with one line and status 2; a swap to one answers
+422 and the old model keeps serving. The crafted archive shows Python's ``zipfile`` a
+sound program and torch's reader pickled weights (``tests/crafted_archives.py``): the
+marker folder its pickle would create must never appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import aiohttp
+
+from app.topics import ensure_topics
+from tests.crafted_archives import export_tiny, pickled_weights, two_directories, with_bad_crc
+from tests.integration.kafka_helpers import free_port, run_sluice, running_worker, topics_for, unique, write_config
+
+SECOND_DIRECTORY = "zip readers would disagree on its entries (data prepended, or a second directory)"
+
+
+def one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+async def test_a_backfill_given_a_crafted_archive_exits_2_with_one_line_and_runs_nothing(kafka, tmp_path):
+    marker = tmp_path / "ran"
+    clean = export_tiny(tmp_path / "tiny.pt2")
+    crafted = two_directories(clean, tmp_path / "crafted.pt2", pickled_weights(clean, marker))
+    topics = topics_for(unique("crafted-backfill"))
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="crafted", partitions=1, **topics)
+    await ensure_topics(kafka, list(topics.values()), create=True, partitions=1)
+    result = await asyncio.to_thread(
+        run_sluice,
+        "--config", str(config), "backfill", "-m", str(crafted),
+        "--sink", f"file:{tmp_path / 'out.jsonl'}", "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    line = one_line_exit_2(result)
+    assert line.startswith(f"sluice backfill: refusing exported program {crafted}: its end record places the ")
+    assert line.endswith(SECOND_DIRECTORY)
+    assert not marker.exists(), "no code from the file ran"
+
+
+def test_a_worker_whose_archive_is_damaged_stops_at_start_with_one_line(kafka, tmp_path):
+    damaged = with_bad_crc(export_tiny(tmp_path / "tiny.pt2"), tmp_path / "damaged.pt2")
+    config = write_config(
+        tmp_path,
+        bootstrap=kafka,
+        pipeline="damaged",
+        partitions=1,
+        model=f'exported = "{damaged}"',
+        inputs='[{ field = "features", shape = [3] }]',
+        **topics_for(unique("damaged")),
+    )
+    result = run_sluice("--config", str(config), "worker", "--web-port", str(free_port()), timeout=90)
+    line = one_line_exit_2(result)
+    assert line.startswith(
+        f"sluice worker: {config}: key 'pipelines.damaged.model': refusing exported program {damaged}: "
+        "tiny/models/model.json fails its CRC-32 check (stored 0x"
+    ), line
+
+
+async def test_a_swap_to_a_crafted_or_damaged_archive_answers_422_and_runs_nothing(kafka, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    marker = tmp_path / "ran"
+    clean = export_tiny(tmp_path / "tiny.pt2")
+    crafted = two_directories(clean, models / "crafted.pt2", pickled_weights(clean, marker))
+    damaged = with_bad_crc(clean, models / "damaged.pt2")
+    config = write_config(
+        tmp_path,
+        bootstrap=kafka,
+        pipeline="craft",
+        partitions=1,
+        extra=f'model_dirs = ["{models}"]',
+        **topics_for(unique("craft")),
+    )
+    port, token = free_port(), "crafted-test-token"
+    url = f"http://127.0.0.1:{port}/pipelines/craft/model"
+    replies = []
+    with running_worker(
+        config, tmp_path / "worker.log", ready_text="partitions assigned: ", web_port=port,
+        env={"SLUICE_ADMIN_TOKEN": token},
+    ):  # fmt: skip
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+            for path in (crafted, damaged):
+                async with session.post(url, json={"exported": str(path), "version": "9"}) as response:
+                    replies.append((response.status, (await response.json())["error"]))
+            async with session.get(url) as response:
+                serving = await response.json()
+    assert not marker.exists(), "no code from the file ran"
+    (crafted_status, crafted_error), (damaged_status, damaged_error) = replies
+    assert crafted_status == 422
+    assert crafted_error.startswith(
+        f"not swapped, the old model keeps serving: refusing exported program {crafted.resolve()}: "
+    )
+    assert crafted_error.endswith(SECOND_DIRECTORY)
+    assert damaged_status == 422
+    assert "tiny/models/model.json fails its CRC-32 check" in damaged_error
+    assert serving == {"pipeline": "craft", "model": "fraud-mlp", "version": serving["version"]}
+    assert serving["version"] != "9"
