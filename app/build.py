@@ -14,11 +14,13 @@ from typing import Any, Literal
 from app.config import Config, PipelineConfig
 from app.kafka_clients import Connection, make_producer
 from app.topics import compacted_topics, max_message_bytes
-from models.loading import LoadedModel
+from models.export_archive import reason
+from models.fit import check_fits
+from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
 from streams.batcher import Batcher, BatchPolicy
 from streams.cost_model import CostModel, reference_sizes
-from streams.errors import StateError
+from streams.errors import ModelLoadError, ModelOutputError, StateError
 from streams.features.folders import make_own_folder, remove_stale
 from streams.features.inputs import StatefulInputs
 from streams.features.rocks_store import RocksStore
@@ -51,6 +53,19 @@ PRODUCER_SETTINGS: dict[Mode, dict[str, int]] = {
 PIPELINE_SECONDS_PER_EVENT = 15e-6
 
 
+def load_checked_model(pipeline: PipelineConfig, spec: ModelSpec) -> LoadedModel:
+    """``spec`` loaded, and shown to score the pipeline's inputs with one prediction per row:
+    every way a model enters a pipeline (the worker's config, ``backfill -m``, a swap) meets
+    the same check before its first event, and a model that does not fit is one
+    ``ModelLoadError`` line naming the model, never a traceback from the first batch."""
+    loaded = load_model(spec)
+    try:
+        check_fits(loaded.module, loaded.name, pipeline.input_shapes)
+    except ModelOutputError as exc:
+        raise ModelLoadError(f"{spec.describe()} does not fit pipeline {pipeline.name}: {exc}") from None
+    return loaded
+
+
 def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) -> tuple[TorchRunner, CostModel]:
     """The model on its device, warmed up, and a cost model seeded from the warm-up."""
     runner = TorchRunner(
@@ -60,7 +75,14 @@ def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) 
         device=config.app.device,
         threads=config.app.torch_threads,
     )
-    timings = runner.warm_up(pipeline.input_shapes, reference_sizes(pipeline.max_batch_size))
+    try:
+        timings = runner.warm_up(pipeline.input_shapes, reference_sizes(pipeline.max_batch_size))
+    except Exception as exc:  # Broad on purpose: on its device, at its batch sizes, a model can fail any way
+        runner.close()
+        raise ModelLoadError(
+            f"model {loaded.name} v{loaded.version} failed its warm-up on {runner.device} "
+            f"(batches of up to {pipeline.max_batch_size} rows): {reason(exc)}"
+        ) from exc
     cost = CostModel()
     cost.seed({n: t + n * PIPELINE_SECONDS_PER_EVENT for n, t in timings.items()})
     return runner, cost

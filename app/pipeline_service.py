@@ -26,6 +26,7 @@ from app.build import (
     build_transactional_sink,
     input_isolation,
     live_fetch_pacing,
+    load_checked_model,
     settle_garbage_collector,
 )
 from app.cli import PROCESS_STARTED
@@ -41,7 +42,7 @@ from app.kafka_clients import Connection, connection, make_consumer
 from app.key_serving import KeyServing
 from app.rekey_service import RekeyService
 from app.state_warmup import warm_from_input
-from models.loading import LoadedModel, ModelSpec, load_model
+from models.loading import LoadedModel, ModelSpec
 from models.runner import TorchRunner
 from streams.driver import Driver
 from streams.errors import ModelLoadError, SluiceError, StateError
@@ -114,7 +115,7 @@ class PipelineService(Service):
         conn = connection(self.config)
         started = time.monotonic()
         # The worker's preflight (app.main) checked the broker and the topics already.
-        loaded = self._model if self._model is not None else await asyncio.to_thread(load_model, p.model)
+        loaded = self._model if self._model is not None else await asyncio.to_thread(load_checked_model, p, p.model)
         self._model = None  # the runner holds the module now; a swap must be able to free it
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner
@@ -298,7 +299,7 @@ class PipelineService(Service):
         if self.driver is None or self._runner is None:
             raise ModelLoadError(f"pipeline {p.name} is not running yet")
         async with self._swapping:
-            loaded = await asyncio.to_thread(load_model, spec)
+            loaded = await asyncio.to_thread(load_checked_model, p, spec)
             try:
                 runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
             except Exception as exc:

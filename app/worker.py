@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import faust
 
+from app.build import load_checked_model
 from app.config import Config, dead_letters_too_big, state_too_big
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
 from app.rekey_service import RekeyService
 from app.topics import ensure_changelog, ensure_repartition, ensure_topics, max_message_bytes
 from app.web import metrics_registry, register_endpoints
-from models.loading import LoadedModel, load_model
+from models.loading import LoadedModel
 from streams.errors import ConfigError, ModelLoadError
 from streams.metrics import PipelineMetrics, SluiceCollector
 
@@ -32,9 +33,9 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
     models: dict[str, LoadedModel] = {}
     for p in config.pipelines:
         try:
-            models[p.name] = load_model(p.model)
+            models[p.name] = load_checked_model(p, p.model)
         except ModelLoadError as exc:
-            where = f"{config.path}: key 'pipelines.{p.name}.model' ({p.model.describe()})"
+            where = f"{config.path}: key 'pipelines.{p.name}.model'"  # the message names the model
             raise ModelLoadError(f"{where}: {exc}") from None
     collector = SluiceCollector()
     services = {

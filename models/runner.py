@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streams.errors import PredictionCountError
+from models.fit import inference_form, predictions_of
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class TorchRunner:
         self.device = resolve_device(device)
         if threads > 0:
             torch.set_num_threads(threads)
-        self.module = module.to(self.device).eval()
+        self.module = inference_form(module.to(self.device))
         # OpenMP's thread count is a setting of each thread: set in whichever thread built the
         # runner (the worker builds it off the event loop), it leaves the inference thread at
         # one OpenMP thread per core, each spinning between batches on cores the event loop needs.
@@ -70,14 +70,7 @@ class TorchRunner:
         rows = int(inputs[0].shape[0])
         with torch.inference_mode():
             tensors = [torch.from_numpy(x).to(self.device, non_blocking=True) for x in inputs]
-            out = self.module(*tensors)
-            result = out.detach().float().cpu().numpy()
-        if result.ndim == 2 and result.shape[1] == 1:
-            result = result[:, 0]
-        if result.ndim == 0 or result.shape[0] != rows:
-            got = 0 if result.ndim == 0 else result.shape[0]
-            raise PredictionCountError(f"model {self._name} returned {got} predictions for a batch of {rows} inputs")
-        return result
+            return predictions_of(self.module(*tensors), rows, self._name)
 
     async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -112,5 +105,8 @@ class TorchRunner:
             timings[size] = time.perf_counter() - started
         return timings
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    async def aclose(self) -> None:
+        self.close()

@@ -14,7 +14,8 @@
     │   └── SwapRejected             a model-swap request the worker refuses (``status``: its HTTP answer)
     ├── ModelError                   a model could not be loaded or could not score a batch
     │   ├── ModelLoadError           (above)
-    │   ├── PredictionCountError     the model returned another number of predictions than inputs
+    │   ├── ModelOutputError         the model's output is not one real number (or row of them) per input
+    │   │   └── PredictionCountError another number of predictions than inputs
     │   └── ModelUnavailableError    retriable: the model fails on inputs it scored before
     ├── OutputRefused                the destination refused outputs for good: they become dead letters
     ├── DeliveryFailed               retriable: outputs were not acknowledged (the broker is away);
@@ -116,7 +117,12 @@ class ModelLoadError(OperatorError, ModelError):
     """The model named in the config cannot be loaded: missing file, wrong class, bad weights."""
 
 
-class PredictionCountError(ModelError):
+class ModelOutputError(ModelError):
+    """The model returned something other than one tensor of real numbers, one row per input
+    row (a tuple, a dict, complex numbers, a tensor of three or more dimensions)."""
+
+
+class PredictionCountError(ModelOutputError):
     """The model returned a different number of predictions than it was given inputs."""
 
 

@@ -23,6 +23,7 @@ from app.build import (
     build_pipeline,
     build_runner,
     input_isolation,
+    load_checked_model,
     settle_garbage_collector,
 )
 from app.config import PipelineConfig
@@ -32,7 +33,7 @@ from app.main import app, config
 from app.progress import Progress
 from app.state_warmup import warm_from_input
 from app.topics import check_broker, ensure_topics, partitions_of
-from models.loading import ModelSpec, load_model
+from models.loading import ModelSpec
 from models.registry import DEMO_MODELS
 from streams.backfill import BackfillSummary, run_backfill
 from streams.checkpoint import Checkpoint, checkpoint_path
@@ -334,7 +335,7 @@ async def backfill_run(
                 ) from None
             mine = sorted(plan.end)[k - 1 :: n]  # several processes split one run's partitions
             plan = type(plan)({tp: plan.start[tp] for tp in mine}, {tp: plan.end[tp] for tp in mine})
-        loaded = await asyncio.to_thread(load_model, spec)
+        loaded = await asyncio.to_thread(load_checked_model, p, spec)
         runner, cost = await asyncio.to_thread(build_runner, config, p, loaded)
         settle_garbage_collector()  # as the worker does: full collections over torch's heap cost more than decoding
         kafka_sink: KafkaSink | None = None
