@@ -10,6 +10,10 @@ One process opens a database at a time (RocksDB's lock). A worker that finds a p
 database locked (another worker on this host, sharing the folder, has not let go of it)
 waits a little, then uses a private folder instead (marked as its own, see ``folders``),
 rebuilt from the changelog and removed when it lets go of the partition.
+
+A copy found damaged (a record that is not what sluice wrote, or one RocksDB cannot read) is
+marked so (``m:damaged``) and let go of: the next ``checkpoint`` of its partition empties it,
+and the restore rebuilds it from the changelog, which holds the true state.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ KEY_PREFIX = b"k"
 EVENT_TIME_KEY = b"w"
 CHECKPOINT_KEY = b"m:checkpoint"
 LAYOUT_KEY = b"m:layout"
+DAMAGED_KEY = b"m:damaged"
 _INT64 = struct.Struct("<q")
 # How long to wait for another process on this host to let go of a partition's database.
 LOCK_WAIT_S = 5.0
@@ -65,15 +70,45 @@ class PartitionDatabases:
 
     def checkpoint(self, partition: PartitionId) -> tuple[int, int | None] | None:
         """Opens the partition's database: the changelog offset it reflects and the partition's
-        event time in it, or None for a database with nothing (one of another layout is wiped)."""
+        event time in it, or None for a database with nothing (one of another layout, or marked
+        damaged, is wiped)."""
         db = self.open(partition)
-        if db.get(LAYOUT_KEY) != self.layout_id:
-            db = self.wipe(partition)
-        checkpoint = db.get(CHECKPOINT_KEY)
+        try:
+            meta: list[bytes | None] = db.get([LAYOUT_KEY, DAMAGED_KEY, CHECKPOINT_KEY, EVENT_TIME_KEY])  # type: ignore[assignment]
+            layout, damaged, checkpoint, event_time = meta
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception (RocksDB's Corruption, IOError)
+            layout, damaged, checkpoint, event_time = self.layout_id, str(exc).encode(), None, None
+        if damaged is None and any(v is not None and len(v) != _INT64.size for v in (checkpoint, event_time)):
+            damaged = b"its checkpoint or event time record is not 8 bytes"
+        if damaged is not None:
+            log.warning(
+                "the local state of %s[%d] in %s was found damaged (%s): rebuilding it from the changelog",
+                *partition,
+                self._private.get(partition) or self.path(partition),
+                damaged.decode("utf-8", "replace"),
+            )
+        if layout != self.layout_id or damaged is not None:
+            self.wipe(partition)
+            return None
         if checkpoint is None:
             return None
-        event_time = db.get(EVENT_TIME_KEY)
         return _INT64.unpack(checkpoint)[0], None if event_time is None else _INT64.unpack(event_time)[0]
+
+    def mark_damaged(self, partition: PartitionId, reason: str) -> None:
+        """Mark the partition's database damaged and let go of it: its next ``checkpoint`` (the
+        partition's next restore) empties it, to be rebuilt from the changelog. Nothing is written
+        to it meanwhile (``get`` says it is not open)."""
+        db = self._dbs.pop(partition, None)
+        self._sweep_from.pop(partition, None)
+        if db is None:
+            return
+        try:
+            db[DAMAGED_KEY] = reason.encode()[:1000]
+        except Exception:  # noqa: BLE001 - rocksdict raises a bare Exception; then empty it at once
+            db.close()
+            Rdict.destroy(str(self._private.get(partition) or self.path(partition)), _options())
+            return
+        db.close()
 
     def wipe(self, partition: PartitionId) -> Rdict:
         """An empty database in place of the partition's."""
@@ -157,7 +192,7 @@ class PartitionDatabases:
         path = self._private.get(partition) or self.path(partition)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = Rdict(str(path), _options())
+            db = _open_or_empty(path)
         except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception
             message = str(exc)
             if "/LOCK:" not in message:
@@ -185,6 +220,18 @@ class PartitionDatabases:
             *partition,
             private,
         )
+
+
+def _open_or_empty(path: Path) -> Rdict:
+    """The database at ``path``; one whose own files RocksDB finds damaged is only a copy: emptied."""
+    try:
+        return Rdict(str(path), _options())
+    except Exception as exc:  # rocksdict raises a bare Exception
+        if not str(exc).startswith("Corruption"):
+            raise
+        log.warning("state database %s is damaged (%s): emptied, to be rebuilt from the changelog", path, exc)
+    Rdict.destroy(str(path), _options())
+    return Rdict(str(path), _options())
 
 
 def _holds_records(db: Rdict) -> bool:

@@ -7,6 +7,13 @@ was recreated, or records deleted), is wiped and rebuilt from the changelog's be
 (As in Kafka Streams, a key forgotten while the copy was away, whose tombstone compaction has
 removed since, stays in it: idle past its TTL, it starts from nothing and is swept again.)
 
+A record of the database that is not a state sluice wrote (damaged) is never taken for a key
+with nothing: a batch that reads one raises ``StateError`` before any of its events is scored,
+and the database is marked damaged, to be emptied and rebuilt from the changelog at the
+partition's next restore (the worker's restart). Reading one to serve a key (``peek``) raises
+and changes nothing, but the partition's next batch then stops the same way: a copy known to
+hold one damaged record is not trusted for any event of its partition.
+
 The cache holds at most ``cache_keys`` keys; the least recently used go first. A key changed
 since the last commit (or, in a backfill, by a batch not yet written to the store) is never
 evicted, so the cache exceeds its bound by at most the keys of one commit interval.
@@ -17,7 +24,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from rocksdict import Rdict
@@ -26,7 +33,7 @@ from streams.errors import StateError
 from streams.features.folders import release_own_folder
 from streams.features.local_db import KEY_PREFIX, PartitionDatabases, new_batch
 from streams.features.snapshot import decode_state, encode_state
-from streams.features.store import KeyedStore, PartitionId, _resized, partition_runs
+from streams.features.store import KeyedStore, KeyState, PartitionId, _resized, partition_runs
 
 # Keys of the database (not cached) each sweep looks at for idleness, going round the database.
 SWEEP_SCAN_KEYS = 2048
@@ -59,8 +66,14 @@ class RocksStore(KeyedStore):
         self.evicted = 0
         self.databases = PartitionDatabases(directory, layout_id)
         self._restoring: dict[PartitionId, Any] = {}
+        # Partitions whose database was found holding a damaged record, and what was found.
+        self._damaged: dict[PartitionId, str] = {}
 
     def slots_for(self, partitions: Sequence[PartitionId], keys: Sequence[bytes]) -> np.ndarray:
+        if self._damaged:
+            for partition, _, _ in partition_runs(partitions):
+                if partition in self._damaged:
+                    self._stop(partition)
         # This batch's cached keys are marked in use first: making room for its other keys must not evict them.
         missing: dict[tuple[PartitionId, bytes], None] = {}
         for partition, lo, hi in partition_runs(partitions):
@@ -75,14 +88,24 @@ class RocksStore(KeyedStore):
         self.dirty[slots] = True
         return slots
 
-    def lookup(self, partition: PartitionId, key: bytes) -> int | None:
+    def peek(self, partition: PartitionId, key: bytes) -> KeyState | None:
         if key in self.tables.get(partition, ()):
-            return super().lookup(partition, key)
-        self._fault_in([(partition, key)])
-        slot = super().lookup(partition, key)
-        if slot is not None:  # read now, not by a batch: free to be evicted at once
-            self.last_used[slot] = self.applied_generation
-        return slot
+            return super().peek(partition, key)
+        db = self.databases.get(partition)
+        if db is None and partition in self._damaged:  # let go of, to be rebuilt
+            raise StateError(self._damaged_message(partition))
+        if db is None or key in self._changed.get(partition, ()):  # not open, or forgotten since the last commit
+            return None
+        value = self._read(partition, db, [key])[0]
+        if value is None:
+            return None
+        times, values, offset = self._decode(partition, key, value)
+        n = len(times)
+        padded_times = np.zeros(self.capacity, dtype=np.int64)
+        padded_values = np.zeros((self.capacity, self.fields), dtype=np.float32)
+        if n:
+            padded_times[-n:], padded_values[-n:] = times, values
+        return KeyState(padded_times, padded_values, n, offset)
 
     def key_count(self, partition: PartitionId) -> int:
         return max(self.databases.key_count(partition), super().key_count(partition))
@@ -104,20 +127,50 @@ class RocksStore(KeyedStore):
             # A key forgotten since the last commit (its tombstone not yet persisted) is not read back.
             pending = self._changed.get(partition, set())
             keys = [key for key in keys if key not in pending]
-            stored: list[bytes | None] = db.get([KEY_PREFIX + k for k in keys])  # type: ignore[assignment]
-            for key, value in zip(keys, stored, strict=True):
-                if value is not None:
-                    try:
-                        times, values, offset = decode_state(value, self.layout_id, self.fields, self.capacity)
-                    except StateError as exc:  # a damaged copy: emptied, so the restart rebuilds it
-                        self.databases.wipe(partition)
-                        raise StateError(
-                            f"the local state of {partition[0]}[{partition[1]}]: {exc}; emptied, "
-                            "restart the worker to rebuild it from the changelog"
-                        ) from None
-                    super().load(partition, key, times, values, offset)
+            try:
+                stored = self._read(partition, db, keys)
+                states = [v if v is None else self._decode(partition, k, v) for k, v in zip(keys, stored, strict=True)]
+            except StateError:
+                self._stop(partition)
+            for key, state in zip(keys, states, strict=True):
+                if state is not None:
+                    super().load(partition, key, *state)
                     slot = self.tables[partition][key]
                     self.dirty[slot], self.last_used[slot] = False, self.generation + 1
+
+    def _read(self, partition: PartitionId, db: Rdict, keys: list[bytes]) -> list[bytes | None]:
+        """The stored records of ``keys`` (None for a key the database does not hold); a read
+        RocksDB refuses notes the database damaged and raises."""
+        try:
+            stored: list[bytes | None] = db.get([KEY_PREFIX + k for k in keys])  # type: ignore[assignment]
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception (RocksDB's Corruption, IOError)
+            self._damaged.setdefault(partition, f"reading it failed: {exc}")
+            raise StateError(self._damaged_message(partition)) from None
+        return stored
+
+    def _decode(self, partition: PartitionId, key: bytes, value: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+        """A stored record as a key's state; one that is not notes the database damaged and raises."""
+        try:
+            return decode_state(value, self.layout_id, self.fields, self.capacity)
+        except StateError as exc:
+            self._damaged.setdefault(partition, f"the record of key {key[:40]!r}: {exc}")
+            raise StateError(self._damaged_message(partition)) from None
+
+    def _damaged_message(self, partition: PartitionId) -> str:
+        return (
+            f"the local state of {partition[0]}[{partition[1]}] (a copy of the changelog) holds a damaged record "
+            f"({self._damaged[partition]}); it is rebuilt from the changelog before the partition is scored again"
+        )
+
+    def _stop(self, partition: PartitionId) -> NoReturn:
+        """A batch of a partition whose database is damaged: nothing of it is scored. The database is
+        marked damaged and let go of (nothing more is written to it), to be emptied and rebuilt from
+        the changelog at the partition's next restore."""
+        self.databases.mark_damaged(partition, self._damaged[partition])
+        raise StateError(
+            f"{self._damaged_message(partition)}: stopping, nothing of this batch scored; "
+            "restart the worker to rebuild it"
+        )
 
     def _make_room(self, incoming: int) -> None:
         """Evict the least recently used clean keys if ``incoming`` more would pass the bound (down
@@ -244,10 +297,13 @@ class RocksStore(KeyedStore):
         super().drop_partitions(partitions)
         for partition in partitions:
             self._restoring.pop(partition, None)
+            reason = self._damaged.pop(partition, None)
+            if reason is not None:  # whoever restores it next (this worker, or a restart) rebuilds it
+                self.databases.mark_damaged(partition, reason)
         self.databases.close(partitions)
 
     def close(self) -> None:
-        self.drop_partitions(list(self.tables))
+        self.drop_partitions(list(self.tables.keys() | self._damaged.keys()))
         self.databases.close()
         if self.remove_on_close:
             shutil.rmtree(self.databases.directory, ignore_errors=True)

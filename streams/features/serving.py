@@ -14,12 +14,13 @@ from streams.features.store import PartitionId, newest_times
 
 
 def key_view(step: FeatureStep, partition: PartitionId, key: bytes) -> dict[str, Any] | None:
-    """What the worker knows of ``key`` in ``partition`` (which it owns), or None for a key with no state."""
-    store = step.store
-    slot = store.lookup(partition, key)
-    if slot is None:
+    """What the worker knows of ``key`` in ``partition`` (which it owns), or None for a key with
+    no state. Only reads: a state it cannot read (a damaged record in the local copy) raises
+    ``StateError`` and changes nothing."""
+    state = step.store.peek(partition, key)
+    if state is None:
         return None
-    times, values, length = store.times[[slot]], store.values[[slot]], store.length[[slot]].copy()
+    times, values, length = state.times[None], state.values[None], np.array([state.length], dtype=np.int32)
     newest = int(times[0, -1]) if length[0] else None
     now = step.latest_ms.get(partition, newest or 0)
     if length[0] and newest_times(times, length)[0] < now - step.spec.ttl_ms:
@@ -28,17 +29,17 @@ def key_view(step: FeatureStep, partition: PartitionId, key: bytes) -> dict[str,
     computed = compute_all(step.spec.features, times, values, length, at, step.field_index)
     features = {name: array[0].tolist() for name, array in computed.items()}
     prediction: dict[str, Any] | None = None
-    if store.prediction_offset[slot] >= 0:
-        value = float(store.prediction[slot])
+    if state.prediction is not None:
+        value, offset, event_ts, version = state.prediction
         prediction = {
             "prediction": None if np.isnan(value) else value,
-            "model_version": step.versions[int(store.prediction_version[slot])],
-            "source": {"topic": partition[0], "partition": partition[1], "offset": int(store.prediction_offset[slot])},
-            "event_ts": int(store.prediction_ts[slot]),
+            "model_version": step.versions[version],
+            "source": {"topic": partition[0], "partition": partition[1], "offset": offset},
+            "event_ts": event_ts,
         }
     return {
         "events_kept": int(length[0]),
-        "latest_event": None if newest is None else {"offset": int(store.offset[slot]), "event_ts": newest},
+        "latest_event": None if newest is None else {"offset": state.offset, "event_ts": newest},
         "features_at": now,
         "features": features,
         "last_prediction": prediction,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +37,20 @@ def newest_times(times: np.ndarray, length: np.ndarray) -> np.ndarray:
     capacity = times.shape[1]
     real = np.arange(capacity)[None, :] >= (capacity - length)[:, None]
     return np.where(real, times, np.iinfo(np.int64).min).max(axis=1)
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """One key's state, copied out of the store: its last events right-aligned in ``times``
+    (capacity,) and ``values`` (capacity, fields), ``length`` of them real, the source offset
+    of the newest, and its last prediction if known (value, source offset, event time, model
+    version index)."""
+
+    times: np.ndarray
+    values: np.ndarray
+    length: int
+    offset: int
+    prediction: tuple[float, int, int, int] | None = None
 
 
 class KeyedStore:
@@ -120,9 +135,22 @@ class KeyedStore:
         table = self.tables.get(partition, {})
         return [(key, table.get(key)) for key in changed]
 
-    def lookup(self, partition: PartitionId, key: bytes) -> int | None:
-        """A key's slot, or None for a key with no state (serving by key: nothing is marked changed)."""
-        return self.tables.get(partition, {}).get(key)
+    def peek(self, partition: PartitionId, key: bytes) -> KeyState | None:
+        """A copy of a key's state, or None for a key with no state (serving by key): reading it
+        changes nothing in the store."""
+        slot = self.tables.get(partition, {}).get(key)
+        if slot is None:
+            return None
+        prediction = None
+        if self.prediction_offset[slot] >= 0:
+            prediction = (
+                float(self.prediction[slot]),
+                int(self.prediction_offset[slot]),
+                int(self.prediction_ts[slot]),
+                int(self.prediction_version[slot]),
+            )
+        times, values = self.times[slot].copy(), self.values[slot].copy()
+        return KeyState(times, values, int(self.length[slot]), int(self.offset[slot]), prediction)
 
     def key_count(self, partition: PartitionId) -> int:
         return len(self.tables.get(partition, {}))
