@@ -33,6 +33,7 @@ from aiokafka.partitioner import murmur2
 
 from app.config import Config, PipelineConfig
 from app.kafka_clients import connection, make_admin
+from streams.errors import StateError
 from streams.features.serving import key_view
 from streams.features.step import FeatureStep
 from streams.records import Partition
@@ -164,7 +165,12 @@ class KeyServing:
         partition = Partition(topic, (murmur2(key) & 0x7FFFFFFF) % count)
         where = {"topic": topic, "partition": partition.partition}
         if TopicPartition(*partition) in ready:
-            view = key_view(step, partition, key)
+            try:
+                view = key_view(step, partition, key)
+            except StateError as exc:
+                # A damaged record: the partition's next batch stops the worker, which rebuilds the
+                # copy from the changelog at its restart; the caller learns why now, in words.
+                return 500, {"error": str(exc), **where}
             if view is None:
                 return 404, {"error": "no state for this key (never seen, or forgotten after its TTL)", **where}
             return 200, {"key": key.decode("utf-8", "replace"), **where, **view}
