@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,12 @@ from streams.replay_plan import ReplayPlan
 
 RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
+TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# What Kafka's protocol holds: partitions are 32-bit, offsets 64-bit (both signed).
+MAX_PARTITION = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+# A run split over more processes than this (--part K/N) is a mistake, and N names the file.
+MAX_PARTS = 10_000
 
 
 def checkpoint_path(state_dir: Path, run_id: str, part: tuple[int, int]) -> Path:
@@ -28,6 +35,37 @@ def checkpoint_path(state_dir: Path, run_id: str, part: tuple[int, int]) -> Path
         )
     k, n = part
     return state_dir / f"{run_id}.part{k}of{n}.json"
+
+
+def _read(path: Path) -> bytes:
+    """The checkpoint's bytes, or ``CheckpointError``: at most ``MAX_CHECKPOINT_BYTES`` of a
+    regular file (never a FIFO, which would wait for a writer, nor a device)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: not readable ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"checkpoint {path}: not a regular file")
+        if info.st_size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"checkpoint {path}: larger than {MAX_CHECKPOINT_BYTES:,} bytes: not one a run wrote")
+        try:
+            data = file.read(MAX_CHECKPOINT_BYTES + 1)
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {path}: not readable ({exc.strerror})") from None
+    if len(data) > MAX_CHECKPOINT_BYTES:  # it grew since
+        raise CheckpointError(f"checkpoint {path}: larger than {MAX_CHECKPOINT_BYTES:,} bytes: not one a run wrote")
+    return data
+
+
+def _parse(path: Path, data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # also bytes that are not UTF-8, and integers of more than 4,300 digits
+        raise CheckpointError(f"checkpoint {path}: not readable as JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {path}: not readable as JSON (nested too deeply)") from None
 
 
 def _expect(ok: bool, path: Path, key: str, value: object, expected: str) -> None:
@@ -72,12 +110,7 @@ class Checkpoint:
 
         What the run names (pipeline, model, sink) is the caller's to check, with the rules it
         applies to the command line: the file may come from anyone who could write there."""
-        try:
-            if path.stat().st_size > MAX_CHECKPOINT_BYTES:
-                raise CheckpointError(f"checkpoint {path}: larger than {MAX_CHECKPOINT_BYTES} bytes")
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path}: not readable as JSON ({exc})") from None
+        data = _parse(path, _read(path))
         _expect(isinstance(data, dict), path, "", type(data).__name__, "an object")
         for key in ("run", "plan", "position", "done"):
             _expect(key in data, path, key, None, "present")
@@ -94,16 +127,26 @@ class Checkpoint:
         )
         part = run.get("part")
         _expect(
-            isinstance(part, list) and len(part) == 2 and all(type(x) is int for x in part) and 1 <= part[0] <= part[1],
+            isinstance(part, list)
+            and len(part) == 2
+            and all(type(x) is int for x in part)
+            and 1 <= part[0] <= part[1] <= MAX_PARTS,
             path,
             "run.part",
             part,
-            "[K, N] with 1 <= K <= N",
+            f"[K, N] with 1 <= K <= N <= {MAX_PARTS:,}",
         )
+        emit = run.get("emit_features", False)
+        _expect(type(emit) is bool, path, "run.emit_features", emit, "true or false")
         try:
             plan = ReplayPlan.from_json(data["plan"])
         except ValueError as exc:
             raise CheckpointError(f"checkpoint {path}: key 'plan': {exc}") from None
+        for planned in plan.end:  # what a consumer can be asked for: a topic name, 32-bit partitions, 64-bit offsets
+            ok = TOPIC.fullmatch(planned.topic) is not None and planned.partition <= MAX_PARTITION
+            ok = ok and plan.end[planned] <= MAX_OFFSET
+            shown = [planned.topic, planned.partition, plan.start[planned], plan.end[planned]]
+            _expect(ok, path, "plan.partitions", shown, "[topic, partition, start, end] that Kafka can hold")
         position: dict[Partition, int] = {}
         entries = data["position"]
         _expect(isinstance(entries, list), path, "position", entries, "a list")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streams.checkpoint import Checkpoint, checkpoint_path
+from streams.checkpoint import MAX_CHECKPOINT_BYTES, Checkpoint, checkpoint_path
 from streams.errors import CheckpointError
 from streams.records import Partition
 from streams.replay_plan import ReplayPlan
@@ -80,3 +81,51 @@ def test_a_checkpoint_that_is_not_json_is_refused(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=f"checkpoint {path}"):
         Checkpoint.load(path)
+
+
+def test_a_checkpoint_nested_too_deeply_is_refused_not_a_recursion_error(tmp_path):
+    path = tmp_path / "r.part1of1.json"
+    path.write_bytes(b"[" * 200_000)
+    with pytest.raises(CheckpointError) as raised:
+        Checkpoint.load(path)
+    assert str(raised.value) == f"checkpoint {path}: not readable as JSON (nested too deeply)"
+
+
+def test_a_checkpoint_larger_than_any_run_writes_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "r.part1of1.json"
+    with path.open("wb") as file:
+        file.truncate(MAX_CHECKPOINT_BYTES + 1)  # sparse: nothing is written
+    with pytest.raises(CheckpointError) as raised:
+        Checkpoint.load(path)
+    assert str(raised.value) == f"checkpoint {path}: larger than {MAX_CHECKPOINT_BYTES:,} bytes: not one a run wrote"
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_without_waiting(tmp_path):
+    path = tmp_path / "r.part1of1.json"
+    os.mkfifo(path)  # opening it for reading would wait for a writer forever
+    with pytest.raises(CheckpointError, match=f"checkpoint {path}: not a regular file"):
+        Checkpoint.load(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: d["plan"]["partitions"][0].__setitem__(1, 2**31),
+            "key 'plan.partitions' has value ['in', 2147483648",
+        ),
+        (lambda d: d["plan"]["partitions"][0].__setitem__(3, 2**63), "key 'plan.partitions' has value ['in', 0, 0, 9"),
+        (lambda d: d["plan"]["partitions"][0].__setitem__(0, "a/b"), "key 'plan.partitions' has value ['a/b'"),
+        (lambda d: d["run"].update(emit_features="yes"), "key 'run.emit_features' has value 'yes': expected true"),
+        (lambda d: d["run"].update(part=[1, 10**30]), "key 'run.part'"),
+    ],
+)
+def test_a_plan_or_run_a_consumer_could_not_take_is_refused_with_the_key(tmp_path, change, message):
+    path = saved(tmp_path)
+    data: dict[str, Any] = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError) as raised:
+        Checkpoint.load(path)
+    assert str(raised.value).startswith(f"checkpoint {path}: {message}")
+    assert "\n" not in str(raised.value)
