@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec
 from models.registry import DEMO_MODELS
 from streams.backfill import BackfillSummary, run_backfill
-from streams.checkpoint import Checkpoint, checkpoint_path
+from streams.checkpoint import MAX_PARTS, Checkpoint, checkpoint_path
 from streams.errors import (
     CheckpointError,
     CommandLineError,
@@ -85,27 +85,39 @@ def model_spec(ref: str | None, pipeline: PipelineConfig) -> ModelSpec:
     )
 
 
+# The last millisecond datetime can hold (9999-12-31T23:59:59.999Z); Kafka reads -1 as "the latest offset".
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TIMESTAMP_EXPECTED = (
+    f"expected milliseconds since the epoch (ASCII digits, 0 to {MAX_TIMESTAMP_MS}) or an ISO 8601 time "
+    "from 1970-01-01 to 9999-12-31 (local time unless it gives an offset)"
+)
+
+
 def parse_timestamp(text: str | None) -> int | None:
-    if not text:
+    """``--from-timestamp``: milliseconds since the epoch in ASCII digits, or an ISO 8601 time
+    (local unless it gives an offset), read to the millisecond; None when not given."""
+    if text is None:
         return None
-    if text.isdigit():
-        return int(text)
-    try:
-        return int(datetime.fromisoformat(text).timestamp() * 1000)
-    except ValueError:
-        raise CommandLineError(
-            f"--from-timestamp {text!r}: expected ISO 8601 or milliseconds since the epoch"
-        ) from None
+    ms: int | None = None
+    if re.fullmatch(r"[0-9]{1,16}", text):  # str.isdigit() also takes "²", which int() refuses
+        ms = int(text)
+    elif text.isascii():
+        try:
+            ms = (datetime.fromisoformat(text).astimezone(UTC) - EPOCH) // timedelta(milliseconds=1)
+        except (ValueError, OverflowError, OSError):  # not ISO 8601, or out of datetime's range
+            ms = None
+    if ms is None or not 0 <= ms <= MAX_TIMESTAMP_MS:
+        raise CommandLineError(f"--from-timestamp {text!r}: {TIMESTAMP_EXPECTED}")
+    return ms
 
 
 def parse_part(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise CommandLineError(f"--part {text!r}: expected K/N, e.g. 1/3") from None
-    if not 1 <= k <= n:
-        raise CommandLineError(f"--part {text!r}: K must be between 1 and N")
-    return k, n
+    """``--part K/N``: ASCII digits (N names the checkpoint file), 1 <= K <= N <= MAX_PARTS."""
+    match = re.fullmatch(r"([0-9]{1,6})/([0-9]{1,6})", text)
+    if match is None or not 1 <= int(match[1]) <= int(match[2]) <= MAX_PARTS:
+        raise CommandLineError(f"--part {text!r}: expected K/N (ASCII digits), 1 <= K <= N <= {MAX_PARTS:,}, e.g. 1/3")
+    return int(match[1]), int(match[2])
 
 
 @dataclass(frozen=True)
@@ -210,21 +222,39 @@ def resumed_run(
             FileState.from_json(checkpoint.sink)
         except FileSinkError as exc:
             raise CommandLineError(f"{where} key 'sink': {exc}") from None
+    # A model file or module only the checkpoint names is never loaded: loading runs code (a
+    # module's import, a pickle in an archive), and whoever wrote the checkpoint chose it. The
+    # checkpoint's model is compared with the command line's; a demo name or the config's model
+    # (null) names no file. "-m" is the command line's own choice, as when the run started.
+    recorded_model = run["model"]
+    if recorded_model is not None:
+        try:
+            model_spec(recorded_model, p)  # its form only: nothing is opened or imported
+        except CommandLineError as exc:
+            raise CommandLineError(f"{where} model: {exc}") from None
+    named_by_file = recorded_model is not None and recorded_model not in DEMO_MODELS
+    only_named_here = "a resume loads a model file or module only when the command line names it"
     given = {
         "--pipeline": (pipeline_name, p.name),
-        "--model": (model, run["model"]),
+        "--model": (model, recorded_model),
         "--sink": (str(parse_sink(sink_spec)) if sink_spec else None, str(sink)),
         "--run-id": (run_id, resume),
     }
     for flag, (value, recorded) in given.items():
         if value is not None and value != recorded:
+            fix = f"give --model {recorded!r} ({only_named_here})" if flag == "--model" and named_by_file else None
             raise CommandLineError(
                 f"{flag} {value!r}: run {resume} was started with {recorded!r}, and --resume continues it "
-                f"as it started: drop {flag}"
+                f"as it started: {fix or f'drop {flag}'}"
             )
-    if from_timestamp:
+    if named_by_file and model is None:
+        raise CommandLineError(
+            f"{where} model: run {resume} was started with --model {recorded_model!r}; {only_named_here}: "
+            f"repeat --model {recorded_model!r} if it is the model you mean to run"
+        )
+    if from_timestamp is not None:
         raise CommandLineError(f"--from-timestamp: run {resume} keeps its start offsets; drop --from-timestamp")
-    return Run(resume, p, run["model"], sink, checkpoint, path)
+    return Run(resume, p, recorded_model, sink, checkpoint, path)
 
 
 def no_sink_state() -> None:
@@ -431,8 +461,17 @@ async def backfill_run(
         "where the pipeline's model has trust_torchscript = true in the config).",
     ),
     option("--sink", default=None, help="kafka:TOPIC (default: the pipeline's backfill_topic) or file:PATH."),
-    option("--from-timestamp", default=None, help="Start at this time (ISO 8601 or epoch ms), not offset 0."),
-    option("--resume", default=None, help="Continue the run with this id where it stopped."),
+    option(
+        "--from-timestamp",
+        default=None,
+        help="Start at this time (ISO 8601, or epoch ms in ASCII digits; 1970 to 9999), not offset 0.",
+    ),
+    option(
+        "--resume",
+        default=None,
+        help="Continue the run with this id where it stopped (a run started with a model file or module needs "
+        "the same --model again: a resume never loads one only its checkpoint names).",
+    ),
     option("--run-id", default=None, help="Name the run: letters, digits, '.', '-', '_' (default: pipeline and time)."),
     option("--part", default="1/1", help="K/N: this process takes every Nth partition, starting at the Kth."),
     option("--state-dir", type=Path, default=DEFAULT_STATE, help="Where run checkpoints are kept."),

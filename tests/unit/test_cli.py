@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -35,10 +36,15 @@ def test_an_explicit_loop_choice_wins():
     assert with_fast_loop(["worker"]) in (["--loop", "uvloop", "worker"], ["worker"])
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     root = Path(__file__).resolve().parents[2]
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], cwd=root, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -271,3 +277,131 @@ def test_resume_refuses_options_that_would_change_the_run(tmp_path):
         "sluice backfill: --sink 'kafka:x': run r1 was started with 'kafka:out', "
         "and --resume continues it as it started: drop --sink"
     )
+
+
+TIMESTAMP_EXPECTED = (
+    "expected milliseconds since the epoch (ASCII digits, 0 to 253402300799999) or an ISO 8601 time "
+    "from 1970-01-01 to 9999-12-31 (local time unless it gives an offset)"
+)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\u00b2",  # str.isdigit() says yes, int() says no
+        "\u0661\u0662",  # Arabic-Indic digits: int() reads them, Kafka never should
+        "99999999999999999999",
+        "253402300800000",
+        "1969-12-31T23:59:59+00:00",  # -1 ms: Kafka's "latest offset", a run that replays nothing
+        "0001-01-01T00:00:00+00:00",
+        "2026-13-01",
+        "-5",
+        "",
+    ],
+)
+def test_a_backfill_from_a_timestamp_out_of_range_or_not_a_number_is_one_line(tmp_path, value):
+    config = unreachable_config(tmp_path)
+    result = run_cli("--config", str(config), "backfill", "--from-timestamp", value, "--state-dir", str(tmp_path / "s"))
+    assert one_line_exit_2(result) == f"sluice backfill: --from-timestamp {value!r}: {TIMESTAMP_EXPECTED}"
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [
+        ("0", 0),
+        ("1764288000123", 1_764_288_000_123),
+        ("253402300799999", 253_402_300_799_999),
+        ("2026-11-28T00:00:00.123+00:00", 1_795_824_000_123),
+        ("9999-12-31T23:59:59.999+00:00", 253_402_300_799_999),
+    ],
+)
+def test_a_timestamp_is_read_to_the_millisecond(value, ms):
+    from app.commands.backfill import parse_timestamp
+
+    assert parse_timestamp(value) == ms
+
+
+@pytest.mark.parametrize("value", ["1/" + "9" * 300, "1/10001", "\u0661/\u0661", "1/1/1", " 1/1"])
+def test_a_part_that_names_no_file_a_run_could_have_is_one_line(tmp_path, value):
+    config = unreachable_config(tmp_path)
+    result = run_cli("--config", str(config), "backfill", "--part", value, "--state-dir", str(tmp_path / "s"))
+    assert one_line_exit_2(result) == (
+        f"sluice backfill: --part {value!r}: expected K/N (ASCII digits), 1 <= K <= N <= 10,000, e.g. 1/3"
+    )
+
+
+def test_resuming_a_checkpoint_nested_too_deeply_is_one_line(tmp_path):
+    config = unreachable_config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "r1.part1of1.json").write_bytes(b"[" * 200_000)
+    result = run_cli("--config", str(config), "backfill", "--resume", "r1", "--state-dir", str(state))
+    assert one_line_exit_2(result) == (
+        f"sluice backfill: checkpoint {state / 'r1.part1of1.json'}: not readable as JSON (nested too deeply)"
+    )
+
+
+# Imported, it leaves a file behind: the proof that a resume ran code a checkpoint named.
+PLANTED = """
+import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+import torch
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return x.sum(dim=1, keepdim=True)
+"""
+
+
+def planted_run(tmp_path: Path, model: str) -> tuple[Path, Path, dict[str, str]]:
+    """A checkpoint whose run names ``model``, a module that marks its import, and the env to find it."""
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_model.py").write_text(PLANTED.format(marker=str(marker)))
+    state = tmp_path / "state"
+    state.mkdir()
+    run = {"id": "r1", "pipeline": "fraud", "model": model, "sink": "kafka:out", "part": [1, 1]}
+    tp = Partition("in", 0)
+    Checkpoint(state / "r1.part1of1.json", run, ReplayPlan({tp: 0}, {tp: 5})).save()
+    return state, marker, {"PYTHONPATH": str(tmp_path)}
+
+
+@pytest.mark.parametrize("model", ["planted_model:Net=w.pt", "elsewhere/model.pt2"])
+def test_resume_loads_no_model_file_or_module_only_the_checkpoint_names(tmp_path, model):
+    config = unreachable_config(tmp_path)
+    state, marker, env = planted_run(tmp_path, model)
+    result = run_cli("--config", str(config), "backfill", "--resume", "r1", "--state-dir", str(state), env=env)
+    assert one_line_exit_2(result) == (
+        f"sluice backfill: checkpoint {state / 'r1.part1of1.json'}: model: run r1 was started with --model "
+        f"{model!r}; a resume loads a model file or module only when the command line names it: "
+        f"repeat --model {model!r} if it is the model you mean to run"
+    )
+    assert not marker.exists()
+
+
+def test_resume_with_another_model_than_the_run_was_started_with_says_which_to_give(tmp_path):
+    config = unreachable_config(tmp_path)
+    state, marker, env = planted_run(tmp_path, "planted_model:Net=w.pt")
+    result = run_cli(
+        "--config", str(config), "backfill", "--resume", "r1", "-m", "fraud-mlp", "--state-dir", str(state), env=env
+    )
+    assert one_line_exit_2(result) == (
+        "sluice backfill: --model 'fraud-mlp': run r1 was started with 'planted_model:Net=w.pt', and --resume "
+        "continues it as it started: give --model 'planted_model:Net=w.pt' (a resume loads a model file or module "
+        "only when the command line names it)"
+    )
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("recorded", "given"), [("planted_model:Net=w.pt", ["-m", "planted_model:Net=w.pt"])])
+def test_resume_with_the_same_model_on_the_command_line_goes_on(tmp_path, recorded, given):
+    # Past the model's check, the next thing a resume does is reach the broker (none answers here).
+    config = unreachable_config(tmp_path)
+    state, _marker, env = planted_run(tmp_path, recorded)
+    result = run_cli("--config", str(config), "backfill", "--resume", "r1", *given, "--state-dir", str(state), env=env)
+    assert "no Kafka broker answered" in one_line_exit_2(result)
+
+
+def test_resume_of_a_run_started_with_a_demo_model_needs_no_model_on_the_command_line(tmp_path):
+    config = unreachable_config(tmp_path)
+    state, _marker, env = planted_run(tmp_path, "fraud-transformer")
+    result = run_cli("--config", str(config), "backfill", "--resume", "r1", "--state-dir", str(state), env=env)
+    assert "no Kafka broker answered" in one_line_exit_2(result)
