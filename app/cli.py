@@ -11,6 +11,9 @@
 - ``sluice --help`` says what sluice is and lists its commands first; Faust's commands that
   mean nothing for sluice (``agents``, ``models``, ``send``...) are hidden, and running one
   ends with one line and exit status 2.
+- A command line click refuses (an unknown command or option, a value out of its range such
+  as ``--web-port 70000``) ends with one line, ``sluice COMMAND: what is wrong (see sluice
+  COMMAND --help)``, and exit status 2, as every other operator mistake does.
 - Faust's worker conventions stay (``sluice worker -l info``, signals, ``--web-port``,
   ``--datadir``, ``--loop``), and ``faust -A app.main worker`` runs the same worker:
   ``sluice`` runs Faust's commands with ``-A app.main`` as the default app.
@@ -197,6 +200,24 @@ def _refusal(name: str) -> click.Command:
     )
 
 
+class OneLineUsageError(click.ClickException):
+    """A ``click.UsageError`` said in one line, with the command it is about."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        where = error.ctx.command_path if error.ctx is not None else "sluice"
+        super().__init__(f"{where}: {' '.join(error.format_message().split())} (see {where} --help)")
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(self.format_message(), file=file, err=True)
+
+
+def _one_line(error: click.UsageError) -> click.ClickException:
+    # "sluice" alone answers with its help (click raises that as a usage error too).
+    return error if isinstance(error, click.exceptions.NoArgsIsHelpError) else OneLineUsageError(error)
+
+
 class _FaustRootContext(click.Context):
     """The root context Faust's commands read (as ``faust.cli.base._Group.make_context`` sets it)."""
 
@@ -236,6 +257,20 @@ class SluiceGroup(click.Group):
             callback=faust_cli.callback,
             help=HELP,
         )
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # the command's own arguments, or a command that does not exist
+            raise _one_line(exc) from None
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in NOT_SLUICE:

@@ -405,3 +405,28 @@ def test_resume_of_a_run_started_with_a_demo_model_needs_no_model_on_the_command
     state, _marker, env = planted_run(tmp_path, "fraud-transformer")
     result = run_cli("--config", str(config), "backfill", "--resume", "r1", "--state-dir", str(state), env=env)
     assert "no Kafka broker answered" in one_line_exit_2(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["worker", "--web-port", "70000"],
+            "sluice worker: Invalid value for '--web-port' / '-p': 70000 is not in the range 1<=x<=65535. "
+            "(see sluice worker --help)",
+        ),
+        (
+            ["worker", "--web-port", "\u00b2"],
+            "sluice worker: Invalid value for '--web-port' / '-p': '\u00b2' is not a valid range[1-65535]. "
+            "(see sluice worker --help)",
+        ),
+        (["nosuch"], "sluice: No such command 'nosuch'. (see sluice --help)"),
+        (
+            ["backfill", "--no-such-flag"],
+            "sluice backfill: No such option: --no-such-flag (see sluice backfill --help)",
+        ),
+    ],
+)
+def test_a_command_line_click_refuses_is_one_line_and_status_2(tmp_path, args, line):
+    result = run_cli("--config", str(unreachable_config(tmp_path)), *args)
+    assert one_line_exit_2(result) == line
