@@ -8,7 +8,7 @@ gives them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiokafka import TopicPartition
 
@@ -23,9 +23,12 @@ from streams.replay_plan import ReplayPlan
 log = logging.getLogger(__name__)
 
 
-async def warm_from_input(conn: Connection, pipeline: Pipeline, upto: Mapping[Partition, int]) -> int:
+async def warm_from_input(
+    conn: Connection, pipeline: Pipeline, upto: Mapping[Partition, int], say: Callable[[str], None] = log.info
+) -> int:
     """Feed each partition's records from its beginning up to ``upto`` (exclusive) through the
-    features step; returns how many were read."""
+    features step; returns how many were read. ``say`` tells what it does (the backfill shows it
+    whatever the log level: a later start that reads history first must not look stuck)."""
     if pipeline.stateful is None or not upto:
         return 0
     consumer = make_consumer(
@@ -38,14 +41,13 @@ async def warm_from_input(conn: Connection, pipeline: Pipeline, upto: Mapping[Pa
         plan = ReplayPlan(start, {p: max(upto[p], start[p]) for p in upto})
         if not plan.total:
             return 0
-        log.info(
-            "pipeline %s: rebuilding per-key state from %d earlier events of %s first (nothing emitted)",
-            pipeline.name,
-            plan.total,
-            ", ".join(f"{p.topic}[{p.partition}]" for p in sorted(upto)),
+        where = ", ".join(f"{p.topic}[{p.partition}]" for p in sorted(upto))
+        say(
+            f"pipeline {pipeline.name}: rebuilding per-key state from {plan.total} earlier events "
+            f"of {where} first (nothing emitted)"
         )
         read = await warm_state(ReplaySource(consumer, plan, start), pipeline)
-        log.info("pipeline %s: per-key state rebuilt from %d events", pipeline.name, read)
+        say(f"pipeline {pipeline.name}: per-key state rebuilt from {read} events")
         return read
     finally:
         await stop_consumer(consumer)

@@ -420,7 +420,10 @@ async def backfill_run(
             pipeline = build_pipeline(p, runner, hook or sink, "backfill", topics=topics, emit_features=emit_features)
             # Started past the beginning (--from-timestamp, a resume): the state of what came before first.
             await warm_from_input(
-                conn, pipeline, {p: checkpoint.position.get(p, at) for p, at in checkpoint.plan.start.items()}
+                conn,
+                pipeline,
+                {p: checkpoint.position.get(p, at) for p, at in checkpoint.plan.start.items()},
+                say=lambda line: print(line, file=sys.stderr, flush=True),
             )
             batcher = build_batcher(p, cost, "backfill")
             progress = Progress(checkpoint.plan.total, f"backfill {run.id}")
