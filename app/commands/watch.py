@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
+import numpy as np
 import orjson
 from aiokafka import TopicPartition
 from faust.cli import AppCommand, option
@@ -17,14 +19,18 @@ from streams.kafka.undecodable import UNDECODABLE, reread_around_undecodable
 from streams.records import UndecodableRecord
 
 
-def latency_of(value: bytes | None) -> int:
-    """A prediction's latency_ms, or -1 for anything else on the topic."""
+def timing_of(value: bytes | None) -> tuple[int, int] | None:
+    """A prediction's (event_ts, latency_ms), or None for anything else on the topic."""
     try:
         body = orjson.loads(value or b"null")
     except orjson.JSONDecodeError:
-        return -1
-    latency = body.get("latency_ms", -1) if isinstance(body, dict) else -1
-    return latency if isinstance(latency, int) else -1
+        return None
+    if not isinstance(body, dict):
+        return None
+    event_ts, latency = body.get("event_ts"), body.get("latency_ms")
+    if type(event_ts) is not int or type(latency) is not int:
+        return None
+    return event_ts, latency
 
 
 def describe(value: bytes | None) -> str:
@@ -104,7 +110,7 @@ async def watch(
         if not summary:
             print(f"{'id':<18} {'score':>8}  model  source  latency  (from {topic})", flush=True)
         seen = 0
-        latencies: list[int] = []
+        timings: list[tuple[int, int]] = []
         deadline = time.monotonic() + seconds if seconds > 0 else None
         upcoming = {tp: await consumer.position(tp) for tp in tps}
         while (not count or seen < count) and (deadline is None or time.monotonic() < deadline):
@@ -121,25 +127,49 @@ async def watch(
                     if type(record) is UndecodableRecord:
                         print(f"UNDECODABLE {record.topic}[{record.partition}]@{record.offset}: {record.reason}")
                     elif summary:
-                        latencies.append(latency_of(record.value))
+                        timing = timing_of(record.value)
+                        if timing is not None:  # a dead letter or anything else has no latency
+                            timings.append(timing)
                     else:
                         print(describe(record.value), flush=True)
                     seen += 1
     finally:
         await stop_consumer(consumer)
     if summary:
-        print(summarise(topic, latencies))
+        print(summarise(topic, timings, budget_of(topic)))
 
 
-def summarise(topic: str, latencies: list[int]) -> str:
-    if not latencies:
-        return f"{topic}: no records"
-    ordered = sorted(latencies)
+def budget_of(topic: str) -> float | None:
+    """The latency budget of the pipeline writing ``topic`` (None: not a pipeline's outputs)."""
+    return next((p.latency_budget_ms for p in config.pipelines if p.output_topic == topic), None)
 
-    def pct(q: float) -> int:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    return (
-        f"{topic}: {len(ordered)} records; latency measured by the worker (event time to scored): "
-        f"p50 {pct(0.5)} ms, p99 {pct(0.99)} ms, max {ordered[-1]} ms"
+def summarise(topic: str, timings: list[tuple[int, int]], budget_ms: float | None) -> str:
+    """Percentiles of the predictions' latencies, then what the tail is made of: in which seconds
+    of the run (by event time) the slowest 1% arrived, and the p99 without the worst of them.
+    A tail packed into one second is something that happened then (a process starting beside
+    the worker, a rebalance); a tail spread over the run is a steady cost."""
+    if not timings:
+        return f"{topic}: no predictions"
+    stamps = np.array([t for t, _ in timings], dtype=np.int64)
+    latencies = np.array([latency for _, latency in timings], dtype=np.int64)
+    p50, p99 = (int(x) for x in np.percentile(latencies, [50, 99], method="higher"))
+    over = f"; {int((latencies > budget_ms).sum())} over the {budget_ms:g} ms budget" if budget_ms is not None else ""
+    line = (
+        f"{topic}: {len(timings)} predictions; latency measured by the worker (event time to scored): "
+        f"p50 {p50} ms, p99 {p99} ms, max {int(latencies.max())} ms{over}"
     )
+    if len(timings) < 100:
+        return line
+    slowest = len(timings) // 100
+    second = (stamps - stamps.min()) // 1000
+    tail_seconds = Counter(second[np.argsort(latencies, kind="stable")[-slowest:]].tolist())
+    shown = tail_seconds.most_common(3)
+    elsewhere = slowest - sum(n for _, n in shown)
+    where = ", ".join(f"{s}-{s + 1} s: {n}" for s, n in shown) + (f", other seconds: {elsewhere}" if elsewhere else "")
+    worst = shown[0][0]
+    rest = latencies[second != worst]
+    without = ""
+    if rest.size:
+        without = f"; without second {worst}-{worst + 1}, p99 {int(np.percentile(rest, 99, method='higher'))} ms"
+    return f"{line}\nslowest 1% ({slowest}) by when they happened in the run: {where}{without}"
