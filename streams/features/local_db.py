@@ -55,6 +55,14 @@ def new_batch() -> WriteBatch:
     return WriteBatch(raw_mode=True)
 
 
+def put_or_delete(batch: WriteBatch, key: bytes, value: bytes | None) -> None:
+    """A changelog record into ``batch``: None (a tombstone) deletes the key."""
+    if value is None:
+        batch.delete(key)
+    else:
+        batch.put(key, value)
+
+
 class PartitionDatabases:
     def __init__(self, directory: Path, layout_id: bytes) -> None:
         self.directory = directory

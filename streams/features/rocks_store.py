@@ -7,12 +7,7 @@ was recreated, or records deleted), is wiped and rebuilt from the changelog's be
 (As in Kafka Streams, a key forgotten while the copy was away, whose tombstone compaction has
 removed since, stays in it: idle past its TTL, it starts from nothing and is swept again.)
 
-A record of the database that is not a state sluice wrote (damaged) is never taken for a key
-with nothing: a batch that reads one raises ``StateError`` before any of its events is scored,
-and the database is marked damaged, to be emptied and rebuilt from the changelog at the
-partition's next restore (the worker's restart). Reading one to serve a key (``peek``) raises
-and changes nothing, but the partition's next batch then stops the same way: a copy known to
-hold one damaged record is not trusted for any event of its partition.
+A damaged record is never taken for a key with nothing: see ``streams.features.damage``.
 
 The cache holds at most ``cache_keys`` keys; the least recently used go first. A key changed
 since the last commit (or, in a backfill, by a batch not yet written to the store) is never
@@ -24,15 +19,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 from rocksdict import Rdict
 
 from streams.errors import StateError
+from streams.features.damage import DamagedCopies
 from streams.features.folders import release_own_folder
-from streams.features.local_db import KEY_PREFIX, PartitionDatabases, new_batch
-from streams.features.snapshot import decode_state, encode_state
+from streams.features.local_db import KEY_PREFIX, PartitionDatabases, new_batch, put_or_delete
+from streams.features.snapshot import encode_state
 from streams.features.store import KeyedStore, KeyState, PartitionId, _resized, partition_runs
 
 # Keys of the database (not cached) each sweep looks at for idleness, going round the database.
@@ -66,14 +62,13 @@ class RocksStore(KeyedStore):
         self.evicted = 0
         self.databases = PartitionDatabases(directory, layout_id)
         self._restoring: dict[PartitionId, Any] = {}
-        # Partitions whose database was found holding a damaged record, and what was found.
-        self._damaged: dict[PartitionId, str] = {}
+        self._damage = DamagedCopies(self.databases, layout_id, fields, capacity)
 
     def slots_for(self, partitions: Sequence[PartitionId], keys: Sequence[bytes]) -> np.ndarray:
-        if self._damaged:
+        if self._damage:
             for partition, _, _ in partition_runs(partitions):
-                if partition in self._damaged:
-                    self._stop(partition)
+                if partition in self._damage:
+                    self._damage.stop(partition)
         # This batch's cached keys are marked in use first: making room for its other keys must not evict them.
         missing: dict[tuple[PartitionId, bytes], None] = {}
         for partition, lo, hi in partition_runs(partitions):
@@ -92,20 +87,12 @@ class RocksStore(KeyedStore):
         if key in self.tables.get(partition, ()):
             return super().peek(partition, key)
         db = self.databases.get(partition)
-        if db is None and partition in self._damaged:  # let go of, to be rebuilt
-            raise StateError(self._damaged_message(partition))
+        if db is None and partition in self._damage:  # let go of, to be rebuilt
+            raise StateError(self._damage.message(partition))
         if db is None or key in self._changed.get(partition, ()):  # not open, or forgotten since the last commit
             return None
-        value = self._read(partition, db, [key])[0]
-        if value is None:
-            return None
-        times, values, offset = self._decode(partition, key, value)
-        n = len(times)
-        padded_times = np.zeros(self.capacity, dtype=np.int64)
-        padded_values = np.zeros((self.capacity, self.fields), dtype=np.float32)
-        if n:
-            padded_times[-n:], padded_values[-n:] = times, values
-        return KeyState(padded_times, padded_values, n, offset)
+        value = self._damage.read(partition, db, [key])[0]
+        return None if value is None else self._damage.key_state(partition, key, value)
 
     def key_count(self, partition: PartitionId) -> int:
         return max(self.databases.key_count(partition), super().key_count(partition))
@@ -128,49 +115,16 @@ class RocksStore(KeyedStore):
             pending = self._changed.get(partition, set())
             keys = [key for key in keys if key not in pending]
             try:
-                stored = self._read(partition, db, keys)
-                states = [v if v is None else self._decode(partition, k, v) for k, v in zip(keys, stored, strict=True)]
+                stored = self._damage.read(partition, db, keys)
+                decode = self._damage.decode
+                states = [v if v is None else decode(partition, k, v) for k, v in zip(keys, stored, strict=True)]
             except StateError:
-                self._stop(partition)
+                self._damage.stop(partition)
             for key, state in zip(keys, states, strict=True):
                 if state is not None:
                     super().load(partition, key, *state)
                     slot = self.tables[partition][key]
                     self.dirty[slot], self.last_used[slot] = False, self.generation + 1
-
-    def _read(self, partition: PartitionId, db: Rdict, keys: list[bytes]) -> list[bytes | None]:
-        """The stored records of ``keys`` (None for a key the database does not hold); a read
-        RocksDB refuses notes the database damaged and raises."""
-        try:
-            stored: list[bytes | None] = db.get([KEY_PREFIX + k for k in keys])  # type: ignore[assignment]
-        except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception (RocksDB's Corruption, IOError)
-            self._damaged.setdefault(partition, f"reading it failed: {exc}")
-            raise StateError(self._damaged_message(partition)) from None
-        return stored
-
-    def _decode(self, partition: PartitionId, key: bytes, value: bytes) -> tuple[np.ndarray, np.ndarray, int]:
-        """A stored record as a key's state; one that is not notes the database damaged and raises."""
-        try:
-            return decode_state(value, self.layout_id, self.fields, self.capacity)
-        except StateError as exc:
-            self._damaged.setdefault(partition, f"the record of key {key[:40]!r}: {exc}")
-            raise StateError(self._damaged_message(partition)) from None
-
-    def _damaged_message(self, partition: PartitionId) -> str:
-        return (
-            f"the local state of {partition[0]}[{partition[1]}] (a copy of the changelog) holds a damaged record "
-            f"({self._damaged[partition]}); it is rebuilt from the changelog before the partition is scored again"
-        )
-
-    def _stop(self, partition: PartitionId) -> NoReturn:
-        """A batch of a partition whose database is damaged: nothing of it is scored. The database is
-        marked damaged and let go of (nothing more is written to it), to be emptied and rebuilt from
-        the changelog at the partition's next restore."""
-        self.databases.mark_damaged(partition, self._damaged[partition])
-        raise StateError(
-            f"{self._damaged_message(partition)}: stopping, nothing of this batch scored; "
-            "restart the worker to rebuild it"
-        )
 
     def _make_room(self, incoming: int) -> None:
         """Evict the least recently used clean keys if ``incoming`` more would pass the bound (down
@@ -219,12 +173,9 @@ class RocksStore(KeyedStore):
 
     def load(self, partition: PartitionId, key: bytes, times: np.ndarray, values: np.ndarray, offset: int) -> None:
         """A restored key goes to the database (``mirror``), not the cache: state may exceed memory."""
-        self._uncache(partition, key)
+        self.unload(partition, key)
 
     def unload(self, partition: PartitionId, key: bytes) -> None:
-        self._uncache(partition, key)
-
-    def _uncache(self, partition: PartitionId, key: bytes) -> None:
         slot = self.tables.get(partition, {}).pop(key, None)
         if slot is not None:
             self._release(slot)
@@ -266,10 +217,7 @@ class RocksStore(KeyedStore):
         batch = self._restoring.get(partition)
         if batch is None:
             batch = self._restoring[partition] = new_batch()
-        if record_value is None:
-            batch.delete(record_key)
-        else:
-            batch.put(record_key, record_value)
+        put_or_delete(batch, record_key, record_value)
 
     def restored(self, partition: PartitionId, next_offset: int) -> None:
         self.databases.write(partition, self._restoring.pop(partition, None) or new_batch(), next_offset)
@@ -281,10 +229,7 @@ class RocksStore(KeyedStore):
             return  # given up meanwhile: its next owner restores from the changelog
         batch = new_batch()
         for key, value in records:
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
+            put_or_delete(batch, key, value)
         self.databases.write(partition, batch, next_offset)
         table, changed_again = self.tables.get(partition, {}), self._changed.get(partition, set())
         for key, _ in records:
@@ -297,13 +242,11 @@ class RocksStore(KeyedStore):
         super().drop_partitions(partitions)
         for partition in partitions:
             self._restoring.pop(partition, None)
-            reason = self._damaged.pop(partition, None)
-            if reason is not None:  # whoever restores it next (this worker, or a restart) rebuilds it
-                self.databases.mark_damaged(partition, reason)
+            self._damage.let_go(partition)
         self.databases.close(partitions)
 
     def close(self) -> None:
-        self.drop_partitions(list(self.tables.keys() | self._damaged.keys()))
+        self.drop_partitions(list(self.tables.keys() | self._damage.partitions()))
         self.databases.close()
         if self.remove_on_close:
             shutil.rmtree(self.databases.directory, ignore_errors=True)
