@@ -7,7 +7,6 @@ the key, the value and what was expected; ``config/sluice.toml`` documents every
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -17,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from app.addresses import BROKER_EXPECTED, HOST_EXPECTED, is_broker_address, is_host, is_topic
 from app.config_table import Table as _Table
 from app.state_config import load_inputs, load_state
 from models.spec import WEIGHTS_DIR, ModelSpec
@@ -55,18 +55,6 @@ MAX_TRANSACTION_INTERVAL_MS = 30_000.0
 # torch holds a CUDA device index in 8 bits: "cuda:128" would be read as cuda:-128.
 MAX_CUDA_INDEX = 127
 DEVICE = re.compile(r"auto|cpu|cuda(?::(0|[1-9][0-9]{0,2}))?")
-HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-HOST_EXPECTED = (
-    "an IP address (such as 127.0.0.1, 0.0.0.0 or ::) or a host name (letters, digits, '-' and '_', "
-    "in dot-separated labels of at most 63)"
-)
-BROKER_SCHEMES = ("kafka", "aiokafka")
-BROKER_EXPECTED = (
-    "comma-separated kafka://HOST:PORT addresses (PORT from 1 to 65,535; HOST a host name, an IPv4 "
-    "address or an IPv6 address in brackets)"
-)
-TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
-
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
@@ -259,42 +247,11 @@ def _load_app(t: _Table, env: Mapping[str, str], base: Path) -> AppConfig:
     return app
 
 
-def is_host(text: str) -> bool:
-    """An IP address (IPv6 without brackets, perhaps with a zone) or a host name: dot-separated
-    labels of letters, digits, '-' (not at either end) and '_' (which names in /etc/hosts and
-    container networks use), 253 characters at most."""
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        pass
-    name = text[:-1] if text.endswith(".") else text
-    return 0 < len(name) <= 253 and all(HOST_LABEL.fullmatch(label) for label in name.split("."))
-
-
 def _host(t: _Table, name: str, default: str) -> str:
     value = t.text(name, default)
     if not is_host(value):
         raise t.fail(name, value, HOST_EXPECTED)
     return value
-
-
-def is_broker_address(part: str) -> bool:
-    """``[kafka://]HOST[:PORT]``: HOST a host name, an IPv4 address or ``[IPv6]``; PORT 1 to 65,535."""
-    scheme, sep, address = part.strip().rpartition("://")
-    if sep and scheme not in BROKER_SCHEMES:
-        return False
-    if address.startswith("["):  # an IPv6 address, then perhaps a port
-        host, bracket, rest = address[1:].partition("]")
-        if not bracket or ":" not in host or (rest and not rest.startswith(":")):
-            return False
-        port = rest[1:] if rest else None
-    else:
-        host, colon, after = address.partition(":")
-        port = after if colon else None
-    if port is not None and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65_535):
-        return False
-    return is_host(host)
 
 
 def _broker(t: _Table, env: Mapping[str, str]) -> str:
@@ -368,10 +325,6 @@ def _topics(t: _Table, name: str) -> tuple[str, ...]:
     if not value or not all(isinstance(v, str) and is_topic(v) for v in value):
         raise t.fail(name, value, expected)
     return tuple(value)
-
-
-def is_topic(name: str) -> bool:
-    return TOPIC_NAME.fullmatch(name) is not None and name not in (".", "..")
 
 
 def _topic(t: _Table, name: str, default: Any = ...) -> str:

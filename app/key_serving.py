@@ -17,9 +17,7 @@ connects to Kafka from; a member that fails the check is logged once and its key
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Set
@@ -31,6 +29,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
+from app.addresses import IPAddress, host_port, ip_address, parse_web_address
 from app.config import Config, PipelineConfig
 from app.kafka_clients import connection, make_admin
 from streams.errors import StateError
@@ -40,8 +39,6 @@ from streams.records import Partition
 
 log = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 # How long the group's assignment is reused for requests about keys another worker owns, and
 # how long one lookup may take: the endpoint never costs the worker more than that.
 OWNERS_TTL_S = 2.0
@@ -50,9 +47,6 @@ OWNER_LOOKUP_TIMEOUT_S = 5.0
 # does not answer costs only its own members), and how long an answer is reused.
 RESOLVE_TIMEOUT_S = 2.0
 RESOLVED_TTL_S = 10.0
-# What an advertised web address may be: host:port or [IPv6]:port, nothing a browser would
-# follow elsewhere. Host names may hold '_' (compose v1 container names, some zones).
-WEB_ADDRESS = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]{2,45})\]|(?P<host>[A-Za-z0-9._-]{1,253})):(?P<port>[0-9]{1,5})")
 # The members already logged as unverified (member id, client id, address seen): once each.
 _MAX_WARNED = 1024
 
@@ -84,37 +78,6 @@ class Owner:
 
     member: Member
     address: str | None
-
-
-def host_port(host: str | IPAddress, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets (as URLs write it)."""
-    text = str(host)
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
-
-
-def ip_address(text: str) -> IPAddress | None:
-    """An IP address without its zone, IPv4-mapped IPv6 as IPv4; None when ``text`` is not one."""
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def parse_web_address(text: str) -> tuple[str, int] | None:
-    """(host, port) of an advertised ``host:port`` or ``[IPv6]:port``; None for anything else."""
-    match = WEB_ADDRESS.fullmatch(text)
-    if match is None:
-        return None
-    port = int(match["port"])
-    if not 0 < port < 65536:
-        return None
-    if match["ipv6"] is not None:
-        address = ip_address(match["ipv6"])
-        return (str(address), port) if isinstance(address, ipaddress.IPv6Address) else None
-    return match["host"], port
 
 
 def seen_from(client_host: str) -> IPAddress | None:

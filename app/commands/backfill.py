@@ -16,6 +16,7 @@ from typing import Any
 
 from faust.cli import AppCommand, option
 
+from app.addresses import is_topic
 from app.build import (
     FETCH_BYTES_PER_PARTITION,
     build_batcher,
@@ -52,7 +53,6 @@ from streams.pipeline import PipelineTopics, Sink
 from streams.records import OutputRecord
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
-TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 CRASH_HOOK_ENV = "SLUICE_TEST_CRASH_AFTER_CHECKPOINTS"
 
 
@@ -136,7 +136,7 @@ def parse_sink(text: str, where: str = "--sink") -> SinkTarget:
     same rules for the command line and for the sink a checkpoint names (``where`` says which)."""
     kind, colon, target = text.partition(":")
     if kind == "kafka" and colon:
-        if not TOPIC_NAME.fullmatch(target) or target in (".", ".."):
+        if not is_topic(target):
             raise CommandLineError(
                 f"{where} {text!r}: {target!r} is not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')"
             )
