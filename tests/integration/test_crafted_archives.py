@@ -9,23 +9,15 @@ marker folder its pickle would create must never appear.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import aiohttp
 
 from app.topics import ensure_topics
 from tests.crafted_archives import export_tiny, pickled_weights, two_directories, with_bad_crc
 from tests.integration.kafka_helpers import free_port, run_sluice, running_worker, topics_for, unique, write_config
+from tests.one_line import one_line_exit_2
 
 SECOND_DIRECTORY = "zip readers would disagree on its entries (data prepended, or a second directory)"
-
-
-def one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 async def test_a_backfill_given_a_crafted_archive_exits_2_with_one_line_and_runs_nothing(kafka, tmp_path):

@@ -10,7 +10,6 @@ on the same features. The demo models are served end to end by the rest of the s
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -32,6 +31,7 @@ from tests.integration.kafka_helpers import (
     write_config,
 )
 from tests.integration.user_models import FeatureGrid, features_of, save, trained
+from tests.one_line import one_line_exit_2
 
 USER_CLASS = "tests.integration.user_models:UserNet"
 # (config lines for the model, the swap-model flag, the file suffix) per format.
@@ -117,14 +117,6 @@ async def test_a_users_model_is_served_by_a_worker_a_swap_and_a_backfill(kafka, 
 def model_ref(kind: str, path: Path) -> str:
     """``backfill -m`` for a file of ``kind``."""
     return f"{USER_CLASS}={path}" if kind == "state_dict" else str(path)
-
-
-def one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 async def test_a_model_whose_output_does_not_fit_is_one_line_at_start(kafka, tmp_path):

@@ -8,7 +8,6 @@ consumer replaced the error; Faust takes a cancelled command for a clean stop).
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import pytest
 import torch
@@ -20,14 +19,7 @@ from streams.kafka.replay import start_consumer, stop_consumer
 from streams.records import Partition
 from streams.replay_plan import ReplayPlan
 from tests.integration.kafka_helpers import run_sluice, topics_for, unique, write_config
-
-
-def one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+from tests.one_line import one_line_exit_2
 
 
 @pytest.mark.parametrize("sink", [[], ["--sink", "file:scores.jsonl"]])

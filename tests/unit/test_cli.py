@@ -12,6 +12,7 @@ from app.cli import invoked_command, take_config_option, with_fast_loop
 from streams.checkpoint import Checkpoint
 from streams.records import Partition
 from streams.replay_plan import ReplayPlan
+from tests.one_line import one_line_exit_2
 
 
 @pytest.mark.parametrize(
@@ -201,14 +202,6 @@ inputs = [{{ field = "features", shape = [32] }}]
 """
     )
     return config
-
-
-def one_line_exit_2(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("sink", [[], ["--sink", "file:scores.jsonl"]])
