@@ -172,11 +172,12 @@ async def test_a_worker_paused_past_its_session_is_fenced_and_commits_nothing(ka
     name = unique("eos-zombie")
     topics = topics_for(name)
     app = unique("eos-zombie-app")
-    # The same group for both; the first never commits on its own before the pause (one hour).
+    # The same group for both; the first commits on its own only every 30 s (the longest interval a
+    # transaction may stay open), so its transactions are still open at the pause.
     (tmp_path / "slow").mkdir()
     (tmp_path / "fast").mkdir()
     settings = {"bootstrap": kafka, "pipeline": "zombie", "app_id": app, **topics}
-    slow = write_config(tmp_path / "slow", extra=exactly_once(3_600_000), **settings)
+    slow = write_config(tmp_path / "slow", extra=exactly_once(30_000), **settings)
     fast = write_config(tmp_path / "fast", extra=exactly_once(200), **settings)
     events = list(demo_events(3000, seed=33))
     zombie_log, owner_log = tmp_path / "zombie.log", tmp_path / "owner.log"
