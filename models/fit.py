@@ -39,6 +39,8 @@ def predictions_of(out: object, rows: int, model: str) -> np.ndarray:
     if result.ndim == 0 or result.shape[0] != rows:
         got = 0 if result.ndim == 0 else result.shape[0]
         raise PredictionCountError(f"model {model} returned {got} predictions for a batch of {rows} inputs")
+    if result.ndim == 2 and result.shape[1] == 0:
+        raise ModelOutputError(f"model {model} returned no prediction per row (shape {list(out.shape)})")
     if result.ndim > 2:
         raise ModelOutputError(
             f"model {model} returned predictions of shape {list(out.shape)}; "
@@ -81,3 +83,33 @@ def check_fits(module: nn.Module, model: str, input_shapes: Sequence[tuple[int, 
                 f"model {model} cannot score a batch of inputs shaped {shapes}: {reason(exc)}{hint}"
             ) from exc
         predictions_of(out, rows, model)
+    check_deterministic(module, model, input_shapes)
+
+
+# Rows of the seeded probe, and how far a row's prediction may move with its batch's other rows
+# (kernels for other batch sizes sum in other orders; float32 then differs in the last bits).
+PROBE_SEED, PROBE_BATCH = 20261206, 4
+ROW_TOLERANCE = 1e-4
+
+
+def check_deterministic(module: nn.Module, model: str, input_shapes: Sequence[tuple[int, ...]]) -> None:
+    """The same inputs twice give the same predictions, and a row alone the same as in a batch.
+
+    A module exported or saved in training mode fails this: dropout draws anew on every call, and
+    batch norm normalises with the batch's statistics, so an event's score would depend on chance
+    and on the events batched with it. Zero-valued probes cannot show either; seeded random ones do.
+    """
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    batch = [torch.randn((PROBE_BATCH, *shape), generator=generator) for shape in input_shapes]
+    with torch.inference_mode():
+        first = predictions_of(module(*batch), PROBE_BATCH, model)
+        again = predictions_of(module(*batch), PROBE_BATCH, model)
+        alone = predictions_of(module(*[x[:1] for x in batch]), 1, model)
+    hint = "; is it in training mode (dropout, batch norm)? save or export it after model.eval()"
+    if not np.array_equal(first, again, equal_nan=True):
+        raise ModelOutputError(f"model {model} gives different predictions for the same inputs{hint}")
+    if not np.allclose(first[:1], alone, rtol=ROW_TOLERANCE, atol=ROW_TOLERANCE, equal_nan=True):
+        raise ModelOutputError(
+            f"model {model} scores a row differently alone than in a batch: each event's prediction "
+            f"would depend on the events batched with it{hint}"
+        )

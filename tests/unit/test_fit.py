@@ -79,3 +79,26 @@ async def test_the_runner_serves_an_exported_program_with_a_dynamic_batch():
         assert np.allclose(scores, eager(torch.from_numpy(x))[:, 0].detach().numpy(), atol=1e-6)
     finally:
         await runner.aclose()
+
+
+def test_a_model_in_training_mode_is_refused_whichever_way_it_was_saved():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1))
+    in_training = torch.export.export(net.train(), (torch.zeros(4, 3),), dynamic_shapes=({0: torch.export.Dim("b")},))
+    with pytest.raises(ModelOutputError, match=r"training mode .* after model.eval\(\)"):
+        check_fits(in_training.module(), "trained", [(3,)])
+    check_fits(exported(net.eval()), "served", [(3,)])  # the same network exported in eval mode
+
+
+def test_a_row_scored_with_the_batchs_statistics_is_refused():
+    class BatchCentred(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - x.mean(dim=0))[:, 0]
+
+    with pytest.raises(ModelOutputError, match="scores a row differently alone than in a batch"):
+        check_fits(BatchCentred(), "centred", [(3,)])
+
+
+def test_no_prediction_per_row_is_refused():
+    with pytest.raises(ModelOutputError, match=r"returned no prediction per row \(shape \[1, 0\]\)"):
+        check_fits(Returns(lambda x: x[:, :0]), "empty", [(3,)])
