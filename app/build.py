@@ -5,6 +5,7 @@ consumer settings from here, so the two modes differ only where a setting below 
 
 from __future__ import annotations
 
+import atexit
 import gc
 import math
 import os
@@ -233,4 +234,7 @@ def settle_garbage_collector() -> None:
     """
     gc.collect()
     gc.freeze()
+    # Frozen objects are never freed, not even at exit: native extensions torch loads with an
+    # exported program (triton's nanobind) then print a page of "leaked" warnings as the process ends.
+    atexit.register(gc.unfreeze)
     gc.set_threshold(50_000, 20, 100)

@@ -116,7 +116,8 @@ def take_config_option(argv: list[str]) -> tuple[list[str], str | None]:
         if arg == "--config":
             path = next(args, None)
             if path is None:
-                raise SystemExit("sluice: --config needs a file path")
+                print("sluice: --config needs a file path", file=sys.stderr)
+                raise SystemExit(2)
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
         else:

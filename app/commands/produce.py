@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from faust.cli import AppCommand, option
@@ -12,7 +13,7 @@ from app.kafka_clients import connection, make_producer
 from app.main import app, config
 from app.progress import Progress
 from app.topics import ensure_topics
-from streams.errors import exit_on_operator_error
+from streams.errors import CommandLineError, exit_on_operator_error
 
 FLUSH_EVERY = 2_000
 
@@ -33,6 +34,10 @@ async def produce(self: AppCommand, count: int, topic: str | None, rate: float, 
     """Produce synthetic card transactions (the demo models' input) to Kafka."""
     topic = topic or config.pipelines[0].source_topics[0]
     with exit_on_operator_error("produce"):
+        if count < 0:
+            raise CommandLineError(f"--count {count}: expected a number of events >= 0")
+        if not (math.isfinite(rate) and rate >= 0):
+            raise CommandLineError(f"--rate {rate}: expected events per second >= 0 (0: as fast as possible)")
         conn = connection(config)
         await ensure_topics(conn, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions)
     producer = make_producer(conn, linger_ms=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 
@@ -77,7 +78,7 @@ async def watch(
     topic = topic or config.pipelines[0].output_topic
     with exit_on_operator_error("watch"):
         for flag, value in (("--count", count), ("--seconds", seconds), ("--since", since)):
-            if value < 0:
+            if not (math.isfinite(value) and value >= 0):
                 raise CommandLineError(f"{flag} {value}: expected a number >= 0")
         conn = connection(config)
         await check_broker(conn)
