@@ -47,6 +47,7 @@ OWNER_LOOKUP_TIMEOUT_S = 5.0
 # does not answer costs only its own members), and how long an answer is reused.
 RESOLVE_TIMEOUT_S = 2.0
 RESOLVED_TTL_S = 10.0
+MAX_PENDING_LOOKUPS = 2
 # The members already logged as unverified (member id, client id, address seen): once each.
 _MAX_WARNED = 1024
 
@@ -210,11 +211,19 @@ class KeyServing:
 
     async def _addresses_of(self, host: str) -> frozenset[IPAddress] | None:
         """The addresses ``host`` resolves to (empty: none), None if the lookup has not answered
-        within ``RESOLVE_TIMEOUT_S`` (it goes on; the next request waits for it again)."""
+        within ``RESOLVE_TIMEOUT_S``. A lookup is waited for once: while it goes on, later refreshes
+        take its member as unverified at once, so a name that never answers delays one request, not
+        every one. At most ``MAX_PENDING_LOOKUPS`` go on at a time: each holds a thread of the loop's
+        executor, which model loads and Kafka's own lookups need too."""
         now = time.monotonic()
         entry = self._lookups.get(host)
         if entry is None or (entry[1].done() and now - entry[0] > RESOLVED_TTL_S):
+            pending = sum(not task.done() for _, task in self._lookups.values())
+            if pending >= MAX_PENDING_LOOKUPS:
+                return None
             entry = self._lookups[host] = (now, asyncio.get_running_loop().create_task(_resolve(host)))
+        elif not entry[1].done() and now - entry[0] >= RESOLVE_TIMEOUT_S:
+            return None
         try:
             return await asyncio.wait_for(asyncio.shield(entry[1]), RESOLVE_TIMEOUT_S)
         except TimeoutError:

@@ -229,6 +229,31 @@ async def test_a_name_whose_lookup_hangs_costs_only_its_own_members(monkeypatch)
     assert asked.count("slow.example") == 1, "a lookup still under way is waited for again, not started again"
 
 
+async def test_a_lookup_that_hangs_is_waited_for_once_then_its_member_is_unverified_at_once(monkeypatch):
+    monkeypatch.setattr(key_serving, "RESOLVE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(key_serving, "OWNERS_TTL_S", 0.0)
+    members = [member(f"{PREFIX}slow.example:80", "/10.0.0.66", [0])]
+    resolving(monkeypatch, {}, hang=frozenset({"slow.example"}))
+    keys, _ = serving(monkeypatch, members)
+    assert (await ask(keys, 0))[0] == 503  # waited RESOLVE_TIMEOUT_S for the lookup
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await ask(keys, 0))[0] == 503
+    assert loop.time() - started < 0.2, "the lookup still under way is not waited for again"
+
+
+async def test_at_most_a_few_lookups_are_under_way_at_once(monkeypatch):
+    monkeypatch.setattr(key_serving, "RESOLVE_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(key_serving, "OWNERS_TTL_S", 0.0)
+    names = [f"slow-{n}.example" for n in range(6)]
+    members = [member(f"{PREFIX}{name}:80", "/10.0.0.66", [n]) for n, name in enumerate(names)]
+    asked = resolving(monkeypatch, {}, hang=frozenset(names))
+    keys, _ = serving(monkeypatch, members)
+    for _ in range(3):
+        assert (await ask(keys, 0))[0] == 503
+    assert len(asked) == key_serving.MAX_PENDING_LOOKUPS, "each hung lookup holds an executor thread"
+
+
 async def test_lookups_are_cached(monkeypatch):
     monkeypatch.setattr(key_serving, "OWNERS_TTL_S", 0.0)
     members = [member(f"{PREFIX}worker-1:6066", "/10.0.0.5", [1])]
