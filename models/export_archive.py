@@ -22,6 +22,9 @@ The zip itself is read strictly (``models.strict_zip``): a file can show Python'
 one central directory and torch's miniz reader another, so reading it "the same way torch
 does" is not enough. ``check_export_archive`` returns the entries it checked, and the caller
 hands torch a fresh archive of exactly those (``repack``), never the file's own bytes.
+Names are read as torch reads them: the programs are the names that start with ``models/``,
+spelled so; every other record is found by its name folded in ASCII only, as miniz does. A
+name outside printable ASCII is refused, since Python and miniz fold such names differently.
 Deflated entries are inflated in bounded steps: programs and configs up to
 ``MAX_JSON_BYTES`` each, all deflated entries together up to ``MAX_INFLATED_BYTES``.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import string
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +58,10 @@ ARCHIVE_METADATA = ("archive_format", "archive_version", "byteorder", ".data/ver
 # ones come from re-zipping, and a deflate bomb costs at most this much memory before refusal.
 MAX_JSON_BYTES = 256 << 20
 MAX_INFLATED_BYTES = 1 << 30
+# torch lists an archive's names through a buffer of 512 bytes (miniz's MZ_ZIP_MAX_ARCHIVE_FILENAME_SIZE):
+# a longer name reaches it cut short, and could name another program than the one checked.
+MAX_NAME_BYTES = 511
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 # What sympy's srepr prints for the shapes torch.export records: constructors, their keyword
 # assumptions, and the functions torch's deserializer registers. No attribute access, no
@@ -99,45 +107,46 @@ def check_export_archive(data: bytes, path: Path) -> list[ZipEntry]:
         raise ModelLoadError(f"exported program {path} is not a torch.export archive (not a zip file: {exc})") from None
     except ZipError as exc:
         raise ModelLoadError(f"refusing exported program {path}: {exc}") from None
-    entries = _entries(checked, path)
+    names, entries = _entries(checked, path)
 
     def refuse(entry: str, why: str) -> ModelLoadError:
         return ModelLoadError(f"refusing exported program {path}: {entry} {why}")
 
-    native = sorted(name for name in entries if name.startswith(NATIVE_CODE_DIR))
+    native = sorted(name for name in names if _fold(name).startswith(NATIVE_CODE_DIR))
     if native:
         raise refuse(native[0], "is AOTInductor native code, which torch would load into the process")
-    # torch takes every entry under models/ for a program (whatever its name ends with), and
-    # reads its weights, constants and sample inputs: each must be one this check reads too.
-    stray = sorted(name for name in entries if name.startswith(MODELS_DIR) and not _is_model(name))
+    # torch takes every entry whose name starts with models/ (case-sensitive) for a program, named
+    # by cutting 7 characters off the front and 5 off the end, then reads that name's weights,
+    # constants and sample inputs: each must be one this check reads too.
+    programs = [name for name in names if name.startswith(MODELS_DIR)]
+    stray = sorted(name for name in programs if not _is_model(name))
     if stray:
         raise refuse(stray[0], f"is not {MODELS_DIR}NAME.json, yet torch would load it as a program")
-    models = sorted(name[len(MODELS_DIR) : -len(".json")] for name in entries if _is_model(name))
-    if not models:
+    if not programs:
         raise ModelLoadError(f"exported program {path} is not a torch.export archive: it has no {MODELS_DIR}*.json")
-    allowed = set(ARCHIVE_METADATA)
-    for model in models:
+    allowed = {_fold(name) for name in ARCHIVE_METADATA}
+    for program in programs:
+        model = program[len(MODELS_DIR) : -len(".json")]
         for legacy in (f.format(model) for f in LEGACY_FILES):
-            if legacy in entries:
+            if _fold(legacy) in entries:
                 raise refuse(legacy, "is a legacy pickled file, which torch may unpickle with weights_only=False")
         for config_name, prefix in ((WEIGHTS_CONFIG, "weight_"), (CONSTANTS_CONFIG, "tensor_")):
             name = config_name.format(model)
-            if name not in entries:
+            if name not in names:  # torch looks for it in its list of names, spelled exactly so
                 raise refuse(name, "is missing: only archives written by torch.export.save (torch>=2.6) are checked")
-            payloads = _check_payloads(_json(entries[name], name, refuse), name, prefix, refuse)
+            payloads = _check_payloads(_json(entries[_fold(name)], name, refuse), name, prefix, refuse)
             folder = name.rsplit("/", 1)[0]
-            allowed |= {name, *(f"{folder}/{payload}" for payload in payloads)}
+            allowed |= {_fold(name), *(_fold(f"{folder}/{payload}") for payload in payloads)}
         sample = SAMPLE_INPUTS.format(model)
-        allowed |= {sample, f"{MODELS_DIR}{model}.json"}
-        if sample in entries:
+        allowed |= {_fold(sample), _fold(program)}
+        if _fold(sample) in entries:
             try:
-                torch.load(io.BytesIO(entries[sample].data), map_location="cpu", weights_only=True)
+                torch.load(io.BytesIO(entries[_fold(sample)].data), map_location="cpu", weights_only=True)
             except Exception as exc:  # Broad on purpose: whatever the safe loader rejects, torch would unpickle
                 raise refuse(sample, f"is not plain tensors (torch would unpickle it): {reason(exc)}") from exc
-        model_json = f"{MODELS_DIR}{model}.json"
-        for expr in _expressions(_json(entries[model_json], model_json, refuse)):
-            _check_expression(expr, lambda why, n=model_json: refuse(n, why))
-    unknown = sorted(name for name in entries if name not in allowed and not name.endswith("/"))
+        for expr in _expressions(_json(entries[_fold(program)], program, refuse)):
+            _check_expression(expr, lambda why, n=program: refuse(n, why))
+    unknown = [name for name in names if _fold(name) not in allowed and not name.endswith("/")]
     if unknown:
         # Only what torch.export.save writes for plain tensors: anything else is something torch
         # may read in a way this check does not know.
@@ -156,22 +165,48 @@ def _size_limit(name: str) -> int:
     return MAX_JSON_BYTES if name.endswith(".json") else sys.maxsize
 
 
-def _entries(checked: list[ZipEntry], path: Path) -> dict[str, ZipEntry]:
-    """Entries by name under the archive's root folder, lower-cased: torch's zip reader finds
-    records case-insensitively and takes its root from the first entry, so two names that
-    differ in case, or an entry outside that root, could show torch something else than us."""
+def _entries(checked: list[ZipEntry], path: Path) -> tuple[list[str], dict[str, ZipEntry]]:
+    """The names torch lists (under the archive's root, spelled as written) and the entries torch
+    finds by name (keyed by the name folded as torch's zip reader folds it).
+
+    torch takes the root from the first entry and lists only the entries under it, spelled exactly
+    so, through a 512-byte buffer; it finds a record by its name folded in ASCII only (miniz's
+    ``MZ_TOLOWER``). Python's ``str.lower`` folds other letters too, some by context (``Σ``), so
+    names outside printable ASCII could find one entry here and another there: they are refused,
+    as are names torch would cut short and two names that fold alike."""
     if not checked or "/" not in checked[0].name:
         raise ModelLoadError(f"exported program {path} is not a torch.export archive (no root folder)")
-    root = checked[0].name.split("/", 1)[0].lower() + "/"
+    root = checked[0].name.split("/", 1)[0] + "/"
+    names: list[str] = []
     entries: dict[str, ZipEntry] = {}
     for entry in checked:
-        name = entry.name.lower()
-        if not name.startswith(root):
+        if not _printable_ascii(entry.name):
+            raise ModelLoadError(
+                f"refusing exported program {path}: the entry {entry.name!a} is not named in printable ASCII "
+                "(torch's zip reader folds the case of ASCII letters only)"
+            )
+        if len(entry.name) > MAX_NAME_BYTES:
+            raise ModelLoadError(
+                f"refusing exported program {path}: the entry {entry.name[:60]}... is longer than the "
+                f"{MAX_NAME_BYTES} bytes torch's zip reader lists whole"
+            )
+        if not entry.name.startswith(root):
             raise ModelLoadError(f"refusing exported program {path}: {entry.name} lies outside its root {root}")
-        if name[len(root) :] in entries:
+        name = entry.name[len(root) :]
+        if _fold(name) in entries:
             raise ModelLoadError(f"refusing exported program {path}: {entry.name} appears twice")
-        entries[name[len(root) :]] = entry
-    return entries
+        names.append(name)
+        entries[_fold(name)] = entry
+    return names, entries
+
+
+def _printable_ascii(name: str) -> bool:
+    return all(" " <= char <= "~" for char in name)
+
+
+def _fold(name: str) -> str:
+    """``name`` as torch's zip reader compares names: ASCII letters lower-cased, nothing else."""
+    return name.translate(_ASCII_LOWER)
 
 
 def _is_model(name: str) -> bool:
@@ -180,7 +215,7 @@ def _is_model(name: str) -> bool:
 
 def _json(entry: ZipEntry, name: str, refuse: Any) -> Any:
     try:
-        return json.loads(bytes(entry.data))
+        return json.loads(bytes(entry.data).decode("utf-8"))  # as torch reads it: UTF-8, whatever a BOM says
     except (ValueError, RecursionError) as exc:
         raise refuse(name, f"is not valid JSON: {reason(exc)}") from exc
 
@@ -192,15 +227,19 @@ def _check_payloads(config: Any, name: str, prefix: str, refuse: Any) -> list[st
         raise refuse(name, "has no 'config' table")
     names: list[str] = []
     for fqn, meta in payloads.items():
+        if not _printable_ascii(fqn):
+            raise refuse(name, f"declares {fqn!a}, a name not in printable ASCII")
         if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
             # Anything but an explicit false (missing, true, 1) is what torch treats as a pickle.
             raise refuse(name, f"declares {fqn!r} as pickled (use_pickle), which torch would unpickle")
         path_name = meta.get("path_name")
         if not isinstance(path_name, str) or not path_name.startswith(prefix) or meta.get("tensor_meta") is None:
             raise refuse(name, f"declares {fqn!r} as {path_name!r}, not a raw tensor ({prefix}N with tensor_meta)")
+        if not _printable_ascii(path_name):
+            raise refuse(name, f"declares {fqn!r} in {path_name!a}, a name not in printable ASCII")
         if "/" in path_name:
             raise refuse(name, f"declares {fqn!r} in {path_name!r}, outside its folder")
-        names.append(path_name.lower())
+        names.append(path_name)  # torch reads os.path.join(folder, path_name): folder + "/" + path_name
     return names
 
 

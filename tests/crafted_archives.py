@@ -131,3 +131,44 @@ def with_bad_crc(src: Path, dst: Path, suffix: str = "models/model.json") -> Pat
     data[start] ^= 0x01  # the JSON's "{" becomes "z"
     dst.write_bytes(bytes(data))
     return dst
+
+
+def case_folded(clean: Path, dst: Path, marker: Path) -> Path:
+    """One archive, two programs, depending on how names fold: Python's ``str.lower`` turns a
+    capital sigma into a small sigma, or a final sigma, by context; torch's zip reader (miniz)
+    folds ASCII letters only.
+
+    Torch loads the program ``weight_A`` + capital sigma and reads its weights config, which
+    declares a pickled weight. A checker that lower-cases names in Python reads that program as
+    ``weight_a`` + small sigma, with a benign weights config of that name, which declares the
+    pickled config's lower-cased name (final sigma now) as a raw weight.
+    """
+    sigma, small, final = (
+        "\N{GREEK CAPITAL LETTER SIGMA}",
+        "\N{GREEK SMALL LETTER SIGMA}",
+        "\N{GREEK SMALL LETTER FINAL SIGMA}",
+    )
+    torch_name, checker_name = f"weight_A{sigma}", f"weight_a{small}"
+    with zipfile.ZipFile(clean) as z:
+        root = root_of(clean)
+        entries = {info.filename.split("/", 1)[1]: z.read(info) for info in z.infolist()}
+    weights = json.loads(entries.pop("data/weights/model_weights_config.json"))
+    raw = {"is_param": False, "use_pickle": False, "tensor_meta": weights["config"]["linear.bias"]["tensor_meta"]}
+    weights["config"]["x.a"] = dict(raw, path_name=f"weight_a{final}_weights_config.json")
+    weights["config"]["x.b"] = dict(raw, path_name="weight_evil")
+    pickled = {"path_name": "weight_evil", "is_param": True, "use_pickle": True, "tensor_meta": None}
+    evil = {"config": {"linear.weight": pickled}}
+    renamed = {
+        f"models/{torch_name}.json": entries.pop("models/model.json"),
+        f"data/sample_inputs/{torch_name}.pt": entries.pop("data/sample_inputs/model.pt"),
+        f"data/weights/{checker_name}_weights_config.json": json.dumps(weights).encode(),
+        f"data/weights/{torch_name}_weights_config.json": json.dumps(evil).encode(),
+        "data/weights/weight_evil": torch_saved(WritesMarker(marker)),
+        f"data/constants/{checker_name}_constants_config.json": entries.pop(
+            "data/constants/model_constants_config.json"
+        ),
+    }
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in {**entries, **renamed}.items():
+            z.writestr(f"{root}/{name}", data)
+    return dst

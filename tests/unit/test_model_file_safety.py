@@ -25,7 +25,15 @@ from torch import nn
 from app.config import load_config
 from models.loading import ModelSpec, load_model
 from streams.errors import CommandLineError, ConfigError, ModelLoadError
-from tests.crafted_archives import Tiny, WritesMarker, export_tiny, pickled_weights, torch_saved, two_directories
+from tests.crafted_archives import (
+    Tiny,
+    WritesMarker,
+    case_folded,
+    export_tiny,
+    pickled_weights,
+    torch_saved,
+    two_directories,
+)
 
 
 @pytest.fixture
@@ -256,6 +264,48 @@ def test_a_second_program_hidden_under_models_is_refused_before_torch_reads_its_
     refused(evil, f"{program} is not models/NAME.json, yet torch would load it as a program")
     assert not marker.exists(), "no code from the file ran"
     assert plain_torch_runs_it(evil, marker), "the payload is live: plain torch.export.load runs it"
+
+
+def test_names_python_and_torch_fold_differently_are_refused_before_any_code_runs(archive, tmp_path):
+    # Python lower-cases a capital sigma to a small or a final sigma by context; torch's zip reader
+    # folds ASCII only. A checker folding like Python reads a benign weights config; torch reads
+    # one that unpickles.
+    marker = tmp_path / "ran"
+    evil = case_folded(archive, tmp_path / "evil.pt2", marker)
+    assert refused(evil, "not named in printable ASCII") == (
+        f"refusing exported program {evil}: the entry 'tiny/models/weight_A\\u03a3.json' is not named in "
+        "printable ASCII (torch's zip reader folds the case of ASCII letters only)"
+    )
+    assert not marker.exists(), "no code from the file ran"
+    assert plain_torch_runs_it(evil, marker), "the payload is live: plain torch.export.load runs it"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ("path_name", r"declares 'linear.weight' in 'weight_\\xe9', a name not in printable ASCII"),
+        ("fqn", r"declares 'linear.w\\xe9ight', a name not in printable ASCII"),
+    ],
+)
+def test_names_in_a_config_that_are_not_ascii_are_refused(archive, tmp_path, change, says):
+    config = "data/weights/model_weights_config.json"
+
+    def rename(data):
+        if change == "path_name":
+            data["config"]["linear.weight"]["path_name"] = "weight_\u00e9"
+        else:
+            data["config"]["linear.w\u00e9ight"] = data["config"].pop("linear.weight")
+
+    evil = rewrite(archive, tmp_path / "evil.pt2", replace={config: edit_json(archive, config, rename)})
+    refused(evil, f"{config} {says}")
+
+
+def test_names_torch_would_truncate_or_read_under_another_root_are_refused(archive, tmp_path):
+    # torch lists entries through a 512-byte buffer: a longer name reaches it cut short.
+    long_name = "data/" + "x" * 520
+    refused(rewrite(archive, tmp_path / "long.pt2", add={long_name: b""}), "is longer than the 511 bytes")
+    # torch lists entries under the root spelled exactly as the first entry spells it.
+    refused(rewrite(archive, tmp_path / "case.pt2", add={"/TINY/extra": b""}), "TINY/extra lies outside its root tiny/")
 
 
 def test_an_entry_torch_export_save_does_not_write_is_refused(archive, tmp_path):
