@@ -13,6 +13,8 @@ each file's length once flushed and synced; for Parquet, the part being written 
 and the state lists the closed parts. A sink resumed from a state truncates the JSON lines
 files to their recorded length (lines written after the checkpoint, a torn last line among
 them, are scored again) and deletes this writer's Parquet parts the state does not list.
+Before any of that, ``check_resume`` checks every file the state names (anyone who could
+write its checkpoint wrote it): names this sink writes, regular files, no links, none short.
 Every output carries its source position, so runs can be joined or deduplicated on
 (source.topic, source.partition, source.offset).
 """
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -94,21 +97,86 @@ def _done() -> Awaitable[None]:
     return future
 
 
+def _tag(part: tuple[int, int]) -> str:
+    return "" if part[1] == 1 else f".part{part[0]}of{part[1]}"
+
+
+def sink_files(path: Path, part: tuple[int, int]) -> tuple[Path, Path]:
+    """Where the sink for ``path`` writes predictions and dead letters as process K of N."""
+    tag = _tag(part)
+    output = path if path.suffix == ".parquet" or not tag else path.with_name(f"{path.stem}{tag}.jsonl")
+    return output, path.with_name(f"{path.stem}{tag}.dead-letters.jsonl")
+
+
+def _lines_files(path: Path, part: tuple[int, int]) -> list[Path]:
+    output, dead = sink_files(path, part)
+    return [output, dead] if path.suffix == ".jsonl" else [dead]
+
+
+def _check_counted(file: Path, counts: str, committed: int = 0) -> None:
+    """``file`` is a regular file, not a link, of at least ``committed`` bytes."""
+    try:
+        info = os.lstat(file)
+    except FileNotFoundError:
+        raise FileSinkError(f"{file} is gone but the checkpoint counts {counts}; start a new run") from None
+    except OSError as exc:
+        raise FileSinkError(f"{file}: {exc.strerror}; start a new run") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+        raise FileSinkError(f"{file} is {what}, not a file the run wrote; start a new run")
+    if info.st_size < committed:
+        raise FileSinkError(
+            f"{file} holds {info.st_size} bytes but the checkpoint counts {committed}: "
+            "it was changed since; start a new run"
+        )
+
+
+def check_resume(
+    path: Path, state: FileState, *, writer: str = "out", part: tuple[int, int] = (1, 1)
+) -> dict[Path, int]:
+    """Every file a resume state names, checked before any is touched: names this sink writes, each
+    a regular file, not a link, no shorter than counted. Returns the JSON lines files' counts."""
+    writes = _lines_files(path, part)
+    names = sorted(file.name for file in writes)
+    strays = sorted(set(state.lengths) - set(names))
+    if strays:
+        raise FileSinkError(
+            f"the checkpoint records {', '.join(map(repr, strays))}, which sink {path} does not write "
+            f"({', '.join(names)}); start a new run"
+        )
+    if state.parts and path.suffix != ".parquet":
+        raise FileSinkError(f"the checkpoint records Parquet parts, which sink {path} does not write; start a new run")
+    prefix = f"{writer}{_tag(part)}"
+    for name in state.parts:
+        if not re.fullmatch(rf"{re.escape(prefix)}-\d+\.parquet", name):
+            raise FileSinkError(f"{path}: {name!r} is not a part this writer ({prefix}) closes")
+        _check_counted(path / name, "its rows")
+    for file in writes:
+        if file.name not in state.lengths:
+            raise FileSinkError(f"the checkpoint does not record {file.name}; start a new run")
+        _check_counted(file, f"{state.lengths[file.name]:,} bytes of it", state.lengths[file.name])
+    return {file: state.lengths[file.name] for file in writes}
+
+
+def _open_counted(file: Path, committed: int) -> int:
+    """A descriptor to append to ``file``, checked again once open: no link followed, no FIFO waited on."""
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FileSinkError(f"{file}: {exc.strerror}; start a new run") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size < committed:
+        os.close(fd)
+        raise FileSinkError(f"{file} changed while the resume checked it; start a new run")
+    return fd
+
+
 class _Lines:
     """An append-only JSON lines file whose committed length is known."""
 
-    def __init__(self, path: Path, committed: int | None) -> None:
+    def __init__(self, path: Path, fd: int | None = None) -> None:
         self.path = path
-        if committed is not None:
-            size = path.stat().st_size if path.exists() else -1
-            if size < committed:
-                raise FileSinkError(
-                    f"{path} holds {max(size, 0)} bytes but the checkpoint counts {committed}: "
-                    "it was changed since; start a new run"
-                )
-            if size > committed:  # written after the checkpoint (perhaps a torn last line): scored again
-                os.truncate(path, committed)
-        self.file: IO[bytes] = path.open("ab")
+        self.file: IO[bytes] = path.open("ab") if fd is None else os.fdopen(fd, "ab")
 
     def write(self, lines: list[bytes]) -> None:
         self.file.write(b"\n".join(lines) + b"\n")
@@ -135,28 +203,26 @@ class FileSink:
         self, path: Path, *, writer: str = "out", part: tuple[int, int] = (1, 1), resume: FileState | None = None
     ) -> None:
         check_target(path)
-        k, n = part
-        tag = "" if n == 1 else f".part{k}of{n}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path if path.suffix == ".parquet" or n == 1 else path.with_name(f"{path.stem}{tag}.jsonl")
-        self.dead_letters_path = path.with_name(f"{path.stem}{tag}.dead-letters.jsonl")
+        self.path, self.dead_letters_path = sink_files(path, part)
         self.topics = PipelineTopics(output=str(self.path), dead_letter=str(self.dead_letters_path))
-        lengths = resume.lengths if resume is not None else {}
-        self._opened: list[_Lines] = []
-        self._lines: _Lines | None = None
         self._parquet: ParquetParts | None = None
-        if path.suffix == ".jsonl":
-            self._lines = self._open_lines(self.path, lengths, resume is not None)
-        else:
-            self._parquet = ParquetParts(path, f"{writer}{tag}", resume.parts if resume is not None else None)
-        self._dead = self._open_lines(self.dead_letters_path, lengths, resume is not None)
-
-    def _open_lines(self, path: Path, lengths: Mapping[str, int], resuming: bool) -> _Lines:
-        if resuming and path.name not in lengths:
-            raise FileSinkError(f"the checkpoint does not record {path.name}; start a new run")
-        lines = _Lines(path, lengths[path.name] if resuming else None)
-        self._opened.append(lines)
-        return lines
+        counted = {} if resume is None else check_resume(path, resume, writer=writer, part=part)
+        fds: dict[Path, int] = {}
+        try:  # every file checked and opened before any is cut or deleted
+            for file, committed in counted.items():
+                fds[file] = _open_counted(file, committed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix == ".parquet":
+                self._parquet = ParquetParts(path, f"{writer}{_tag(part)}", resume.parts if resume else None)
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        for file, fd in fds.items():  # written after the checkpoint (perhaps a torn last line): scored again
+            os.ftruncate(fd, counted[file])
+        self._opened = [_Lines(file, fds.get(file)) for file in _lines_files(path, part)]
+        self._lines = self._opened[0] if path.suffix == ".jsonl" else None
+        self._dead = self._opened[-1]
 
     async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
         predictions: list[bytes] = []

@@ -46,7 +46,7 @@ from streams.errors import (
     TopicMissingError,
     exit_on_operator_error,
 )
-from streams.file_sink import FileSink, FileState, check_target
+from streams.file_sink import FileSink, FileState, check_resume, check_target
 from streams.kafka.replay import ReplaySource, plan_replay, start_consumer, stop_consumer
 from streams.kafka.sink import KafkaSink
 from streams.pipeline import PipelineTopics, Sink
@@ -215,13 +215,16 @@ def resumed_run(
     strays = sorted({tp.topic for tp in checkpoint.plan.end} - set(p.input_topics))
     if strays:
         raise CommandLineError(f"{where} it replays {', '.join(strays)}, which pipeline {p.name} does not read")
-    if checkpoint.sink is not None:
-        if sink.kind != "file":
-            raise CommandLineError(f"{where} key 'sink': a Kafka sink keeps no state")
-        try:
-            FileState.from_json(checkpoint.sink)
-        except FileSinkError as exc:
-            raise CommandLineError(f"{where} key 'sink': {exc}") from None
+    if checkpoint.sink is not None and sink.kind != "file":
+        raise CommandLineError(f"{where} key 'sink': a Kafka sink keeps no state")
+    if checkpoint.sink is None and sink.kind == "file":
+        raise CommandLineError(
+            f"{where} key 'sink' has value None: expected the lengths of the files sink {sink} writes"
+        )
+    try:
+        state = FileState.from_json(checkpoint.sink) if checkpoint.sink is not None else None
+    except FileSinkError as exc:
+        raise CommandLineError(f"{where} key 'sink': {exc}") from None
     # A model file or module only the checkpoint names is never loaded: loading runs code (a
     # module's import, a pickle in an archive), and whoever wrote the checkpoint chose it. The
     # checkpoint's model is compared with the command line's; a demo name or the config's model
@@ -233,7 +236,14 @@ def resumed_run(
         except CommandLineError as exc:
             raise CommandLineError(f"{where} model: {exc}") from None
     named_by_file = recorded_model is not None and recorded_model not in DEMO_MODELS
-    only_named_here = "a resume loads a model file or module only when the command line names it"
+    # The same for a file sink: a resume appends to its files and first cuts them back to the
+    # lengths the checkpoint counts, so it writes only where the command line says again.
+    only_named_here = {
+        "--model": "a resume loads a model file or module only when the command line names it",
+        "--sink": "a resume writes to a file sink, and cuts it back to the checkpoint, only when the command line "
+        "names it",
+    }
+    must_repeat = {"--model": named_by_file, "--sink": sink.kind == "file"}
     given = {
         "--pipeline": (pipeline_name, p.name),
         "--model": (model, recorded_model),
@@ -242,16 +252,23 @@ def resumed_run(
     }
     for flag, (value, recorded) in given.items():
         if value is not None and value != recorded:
-            fix = f"give --model {recorded!r} ({only_named_here})" if flag == "--model" and named_by_file else None
+            fix = f"give {flag} {recorded!r} ({only_named_here[flag]})" if must_repeat.get(flag) else f"drop {flag}"
             raise CommandLineError(
                 f"{flag} {value!r}: run {resume} was started with {recorded!r}, and --resume continues it "
-                f"as it started: {fix or f'drop {flag}'}"
+                f"as it started: {fix}"
             )
-    if named_by_file and model is None:
-        raise CommandLineError(
-            f"{where} model: run {resume} was started with --model {recorded_model!r}; {only_named_here}: "
-            f"repeat --model {recorded_model!r} if it is the model you mean to run"
-        )
+    for flag, (value, recorded) in given.items():
+        if must_repeat.get(flag) and value is None:
+            what = "model you mean to run" if flag == "--model" else "sink you mean to write to"
+            raise CommandLineError(
+                f"{where} {flag[2:]}: run {resume} was started with {flag} {recorded!r}; {only_named_here[flag]}: "
+                f"repeat {flag} {recorded!r} if it is the {what}"
+            )
+    if state is not None:  # every file it names checked before the broker is reached, and before any is cut
+        try:
+            check_resume(Path(sink.target), state, writer=resume, part=part)
+        except FileSinkError as exc:
+            raise CommandLineError(f"{where} key 'sink': {exc}") from None
     if from_timestamp is not None:
         raise CommandLineError(f"--from-timestamp: run {resume} keeps its start offsets; drop --from-timestamp")
     return Run(resume, p, recorded_model, sink, checkpoint, path)
@@ -473,7 +490,8 @@ async def backfill_run(
         "--resume",
         default=None,
         help="Continue the run with this id where it stopped (a run started with a model file or module needs "
-        "the same --model again: a resume never loads one only its checkpoint names).",
+        "the same --model again, and one to a file the same --sink file:PATH: a resume never loads or writes "
+        "a file only its checkpoint names).",
     ),
     option("--run-id", default=None, help="Name the run: letters, digits, '.', '-', '_' (default: pipeline and time)."),
     option("--part", default="1/1", help="K/N: this process takes every Nth partition, starting at the Kth."),

@@ -185,7 +185,19 @@ async def test_a_backfill_killed_after_a_checkpoint_resumes_with_every_position_
         assert out.read_bytes()[: lengths[out.name]].count(b"\n") + dead_counted == counted
         assert out.stat().st_size > lengths[out.name], "the kill came after outputs the checkpoint does not count"
 
-    resumed = run_sluice(*args, "--resume", "run-1", timeout=300)
+    # A resume writes to the files only when the command line names their sink again.
+    on_disk = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file() and f.parent != state}
+    unnamed = run_sluice("--config", str(config), "backfill", "--resume", "run-1", "--state-dir", str(state))
+    assert unnamed.returncode == 2, unnamed.stderr
+    assert unnamed.stderr.strip().splitlines() == [
+        f"sluice backfill: checkpoint {checkpoint}: sink: run run-1 was started with --sink 'file:{out}'; "
+        "a resume writes to a file sink, and cuts it back to the checkpoint, only when the command line names it: "
+        f"repeat --sink 'file:{out}' if it is the sink you mean to write to"
+    ]
+    assert {f: f.read_bytes() for f in on_disk} == on_disk
+    assert json.loads(checkpoint.read_text()) == interrupted
+
+    resumed = run_sluice(*args, "--resume", "run-1", timeout=300)  # args name the same --sink file:PATH
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(checkpoint.read_text())["done"]
     scored = read_outputs(out)

@@ -402,6 +402,131 @@ def test_resume_of_a_run_started_with_a_demo_model_needs_no_model_on_the_command
     assert "no Kafka broker answered" in one_line_exit_2(result)
 
 
+# 8,000 bytes of a file the operator owns, which a planted checkpoint names as its run's sink.
+VICTIM = (b'{"label": 1}' + b" " * 67 + b"\n") * 100
+
+
+def planted_file_run(tmp_path: Path, lengths: dict[str, int] | None = None) -> tuple[Path, Path]:
+    """A checkpoint whose run "wrote" the victim's ``training-set.jsonl`` (and its dead letters)."""
+    victim = tmp_path / "victim" / "training-set.jsonl"
+    victim.parent.mkdir()
+    victim.write_bytes(VICTIM)
+    victim.with_name("training-set.dead-letters.jsonl").write_bytes(b"")
+    state = tmp_path / "state"
+    state.mkdir()
+    run = {"id": "r5", "pipeline": "fraud", "model": None, "sink": f"file:{victim}", "part": [1, 1]}
+    tp = Partition("in", 0)
+    counted = {"training-set.jsonl": 10, "training-set.dead-letters.jsonl": 0} if lengths is None else lengths
+    sink = {"lengths": counted, "parts": []}
+    Checkpoint(state / "r5.part1of1.json", run, ReplayPlan({tp: 0}, {tp: 5}), sink=sink).save()
+    return state, victim
+
+
+def test_resume_writes_to_no_file_only_the_checkpoint_names(tmp_path):
+    config = unreachable_config(tmp_path)
+    state, victim = planted_file_run(tmp_path)
+    result = run_cli("--config", str(config), "backfill", "--resume", "r5", "--state-dir", str(state))
+    assert one_line_exit_2(result) == (
+        f"sluice backfill: checkpoint {state / 'r5.part1of1.json'}: sink: run r5 was started with --sink "
+        f"'file:{victim}'; a resume writes to a file sink, and cuts it back to the checkpoint, only when the "
+        f"command line names it: repeat --sink 'file:{victim}' if it is the sink you mean to write to"
+    )
+    assert victim.read_bytes() == VICTIM
+
+
+def test_resume_with_another_file_sink_than_the_run_was_started_with_says_which_to_give(tmp_path):
+    config = unreachable_config(tmp_path)
+    state, victim = planted_file_run(tmp_path)
+    other = tmp_path / "other.jsonl"
+    result = run_cli(
+        "--config", str(config), "backfill", "--resume", "r5", "--sink", f"file:{other}", "--state-dir", str(state)
+    )
+    assert one_line_exit_2(result) == (
+        f"sluice backfill: --sink 'file:{other}': run r5 was started with 'file:{victim}', and --resume continues "
+        f"it as it started: give --sink 'file:{victim}' (a resume writes to a file sink, and cuts it back to the "
+        "checkpoint, only when the command line names it)"
+    )
+    assert victim.read_bytes() == VICTIM
+    assert not other.exists()
+
+
+@pytest.mark.parametrize(
+    ("lengths", "says"),
+    [
+        (
+            {"training-set.jsonl": 10},
+            "the checkpoint does not record training-set.dead-letters.jsonl; start a new run",
+        ),
+        (
+            {"training-set.jsonl": 10, "training-set.dead-letters.jsonl": 3},
+            "{dead} holds 0 bytes but the checkpoint counts 3: it was changed since; start a new run",
+        ),
+        (
+            {"training-set.jsonl": 10, "training-set.dead-letters.jsonl": 0, "../../etc/passwd": 0},
+            "the checkpoint records '../../etc/passwd', which sink {victim} does not write "
+            "(training-set.dead-letters.jsonl, training-set.jsonl); start a new run",
+        ),
+    ],
+)
+def test_resume_checks_every_file_its_checkpoint_names_before_it_touches_any(tmp_path, lengths, says):
+    config = unreachable_config(tmp_path)
+    state, victim = planted_file_run(tmp_path, lengths)
+    dead = victim.with_name("training-set.dead-letters.jsonl")
+    result = run_cli(
+        "--config", str(config), "backfill", "--resume", "r5", "--sink", f"file:{victim}", "--state-dir", str(state)
+    )
+    assert one_line_exit_2(result) == (
+        f"sluice backfill: checkpoint {state / 'r5.part1of1.json'}: key 'sink': "
+        + says.format(dead=dead, victim=victim)
+    )
+    assert victim.read_bytes() == VICTIM
+
+
+def test_resume_of_a_dead_letters_file_gone_is_refused_before_the_broker_is_reached(tmp_path):
+    config = unreachable_config(tmp_path)
+    state, victim = planted_file_run(tmp_path)
+    dead = victim.with_name("training-set.dead-letters.jsonl")
+    dead.unlink()
+    result = run_cli(
+        "--config", str(config), "backfill", "--resume", "r5", "--sink", f"file:{victim}", "--state-dir", str(state)
+    )
+    assert one_line_exit_2(result) == (
+        f"sluice backfill: checkpoint {state / 'r5.part1of1.json'}: key 'sink': {dead} is gone but the checkpoint "
+        "counts 0 bytes of it; start a new run"
+    )
+    assert victim.read_bytes() == VICTIM
+    assert not dead.exists()
+
+
+def test_resume_with_the_same_file_sink_on_the_command_line_goes_on(tmp_path):
+    # Past the sink's checks, the next thing a resume does is reach the broker (none answers here):
+    # nothing is cut before the run can start.
+    config = unreachable_config(tmp_path)
+    state, victim = planted_file_run(tmp_path)
+    result = run_cli(
+        "--config", str(config), "backfill", "--resume", "r5", "--sink", f"file:{victim}", "--state-dir", str(state)
+    )
+    assert "no Kafka broker answered" in one_line_exit_2(result)
+    assert victim.read_bytes() == VICTIM
+
+
+def test_resume_of_a_file_sink_whose_checkpoint_records_no_files_is_refused(tmp_path):
+    config = unreachable_config(tmp_path)
+    state, victim = planted_file_run(tmp_path)
+    path = state / "r5.part1of1.json"
+    checkpoint = Checkpoint.load(path)
+    checkpoint.sink = None
+    checkpoint.save()
+    result = run_cli(
+        "--config", str(config), "backfill", "--resume", "r5", "--sink", f"file:{victim}", "--state-dir", str(state)
+    )
+    assert one_line_exit_2(result) == (
+        f"sluice backfill: checkpoint {path}: key 'sink' has value None: expected the lengths of the files "
+        f"sink file:{victim} writes"
+    )
+    assert victim.read_bytes() == VICTIM
+
+
 @pytest.mark.parametrize(
     ("args", "line"),
     [

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 from streams.codec import EventSchema, TensorField
 from streams.errors import FileSinkError
-from streams.file_sink import FileSink, FileState, check_target
+from streams.file_sink import FileSink, FileState, check_resume, check_target
 from streams.pipeline import Pipeline
 from streams.records import InputRecord, OutputRecord
 from tests.fakes import SumRunner
@@ -152,6 +153,116 @@ async def test_a_resume_refuses_files_that_lost_rows_the_checkpoint_counts(tmp_p
         FileSink(tmp_path / "p.parquet", resume=FileState({"p.dead-letters.jsonl": 0}, ("out-00000.parquet",)))
     with pytest.raises(FileSinkError, match="not a part this writer"):
         FileSink(tmp_path / "q.parquet", resume=FileState({"q.dead-letters.jsonl": 0}, ("../../etc/passwd",)))
+
+
+# 8,000 bytes of someone else's file, which a checkpoint (anyone who can write the state folder wrote it) names.
+VICTIM = (b'{"label": 1}' + b" " * 67 + b"\n") * 100
+
+
+def planted(tmp_path: Path, lengths: dict[str, int]) -> tuple[Path, FileState]:
+    """``training-set.jsonl`` (the victim's, 8,000 bytes) and its dead letters, and a state that names them."""
+    folder = tmp_path / "victim"
+    folder.mkdir()
+    (folder / "training-set.jsonl").write_bytes(VICTIM)
+    (folder / "training-set.dead-letters.jsonl").write_bytes(b"")
+    return folder / "training-set.jsonl", FileState(lengths)
+
+
+def unlink_dead_letters(target: Path) -> None:
+    target.with_name("training-set.dead-letters.jsonl").unlink()
+
+
+def dead_letters_to_elsewhere(target: Path) -> None:
+    elsewhere = target.parent.parent / "elsewhere.jsonl"
+    elsewhere.write_bytes(VICTIM)
+    dead = target.with_name("training-set.dead-letters.jsonl")
+    dead.unlink()
+    dead.symlink_to(elsewhere)
+
+
+def output_to_elsewhere(target: Path) -> None:
+    elsewhere = target.parent.parent / "elsewhere.jsonl"
+    target.rename(elsewhere)
+    target.symlink_to(elsewhere)
+
+
+def dead_letters_a_fifo(target: Path) -> None:
+    dead = target.with_name("training-set.dead-letters.jsonl")
+    dead.unlink()
+    os.mkfifo(dead)  # opened to append, it would block
+
+
+COUNTED = {"training-set.jsonl": 10, "training-set.dead-letters.jsonl": 0}
+
+
+@pytest.mark.parametrize(
+    ("lengths", "change", "says"),
+    [
+        (COUNTED, unlink_dead_letters, "training-set.dead-letters.jsonl is gone but the checkpoint counts 0 bytes"),
+        (COUNTED, dead_letters_to_elsewhere, "training-set.dead-letters.jsonl is a symbolic link"),
+        (COUNTED, output_to_elsewhere, "training-set.jsonl is a symbolic link"),
+        (COUNTED, dead_letters_a_fifo, "training-set.dead-letters.jsonl is not a regular file"),
+        (
+            {**COUNTED, "training-set.dead-letters.jsonl": 5},
+            None,
+            "training-set.dead-letters.jsonl holds 0 bytes but the checkpoint counts 5: it was changed since",
+        ),
+        (
+            {**COUNTED, "../elsewhere.jsonl": 0},
+            None,
+            "the checkpoint records '../elsewhere.jsonl', which sink",
+        ),
+        ({**COUNTED, "other.jsonl": 0}, None, "the checkpoint records 'other.jsonl', which sink"),
+        ({"training-set.jsonl": 10}, None, "the checkpoint does not record training-set.dead-letters.jsonl"),
+    ],
+)
+def test_a_resume_changes_no_file_unless_every_file_its_checkpoint_names_is_the_sinks_own(
+    tmp_path, lengths, change, says
+):
+    target, state = planted(tmp_path, lengths)
+    if change is not None:
+        change(target)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.jsonl") if p.is_file() and not p.is_symlink()}
+    with pytest.raises(FileSinkError, match=re.escape(says)) as raised:
+        FileSink(target, resume=state)
+    assert "start a new run" in str(raised.value)
+    assert {p: p.read_bytes() for p in before} == before, "nothing was cut before the refusal"
+    with pytest.raises(FileSinkError, match=re.escape(says)):
+        check_resume(target, state)
+
+
+def test_a_resume_of_a_parquet_sink_deletes_no_part_before_every_file_is_checked(tmp_path):
+    folder = tmp_path / "s.parquet"
+    folder.mkdir()
+    (folder / ".out-00001.parquet.inprogress").write_bytes(b"PAR1")
+    (folder / "out-00000.parquet").symlink_to(tmp_path / "elsewhere.parquet")
+    (tmp_path / "elsewhere.parquet").write_bytes(b"PAR1")
+    (tmp_path / "s.dead-letters.jsonl").write_bytes(b"")
+    state = FileState({"s.dead-letters.jsonl": 0}, ("out-00000.parquet",))
+    with pytest.raises(FileSinkError, match=re.escape(f"{folder / 'out-00000.parquet'} is a symbolic link")):
+        FileSink(folder, resume=state)
+    (folder / "out-00000.parquet").unlink()
+    (folder / "out-00000.parquet").write_bytes(b"PAR1")
+    (tmp_path / "s.dead-letters.jsonl").unlink()
+    with pytest.raises(FileSinkError, match=r"s\.dead-letters\.jsonl is gone"):
+        FileSink(folder, resume=state)
+    assert sorted(os.listdir(folder)) == [".out-00001.parquet.inprogress", "out-00000.parquet"]
+    with pytest.raises(FileSinkError, match="the checkpoint records Parquet parts, which sink"):
+        FileSink(tmp_path / "t.jsonl", resume=FileState({}, ("out-00000.parquet",)))
+
+
+def test_a_resume_checks_the_files_of_its_own_part(tmp_path):
+    sink = FileSink(tmp_path / "s.jsonl", part=(2, 3))
+    state = sink.commit()
+    sink.close()
+    assert set(state.lengths) == {"s.part2of3.jsonl", "s.part2of3.dead-letters.jsonl"}
+    check_resume(tmp_path / "s.jsonl", state, part=(2, 3))
+    with pytest.raises(
+        FileSinkError,
+        match=re.escape("the checkpoint records 's.part2of3.dead-letters.jsonl', 's.part2of3.jsonl', which sink"),
+    ):
+        check_resume(tmp_path / "s.jsonl", state, part=(1, 3))
+    FileSink(tmp_path / "s.jsonl", part=(2, 3), resume=state).close()
 
 
 def test_processes_of_one_run_write_files_of_their_own(tmp_path):
