@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import struct
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from app.config import load_config
+from models.export_archive import check_export_archive
 from models.loading import ModelSpec, load_model
 from streams.errors import CommandLineError, ConfigError, ModelLoadError
 from tests.crafted_archives import (
@@ -206,6 +208,111 @@ def test_a_shape_expression_that_is_python_is_refused(archive, tmp_path):
     refused(evil, r"models/model.json holds a shape expression sympy would evaluate as Python \('__import__'")
     assert not marker.exists()
     assert plain_torch_runs_it(evil, marker)
+
+
+def with_expression(archive: Path, dst: Path, expression: str, hint: int | None = None) -> Path:
+    """``archive`` with its first shape expression replaced (and its hint, if given)."""
+    model = json.loads(read(archive, "models/model.json"))
+    stack = [model]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict) and "expr_str" in item:
+            item["expr_str"] = expression
+            if hint is not None:
+                item["hint"] = {"as_int": hint}
+            return rewrite(archive, dst, replace={"models/model.json": json.dumps(model).encode()})
+        stack.extend(item.values() if isinstance(item, dict) else item if isinstance(item, list) else [])
+    raise AssertionError("no shape expression in the program")
+
+
+@pytest.mark.timeout(60)  # a regression would freeze in sympify, holding the GIL: fail, do not hang
+def test_a_shape_expression_that_would_freeze_the_process_is_refused_at_once(archive, tmp_path):
+    # sympify computes 7 ** 99999999999 at once, in C, holding the GIL: not even SIGTERM stops it.
+    evil = with_expression(archive, tmp_path / "pow.pt2", "Pow(Integer(7), Integer(99999999999))")
+    expected = (
+        f"refusing exported program {evil}: models/model.json holds a shape expression too costly for sympy "
+        "to evaluate (Pow to an exponent other than a number up to 16 in 'Pow(Integer(7), Integer(99999999999))')"
+    )
+    # The check alone first: were it to pass the archive, load_model would hand it to sympify and freeze.
+    with pytest.raises(ModelLoadError) as caught:
+        check_export_archive(evil.read_bytes(), evil)
+    assert str(caught.value) == expected
+    started = time.monotonic()
+    assert refused(evil, "too costly") == expected
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("expression", "hint", "says"),
+    [
+        ("Integer(7)**Integer(99999999999)", None, "sympy would evaluate as Python \\('\\*\\*Integer"),
+        ("LShift(Integer(1), Integer(99999999999))", None, "sympy would evaluate as Python \\('LShift'"),
+        ("RShift(Integer(1), Integer(-99999999999))", None, "sympy would evaluate as Python \\('RShift'"),
+        ("Integer(9)^Integer(99999999999)", None, "sympy would evaluate as Python \\('\\^Integer"),
+        ("Mul(Integer(99999), Integer(99999))!", None, "sympy would evaluate as Python \\('!'"),  # factorial: freezes
+        ("Float('1.5', precision=99999999999)", None, "too costly .*a precision other than a number up to 1024"),
+        ("Pow(" * 5 + "Integer(99999)" + ", Integer(16))" * 5, None, "too costly .*Pow of a power"),
+        ("PowByNatural(Integer(7), Mul(Integer(99999), Integer(99999)))", None, "too costly .*PowByNatural to an"),
+        ("Pow(Integer(7), Symbol('s77', integer=True))", None, "too costly .*Pow to an exponent"),
+        (f"Integer({'9' * 21})", None, "too costly .*an integer of 21 digits, over 20"),
+        ("TruncToInt(Float('1e99999999999', precision=53))", None, "too costly .*the string '1e99999999999'"),
+        ("Symbol('s77', integer=Pow(Integer(7), Integer(99)))", None, "too costly .*integer set to something"),
+        ("Abs(" * 40 + "Integer(1)" + ")" * 40, None, "too costly .*calls nested over 32 deep"),
+        ("Add(" + "Integer(1), " * 400 + "Integer(1))", None, "too costly .*4815 characters, over 4096"),
+        ("Symbol('s77', integer=True)", 10**30, "too costly .*a hint of over 20 digits"),
+        ("Symbol('s77',\ninteger=True)", None, "sympy would evaluate as Python \\('\\\\ninteger"),
+    ],
+)
+def test_shape_expressions_that_are_not_srepr_or_too_costly_are_refused(archive, tmp_path, expression, hint, says):
+    evil = with_expression(archive, tmp_path / "evil.pt2", expression, hint)
+    with pytest.raises(ModelLoadError, match=f"models/model.json holds a shape expression {says}") as caught:
+        check_export_archive(evil.read_bytes(), evil)  # the check only: it never calls sympify
+    assert "\n" not in str(caught.value)
+
+
+class TwoDynamic(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # FloorDiv, Add and Mul of two symbols
+        return x.sum(2).reshape(x.shape[0] * x.shape[1])[: x.shape[0] // 2 + 1].sum().expand(x.shape[0], 1)
+
+
+class Doubled(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # shapes 2 * batch and 4 * batch
+        return (x.reshape(-1) * 2).reshape(x.shape[0] * 2, -1)[: x.shape[0]].sum(1, keepdim=True)
+
+
+class Outer(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # seq * seq: Pow(Symbol, Integer(2))
+        return (x.unsqueeze(2) * x.unsqueeze(1)).reshape(x.shape[0], x.shape[1] * x.shape[1]).sum(1, keepdim=True)
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)[:, 0, :1] * (x.shape[1] / 3)  # and a float of a size: IntTrueDiv
+
+
+@pytest.mark.parametrize(
+    ("model", "example", "dims", "other"),
+    [
+        (TwoDynamic, (4, 6, 3), ("batch", "seq"), (5, 7, 3)),
+        (Doubled, (4, 6), ("batch",), (3, 6)),
+        (Outer, (4, 6), ("batch", "seq"), (3, 5)),
+        (Attention, (4, 6, 8), ("batch", "seq"), (3, 5, 8)),
+    ],
+)
+def test_exports_whose_shapes_are_expressions_load_and_compute(tmp_path, model, example, dims, other):
+    torch.manual_seed(0)
+    module, path = model().eval(), tmp_path / "m.pt2"
+    shapes = {i: torch.export.Dim(name, max=64) for i, name in enumerate(dims)}
+    torch.export.save(torch.export.export(module, (torch.zeros(example),), dynamic_shapes=(shapes,)), path)
+    loaded = load_model(ModelSpec(exported=path)).module
+    x = torch.randn(other)
+    assert torch.allclose(loaded(x), module(x), atol=1e-6)
 
 
 def test_sample_inputs_that_need_unpickling_are_refused(archive, tmp_path):
