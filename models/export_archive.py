@@ -26,8 +26,8 @@ hands torch a fresh archive of exactly those (``repack``), never the file's own 
 Names are read as torch reads them: the programs are the names that start with ``models/``,
 spelled so; every other record is found by its name folded in ASCII only, as miniz does. A
 name outside printable ASCII is refused, since Python and miniz fold such names differently.
-Deflated entries are inflated in bounded steps: programs and configs up to
-``MAX_JSON_BYTES`` each, all deflated entries together up to ``MAX_INFLATED_BYTES``.
+Deflated entries are inflated in bounded steps: programs and configs hold up to
+``MAX_JSON_BYTES`` each, all deflated entries together inflate to ``MAX_INFLATED_BYTES``.
 """
 
 from __future__ import annotations
@@ -54,10 +54,16 @@ NATIVE_CODE_DIR = "data/aotinductor/"
 MODELS_DIR = "models/"
 # Entries torch.export.save writes beside the programs: format markers, no code.
 ARCHIVE_METADATA = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
-# What a deflated entry may inflate to: a program's JSON (graph and signature, not weights) is
-# megabytes for large models; torch.export.save stores every entry uncompressed, so deflated
-# ones come from re-zipping, and a deflate bomb costs at most this much memory before refusal.
-MAX_JSON_BYTES = 256 << 20
+# The most a JSON entry may hold. A program's JSON (graph and signature, not weights) grows with
+# the graph: measured with torch 2.15, 0.87 MB for a 12-layer transformer encoder, 3.4 MB for a
+# 48-layer one, 2.9 MB for 32 Llama-style decoder layers (so about 7 MB for 80). Parsing JSON
+# costs more memory than its bytes, here and again in torch: about 5 times for a real program,
+# about 25 times for the worst case (nothing but empty objects), so an entry at this limit may
+# cost some 400 MiB while it is parsed, whatever the file's size (torch.export.save stores
+# entries, but a deflated one of 16 MiB fits in a file of 20 KB).
+MAX_JSON_BYTES = 16 << 20
+# All deflated entries together (the weights of an archive re-zipped with compression among
+# them): what they inflate to is held in memory while torch loads.
 MAX_INFLATED_BYTES = 1 << 30
 # torch lists an archive's names through a buffer of 512 bytes (miniz's MZ_ZIP_MAX_ARCHIVE_FILENAME_SIZE):
 # a longer name reaches it cut short, and could name another program than the one checked.

@@ -231,6 +231,32 @@ def test_a_deflate_bomb_declaring_a_small_size_stops_inflating_there(archive, tm
     assert peak < 32 * MiB, f"{peak} bytes allocated to refuse it"
 
 
+def test_a_small_file_whose_program_inflates_to_many_empty_objects_is_refused_before_it_is_inflated(archive, tmp_path):
+    # Valid JSON that is all empty objects costs about 25 bytes of memory per byte to parse:
+    # 24 MiB of it (more than any real program, less than the old 256 MiB limit) is over 500 MiB.
+    size = 24 * MiB
+    program = b'{"x":[' + b"{}," * ((size - 10) // 3) + b"{}]}"
+    deflated = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = deflated.compress(program) + deflated.flush()
+    crc, size = zlib.crc32(program), len(program)
+    del program
+    bomb = tmp_path / "objects.pt2"
+    plain = copied(archive, tmp_path / "plain.pt2").read_bytes()
+    bomb.write_bytes(with_deflated_entry(plain, "models/model.json", data, size, crc))
+    assert bomb.stat().st_size < 100_000
+    tracemalloc.start()
+    try:
+        message = refused(bomb, "declares")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert message == (
+        f"refusing exported program {bomb}: tiny/models/model.json declares {size} bytes uncompressed, "
+        f"over the {16 * MiB}-byte limit"
+    )
+    assert peak < 32 * MiB, f"{peak} bytes allocated to refuse it"
+
+
 def test_deflated_entries_together_may_inflate_only_so_far(archive, tmp_path, monkeypatch):
     deflated = copied(archive, tmp_path / "deflated.pt2", zipfile.ZIP_DEFLATED)
     monkeypatch.setattr(export_archive, "MAX_INFLATED_BYTES", 1000)
