@@ -15,7 +15,9 @@
 - ``data/aotinductor/`` holds compiled native libraries that are loaded into the process.
 
 So an archive passes only when it is made of what ``torch.export.save`` writes for plain
-tensors: raw weight and constant bytes, sample inputs the safe loader accepts, and shape
+tensors: raw weight and constant bytes, each holding every byte its tensors reach (torch
+makes an empty one ``torch.zeros`` of whatever sizes its config declares, 2 GB out of 0
+bytes), sample inputs the safe loader accepts, and shape
 expressions in the notation sympy's own ``srepr`` prints, short, with short literals and only
 small powers. Anything else is refused with the entry that made the decision.
 
@@ -42,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._export.serde.schema import ScalarType
+from torch._export.serde.serialize import deserialize_scalar_type
 
 from models.strict_zip import NotAZip, ZipEntry, ZipError, read_zip, write_zip
 from streams.errors import ModelLoadError
@@ -151,8 +155,10 @@ def check_export_archive(data: bytes, path: Path) -> list[ZipEntry]:
             name = config_name.format(model)
             if name not in names:  # torch looks for it in its list of names, spelled exactly so
                 raise refuse(name, "is missing: only archives written by torch.export.save (torch>=2.6) are checked")
-            payloads = _check_payloads(_json(entries[_fold(name)], name, refuse), name, prefix, refuse)
+            config = _json(entries[_fold(name)], name, refuse)
+            payloads = _check_payloads(config, name, prefix, refuse)
             folder = name.rsplit("/", 1)[0]
+            _check_extents(config["config"], name, lambda p, f=folder: entries.get(_fold(f"{f}/{p}")), refuse)
             allowed |= {_fold(name), *(_fold(f"{folder}/{payload}") for payload in payloads)}
         sample = SAMPLE_INPUTS.format(model)
         allowed |= {_fold(sample), _fold(program)}
@@ -258,6 +264,58 @@ def _check_payloads(config: Any, name: str, prefix: str, refuse: Any) -> list[st
             raise refuse(name, f"declares {fqn!r} in {path_name!r}, outside its folder")
         names.append(path_name)  # torch reads os.path.join(folder, path_name): folder + "/" + path_name
     return names
+
+
+def _check_extents(payloads: dict[str, Any], name: str, payload: Any, refuse: Any) -> None:
+    """Each raw payload holds the bytes every tensor viewing it reaches, as torch reads them
+    (``_build_file_map``): the first tensor naming a payload gives its dtype; a payload of bytes
+    becomes a storage of that many elements, which each tensor views with ``as_strided``; an
+    empty payload becomes ``torch.zeros`` of the first tensor's sizes, so it may only be empty.
+    A payload may hold more than its tensors reach: torch.export.save writes a view's whole storage."""
+    storages: dict[str, tuple[int, torch.dtype]] = {}  # path_name: its bytes, its dtype
+    for fqn, meta in payloads.items():
+        path_name = meta["path_name"]
+        try:
+            sizes, strides, offset, dtype = _layout(meta["tensor_meta"])
+        except ValueError as exc:
+            raise refuse(name, f"declares {fqn!r} with a malformed tensor_meta ({exc})") from None
+        entry = payload(path_name)
+        if entry is None:
+            raise refuse(name, f"declares {fqn!r} in {path_name!r}, which the archive does not hold")
+        nbytes, dtype = storages.setdefault(path_name, (len(entry.data), dtype))
+        # as_strided's bound (computeStorageNbytes): one past the last element reached.
+        reach = 0 if 0 in sizes else offset + 1 + sum((n - 1) * step for n, step in zip(sizes, strides, strict=True))
+        if reach > nbytes // dtype.itemsize:
+            shape = "x".join(map(str, sizes)) or "scalar"
+            raise refuse(
+                name,
+                f"declares {fqn!r} as a {shape} {dtype} tensor reaching {reach * dtype.itemsize} bytes into "
+                f"{path_name!r}, which holds {nbytes}",
+            )
+
+
+def _layout(meta: Any) -> tuple[list[int], list[int], int, torch.dtype]:
+    """Sizes, strides, storage offset and dtype of a ``tensor_meta``, or ``ValueError`` saying why not."""
+
+    def number(value: Any) -> int:
+        if isinstance(value, dict) and list(value) == ["as_int"]:
+            value = value["as_int"]
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        raise ValueError("sizes, strides and storage offset are not all {'as_int': n} with n >= 0")
+
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), list) for k in ("sizes", "strides")):
+        raise ValueError("no lists of sizes and strides")
+    sizes, strides = [number(v) for v in meta["sizes"]], [number(v) for v in meta["strides"]]
+    offset = number(meta.get("storage_offset"))
+    if len(sizes) != len(strides):
+        raise ValueError(f"{len(sizes)} sizes but {len(strides)} strides")
+    try:
+        if type(meta.get("dtype")) is not int:  # a bool or a float is no dtype either
+            raise TypeError
+        return sizes, strides, offset, deserialize_scalar_type(ScalarType(meta["dtype"]))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"dtype {meta.get('dtype')!r:.20} is not one torch knows") from None
 
 
 def _expressions(node: Any) -> Iterator[tuple[Any, Any]]:

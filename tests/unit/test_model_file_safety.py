@@ -415,6 +415,86 @@ def test_names_torch_would_truncate_or_read_under_another_root_are_refused(archi
     refused(rewrite(archive, tmp_path / "case.pt2", add={"/TINY/extra": b""}), "TINY/extra lies outside its root tiny/")
 
 
+@pytest.mark.parametrize(
+    ("sizes", "strides", "payload", "says"),
+    [
+        # An empty payload: torch makes torch.zeros(sizes), 64 MiB here out of nothing.
+        (
+            [1 << 24],
+            [1],
+            b"",
+            "as a 16777216 torch.float32 tensor reaching 67108864 bytes into 'weight_0', which holds 0",
+        ),
+        # A payload of 3 floats viewed as 300: torch would view memory past it, were as_strided not to check.
+        (
+            [1, 300],
+            [300, 1],
+            None,
+            "as a 1x300 torch.float32 tensor reaching 1200 bytes into 'weight_0', which holds 12",
+        ),
+        ([1, 3], [3, 1], b"\0" * 11, "as a 1x3 torch.float32 tensor reaching 12 bytes into 'weight_0', which holds 11"),
+    ],
+)
+def test_a_raw_payload_shorter_than_its_tensors_is_refused(archive, tmp_path, sizes, strides, payload, says):
+    config = "data/weights/model_weights_config.json"
+    assert json.loads(read(archive, config))["config"]["linear.weight"]["path_name"] == "weight_0"
+
+    def resize(data):
+        meta = data["config"]["linear.weight"]["tensor_meta"]
+        meta["sizes"], meta["strides"] = [{"as_int": n} for n in sizes], [{"as_int": n} for n in strides]
+
+    replace = {config: edit_json(archive, config, resize)}
+    if payload is not None:
+        replace["data/weights/weight_0"] = payload
+    evil = rewrite(archive, tmp_path / "evil.pt2", replace=replace)
+    refused(evil, f"{config} declares 'linear.weight' {re.escape(says)}")
+    if payload == b"":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weight = torch.export.load(str(evil)).state_dict["linear.weight"]
+        assert weight.numel() == 1 << 24, "plain torch.export.load makes the tensor the file does not hold"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        # torch makes torch.zeros(sizes) before it finds the strides do not fit: 64 MiB, then an error.
+        ({"sizes": [{"as_int": 1 << 24}]}, "(1 sizes but 2 strides)"),
+        ({"sizes": [{"as_int": -1}, {"as_int": 3}]}, "(sizes, strides and storage offset are not all"),
+        ({"storage_offset": {"as_expr": "s0"}}, "(sizes, strides and storage offset are not all"),
+        ({"dtype": 99}, "(dtype 99 is not one torch knows)"),
+    ],
+)
+def test_a_raw_payload_whose_tensor_meta_is_malformed_is_refused(archive, tmp_path, change, says):
+    config = "data/weights/model_weights_config.json"
+    edited = edit_json(archive, config, lambda data: data["config"]["linear.weight"]["tensor_meta"].update(change))
+    evil = rewrite(archive, tmp_path / "evil.pt2", replace={config: edited, "data/weights/weight_0": b""})
+    refused(evil, f"{config} declares 'linear.weight' with a malformed tensor_meta {re.escape(says)}")
+
+
+def test_payloads_that_hold_more_than_their_views_reach_load(tmp_path):
+    # torch.export.save writes a view's whole storage: a slice's, a strided view's, a transpose's.
+    class Views(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            storage = torch.arange(10.0)
+            self.register_buffer("middle", storage[2:5])
+            self.register_buffer("every_other", storage[::2])
+            self.transposed = nn.Parameter(torch.randn(4, 3).t())
+            self.empty = nn.Parameter(torch.empty(0, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.transposed + self.middle.sum() + self.every_other.sum() + self.empty.sum()
+
+    torch.manual_seed(0)
+    module, path = Views(), tmp_path / "views.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns it found no tensor covering the storage
+        torch.export.save(torch.export.export(module, (torch.zeros(2, 3),)), path)
+    x = torch.randn(2, 3)
+    assert torch.allclose(load_model(ModelSpec(exported=path)).module(x), module(x))
+
+
 def test_an_entry_torch_export_save_does_not_write_is_refused(archive, tmp_path):
     evil = rewrite(archive, tmp_path / "evil.pt2", add={"data/extra/payload.bin": b"anything"})
     refused(evil, "data/extra/payload.bin is not an entry torch.export.save writes")
