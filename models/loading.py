@@ -121,7 +121,24 @@ def load_exported(path: Path, confine_to: tuple[Path, ...] = ()) -> nn.Module:
     archive = repack(check_export_archive(data, path))
     del data
     try:
-        return torch.export.load(io.BytesIO(archive)).module()
+        # What torch.export.load calls first. On a RuntimeError, torch.export.load logs a 15-line
+        # traceback, reads the archive again in its legacy format (another zip reader), and raises
+        # an error that hides the cause; the checked archive is in the pt2 format, so read it as that.
+        load_pt2 = importlib.import_module("torch.export.pt2_archive._package").load_pt2
+    except (ImportError, AttributeError):  # a torch without it: its own loader, as before
+        load_pt2 = None
+    try:
+        if load_pt2 is None:
+            return torch.export.load(io.BytesIO(archive)).module()
+        programs = load_pt2(io.BytesIO(archive)).exported_programs
+        if "model" not in programs:  # the one torch.export.load returns
+            raise ModelLoadError(
+                f"{path} is not a loadable torch.export archive: it holds no program named 'model' "
+                f"(only {sorted(programs)})"
+            )
+        return programs["model"].module()
+    except ModelLoadError:
+        raise
     except Exception as exc:  # Broad on purpose: torch's deserializer and verifier raise any type
         raise ModelLoadError(f"{path} is not a loadable torch.export archive: {reason(exc)}") from exc
 

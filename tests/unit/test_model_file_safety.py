@@ -515,6 +515,34 @@ def test_whatever_torch_raises_becomes_one_line_naming_the_file(archive, tmp_pat
     )
 
 
+def test_what_torch_raises_while_reading_is_named_and_logs_no_traceback(archive, tmp_path, capfd):
+    # torch.export.load logs a 15-line traceback for a RuntimeError, retries its legacy format
+    # with another zip reader, then raises "We ran into an error...", which hides the cause.
+    no_sample = tmp_path / "no-sample.pt2"
+    with zipfile.ZipFile(archive) as old, zipfile.ZipFile(no_sample, "w") as new:
+        for info in old.infolist():
+            if not info.filename.endswith("data/sample_inputs/model.pt"):
+                new.writestr(info, old.read(info))
+    capfd.readouterr()
+    refused(
+        no_sample,
+        "is not a loadable torch.export archive: RuntimeError: PytorchStreamReader failed locating file "
+        "data/sample_inputs/model.pt: file not found",
+    )
+    assert capfd.readouterr().err == "", "nothing logged: the one line says it all"
+
+
+def test_an_archive_without_the_program_torch_export_load_returns_is_one_line(archive, tmp_path):
+    renamed = tmp_path / "renamed.pt2"
+    with zipfile.ZipFile(archive) as old, zipfile.ZipFile(renamed, "w") as new:
+        for info in old.infolist():
+            name = info.filename.replace("/model.", "/other.").replace("/model_", "/other_")
+            new.writestr(name, old.read(info))
+    assert refused(renamed, "no program") == (
+        f"{renamed} is not a loadable torch.export archive: it holds no program named 'model' (only ['other'])"
+    )
+
+
 def test_torchscript_needs_an_opt_in_on_that_model(tmp_path):
     scripted = tmp_path / "m.ts"
     with warnings.catch_warnings():
