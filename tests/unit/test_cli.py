@@ -128,20 +128,7 @@ def test_an_unreachable_broker_stops_the_worker_with_the_address_and_what_to_che
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = tmp_path / "c.toml"
-    config.write_text(
-        f"""
-[app]
-broker = "kafka://127.0.0.1:{port}"
-[pipelines.p]
-input_topics = ["in"]
-output_topic = "out"
-dead_letter_topic = "dlq"
-[pipelines.p.model]
-demo = "fraud-mlp"
-[pipelines.p.features]
-inputs = [{{ field = "features", shape = [32] }}]
-"""
-    )
+    config.write_text(f'[app]\nbroker = "kafka://127.0.0.1:{port}"\n' + PIPELINE)
     result = run_cli("--config", str(config), "worker")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
