@@ -19,19 +19,19 @@ from models.export_archive import reason
 from models.fit import check_fits
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.runner import TorchRunner
-from streams.batcher import Batcher, BatchPolicy
-from streams.cost_model import CostModel, reference_sizes
 from streams.errors import ModelLoadError, ModelOutputError, StateError
 from streams.features.folders import make_own_folder, remove_stale
-from streams.features.inputs import StatefulInputs
 from streams.features.rocks_store import RocksStore
 from streams.features.spec import StateSpec
 from streams.features.step import FeatureStep
 from streams.features.store import KeyedStore
+from streams.flow.batcher import Batcher, BatchPolicy
+from streams.flow.cost_model import CostModel, reference_sizes
+from streams.flow.pipeline import Pipeline, PipelineTopics, Sink
+from streams.flow.stateful_inputs import StatefulInputs
 from streams.kafka.fetch_pacing import FetchPacing
 from streams.kafka.sink import KafkaSink
 from streams.kafka.transactions import PartitionTransactions, TransactionalSink
-from streams.pipeline import Pipeline, PipelineTopics, Sink
 
 Mode = Literal["live", "backfill"]
 

@@ -20,13 +20,13 @@ from app.addresses import BROKER_EXPECTED, HOST_EXPECTED, is_broker_address, is_
 from app.config_table import Table as _Table
 from app.state_config import load_inputs, load_state
 from models.spec import WEIGHTS_DIR, ModelSpec
-from streams.codec import EventSchema
-from streams.dead_letters import DEFAULT_MAX_COPY_BYTES
+from streams.codecs.codec import EventSchema
+from streams.codecs.dead_letters import DEFAULT_MAX_COPY_BYTES
 from streams.errors import ConfigError
-from streams.features.inputs import MAX_KEY_BYTES, ModelInput, decoded_fields
 from streams.features.snapshot import max_state_bytes
 from streams.features.spec import StateSpec
-from streams.records import HeaderPolicy
+from streams.flow.stateful_inputs import ModelInput, decoded_fields
+from streams.records import MAX_KEY_BYTES, HeaderPolicy
 
 # Below this a dead letter could not even hold the start of a typical event.
 MIN_COPY_BYTES = 256

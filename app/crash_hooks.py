@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from streams.errors import CommandLineError
-from streams.pipeline import Sink
+from streams.flow.pipeline import Sink
 from streams.records import OutputRecord, Partition
 
 KILL_IN_TRANSACTION_ENV = "SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS"

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
-from streams.driver import Driver
+from streams.flow.driver import Driver
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ from app.rekey_service import RekeyService
 from app.state_warmup import warm_from_input
 from models.loading import LoadedModel, ModelSpec
 from models.runner import TorchRunner
-from streams.driver import Driver
 from streams.errors import ModelLoadError, SluiceError, StateError
+from streams.flow.driver import Driver
+from streams.flow.pipeline import Sink
 from streams.kafka.changelog import Changelog
 from streams.kafka.group_commits import GroupCommits
 from streams.kafka.group_source import KafkaBatchSource
@@ -53,7 +54,6 @@ from streams.kafka.sink import KafkaSink
 from streams.kafka.transaction_commits import TransactionCommits
 from streams.kafka.transactions import PartitionTransactions, TransactionalSink
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Sink
 from streams.records import Partition
 from streams.source import Progress
 

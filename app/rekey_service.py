@@ -29,10 +29,10 @@ from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_aft
 from app.driver_task import stop_driver
 from app.kafka_clients import connection, make_consumer
 from app.topics import partitions_of, timestamp_window_ms
-from streams.cost_model import CostModel
-from streams.delivery import Sink
-from streams.driver import Driver
 from streams.errors import TopicMissingError
+from streams.flow.cost_model import CostModel
+from streams.flow.delivery import Sink
+from streams.flow.driver import Driver
 from streams.kafka.group_source import KafkaBatchSource
 from streams.kafka.rekey import Rekeying
 from streams.kafka.transaction_commits import TransactionCommits

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from app.config_table import Table
 from streams.errors import ConfigError
-from streams.features.inputs import ModelInput
 from streams.features.spec import (
     MAX_DURATION_MS,
     MAX_HISTORY_EVENTS,
@@ -35,6 +34,7 @@ from streams.features.spec import (
     StateSpec,
     Window,
 )
+from streams.flow.stateful_inputs import ModelInput
 
 KINDS = ("last", "since_previous", *WINDOW_KINDS)
 # Keys a rocksdb store keeps in memory: a billion is already far more than a host holds.

@@ -14,11 +14,11 @@ from aiokafka import TopicPartition
 
 from app.build import FETCH_BYTES_PER_PARTITION
 from app.kafka_clients import Connection, make_consumer
-from streams.backfill import warm_state
+from streams.backfill.replay_plan import ReplayPlan
+from streams.backfill.run import warm_state
+from streams.flow.pipeline import Pipeline
 from streams.kafka.replay import ReplaySource, start_consumer, stop_consumer
-from streams.pipeline import Pipeline
 from streams.records import Partition
-from streams.replay_plan import ReplayPlan
 
 log = logging.getLogger(__name__)
 

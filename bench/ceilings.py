@@ -33,8 +33,8 @@ from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 from models.synthetic import generate
 from models.train import model_inputs
+from streams.flow.pipeline import Pipeline, PipelineTopics
 from streams.kafka.sink import KafkaSink
-from streams.pipeline import Pipeline, PipelineTopics
 from streams.records import OutputRecord
 
 SIZES = (1, 8, 32, 64, 128, 256, 512)

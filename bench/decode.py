@@ -9,12 +9,12 @@ computed it could send them (the layout of nested inputs was decided here).
 
 What is compared, on the same records:
 
-- before: the fast path of streams/codec.py before msgspec: ``orjson.loads`` of every value
+- before: the fast path of streams/codecs/codec.py before msgspec: ``orjson.loads`` of every value
   (a dict of every field), then ``np.array`` over the batch for each input, float32, the
   finite check;
-- now: ``streams.codec.decode``: the msgspec decoder of the schema's fields, ``history`` kept
+- now: ``streams.codecs.codec.decode``: the msgspec decoder of the schema's fields, ``history`` kept
   as raw text and decoded as one flat list per batch, ``np.fromiter``, and the checks that
-  hand back what msgspec and orjson could read differently (see ``streams.fast_decode``);
+  hand back what msgspec and orjson could read differently (see ``streams.codecs.fast_decode``);
 - now without those checks of the text (UTF-8, numbers' range, nesting): what they cost;
 - the careful path alone (orjson and numpy per event: what a batch of bad events costs);
 - for the nested input, the layout not chosen: ``history`` typed as nested lists, which msgspec
@@ -47,8 +47,8 @@ import orjson
 
 from app.demo_events import demo_events
 from models.synthetic import FEATURES, HISTORY_FIELDS, HISTORY_STEPS, SCALAR_FIELDS, account_histories, emitted
-from streams import codec, fast_decode
-from streams.codec import EventSchema, TensorField
+from streams.codecs import codec, fast_decode
+from streams.codecs.codec import EventSchema, TensorField
 from streams.records import InputRecord
 
 RESULTS = Path(__file__).parent / "results"
@@ -72,7 +72,7 @@ def with_history(values: Sequence[bytes]) -> list[bytes]:
 
 
 def orjson_np_array(records: Sequence[InputRecord], schema: EventSchema) -> Any:
-    """The fast path before msgspec (streams/codec.py until this benchmark was added)."""
+    """The fast path before msgspec (streams/codecs/codec.py until this benchmark was added)."""
     docs = [orjson.loads(r.value) for r in records]  # type: ignore[arg-type]
     ids = [d[schema.id_field] for d in docs]
     inputs = []

@@ -11,6 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
+# The longest record key a key's state is kept under: a key is stored in memory and in every
+# changelog record of its state, which must fit the changelog topic's limit.
+MAX_KEY_BYTES = 1024
+
 
 class Partition(NamedTuple):
     """A partition of a topic: where an offset counts. The engine's own type, so its core needs

@@ -36,8 +36,9 @@ from app.state_warmup import warm_from_input
 from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec
 from models.registry import DEMO_MODELS
-from streams.backfill import BackfillSummary, run_backfill
-from streams.checkpoint import MAX_PARTS, Checkpoint, checkpoint_path
+from streams.backfill.checkpoint import MAX_PARTS, Checkpoint, checkpoint_path
+from streams.backfill.file_sink import FileSink, FileState, check_resume, check_target
+from streams.backfill.run import BackfillSummary, run_backfill
 from streams.errors import (
     CheckpointError,
     CommandLineError,
@@ -46,10 +47,9 @@ from streams.errors import (
     TopicMissingError,
     exit_on_operator_error,
 )
-from streams.file_sink import FileSink, FileState, check_resume, check_target
+from streams.flow.pipeline import PipelineTopics, Sink
 from streams.kafka.replay import ReplaySource, plan_replay, start_consumer, stop_consumer
 from streams.kafka.sink import KafkaSink
-from streams.pipeline import PipelineTopics, Sink
 from streams.records import OutputRecord
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"

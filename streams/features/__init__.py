@@ -7,5 +7,9 @@
 - ``serving``: a key's state as ``GET /pipelines/NAME/keys/KEY`` answers it (reading only);
 - ``aggregate``: each feature, vectorised over a batch of events and their keys' windows;
 - ``step``: the pipeline's step between decoding and the model (batch in, model inputs out);
-- ``snapshot``: a key's state as bytes, for the changelog topic that restores it.
+- ``snapshot``: a key's state as bytes, for the changelog topic that restores it;
+- ``damage``: damaged records in a local RocksDB copy, and what is done about them.
+
+May import: ``streams.records``, ``streams.errors`` and each other; never the driver, the
+codecs (but for type names) or a Kafka client (the changelog topic is ``streams.kafka.changelog``).
 """

@@ -13,7 +13,7 @@ Each routed event carries a ``sluice-source`` header naming its original positio
 carry on. An event the repartition topic would refuse (too large with its new key and header,
 or a timestamp outside the topic's ``message.timestamp.before/after.max.ms``) is dead-lettered
 at its original position: sent, it would fail the whole transaction, again at each restart. So
-is an event without a usable key (``streams.key_field``). The stage runs in the driver like a
+is an event without a usable key (``streams.codecs.key_field``). The stage runs in the driver like a
 pipeline; its offsets commit with its records in one transaction per input partition (the
 service sees to it), so no event is ever re-keyed twice.
 """
@@ -27,11 +27,11 @@ from collections.abc import Awaitable, Callable, Sequence
 import numpy as np
 from aiokafka.partitioner import murmur2
 
-from streams.codec import Decoded, Reject
-from streams.dead_letters import dead_letter, encode_dead_letters
-from streams.delivery import Delivery, Sink
-from streams.key_field import KeyField
-from streams.pipeline import BatchOutcome, Scored, wall_clock_ms
+from streams.codecs.codec import Decoded, Reject
+from streams.codecs.dead_letters import dead_letter, encode_dead_letters
+from streams.codecs.key_field import KeyField
+from streams.flow.delivery import Delivery, Sink
+from streams.flow.pipeline import BatchOutcome, Scored, wall_clock_ms
 from streams.records import InputRecord, OutputRecord, SourceRecord, header_picker
 
 SOURCE_HEADER = "sluice-source"
@@ -47,7 +47,7 @@ def key_hash(key: bytes) -> int:
 
 
 class Rekeying:
-    """A ``streams.pipeline.Stage``: keys each event by ``field`` and routes it to ``topic``
+    """A ``streams.flow.pipeline.Stage``: keys each event by ``field`` and routes it to ``topic``
     (``partitions`` partitions); dead letters go to ``dead_letter_topic``."""
 
     def __init__(
@@ -91,7 +91,7 @@ class Rekeying:
         return self.delivery.lost_outputs
 
     def key_of(self, record: SourceRecord) -> bytes | Reject:
-        """``streams.key_field.KeyField.key_of``: the reference for an event's key."""
+        """``streams.codecs.key_field.KeyField.key_of``: the reference for an event's key."""
         return self.key_field.key_of(record)
 
     def decode(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Decoded:

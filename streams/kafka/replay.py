@@ -3,7 +3,7 @@ offset it had when the replay began, then stop.
 
 Events that arrive during the replay are the live worker's job. The replay uses no
 consumer group (it assigns partitions itself), so the live worker's committed offsets
-are never touched; progress is checkpointed by the backfill (see ``streams.backfill``).
+are never touched; progress is checkpointed by the backfill (see ``streams.backfill.run``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.backfill.replay_plan import ReplayPlan
 from streams.errors import TopicMissingError
 from streams.kafka.undecodable import UNDECODABLE, reread_around_undecodable
 from streams.records import Partition, SourceRecord
-from streams.replay_plan import ReplayPlan
 
 log = logging.getLogger(__name__)
 

@@ -118,7 +118,7 @@ class KafkaSink:
         return count
 
     async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
-        """``streams.pipeline.Sink.send``: a Kafka error worth retrying, now or when awaiting the
+        """``streams.flow.pipeline.Sink.send``: a Kafka error worth retrying, now or when awaiting the
         acknowledgement, is raised as ``DeliveryFailed`` (the engine knows no Kafka client)."""
         try:
             acknowledged = await self._send(records)

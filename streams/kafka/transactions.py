@@ -151,7 +151,7 @@ class PartitionTransactions:
 
 
 class TransactionalSink:
-    """A ``streams.pipeline.Sink`` that sends each output with its input partition's producer, in
+    """A ``streams.flow.pipeline.Sink`` that sends each output with its input partition's producer, in
     its open transaction, to the input's partition number (modulo the topic's count), keyed like
     its input (a re-keyed event: to its new key's partition). A record the broker would refuse for
     good (over its topic's limit, or without a key for a compacted topic) is not sent but reported

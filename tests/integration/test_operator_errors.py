@@ -14,10 +14,10 @@ import torch
 from aiokafka import AIOKafkaConsumer
 
 from app.topics import ensure_topics
-from streams.checkpoint import Checkpoint
+from streams.backfill.checkpoint import Checkpoint
+from streams.backfill.replay_plan import ReplayPlan
 from streams.kafka.replay import start_consumer, stop_consumer
 from streams.records import Partition
-from streams.replay_plan import ReplayPlan
 from tests.integration.kafka_helpers import run_sluice, topics_for, unique, write_config
 from tests.one_line import one_line_exit_2
 

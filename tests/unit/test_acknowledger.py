@@ -6,14 +6,14 @@ import asyncio
 
 import orjson
 
-import streams.acknowledger
-from streams.acknowledger import Acknowledger, InFlight
-from streams.codec import EventSchema, TensorField
+import streams.flow.acknowledger
+from streams.codecs.codec import EventSchema, TensorField
 from streams.errors import DeliveryFailed
+from streams.flow.acknowledger import Acknowledger, InFlight
+from streams.flow.live_stats import LiveStats
+from streams.flow.pipeline import Pipeline, PipelineTopics
 from streams.kafka.group_commits import GroupCommits
-from streams.live_stats import LiveStats
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Pipeline, PipelineTopics
 from streams.records import InputRecord, OutputRecord, Partition
 from tests.fakes import ListSink, RecordingProgress, SumRunner
 
@@ -61,7 +61,7 @@ async def test_batches_are_reported_in_the_order_they_were_sent_whatever_order_t
 
 
 async def test_outputs_the_broker_did_not_acknowledge_are_sent_again_before_the_batch_counts(monkeypatch):
-    monkeypatch.setattr(streams.acknowledger, "FIRST_RETRY_S", 0.001)
+    monkeypatch.setattr(streams.flow.acknowledger, "FIRST_RETRY_S", 0.001)
     sink, progress = ListSink(), RecordingProgress()
     acks = acknowledger(sink, progress)
     running = asyncio.create_task(acks.run())

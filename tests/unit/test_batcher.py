@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.batcher import Batcher, BatchPolicy, Plan
-from streams.cost_model import CostModel
+from streams.flow.batcher import Batcher, BatchPolicy, Plan
+from streams.flow.cost_model import CostModel
 from streams.records import InputRecord
 
 

@@ -7,9 +7,9 @@ import math
 
 from app.build import FETCH_MIN_BYTES, PRODUCER_SETTINGS, build_batcher, build_pipeline, live_fetch_pacing
 from app.config import load_config
-from streams.cost_model import CostModel
+from streams.flow.cost_model import CostModel
+from streams.flow.pipeline import PipelineTopics
 from streams.kafka.fetch_pacing import FetchPacing
-from streams.pipeline import PipelineTopics
 from tests.fakes import ListSink, SumRunner
 from tests.unit.test_config import GOOD, write
 

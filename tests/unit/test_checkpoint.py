@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from streams.checkpoint import MAX_CHECKPOINT_BYTES, Checkpoint, checkpoint_path
+from streams.backfill.checkpoint import MAX_CHECKPOINT_BYTES, Checkpoint, checkpoint_path
+from streams.backfill.replay_plan import ReplayPlan
 from streams.errors import CheckpointError
 from streams.records import Partition
-from streams.replay_plan import ReplayPlan
 
 
 @pytest.mark.parametrize("run_id", ["fraud-20261128-151421-491b4e", "a", "v1.2_b-3", "x" * 100])

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from app.cli import invoked_command, take_config_option, with_fast_loop
-from streams.checkpoint import Checkpoint
+from streams.backfill.checkpoint import Checkpoint
+from streams.backfill.replay_plan import ReplayPlan
 from streams.records import Partition
-from streams.replay_plan import ReplayPlan
 from tests.one_line import one_line_exit_2
 
 

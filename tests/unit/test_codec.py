@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams import codec
-from streams.careful_decode import decode_one
-from streams.codec import EventSchema, TensorField, decode, encode_predictions, position_key
+from streams.codecs import codec
+from streams.codecs.careful_decode import decode_one
+from streams.codecs.codec import EventSchema, TensorField, decode, encode_predictions, position_key
 from streams.records import InputRecord
 
 SCHEMA = EventSchema(
@@ -272,7 +272,7 @@ def test_a_batch_bigger_than_the_decode_bound_is_decoded_in_slices_with_the_same
         assert np.array_equal(a, b)
 
 
-# The fast path (streams.fast_decode, msgspec) against the careful path (decode_one, orjson),
+# The fast path (streams.codecs.fast_decode, msgspec) against the careful path (decode_one, orjson),
 # the reference: the fast path may only vouch for an event the careful path scores, with the
 # same id (type and value) and the same tensors bit for bit. Anything else it hands back.
 

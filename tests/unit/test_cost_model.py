@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.cost_model import CostModel, bucket_of
+from streams.flow.cost_model import CostModel, bucket_of
 
 # A small transformer measured on this kind of machine: batch 128 is slower per event than 32.
 TRANSFORMER = {32: 0.0024, 128: 0.013, 512: 0.027}

@@ -6,7 +6,7 @@ import hashlib
 import orjson
 import pytest
 
-from streams.dead_letters import dead_letter, record_key, replacement_for_refused
+from streams.codecs.dead_letters import dead_letter, record_key, replacement_for_refused
 from streams.records import InputRecord, OutputRecord
 
 LIMIT = 64 * 1024

@@ -7,13 +7,13 @@ import asyncio
 import orjson
 import pytest
 
-import streams.acknowledger
-from streams.batcher import Batcher, BatchPolicy
-from streams.codec import EventSchema, TensorField
-from streams.cost_model import CostModel
-from streams.driver import Driver
+import streams.flow.acknowledger
+from streams.codecs.codec import EventSchema, TensorField
 from streams.errors import ModelUnavailableError
-from streams.pipeline import Pipeline, PipelineTopics
+from streams.flow.batcher import Batcher, BatchPolicy
+from streams.flow.cost_model import CostModel
+from streams.flow.driver import Driver
+from streams.flow.pipeline import Pipeline, PipelineTopics
 from streams.records import InputRecord, Partition
 from tests.fakes import GatedRunner, ListSink, ListSource, RecordingProgress, SumRunner, until
 
@@ -128,7 +128,7 @@ async def test_the_next_batch_is_decoded_while_the_model_scores_this_one():
 
 
 async def test_a_model_that_is_down_is_retried_and_nothing_is_committed_past_it(monkeypatch):
-    monkeypatch.setattr(streams.acknowledger, "FIRST_RETRY_S", 0.001)
+    monkeypatch.setattr(streams.flow.acknowledger, "FIRST_RETRY_S", 0.001)
 
     class FlakyRunner(SumRunner):
         failures = 3

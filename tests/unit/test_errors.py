@@ -28,7 +28,7 @@ from streams.errors import (
     TopicMissingError,
     exit_on_operator_error,
 )
-from streams.isolation import IsolatingScorer
+from streams.flow.isolation import IsolatingScorer
 from tests.fakes import SumRunner
 
 ROOT = Path(__file__).resolve().parents[2]

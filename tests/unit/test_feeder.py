@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.batcher import Batcher, BatchPolicy
-from streams.cost_model import CostModel
-from streams.feeder import Feeder
+from streams.flow.batcher import Batcher, BatchPolicy
+from streams.flow.cost_model import CostModel
+from streams.flow.feeder import Feeder
 from streams.metrics import PipelineMetrics
 from streams.records import InputRecord
 from tests.fakes import ListSource, until

@@ -11,10 +11,10 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from streams.codec import EventSchema, TensorField
+from streams.backfill.file_sink import FileSink, FileState, check_resume, check_target
+from streams.codecs.codec import EventSchema, TensorField
 from streams.errors import FileSinkError
-from streams.file_sink import FileSink, FileState, check_resume, check_target
-from streams.pipeline import Pipeline
+from streams.flow.pipeline import Pipeline
 from streams.records import InputRecord, OutputRecord
 from tests.fakes import SumRunner
 
@@ -289,7 +289,7 @@ def test_targets_in_the_way_are_refused_before_anything_is_opened(tmp_path):
 
 
 def test_backfill_outputs_can_be_keyed_by_source_position():
-    from streams.codec import decode, encode_predictions
+    from streams.codecs.codec import decode, encode_predictions
 
     records = batch()[:2]
     out = encode_predictions(

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from streams.errors import ModelUnavailableError
-from streams.isolation import IsolatingScorer
+from streams.flow.isolation import IsolatingScorer
 from tests.fakes import SumRunner
 from tests.unit.test_pipeline import make_pipeline, rec
 

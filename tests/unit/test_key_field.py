@@ -1,4 +1,4 @@
-"""Reading keys from an event field (streams.key_field): the msgspec path agrees with orjson's
+"""Reading keys from an event field (streams.codecs.key_field): the msgspec path agrees with orjson's
 reference on every value, the hostile ones included, and a key's bytes are as documented."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.codec import Reject
-from streams.key_field import KeyField
+from streams.codecs.codec import Reject
+from streams.codecs.key_field import KeyField
 from streams.records import InputRecord
 
 FIELD = KeyField("account", max_payload_bytes=10_000)

@@ -7,9 +7,9 @@ import orjson
 import pytest
 
 from models.protocol import Runner
-from streams.codec import EventSchema, TensorField
+from streams.codecs.codec import EventSchema, TensorField
 from streams.errors import OutputRefused
-from streams.pipeline import Pipeline, PipelineTopics
+from streams.flow.pipeline import Pipeline, PipelineTopics
 from streams.records import HeaderPolicy, InputRecord, OutputRecord
 from tests.fakes import ListSink, SumRunner
 

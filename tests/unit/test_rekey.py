@@ -10,9 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.errors import OutputRefused
-from streams.features.inputs import MAX_KEY_BYTES
 from streams.kafka.rekey import SOURCE_HEADER, Rekeying, key_hash
-from streams.records import InputRecord, UndecodableRecord
+from streams.records import MAX_KEY_BYTES, InputRecord, UndecodableRecord
 from tests.fakes import ListSink
 
 PARTITIONS = 6

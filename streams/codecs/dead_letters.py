@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streams.codec import Reject
+from streams.codecs.codec import Reject
 from streams.records import OutputRecord, SourceRecord
 
 # Enough to read and replay almost any real event, and 16 of them fit a default 1 MiB record.

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.backfill.replay_plan import ReplayPlan
 from streams.errors import CheckpointError
 from streams.records import Partition
-from streams.replay_plan import ReplayPlan
 
 RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024

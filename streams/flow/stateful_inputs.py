@@ -15,13 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.codec import Decoded, Reject, TensorField
+from streams.codecs.codec import Decoded, Reject, TensorField
 from streams.features.step import FeatureStep
-from streams.records import SourceRecord
-
-# The longest record key a key's state is kept under: a key is stored in memory and in every
-# changelog record of its state, which must fit the changelog topic's limit.
-MAX_KEY_BYTES = 1024
+from streams.records import MAX_KEY_BYTES, SourceRecord
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
-"""JSON events in, tensors out; predictions in, JSON records out (``streams.encode``, whose
+"""JSON events in, tensors out; predictions in, JSON records out (``streams.codecs.encode``, whose
 functions are imported from here too). Whole batches at a time.
 
-Decoding has a fast path and a careful path. The fast path (``streams.fast_decode``) reads
+Decoding has a fast path and a careful path. The fast path (``streams.codecs.fast_decode``) reads
 each value with a msgspec decoder generated from the schema, which builds only the id and
 the input fields (every other field is skipped) and flattens the numbers into one array
 per input. It vouches only for events the careful path would score, with the same id and
 tensors bit for bit; every other event of the batch (not JSON, a missing field, a ragged
 feature vector, anything where msgspec and orjson could disagree) is handed to the careful
-path (``streams.careful_decode``), which checks it alone with orjson and names what is
+path (``streams.codecs.careful_decode``), which checks it alone with orjson and names what is
 wrong with it. So the valid records of a batch are still scored, each bad one gets its own
 reason, and the careful path is the reference for both.
 
@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from streams.careful_decode import decode_each
-from streams.encode import encode_predictions, position_key
-from streams.fast_decode import FastDecoder
+from streams.codecs.careful_decode import decode_each
+from streams.codecs.encode import encode_predictions, position_key
+from streams.codecs.fast_decode import FastDecoder
 from streams.records import SourceRecord, UndecodableRecord
 
 if TYPE_CHECKING:

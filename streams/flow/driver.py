@@ -23,14 +23,14 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from models.protocol import Runner
-from streams.acknowledger import Acknowledger
-from streams.batcher import IN_FLIGHT_BATCHES, QUEUED_BATCHES, Batcher
-from streams.cost_model import CostModel
-from streams.dispatcher import Dispatcher, LateEvents, ModelDown
-from streams.feeder import Feeder
-from streams.live_stats import LiveStats
+from streams.flow.acknowledger import Acknowledger
+from streams.flow.batcher import IN_FLIGHT_BATCHES, QUEUED_BATCHES, Batcher
+from streams.flow.cost_model import CostModel
+from streams.flow.dispatcher import Dispatcher, LateEvents, ModelDown
+from streams.flow.feeder import Feeder
+from streams.flow.live_stats import LiveStats
+from streams.flow.pipeline import Pipeline, Stage, wall_clock_ms
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Pipeline, Stage, wall_clock_ms
 from streams.records import Partition
 from streams.source import Progress, Source
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 
-from streams.batcher import Batcher
+from streams.flow.batcher import Batcher
 from streams.metrics import PipelineMetrics
 from streams.records import SourceRecord
 from streams.source import Source

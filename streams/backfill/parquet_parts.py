@@ -1,6 +1,6 @@
 """The Parquet half of the file sink: a folder of part files, each closed (footer written,
 synced, renamed from its hidden in-progress name) at a checkpoint, so a crash leaves only
-parts a reader can read. See ``streams.file_sink``."""
+parts a reader can read. See ``streams.backfill.file_sink``."""
 
 from __future__ import annotations
 

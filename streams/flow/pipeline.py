@@ -19,11 +19,11 @@ from typing import Protocol
 import numpy as np
 
 from models.protocol import Runner
-from streams.codec import Decoded, EventSchema, Reject, decode, encode_predictions
-from streams.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters
-from streams.delivery import Delivery, Sink
-from streams.features.inputs import StatefulInputs
-from streams.isolation import Failure, IsolatingScorer, non_finite_rows, without_failed_rows
+from streams.codecs.codec import Decoded, EventSchema, Reject, decode, encode_predictions
+from streams.codecs.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters
+from streams.flow.delivery import Delivery, Sink
+from streams.flow.isolation import Failure, IsolatingScorer, non_finite_rows, without_failed_rows
+from streams.flow.stateful_inputs import StatefulInputs
 from streams.records import HeaderPolicy, OutputRecord, SourceRecord, header_picker
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class Pipeline:
         return await self.deliver(scored.outputs)
 
     async def deliver(self, outputs: Sequence[OutputRecord]) -> Awaitable[None]:
-        """``streams.delivery.Delivery.deliver``: acknowledged, or replaced by dead letters."""
+        """``streams.flow.delivery.Delivery.deliver``: acknowledged, or replaced by dead letters."""
         return await self.delivery.deliver(outputs)
 
     @property

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.protocol import Runner
-from streams.codec import Decoded, Reject
+from streams.codecs.codec import Decoded, Reject
 from streams.errors import ModelError, ModelUnavailableError
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.cost_model import CostModel, reference_sizes
+from streams.flow.cost_model import CostModel, reference_sizes
 from streams.records import SourceRecord
 
 INF = math.inf

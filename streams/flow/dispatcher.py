@@ -24,13 +24,13 @@ from typing import Literal
 
 import numpy as np
 
-from streams.acknowledger import Acknowledger, InFlight, retry_delays
-from streams.batcher import Batch, Batcher, Plan
-from streams.codec import Decoded
+from streams.codecs.codec import Decoded
 from streams.errors import DeliveryFailed, ModelError
-from streams.feeder import Feeder
+from streams.flow.acknowledger import Acknowledger, InFlight, retry_delays
+from streams.flow.batcher import Batch, Batcher, Plan
+from streams.flow.feeder import Feeder
+from streams.flow.pipeline import Scored, Stage
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Scored, Stage
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The same ``Driver``, ``Pipeline`` (decode, runner, encode, dead letters) and ``Batcher``
 (with no latency budget: the batch sizes with the most events per second) as the live
 worker; only the source (a bounded replay, ``streams.kafka.replay.ReplaySource``) and the progress differ: a
-checkpoint (``streams.checkpoint``) saved after outputs are acknowledged, so a resumed run
+checkpoint (``streams.backfill.checkpoint``) saved after outputs are acknowledged, so a resumed run
 continues with no gap.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streams.batcher import Batcher
-from streams.checkpoint import Checkpoint
-from streams.driver import Driver
-from streams.pipeline import Pipeline
+from streams.backfill.checkpoint import Checkpoint
+from streams.flow.batcher import Batcher
+from streams.flow.driver import Driver
+from streams.flow.pipeline import Pipeline
 from streams.records import SourceRecord
 from streams.source import Source, next_offsets
 

@@ -32,9 +32,9 @@ from typing import IO, Any
 
 import orjson
 
+from streams.backfill.parquet_parts import ParquetParts
 from streams.errors import FileSinkError
-from streams.parquet_parts import ParquetParts
-from streams.pipeline import PipelineTopics
+from streams.flow.pipeline import PipelineTopics
 from streams.records import OutputRecord
 
 SUFFIXES = (".jsonl", ".parquet")

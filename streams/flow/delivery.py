@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from streams.dead_letters import replacement_for_refused
+from streams.codecs.dead_letters import replacement_for_refused
 from streams.errors import OutputRefused
 from streams.records import OutputRecord
 
@@ -57,7 +57,7 @@ class Delivery:
         self.lost_outputs = 0
 
     def minimal_dead_letter(self, refused: OutputRecord, reason: str, now_ms: int) -> OutputRecord:
-        """``streams.dead_letters.replacement_for_refused``: for outputs that name their source."""
+        """``streams.codecs.dead_letters.replacement_for_refused``: for outputs that name their source."""
         return replacement_for_refused(
             refused,
             reason,

@@ -5,7 +5,7 @@ key (not a JSON object, the field missing or null, not a string or an integer, o
 ``MAX_KEY_BYTES``). ``KeyField.keys`` reads a batch with msgspec instead, which decodes the key
 field alone and skips the rest of the event (a third of orjson's time on a demo event), but
 only for values where msgspec's verdict on the skipped fields is orjson's
-(``streams.fast_decode.plain_positions``: valid UTF-8, no number beyond a double's range, no
+(``streams.codecs.fast_decode.plain_positions``: valid UTF-8, no number beyond a double's range, no
 nesting orjson refuses); every other value, and every value msgspec refuses, goes to
 ``key_of``. So the fast path only ever agrees with the reference.
 
@@ -21,10 +21,9 @@ from typing import Any
 import msgspec
 import orjson
 
-from streams.codec import Reject
-from streams.fast_decode import MSGSPEC_REFUSED, ORJSON_INT_MAX, ORJSON_INT_MIN, plain_positions
-from streams.features.inputs import MAX_KEY_BYTES
-from streams.records import SourceRecord, UndecodableRecord
+from streams.codecs.codec import Reject
+from streams.codecs.fast_decode import MSGSPEC_REFUSED, ORJSON_INT_MAX, ORJSON_INT_MIN, plain_positions
+from streams.records import MAX_KEY_BYTES, SourceRecord, UndecodableRecord
 
 
 class KeyField:

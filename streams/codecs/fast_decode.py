@@ -9,7 +9,7 @@ are decoded as one flat list. Each input becomes one float64 array with ``np.fro
 (several times faster than ``np.array`` over nested lists), then float32, as the careful
 path does.
 
-The careful path (``streams.careful_decode.decode_one``, orjson) stays the reference: this one only
+The careful path (``streams.codecs.careful_decode.decode_one``, orjson) stays the reference: this one only
 vouches for events that path would score, with bitwise the same id and tensors, and hands
 every other event back to it, so each dead letter keeps its kind and reason. Where the two
 parsers differ, the fast path gives way:

@@ -11,7 +11,7 @@ import orjson
 from streams.records import OutputRecord, SourceRecord
 
 if TYPE_CHECKING:
-    from streams.codec import Decoded
+    from streams.codecs.codec import Decoded
 
 
 def position_key(record: SourceRecord) -> bytes:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from streams.errors import DeliveryFailed
-from streams.live_stats import LiveStats
+from streams.flow.live_stats import LiveStats
+from streams.flow.pipeline import Stage
 from streams.metrics import PipelineMetrics
-from streams.pipeline import Stage
 from streams.records import OutputRecord, SourceRecord
 from streams.source import Progress
 

@@ -1,9 +1,9 @@
 """The careful path of decoding, the reference: one event at a time, with orjson and numpy,
 saying exactly what is wrong with an event that cannot be scored.
 
-The rule (see ``streams.codec``): a feature is a JSON number, or ``true``/``false`` read as
+The rule (see ``streams.codecs.codec``): a feature is a JSON number, or ``true``/``false`` read as
 1/0, converted as a double and then to float32; strings (even numeric ones), nulls and
-objects are ``WrongType``. The fast path (``streams.fast_decode``) vouches only for events
+objects are ``WrongType``. The fast path (``streams.codecs.fast_decode``) vouches only for events
 this path would score, with the same id and tensors bit for bit.
 """
 
@@ -18,7 +18,7 @@ import orjson
 from streams.records import SourceRecord, UndecodableRecord
 
 if TYPE_CHECKING:
-    from streams.codec import EventSchema
+    from streams.codecs.codec import EventSchema
 
 
 class _BadEvent(Exception):
