@@ -130,23 +130,8 @@ def _gc_paused() -> Iterator[None]:
 MAX_DECODE_BYTES = 8 << 20
 
 
-def decode(records: Sequence[SourceRecord], schema: EventSchema, exclude: Sequence[Reject] = ()) -> Decoded:
-    """Turn a batch of records into input tensors, setting aside the ones that can't be scored.
-
-    ``exclude`` rejects records for a reason decided elsewhere (a missed deadline, say):
-    they are not decoded, and their rejects join the others in batch order.
-    """
-    if exclude:
-        gone = {r.index for r in exclude}
-        kept = [i for i in range(len(records)) if i not in gone]
-        inner = decode([records[i] for i in kept], schema)
-        rejects = [Reject(kept[r.index], r.error, r.message) for r in inner.rejects] + list(exclude)
-        return Decoded(
-            rows=np.asarray(kept, dtype=np.int64)[inner.rows],
-            ids=inner.ids,
-            inputs=inner.inputs,
-            rejects=sorted(rejects, key=lambda r: r.index),
-        )
+def decode(records: Sequence[SourceRecord], schema: EventSchema) -> Decoded:
+    """Turn a batch of records into input tensors, setting aside the ones that can't be scored."""
     slices = _byte_bounded_slices(records)
     if len(slices) > 1:
         return _concatenate([(start, decode(records[start:stop], schema)) for start, stop in slices], schema)

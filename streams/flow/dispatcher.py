@@ -1,5 +1,5 @@
 """Dispatch: whenever the model is free, ask the batcher what to take, score it, and hand the
-outputs to the sink without waiting for their acknowledgement (the ``Acknowledger`` does).
+outputs to ``Delivery`` without waiting for their acknowledgement (the ``Acknowledger`` does).
 
 Two stages overlap: while one batch is scored (the model runs in its own thread), the event
 loop decodes the next one, if a full batch is already queued. With less queued, the next
@@ -18,18 +18,19 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from streams.codecs.codec import Decoded
-from streams.errors import DeliveryFailed, ModelError
-from streams.flow.acknowledger import Acknowledger, InFlight, retry_delays
+from streams.errors import ModelError
+from streams.flow.acknowledger import Acknowledger, InFlight
+from streams.flow.backoff import retry_delays
 from streams.flow.batcher import Batch, Batcher, Plan
 from streams.flow.feeder import Feeder
-from streams.flow.pipeline import Scored, Stage
+from streams.flow.pipeline import Stage, expire
 from streams.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class _Prepared:
     batch: Batch
     decoded: Decoded
     decode_seconds: float
-    # Events past their deadline, to dead-letter (after their keys' state counts them).
+    # Batch indices of events past their deadline when taken, to dead-letter (``late_events``).
     expired: list[int]
 
 
@@ -124,7 +125,7 @@ class Dispatcher:
     def _take_as_planned(self) -> Plan:
         """Ask the batcher; take and decode what it says to take now (nothing, if it says wait)."""
         now = self.clock_ms()
-        plan = self.batcher.plan(now, self.backlog(), overhead_ms=self.acknowledger.ack_ms)
+        plan = self.batcher.plan(now, self.backlog(), overhead_ms=self.pipeline.delivery.ack_ms)
         if plan.take:
             self._prepare(plan, now)
         return plan
@@ -136,14 +137,15 @@ class Dispatcher:
         expired: list[int] = []
         if self.late_events == "dead_letter" and batch.late:
             expired = np.flatnonzero(batch.deadlines_ms < now).tolist()
-        decoded = self.pipeline.decode(batch.records, expired)
+        decoded = self.pipeline.decode(batch.records)
         self._prepared.append(_Prepared(batch, decoded, time.perf_counter() - started, expired))
 
     async def _score_one(self) -> None:
         job = self._prepared.popleft()
         started = time.perf_counter()
         # Per-key features need the state of every batch before this one: computed here, in order.
-        decoded = self.pipeline.featurize(job.batch.records, job.decoded, job.expired)
+        # Then late events leave the flow, counted in their keys' state: they happened all the same.
+        decoded = expire(self.pipeline.featurize(job.batch.records, job.decoded), job.expired)
         scoring = asyncio.ensure_future(self.pipeline.finish(job.batch.records, decoded))
         # One turn of the loop hands the batch to the model's thread; only then does decoding
         # the next batch here overlap with inference instead of delaying it.
@@ -158,7 +160,7 @@ class Dispatcher:
             self._prepared.appendleft(job)  # the model is down, not the events at fault: retry the batch
             self._model_down(exc, job.batch)
             return
-        acknowledged = await self._emit(scored)
+        shipment = await self.pipeline.delivery.send(scored.outputs)
         self.batcher.observe(len(job.batch), job.decode_seconds + time.perf_counter() - started)
         self.metrics.scored_batch(len(job.batch), scored.outcome.infer_seconds, scored.outcome.errors)
         if self.model_error is not None:
@@ -166,19 +168,11 @@ class Dispatcher:
         await self.acknowledger.put(
             InFlight(
                 records=job.batch.records,
-                outputs=scored.outputs,
-                acknowledged=acknowledged,
+                shipment=shipment,
                 scored=scored.outcome.scored,
                 dead_lettered=scored.outcome.dead_lettered,
             )
         )
-
-    async def _emit(self, scored: Scored) -> Awaitable[None]:
-        try:
-            return await self.pipeline.emit(scored)
-        except DeliveryFailed as exc:
-            # The broker is unreachable: the acknowledger re-sends these outputs until it is back.
-            return _raise(exc)
 
     # The model is down: consuming stops meanwhile (the queue fills, the feeder pauses) and
     # nothing is committed past the batch. Between attempts the lock is free, so a rebalance
@@ -222,7 +216,3 @@ class Dispatcher:
             time.monotonic() - self._down_since,
             self._attempt,
         )
-
-
-async def _raise(exc: BaseException) -> None:
-    raise exc

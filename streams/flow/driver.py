@@ -69,7 +69,7 @@ class Driver(Generic[StageT]):
             metrics=self.metrics,
         )
         self.acknowledger = Acknowledger(
-            pipeline,
+            pipeline.delivery,
             progress,
             max_in_flight=IN_FLIGHT_BATCHES,
             latency_budget_ms=batcher.policy.latency_budget_ms,
@@ -200,4 +200,4 @@ class Driver(Generic[StageT]):
         return self.pipeline
 
     def lost_outputs(self) -> int:
-        return self.pipeline.lost_outputs
+        return self.pipeline.delivery.lost_outputs

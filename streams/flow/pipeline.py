@@ -1,18 +1,21 @@
 """The one code path: decode -> infer -> encode -> emit, for the live worker and the backfill alike.
 
 The pipeline knows nothing of Kafka consumers or Faust. ``score`` turns a batch of
-records into output records (predictions and dead letters); ``emit`` hands them to the
-sink and returns what to await for their acknowledgement. Whoever feeds the pipeline
-commits a batch's offsets only after that acknowledgement, which is what makes delivery
-at-least-once; splitting the two lets the next batch be scored while this one's outputs
-are still in flight.
+records into output records (predictions and dead letters); its ``delivery`` sends them and
+settles their acknowledgement. Whoever feeds the pipeline commits a batch's offsets only
+after that, which is what makes delivery at-least-once; splitting the two lets the next batch
+be scored while this one's outputs are still in flight.
+
+An event past its latency budget, where the configuration dead-letters those, leaves the flow
+in one place, ``expire``: after its key's state counted it (it happened all the same) and
+before the model.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,19 +57,29 @@ class Stage(Protocol):
     in batch order, ``finish`` may run beside the next batch's ``decode``."""
 
     name: str
+    # Where the stage's outputs go: the driver hands them over and settles them through it.
+    delivery: Delivery
 
-    @property
-    def lost_outputs(self) -> int: ...
+    def decode(self, records: Sequence[SourceRecord]) -> Decoded: ...
 
-    def decode(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Decoded: ...
-
-    def featurize(self, records: Sequence[SourceRecord], decoded: Decoded, expired: Sequence[int] = ()) -> Decoded: ...
+    def featurize(self, records: Sequence[SourceRecord], decoded: Decoded) -> Decoded: ...
 
     async def finish(self, records: Sequence[SourceRecord], decoded: Decoded) -> Scored: ...
 
-    async def emit(self, scored: Scored) -> Awaitable[None]: ...
 
-    async def deliver(self, outputs: Sequence[OutputRecord]) -> Awaitable[None]: ...
+EXPIRED = "the event missed its latency budget before it was scored"
+
+
+def expire(decoded: Decoded, expired: Sequence[int]) -> Decoded:
+    """``decoded`` without the events at batch indices ``expired``, each dead-lettered as
+    ``Expired``: where a late event leaves the flow, once its key's state has counted it."""
+    if not len(expired) or not len(decoded):
+        return decoded
+    late = np.isin(decoded.rows, np.asarray(expired))
+    if not late.any():
+        return decoded
+    rejects = [Reject(int(row), "Expired", EXPIRED) for row in decoded.rows[late].tolist()]
+    return decoded.narrowed(~late, rejects)
 
 
 @dataclass(frozen=True)
@@ -114,32 +127,21 @@ class Pipeline:
         self.runner = runner
         self.scorer = IsolatingScorer(runner)
 
-    def decode(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Decoded:
-        """The model's inputs for the valid records, and a reason for each of the others.
+    def decode(self, records: Sequence[SourceRecord]) -> Decoded:
+        """The model's inputs for the valid records, and a reason for each of the others."""
+        return decode(records, self.schema)
 
-        ``expired`` are indices of records that missed their deadline and, by configuration,
-        go to the dead-letter topic instead of the model (in a stateful pipeline, only once
-        ``featurize`` has counted them in their keys' state: they happened all the same).
-        """
-        if self.stateful is not None:
-            expired = ()
-        return decode(
-            records,
-            self.schema,
-            exclude=[Reject(i, "Expired", "the event missed its latency budget before it was scored") for i in expired],
-        )
-
-    def featurize(self, records: Sequence[SourceRecord], decoded: Decoded, expired: Sequence[int] = ()) -> Decoded:
+    def featurize(self, records: Sequence[SourceRecord], decoded: Decoded) -> Decoded:
         """The model's inputs with the per-key features of a stateful pipeline (``decoded`` as it is
         otherwise). ``finish`` writes the keys' new state once the batch is scored: featurize the
         next batch only after that (a batch the model could not score leaves the state as it was)."""
         if self.stateful is None:
             return decoded
-        return self.stateful.apply(records, decoded, expired)
+        return self.stateful.apply(records, decoded)
 
     async def score(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Scored:
-        """Predictions for the valid records, dead letters for the rest."""
-        return await self.finish(records, self.featurize(records, self.decode(records, expired), expired))
+        """Predictions for the valid records, dead letters for the rest (and for ``expired``)."""
+        return await self.finish(records, expire(self.featurize(records, self.decode(records)), expired))
 
     async def finish(self, records: Sequence[SourceRecord], decoded: Decoded) -> Scored:
         """Run the model on decoded inputs and encode the outputs.
@@ -220,20 +222,8 @@ class Pipeline:
         )
         return Scored(outputs, outcome)
 
-    async def emit(self, scored: Scored) -> Awaitable[None]:
-        """Send a scored batch's outputs; await the result for their acknowledgement."""
-        return await self.deliver(scored.outputs)
-
-    async def deliver(self, outputs: Sequence[OutputRecord]) -> Awaitable[None]:
-        """``streams.flow.delivery.Delivery.deliver``: acknowledged, or replaced by dead letters."""
-        return await self.delivery.deliver(outputs)
-
-    @property
-    def lost_outputs(self) -> int:
-        return self.delivery.lost_outputs
-
     async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
-        """Score one batch, emit it, and wait until every output is acknowledged."""
+        """Score one batch, send it, and wait until every output is settled."""
         scored = await self.score(records)
-        await (await self.emit(scored))
+        await self.delivery.deliver(scored.outputs)
         return scored.outcome

@@ -44,10 +44,9 @@ class StatefulInputs:
         self._state_columns = [index[name] for name in step.spec.fields]
         self._sources = [(i.from_state, i.name if i.from_state else index[i.name]) for i in inputs]
 
-    def apply(self, records: Sequence[SourceRecord], decoded: Decoded, expired: Sequence[int] = ()) -> Decoded:
+    def apply(self, records: Sequence[SourceRecord], decoded: Decoded) -> Decoded:
         """The model's inputs for ``decoded``'s events, with their keys' new state (``state_update``,
-        written by ``commit`` once the batch is scored); events in ``expired`` (batch indices) count
-        in their keys' state, then go to the dead letters."""
+        written by ``commit`` once the batch is scored)."""
         keyless = [i for i, row in enumerate(decoded.rows.tolist()) if records[row].key is None]
         if keyless:
             decoded = _without(decoded, keyless, "MissingKey", "the record has no key, which per-key features need")
@@ -67,7 +66,7 @@ class StatefulInputs:
             values,
             np.fromiter((r.offset for r in events), dtype=np.int64, count=n),
         )
-        result = Decoded(
+        return Decoded(
             rows=decoded.rows,
             ids=decoded.ids,
             inputs=[features[key] if from_state else decoded.inputs[key] for from_state, key in self._sources],  # type: ignore[index]
@@ -76,12 +75,6 @@ class StatefulInputs:
             state_update=update,
             state_rows=np.arange(n),
         )
-        if expired:
-            late = set(expired)
-            gone = [i for i, row in enumerate(rows) if row in late]
-            if gone:
-                result = _without(result, gone, "Expired", "the event missed its latency budget before it was scored")
-        return result
 
     def commit(self, decoded: Decoded) -> None:
         """Write the keys' new state of a scored batch."""

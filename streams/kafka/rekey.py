@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from aiokafka.partitioner import murmur2
@@ -86,17 +86,12 @@ class Rekeying:
             replacement=self._replacement,
         )
 
-    @property
-    def lost_outputs(self) -> int:
-        return self.delivery.lost_outputs
-
     def key_of(self, record: SourceRecord) -> bytes | Reject:
         """``streams.codecs.key_field.KeyField.key_of``: the reference for an event's key."""
         return self.key_field.key_of(record)
 
-    def decode(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Decoded:
-        """Each event's key (``ids``, row for row), and a reason for each event without one.
-        ``expired`` is ignored: a late event is routed all the same (the pipeline may dead-letter it)."""
+    def decode(self, records: Sequence[SourceRecord]) -> Decoded:
+        """Each event's key (``ids``, row for row), and a reason for each event without one."""
         now = self.clock_ms()
         rejects = [
             Reject(i, "TimestampOutOfRange", why)
@@ -128,7 +123,7 @@ class Rekeying:
             )
         return None
 
-    def featurize(self, records: Sequence[SourceRecord], decoded: Decoded, expired: Sequence[int] = ()) -> Decoded:
+    def featurize(self, records: Sequence[SourceRecord], decoded: Decoded) -> Decoded:
         return decoded
 
     async def finish(self, records: Sequence[SourceRecord], decoded: Decoded) -> Scored:
@@ -194,9 +189,3 @@ class Rekeying:
             now_ms=now_ms,
             max_copy_bytes=self.dead_letter_copy_bytes,
         )
-
-    async def emit(self, scored: Scored) -> Awaitable[None]:
-        return await self.delivery.deliver(scored.outputs)
-
-    async def deliver(self, outputs: Sequence[OutputRecord]) -> Awaitable[None]:
-        return await self.delivery.deliver(outputs)

@@ -6,10 +6,9 @@ import asyncio
 
 import orjson
 
-import streams.flow.acknowledger
 from streams.codecs.codec import EventSchema, TensorField
-from streams.errors import DeliveryFailed
 from streams.flow.acknowledger import Acknowledger, InFlight
+from streams.flow.delivery import Shipment
 from streams.flow.live_stats import LiveStats
 from streams.flow.pipeline import Pipeline, PipelineTopics
 from streams.kafka.group_commits import GroupCommits
@@ -27,7 +26,7 @@ def acknowledger(sink: ListSink, progress: RecordingProgress) -> Acknowledger:
         topics=PipelineTopics(output="out", dead_letter="dlq"),
     )
     return Acknowledger(
-        pipeline,
+        pipeline.delivery,
         progress,
         max_in_flight=4,
         latency_budget_ms=50,
@@ -40,7 +39,7 @@ def acknowledger(sink: ListSink, progress: RecordingProgress) -> Acknowledger:
 def in_flight(offset: int, acknowledged: asyncio.Future[None]) -> InFlight:
     record = InputRecord("in", 0, offset, 990, None, b"{}")
     output = OutputRecord("out", None, orjson.dumps({"offset": offset}), 0)
-    return InFlight([record], [output], acknowledged, scored=1, dead_lettered=0)
+    return InFlight([record], Shipment([output], acknowledged, None, 0.0), scored=1, dead_lettered=0)
 
 
 async def test_batches_are_reported_in_the_order_they_were_sent_whatever_order_they_are_acknowledged_in():
@@ -57,20 +56,6 @@ async def test_batches_are_reported_in_the_order_they_were_sent_whatever_order_t
     await asyncio.wait_for(acks.drain(), 5)
     assert progress.acknowledged_offsets == [("in", 0, 0), ("in", 0, 1)]
     assert acks.metrics.predictions == 2
-    running.cancel()
-
-
-async def test_outputs_the_broker_did_not_acknowledge_are_sent_again_before_the_batch_counts(monkeypatch):
-    monkeypatch.setattr(streams.flow.acknowledger, "FIRST_RETRY_S", 0.001)
-    sink, progress = ListSink(), RecordingProgress()
-    acks = acknowledger(sink, progress)
-    running = asyncio.create_task(acks.run())
-    failed = asyncio.get_running_loop().create_future()
-    failed.set_exception(DeliveryFailed("KafkaConnectionError: broker away"))
-    await acks.put(in_flight(7, failed))
-    await asyncio.wait_for(acks.drain(), 5)
-    assert [orjson.loads(r.value) for r in sink.records] == [{"offset": 7}], "re-sent once"
-    assert progress.acknowledged_offsets == [("in", 0, 7)]
     running.cancel()
 
 

@@ -7,7 +7,7 @@ import asyncio
 import orjson
 import pytest
 
-import streams.flow.acknowledger
+import streams.flow.backoff
 from streams.codecs.codec import EventSchema, TensorField
 from streams.errors import ModelUnavailableError
 from streams.flow.batcher import Batcher, BatchPolicy
@@ -114,7 +114,7 @@ async def test_the_next_batch_is_decoded_while_the_model_scores_this_one():
     runner = WatchedRunner()
     driver, _, progress, _ = make_driver(events(64), live=False, runner=runner, max_batch_size=16)
     decode = driver.pipeline.decode
-    driver.pipeline.decode = lambda records, expired=(): decoded.append(len(records)) or decode(records, expired)  # type: ignore[method-assign]
+    driver.pipeline.decode = lambda records: decoded.append(len(records)) or decode(records)  # type: ignore[method-assign]
     running = asyncio.create_task(driver.run())
     await asyncio.wait_for(runner.entered.wait(), 10)
     assert decodes_when_the_model_got_its_batch == [1], "the model got its batch before the next one was decoded"
@@ -128,7 +128,7 @@ async def test_the_next_batch_is_decoded_while_the_model_scores_this_one():
 
 
 async def test_a_model_that_is_down_is_retried_and_nothing_is_committed_past_it(monkeypatch):
-    monkeypatch.setattr(streams.flow.acknowledger, "FIRST_RETRY_S", 0.001)
+    monkeypatch.setattr(streams.flow.backoff, "FIRST_RETRY_S", 0.001)
 
     class FlakyRunner(SumRunner):
         failures = 3

@@ -78,7 +78,7 @@ async def test_expired_events_go_to_the_dead_letter_topic_and_the_rest_are_score
     pipeline, runner, sink = make_pipeline()
     batch = [rec(i, orjson.dumps({"id": i, "x": [i, 0]})) for i in range(5)]
     scored = await pipeline.score(batch, expired=[0, 3])
-    await (await pipeline.emit(scored))
+    await pipeline.delivery.deliver(scored.outputs)
     assert runner.batches == [3]
     predictions = [orjson.loads(r.value) for r in sink.records if r.topic == "out"]
     assert [(p["id"], p["prediction"]) for p in predictions] == [(1, 1.0), (2, 2.0), (4, 4.0)]
@@ -111,19 +111,19 @@ async def test_an_output_refused_for_good_becomes_a_minimal_dead_letter_and_the_
     sink = RefusingSink(marker=b'"id":"refuse-me"')
     pipeline.delivery.sink = sink
     batch = [rec(i, orjson.dumps({"id": "refuse-me" if i == 1 else i, "x": [i, 1]})) for i in range(3)]
-    await (await pipeline.emit(await pipeline.score(batch)))
+    await pipeline.delivery.deliver((await pipeline.score(batch)).outputs)
     assert [orjson.loads(r.value)["id"] for r in sink.records if r.topic == "out"] == [0, 2]
     [letter] = [orjson.loads(r.value) for r in sink.records if r.topic == "dlq"]
     assert letter["error"] == "OutputRefused" and letter["source"]["offset"] == 1
-    assert pipeline.lost_outputs == 0
+    assert pipeline.delivery.lost_outputs == 0
 
 
 async def test_an_output_whose_minimal_dead_letter_is_refused_too_is_counted_as_lost_and_the_batch_completes(caplog):
     pipeline, _, _ = make_pipeline()
     pipeline.delivery.sink = RefusingSink(marker=b'"offset":1')  # refuses the prediction and its replacement
     batch = [rec(i, orjson.dumps({"id": i, "x": [i, 1]})) for i in range(3)]
-    await (await pipeline.emit(await pipeline.score(batch)))
-    assert pipeline.lost_outputs == 1
+    await pipeline.delivery.deliver((await pipeline.score(batch)).outputs)
+    assert pipeline.delivery.lost_outputs == 1
     assert "LOST OUTPUT" in caplog.text and '"offset":1' in caplog.text
 
 

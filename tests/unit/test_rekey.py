@@ -86,7 +86,7 @@ async def test_an_event_without_a_usable_key_is_a_dead_letter_at_its_original_po
     rekeying = stage(sink)
     events = [rec(0, b'{"account": "a"}'), rec(1, value), rec(2, b'{"account": "b"}')]
     scored = await rekeying.finish(events, rekeying.decode(events))
-    await (await rekeying.emit(scored))
+    await rekeying.delivery.deliver(scored.outputs)
     assert [r.key for r in sink.records if r.topic == "fraud-repartition"] == [b"a", b"b"]
     [letter] = [orjson.loads(r.value) for r in sink.records if r.topic == "dlq"]
     assert letter["error"] == error and letter["pipeline"] == "fraud"
@@ -143,7 +143,7 @@ async def test_a_rekeyed_event_the_topic_refuses_becomes_a_dead_letter_at_its_or
     rekeying = stage(sink)
     # Its body names another source and error: the dead letter must not take them from it.
     event = rec(7, b'{"account": "a", "source": {"topic": "forged"}, "error": "Forged"}')
-    await (await rekeying.emit(await rekeying.finish([event], rekeying.decode([event]))))
+    await rekeying.delivery.deliver((await rekeying.finish([event], rekeying.decode([event]))).outputs)
     [letter] = [orjson.loads(r.value) for r in sink.records]
     assert letter["error"] == "OutputRefused" and "fraud-repartition refused" in letter["reason"]
     assert (letter["source"]["topic"], letter["source"]["partition"], letter["source"]["offset"]) == ("tx", 2, 7)
