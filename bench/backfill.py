@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from app.build import settle_garbage_collector
-from app.pipeline_toml import write_pipeline_config
+from app.config.pipeline_toml import write_pipeline_config
 from bench.ceilings import drop_topics, fetch_and_decode, model_alone
 from bench.latency import BOOTSTRAP, PARTITIONS, RESULTS, ROOT, create_topics, events, produce
 from models.registry import DEMO_MODELS

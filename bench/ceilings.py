@@ -26,8 +26,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.build import FETCH_BYTES_PER_PARTITION, PRODUCER_SETTINGS, build_stateful_inputs
 from app.config import PipelineConfig, load_config
+from app.config.pipeline_toml import write_pipeline_config
 from app.demo_events import demo_events
-from app.pipeline_toml import write_pipeline_config
 from app.topics import partitions_of
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS

@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.pipeline_toml import write_pipeline_config
+from app.config.pipeline_toml import write_pipeline_config
 from bench.ceilings import drop_topics
 from bench.latency import (
     BOOTSTRAP,

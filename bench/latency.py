@@ -37,8 +37,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from app.config.pipeline_toml import DEMO_STATE, write_pipeline_config
 from app.demo_events import demo_events
-from app.pipeline_toml import DEMO_STATE, write_pipeline_config
 from bench.ceilings import drop_topics, model_alone, read_ceilings, transport_alone
 from models.registry import DEMO_MODELS
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.pipeline_toml import DEMO_STATE
+from app.config.pipeline_toml import DEMO_STATE
 from models.loading import ModelSpec, load_model
 from models.registry import DEMO_MODELS
 

@@ -42,9 +42,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 import bench.exactly_once as exactly_once
 import bench.latency as latency
 from app.build import FETCH_BYTES_PER_PARTITION, build_store
-from app.config_table import Table
+from app.config.state import load_state
+from app.config.table import Table
 from app.kafka_clients import make_consumer
-from app.state_config import load_state
 from app.topics import as_connection, ensure_changelog
 from bench.ceilings import drop_topics
 from bench.latency import BOOTSTRAP, RESULTS, ROOT, create_topics, events, ids_of, output_rate, read_outputs

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.pipeline_toml import demo_inputs, write_pipeline_config
+from app.config.pipeline_toml import demo_inputs, write_pipeline_config
 from app.topics import partitions_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ import pytest
 import torch
 from aiokafka import ConsumerRecord
 
+from app.config.pipeline_toml import demo_inputs
 from app.demo_events import DemoEvent, demo_events
-from app.pipeline_toml import demo_inputs
 from app.topics import ensure_topics
 from tests.integration.kafka_helpers import (
     free_port,

@@ -221,7 +221,7 @@ def test_idleness_counts_from_the_partitions_newest_time_so_a_sweep_never_change
 
 
 def test_the_demo_transformer_trains_on_the_history_the_stream_feature_serves():
-    from app.pipeline_toml import DEMO_STATE
+    from app.config.pipeline_toml import DEMO_STATE
     from models.synthetic import account_histories, generate, history_values
 
     data = generate(3000, seed=3)
