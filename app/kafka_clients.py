@@ -2,23 +2,32 @@
 
 Secrets come from the environment variables the config names, read when a client is
 made; they are never logged, and a variable that is not set is an error naming it.
+
+The one module of ``app`` that imports the Kafka client: the rest of the app hands the clients
+made here to the engine's adapters (``streams.kafka``), and names their type as ``Consumer``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import ssl
 import weakref
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
 
 from app.config import Config, SecurityConfig
 from streams.errors import ConfigError
 
 Connection = Mapping[str, Any]
+Consumer: TypeAlias = AIOKafkaConsumer
 
 # Settings a connection carries for producers only (so every producer made from it gets them);
 # consumers and admin clients would refuse them.
@@ -114,7 +123,7 @@ def make_producer(conn: Connection, **settings: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**{"acks": "all", "enable_idempotence": True, **conn, **settings})
 
 
-def make_consumer(conn: Connection, **settings: Any) -> AIOKafkaConsumer:
+def make_consumer(conn: Connection, **settings: Any) -> Consumer:
     return AIOKafkaConsumer(**_without_producer_settings(conn), **{"enable_auto_commit": False, **settings})
 
 
@@ -124,3 +133,40 @@ def make_admin(conn: Connection, **settings: Any) -> AIOKafkaAdminClient:
 
 def _without_producer_settings(conn: Connection) -> dict[str, Any]:
     return {key: value for key, value in conn.items() if key not in _PRODUCER_ONLY}
+
+
+async def why_unreachable(conn: Connection, timeout_s: float) -> str:
+    """The broker's own reason when a secured connection fails (aiokafka's bootstrap only says
+    it could not connect): wrong credentials, a TLS error, or nothing listening."""
+    host, _, port = str(conn["bootstrap_servers"]).split(",")[0].rpartition(":")
+    try:
+        connection = await asyncio.wait_for(
+            create_conn(
+                host,
+                int(port),
+                security_protocol=conn.get("security_protocol", "PLAINTEXT"),
+                ssl_context=conn.get("ssl_context"),
+                sasl_mechanism=conn.get("sasl_mechanism"),
+                sasl_plain_username=conn.get("sasl_plain_username"),
+                sasl_plain_password=conn.get("sasl_plain_password"),
+                request_timeout_ms=int(timeout_s * 1000),
+            ),
+            timeout_s,
+        )
+    except (KafkaError, OSError, TimeoutError) as exc:
+        return str(exc) or type(exc).__name__
+    connection.close()
+    return "it answered a direct connection, but not a metadata request"
+
+
+@contextlib.contextmanager
+def quiet_client_logs() -> Iterator[None]:
+    """The Kafka client's log silenced for a while: aiokafka logs each failed connection attempt at
+    ERROR, where the caller raises one line that says it all."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

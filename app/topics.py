@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
-
-from app.kafka_clients import Connection, describe, make_admin
+from app.kafka_clients import Connection, describe, make_admin, quiet_client_logs, why_unreachable
 from streams.errors import BrokerUnreachableError, TopicMissingError
+from streams.kafka.topic_admin import UNREACHABLE, TopicAdmin
 
 log = logging.getLogger(__name__)
 
 
 def as_connection(conn: Connection | str) -> Connection:
     return {"bootstrap_servers": conn} if isinstance(conn, str) else conn
-
-
-async def _why_unreachable(conn: Connection, timeout_s: float) -> str:
-    """The broker's own reason when a secured connection fails (aiokafka's bootstrap only says
-    it could not connect): wrong credentials, a TLS error, or nothing listening."""
-    host, _, port = str(conn["bootstrap_servers"]).split(",")[0].rpartition(":")
-    try:
-        connection = await asyncio.wait_for(
-            create_conn(
-                host,
-                int(port),
-                security_protocol=conn.get("security_protocol", "PLAINTEXT"),
-                ssl_context=conn.get("ssl_context"),
-                sasl_mechanism=conn.get("sasl_mechanism"),
-                sasl_plain_username=conn.get("sasl_plain_username"),
-                sasl_plain_password=conn.get("sasl_plain_password"),
-                request_timeout_ms=int(timeout_s * 1000),
-            ),
-            timeout_s,
-        )
-    except (KafkaError, OSError, TimeoutError) as exc:
-        return str(exc) or type(exc).__name__
-    connection.close()
-    return "it answered a direct connection, but not a metadata request"
-
-
-@contextlib.contextmanager
-def _quiet(logger: logging.Logger) -> Iterator[None]:
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _what_to_check(protocol: str) -> str:
@@ -75,17 +35,17 @@ async def ensure_topics(
     conn = as_connection(conn)
     bootstrap = conn["bootstrap_servers"]
     wanted = sorted(set(topics))
-    admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
+    admin = TopicAdmin(make_admin(conn, request_timeout_ms=int(timeout_s * 1000)))
     try:
-        # aiokafka logs each failed attempt at ERROR; the one line raised below says it all.
-        with _quiet(logging.getLogger("aiokafka")):
-            await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaConnectionError, TimeoutError) as exc:
+        # The client logs each failed attempt at ERROR; the one line raised below says it all.
+        with quiet_client_logs():
+            await admin.start(timeout_s)
+    except UNREACHABLE as exc:
         await admin.close()
         protocol = conn.get("security_protocol", "PLAINTEXT")
         if protocol != "PLAINTEXT":
-            with _quiet(logging.getLogger("aiokafka")):
-                reason = await _why_unreachable(conn, min(timeout_s, 10.0))
+            with quiet_client_logs():
+                reason = await why_unreachable(conn, min(timeout_s, 10.0))
             raise BrokerUnreachableError(
                 f"cannot connect to Kafka at {describe(conn)}: {reason}; check {_what_to_check(protocol)}"
             ) from exc
@@ -95,7 +55,7 @@ async def ensure_topics(
             f"cluster needs TLS or SASL ([app.security])"
         ) from exc
     try:
-        existing = set(await admin.list_topics())
+        existing = await admin.topics()
         missing = [t for t in wanted if t not in existing]
         if not missing:
             return
@@ -104,10 +64,9 @@ async def ensure_topics(
                 f"topic(s) {', '.join(missing)} do not exist on {bootstrap}; create them, "
                 f"or set [app] create_topics = true"
             )
-        with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
-            await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+        await admin.create(missing, partitions)  # any that another worker created first are left
         log.info("created topic(s) %s with %d partitions", ", ".join(missing), partitions)
-        await _wait_for_leaders(admin, missing, timeout_s)
+        await admin.wait_for_leaders(missing, timeout_s)
     finally:
         await admin.close()
 
@@ -121,20 +80,18 @@ async def ensure_changelog(
     if missing and ``create``. Returns its ``max.message.bytes``."""
     conn = as_connection(conn)
     inputs = len(await partitions_of(conn, input_topic))
-    admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
-    await asyncio.wait_for(admin.start(), timeout_s)
+    admin = TopicAdmin(make_admin(conn, request_timeout_ms=int(timeout_s * 1000)))
+    await admin.start(timeout_s)
     try:
-        if topic not in set(await admin.list_topics()):
+        if topic not in await admin.topics():
             if not create:
                 raise TopicMissingError(
                     f"the state changelog {topic} does not exist; create it compacted with {inputs} partitions "
                     f"(cleanup.policy=compact), or set [app] create_topics = true"
                 )
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
-                compacted = {"cleanup.policy": "compact"}
-                await admin.create_topics([NewTopic(topic, inputs, 1, topic_configs=compacted)])
+            await admin.create([topic], inputs, settings={"cleanup.policy": "compact"})
             log.info("created the state changelog %s (compacted, %d partitions)", topic, inputs)
-            await _wait_for_leaders(admin, [topic], timeout_s)
+            await admin.wait_for_leaders([topic], timeout_s)
     finally:
         await admin.close()
     settings = (await topic_settings(conn, [topic], ["cleanup.policy", "max.message.bytes"])).get(topic, {})
@@ -185,22 +142,19 @@ async def _create_like(conn: Connection, topic: str, source_topic: str, timeout_
     # What the source keeps, and the timestamps it takes (a record it took is then taken here too).
     kept = ["retention.ms", "retention.bytes", "message.timestamp.before.max.ms", "message.timestamp.after.max.ms"]
     copied = (await topic_settings(conn, [source_topic], kept)).get(source_topic, {})
-    admin = make_admin(conn, request_timeout_ms=int(timeout_s * 1000))
-    await asyncio.wait_for(admin.start(), timeout_s)
+    admin = TopicAdmin(make_admin(conn, request_timeout_ms=int(timeout_s * 1000)))
+    await admin.start(timeout_s)
     try:
-        (described,) = await admin.describe_topics([source_topic])
-        partitions = described["partitions"]
-        replicas = len(partitions[0]["replicas"]) if partitions else 1
-        with contextlib.suppress(TopicAlreadyExistsError):  # another worker created it first
-            await admin.create_topics([NewTopic(topic, len(partitions), replicas, topic_configs=copied)])
+        partitions, replicas = await admin.shape(source_topic)
+        await admin.create([topic], partitions, replicas, settings=copied)
         log.info(
             "created the repartition topic %s (%d partitions, replication %d, as %s)",
             topic,
-            len(partitions),
+            partitions,
             replicas,
             source_topic,
         )
-        await _wait_for_leaders(admin, [topic], timeout_s)
+        await admin.wait_for_leaders([topic], timeout_s)
     finally:
         await admin.close()
 
@@ -219,52 +173,26 @@ async def check_broker(conn: Connection | str, timeout_s: float = 15.0) -> None:
     await ensure_topics(conn, [], create=False, partitions=1, timeout_s=timeout_s)
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float) -> None:
-    # A topic is usable once every partition has a leader; producing earlier only earns retries.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        described = await admin.describe_topics(topics)
-        if all(
-            d.get("error_code", 0) == 0 and d["partitions"] and all(p["leader"] >= 0 for p in d["partitions"])
-            for d in described
-        ):
-            return
-        await asyncio.sleep(0.1)
-
-
 async def partitions_of(conn: Connection | str, topic: str) -> list[int]:
     """The partition numbers of ``topic``; empty if it does not exist."""
-    admin = make_admin(as_connection(conn))
+    admin = TopicAdmin(make_admin(as_connection(conn)))
     await admin.start()
     try:
-        (described,) = await admin.describe_topics([topic])
+        return await admin.partitions(topic)
     finally:
         await admin.close()
-    if described.get("error_code", 0) != 0:
-        return []
-    return sorted(p["partition"] for p in described["partitions"])
 
 
 async def topic_settings(
     conn: Connection | str, topics: Iterable[str], names: Sequence[str]
 ) -> dict[str, dict[str, str]]:
     """The settings ``names`` of each existing topic among ``topics`` (a missing topic is left out)."""
-    wanted = sorted(set(topics))
-    admin = make_admin(as_connection(conn))
+    admin = TopicAdmin(make_admin(as_connection(conn)))
     await admin.start()
     try:
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t, dict.fromkeys(names)) for t in wanted]
-        )
+        return await admin.settings(topics, names)
     finally:
         await admin.close()
-    found: dict[str, dict[str, str]] = {}
-    for response in responses:
-        for error_code, _, _, topic, entries in response.resources:
-            if error_code == 0:
-                found[topic] = {name: value for name, value, *_ in entries if name in names}
-    return found
 
 
 async def max_message_bytes(conn: Connection | str, topics: Iterable[str]) -> dict[str, int]:
