@@ -14,7 +14,6 @@ import asyncio
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from mode import Service
 
 from app.build import (
@@ -27,7 +26,7 @@ from app.build import (
 from app.config import Config, PipelineConfig, RekeyConfig
 from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
 from app.driver_task import stop_driver
-from app.kafka_clients import connection, make_consumer
+from app.kafka_clients import Consumer, connection, make_consumer
 from app.topics import partitions_of, timestamp_window_ms
 from streams.errors import TopicMissingError
 from streams.flow.cost_model import CostModel
@@ -56,7 +55,7 @@ class RekeyService(Service):
         self.rekey: RekeyConfig = pipeline.rekey
         self.metrics = metrics
         self.driver: Driver[Rekeying] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Consumer | None = None
         self._sink: TransactionalSink | None = None
         self._source: KafkaBatchSource | None = None
         self._run_task: asyncio.Task[None] | None = None
