@@ -20,14 +20,9 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Collection, Iterable, Set
 from dataclasses import dataclass
-from typing import Any
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
+from typing import Any, Protocol
 
 from app.addresses import IPAddress, host_port, ip_address, parse_web_address
 from app.config import Config, PipelineConfig
@@ -35,6 +30,7 @@ from app.kafka_clients import connection, make_admin
 from streams.errors import StateError
 from streams.features.serving import key_view
 from streams.features.step import FeatureStep
+from streams.kafka.key_owners import LOOKUP_ERRORS, group_members, key_partition
 from streams.records import Partition
 
 log = logging.getLogger(__name__)
@@ -56,6 +52,12 @@ UNVERIFIED = (
     "the key's partition is held by a group member whose web address could not be verified "
     "(it does not connect to Kafka from the address it names); not redirecting: see the worker's log"
 )
+
+
+class TopicPartitions(Protocol):
+    """What the pipeline's consumer knows of its topics (a Kafka consumer is one)."""
+
+    def partitions_for_topic(self, topic: str) -> Collection[int] | None: ...
 
 
 @dataclass(frozen=True)
@@ -117,18 +119,19 @@ class KeyServing:
         return f"{name}@{own}" if own is not None else name
 
     async def answer(
-        self, key: bytes, step: FeatureStep, consumer: AIOKafkaConsumer, ready: Set[TopicPartition]
+        self, key: bytes, step: FeatureStep, consumer: TopicPartitions, ready: Set[tuple[str, int]]
     ) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body): 200 with the key's state, 404 for a key with none, 307 naming the
         owner (``owner``, and ``Location``), 503 while its partition moves between workers or
-        while the member that holds it is not a verified worker."""
+        while the member that holds it is not a verified worker. ``ready``: the partitions whose
+        state this worker holds (``Partition``s, or a Kafka client's equal (topic, partition) tuples)."""
         topic = self.pipeline.input_topics[0]
         count = len(consumer.partitions_for_topic(topic) or ())
         if not count:
             return 503, {"error": f"the partitions of {topic} are not known yet"}
-        partition = Partition(topic, (murmur2(key) & 0x7FFFFFFF) % count)
+        partition = Partition(topic, key_partition(key, count))
         where = {"topic": topic, "partition": partition.partition}
-        if TopicPartition(*partition) in ready:
+        if partition in ready:
             try:
                 view = key_view(step, partition, key)
             except StateError as exc:
@@ -151,7 +154,7 @@ class KeyServing:
             if time.monotonic() - self._owners_at > OWNERS_TTL_S:
                 try:
                     held = await asyncio.wait_for(self._describe_group(), OWNER_LOOKUP_TIMEOUT_S)
-                except (TimeoutError, KafkaError) as exc:
+                except (TimeoutError, *LOOKUP_ERRORS) as exc:
                     log.warning("pipeline %s: could not ask the group who owns what: %r", self.pipeline.name, exc)
                     self._owners = {}
                 else:
@@ -162,30 +165,14 @@ class KeyServing:
     async def _describe_group(self) -> list[tuple[Member, list[Partition]]]:
         """The group's members that advertise a web address, with the partitions each holds."""
         prefix = f"sluice-{self.pipeline.name}@"
-        # Made outside the try, closed in its finally: also when start() fails or the lookup's
-        # timeout cancels it (shielded, so that cancellation cannot cut the close short).
-        admin = make_admin(connection(self.config))
-        try:
-            await admin.start()
-            (described,) = await admin.describe_consumer_groups([self.pipeline.group_id])
-        finally:
-            await asyncio.shield(admin.close())
+        # The admin client is closed whatever happens, also when the lookup's timeout cancels it.
+        members = await group_members(make_admin(connection(self.config)), self.pipeline.group_id)
         held: list[tuple[Member, list[Partition]]] = []
-        for group in described.groups:
-            # DescribeGroups v0-v3: (error, group, state, protocol type, protocol, members, ...);
-            # a member: (member id, client id, client host, metadata, assignment).
-            if group[0] != 0:
+        for m in members:
+            address = parse_web_address(m.client_id[len(prefix) :]) if m.client_id.startswith(prefix) else None
+            if not m.assignment or address is None:
                 continue
-            for member_id, client_id, client_host, _, assignment in (m[:5] for m in group[5]):
-                address = parse_web_address(client_id[len(prefix) :]) if client_id.startswith(prefix) else None
-                if not assignment or address is None:
-                    continue
-                partitions = [
-                    Partition(topic, n)
-                    for topic, numbers in ConsumerProtocolMemberAssignment.decode(assignment).assignment
-                    for n in numbers
-                ]
-                held.append((Member(member_id, client_id, *address, seen_from(client_host)), partitions))
+            held.append((Member(m.member_id, m.client_id, *address, seen_from(m.client_host)), m.partitions()))
         return held
 
     async def _verified(self, held: list[tuple[Member, list[Partition]]]) -> dict[Partition, Owner]:
