@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import orjson
-from aiokafka import TopicPartition
 from faust.cli import AppCommand, option
 
 from app.kafka_clients import connection, make_consumer
@@ -16,8 +15,8 @@ from app.main import app, config
 from app.topics import check_broker, partitions_of
 from streams.errors import CommandLineError, TopicMissingError, exit_on_operator_error
 from streams.kafka.replay import start_consumer, stop_consumer
-from streams.kafka.undecodable import UNDECODABLE, reread_around_undecodable
-from streams.records import UndecodableRecord
+from streams.kafka.tail import Tail
+from streams.records import Partition, UndecodableRecord
 
 
 def timing_of(value: bytes | None) -> tuple[int, int] | None:
@@ -94,46 +93,26 @@ async def watch(
     consumer = make_consumer(conn, isolation_level="read_committed")
     await start_consumer(consumer)
     try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        if from_beginning:
-            # Explicit offsets: seek_to_beginning can lose a race with aiokafka's own offset reset.
-            beginning = await consumer.beginning_offsets(tps)
-            for tp in tps:
-                consumer.seek(tp, beginning[tp])
-        elif since > 0:
-            start_ms = int((time.time() - since) * 1000)
-            found = await consumer.offsets_for_times({tp: start_ms for tp in tps})
-            for tp, at in found.items():
-                if at is not None:  # None: nothing that recent in this partition; stay at its end
-                    consumer.seek(tp, at.offset)
+        tail = Tail(consumer, [Partition(topic, p) for p in partitions])
+        since_ms = int((time.time() - since) * 1000) if since > 0 else None
+        await tail.seek(from_beginning=from_beginning, since_ms=since_ms)
         if not summary:
             print(f"{'id':<18} {'score':>8}  model  source  latency  (from {topic})", flush=True)
         seen = 0
         timings: list[tuple[int, int]] = []
         deadline = time.monotonic() + seconds if seconds > 0 else None
-        upcoming = {tp: await consumer.position(tp) for tp in tps}
         while (not count or seen < count) and (deadline is None or time.monotonic() < deadline):
             room = count - seen if count else None
-            try:
-                batch = await consumer.getmany(timeout_ms=200, max_records=room)
-            except UNDECODABLE:
-                # A damaged batch: go back to what was not shown yet and read around it.
-                batch = await reread_around_undecodable(consumer, upcoming, room or 500, 200)
-            for tp, records in batch.items():
-                if records:
-                    upcoming[tp] = records[-1].offset + 1
-                for record in records:
-                    if type(record) is UndecodableRecord:
-                        print(f"UNDECODABLE {record.topic}[{record.partition}]@{record.offset}: {record.reason}")
-                    elif summary:
-                        timing = timing_of(record.value)
-                        if timing is not None:  # a dead letter or anything else has no latency
-                            timings.append(timing)
-                    else:
-                        print(describe(record.value), flush=True)
-                    seen += 1
+            for record in await tail.next_batch(room, timeout_ms=200, reread_room=room or 500):
+                if type(record) is UndecodableRecord:
+                    print(f"UNDECODABLE {record.topic}[{record.partition}]@{record.offset}: {record.reason}")
+                elif summary:
+                    timing = timing_of(record.value)
+                    if timing is not None:  # a dead letter or anything else has no latency
+                        timings.append(timing)
+                else:
+                    print(describe(record.value), flush=True)
+                seen += 1
     finally:
         await stop_consumer(consumer)
     if summary:
