@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from aiokafka import TopicPartition
-
 from app.build import FETCH_BYTES_PER_PARTITION
 from app.kafka_clients import Connection, make_consumer
 from streams.backfill.replay_plan import ReplayPlan
 from streams.backfill.run import warm_state
 from streams.flow.pipeline import Pipeline
+from streams.kafka.offsets import beginning_offsets
 from streams.kafka.replay import ReplaySource, start_consumer, stop_consumer
 from streams.records import Partition
 
@@ -36,8 +35,7 @@ async def warm_from_input(
     )
     await start_consumer(consumer)
     try:
-        beginning = await consumer.beginning_offsets([TopicPartition(*p) for p in upto])
-        start = {p: beginning[TopicPartition(*p)] for p in upto}
+        start = await beginning_offsets(consumer, upto)
         plan = ReplayPlan(start, {p: max(upto[p], start[p]) for p in upto})
         if not plan.total:
             return 0
