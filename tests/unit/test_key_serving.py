@@ -18,6 +18,7 @@ from aiokafka.partitioner import murmur2
 from app import key_serving
 from app.config import load_config
 from app.key_serving import KeyServing
+from streams.records import Partition
 
 CONFIG = load_config("config/sluice.toml", environ={})
 PIPELINE = CONFIG.pipelines[0]
@@ -324,3 +325,13 @@ async def test_the_admin_client_is_closed_after_a_lookup(monkeypatch):
     keys, made = serving(monkeypatch, [member(f"{PREFIX}10.0.0.5:6066", "/10.0.0.5", [3])])
     assert (await ask(keys, 3))[0] == 307
     assert [a.closed for a in made] == [True]
+
+
+@pytest.mark.parametrize("as_type", [Partition, TopicPartition])
+async def test_a_key_of_a_partition_ready_here_is_answered_here(monkeypatch, as_type):
+    # Ready partitions are the engine's Partitions, or a Kafka client's equal tuples.
+    keys, made = serving(monkeypatch, [])
+    monkeypatch.setattr(key_serving, "key_view", lambda step, partition, key: None)
+    status, body = await keys.answer(key_of(2), None, FakeConsumer(), {as_type(TOPIC, 2)})  # type: ignore[arg-type]
+    assert (status, body["partition"]) == (404, 2)
+    assert made == [], "no group lookup for a key served here"
