@@ -31,7 +31,7 @@ from streams.flow.pipeline import Pipeline, PipelineTopics, Sink
 from streams.flow.stateful_inputs import StatefulInputs
 from streams.kafka.fetch_pacing import FetchPacing
 from streams.kafka.sink import KafkaSink
-from streams.kafka.transactions import PartitionTransactions, TransactionalSink
+from streams.kafka.transactions import PartitionTransactions, StateInTransactions, TransactionalSink
 
 Mode = Literal["live", "backfill"]
 
@@ -97,11 +97,13 @@ def build_pipeline(
     *,
     topics: PipelineTopics | None = None,
     emit_features: bool = False,
+    state: StatefulInputs | None = None,
 ) -> Pipeline:
     """The pipeline of ``mode``: a backfill keys outputs by source position (a re-run overwrites on
     a compacted topic) and writes where ``topics`` say; the worker keys them like their input.
-    A pipeline with per-key features gets its features step, with an empty state: the worker
-    restores it from the changelog as partitions are assigned, the backfill rebuilds it."""
+    A pipeline with per-key features gets its features step (``state``, or one built here), with
+    an empty state: the worker restores it from the changelog as
+    partitions are assigned, the backfill rebuilds it."""
     return Pipeline(
         name=pipeline.name,
         schema=pipeline.schema,
@@ -111,7 +113,7 @@ def build_pipeline(
         key_by_position=mode == "backfill",
         dead_letter_copy_bytes=pipeline.dead_letter_copy_bytes,
         headers=pipeline.headers,
-        stateful=build_stateful_inputs(pipeline, mode),
+        stateful=state if state is not None else build_stateful_inputs(pipeline, mode),
         emit_features=emit_features,
     )
 
@@ -198,12 +200,18 @@ async def build_kafka_sink(conn: Connection, topics: Sequence[str], mode: Mode, 
 
 
 async def build_transactional_sink(
-    conn: Connection, *, group_id: str, input_topic: str, outputs: Sequence[str], **settings: Any
+    conn: Connection,
+    *,
+    group_id: str,
+    input_topic: str,
+    outputs: Sequence[str],
+    state: StateInTransactions | None = None,
+    **settings: Any,
 ) -> tuple[PartitionTransactions, TransactionalSink]:
     """Exactly-once: transactional producers (one per partition of ``input_topic``, made as partitions
     are assigned, their ids named after ``group_id``) and the sink that sends ``outputs`` with them,
     checked against those topics' limits; not started. The pipeline's, and its re-keying stage's."""
-    transactions = build_partition_transactions(conn, group_id, **settings)
+    transactions = build_partition_transactions(conn, group_id, state=state, **settings)
     sink = TransactionalSink(
         transactions,
         input_topic=input_topic,
@@ -213,13 +221,16 @@ async def build_transactional_sink(
     return transactions, sink
 
 
-def build_partition_transactions(conn: Connection, group_id: str, **settings: Any) -> PartitionTransactions:
+def build_partition_transactions(
+    conn: Connection, group_id: str, *, state: StateInTransactions | None = None, **settings: Any
+) -> PartitionTransactions:
     """One transactional producer per input partition, made as partitions are assigned: what
-    commits a partition's offset (with its outputs, exactly-once; with its state's changelog)."""
+    commits a partition's offset (with its outputs, exactly-once; with its ``state``'s changelog)."""
     producer_settings = {**PRODUCER_SETTINGS["live"], **settings}
     return PartitionTransactions(
         lambda transactional_id: make_producer(conn, transactional_id=transactional_id, **producer_settings),
         group_id=group_id,
+        state=state,
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from streams.errors import CommandLineError
 from streams.flow.pipeline import Sink
+from streams.kafka.changelog import Changelog
 from streams.records import OutputRecord, Partition
 
 KILL_IN_TRANSACTION_ENV = "SLUICE_TEST_KILL_IN_TRANSACTION_AFTER_COMMITS"
@@ -73,17 +74,20 @@ def kill_in_changelog_flush_after() -> int | None:
 
 
 class KillInChangelogFlush:
-    """Wraps ``Changelog.flush`` (a ``PartitionTransactions.before_commit``)."""
+    """Wraps a ``Changelog`` as the state of ``PartitionTransactions``: killed in its flush."""
 
-    def __init__(self, flush: Callable[[Partition, Any], Awaitable[int]], after: int) -> None:
-        self.flush = flush
+    def __init__(self, changelog: Changelog, after: int) -> None:
+        self.changelog = changelog
         self.after = after
         self.flushes = 0
 
-    async def __call__(self, partition: Partition, producer: Any) -> int:
-        written = await self.flush(partition, producer)  # sent and acknowledged, not committed
+    async def flush(self, partition: Partition, producer: Any) -> int:
+        written = await self.changelog.flush(partition, producer)  # sent and acknowledged, not committed
         if written:
             self.flushes += 1
             if self.flushes > self.after:
                 os.kill(os.getpid(), signal.SIGKILL)
         return written
+
+    def committed(self, partition: Partition) -> None:
+        self.changelog.committed(partition)

@@ -20,9 +20,10 @@
     ├── OutputRefused                the destination refused outputs for good: they become dead letters
     ├── DeliveryFailed               retriable: outputs were not acknowledged (the broker is away);
     │                                the driver sends them again, and commits nothing past them
-    └── TransactionFailed            exactly-once: a transaction cannot be committed; the worker stops and
-        │                            its open transactions are aborted (a restart scores their events again)
-        └── Fenced                   another worker took this one's partitions (it was paused or cut off)
+    ├── TransactionFailed            exactly-once: a transaction cannot be committed; the worker stops and
+    │   │                            its open transactions are aborted (a restart scores their events again)
+    │   └── Fenced                   another worker took this one's partitions (it was paused or cut off)
+    └── PartitionOutOfOrder          a partition asked to move out of its life's order (a bug, never input)
 
 ``retriable`` is read where a caller chooses (as aiokafka's ``KafkaError.retriable``): a
 runner raising a retriable ``ModelError`` is not the inputs' fault, so the isolating scorer
@@ -172,3 +173,8 @@ def exit_on_operator_error(command: str | None) -> Iterator[None]:
         prefix = f"sluice {command}" if command else "sluice"
         print(f"{prefix}: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         raise SystemExit(OPERATOR_EXIT_STATUS) from None
+
+
+class PartitionOutOfOrder(SluiceError):
+    """A partition asked to move out of its life's order (``streams.flow.partitions``): a bug in
+    sluice, raised at once instead of corrupting the partition's state or offsets."""

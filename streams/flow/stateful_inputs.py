@@ -17,7 +17,7 @@ import numpy as np
 
 from streams.codecs.codec import Decoded, Reject, TensorField
 from streams.features.step import FeatureStep
-from streams.records import MAX_KEY_BYTES, SourceRecord
+from streams.records import MAX_KEY_BYTES, Partition, SourceRecord
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,14 @@ class StatefulInputs:
             state_update=update,
             state_rows=np.arange(n),
         )
+
+    def release(self, partitions: set[Partition]) -> None:
+        """Let go of the state of partitions this worker no longer owns (closes their databases)."""
+        self.step.drop_partitions(sorted(partitions))
+
+    def close(self) -> None:
+        """The pipeline stops: close the state's store (a RocksDB store's databases and locks)."""
+        self.step.store.close()
 
     def commit(self, decoded: Decoded) -> None:
         """Write the keys' new state of a scored batch."""

@@ -6,16 +6,13 @@ are committed explicitly, never automatically. When a rebalance takes partitions
 the owner of this source is told first (``on_revoke``) so it can finish and commit what
 it has in flight for them.
 
-A record batch that cannot be decoded (a CRC that does not match, bytes its codec cannot
-decompress, a codec aiokafka has no library for) makes aiokafka's ``getmany`` raise, losing
-whatever that call had already taken from other partitions, and naming no partition. This
-source then reads carefully (``_read_around_undecodable``): every partition goes back to its
-first record not yet handed out, partitions are read one at a time, and in the one that fails
-again (a second, fresh fetch) records are read one at a time; each record that cannot be
-decoded is logged at ERROR with its position, counted (``undecodable``) and handed out as an
-``UndecodableRecord``, which the pipeline dead-letters (``Undecodable``) and commits like any
-bad event. The worker goes on with the next record instead of stopping and meeting the same
-batch again.
+A record batch that cannot be decoded (a bad CRC, bytes its codec cannot decompress, a codec
+aiokafka has no library for) makes ``getmany`` raise, losing what that call took from other
+partitions and naming none. This source then reads carefully (``_read_around_undecodable``):
+every partition back to its first record not handed out, one partition at a time, and in the
+one that fails again, one record at a time; each undecodable record is logged at ERROR with its
+position, counted (``undecodable``) and handed out as an ``UndecodableRecord``, which the
+pipeline dead-letters and commits like any bad event, instead of stopping on the same batch.
 """
 
 from __future__ import annotations
@@ -35,8 +32,8 @@ from streams.records import Partition, SourceRecord, UndecodableRecord
 
 log = logging.getLogger(__name__)
 
-RevokeHandler = Callable[[set[Partition]], Awaitable[None]]
-AssignHandler = Callable[[set[Partition]], Awaitable[None]]
+# Told of partitions revoked from (or assigned to) this member, before (after) they move.
+PartitionsMoved = Callable[[set[Partition]], Awaitable[None]]
 
 
 def _names(tps: Sequence[TopicPartition] | set[TopicPartition]) -> str:
@@ -86,8 +83,8 @@ class KafkaBatchSource:
         self.poll_ms = poll_ms
         self.pacing = pacing
         self._busy = False
-        self.on_revoke: RevokeHandler = _nothing_in_flight
-        self.on_assign: AssignHandler | None = None
+        self.on_revoke: PartitionsMoved = _nothing_in_flight
+        self.on_assign: PartitionsMoved | None = None
         # Gated (exactly-once): a partition's records are handed out only once ``start_from_committed``
         # has read its committed offset after the assignment hook ran, and never below it: aiokafka
         # reads committed offsets before the hook, possibly before the previous owner's last
@@ -100,11 +97,10 @@ class KafkaBatchSource:
         self.committed: dict[TopicPartition, int] = {}
         # Records skipped because they could not be decoded, since this source was made.
         self.undecodable = 0
-        # Set once the group gave this member its partitions (none, with more members than
-        # partitions): from then on it scores whatever arrives for them.
+        # Set once the group gave this member its partitions (maybe none): it scores what arrives.
         self.joined = asyncio.Event()
 
-    def subscribe(self, on_revoke: RevokeHandler, on_assign: AssignHandler | None = None) -> None:
+    def subscribe(self, on_revoke: PartitionsMoved, on_assign: PartitionsMoved | None = None) -> None:
         """Join the group; ``on_revoke`` runs before partitions go to another member, to finish
         and commit what is in flight for them; ``on_assign`` when partitions come to this one."""
         self.on_revoke = on_revoke
@@ -123,6 +119,11 @@ class KafkaBatchSource:
             self.fetched_up_to[tp] = offset
             self.committed[tp] = offset
             self.ready.add(tp)
+
+    async def committed_offsets(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """The group's committed offset of each of ``partitions`` that has one."""
+        found = {p: await self.consumer.committed(TopicPartition(*p)) for p in sorted(partitions)}
+        return {p: offset for p, offset in found.items() if offset is not None}
 
     def mark_committed(self, offsets: dict[Partition, int]) -> None:
         """Offsets committed by someone else on this source's behalf (a transaction), for the lag."""

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
@@ -37,8 +38,20 @@ log = logging.getLogger(__name__)
 
 # A producer for this transactional id (not started).
 NewTransactionalProducer = Callable[[str], AIOKafkaProducer]
-# Sends what else belongs in a partition's transaction, before its offset is added and it commits.
-BeforeCommit = Callable[[Partition, AIOKafkaProducer], Awaitable[object]]
+
+
+class StateInTransactions(Protocol):
+    """What else commits in a partition's transaction: a stateful pipeline's changelog."""
+
+    async def flush(self, partition: Partition, producer: AIOKafkaProducer) -> object:
+        """Send the partition's changed state, before its offset is added and it commits."""
+        ...
+
+    def committed(self, partition: Partition) -> None:
+        """The partition's transaction committed (a local copy of the changelog takes it)."""
+        ...
+
+
 _FENCED = (ProducerFenced, InvalidProducerEpoch)
 
 
@@ -55,14 +68,14 @@ def _names(partitions: Sequence[Partition] | set[Partition]) -> str:
 class PartitionTransactions:
     """One transactional producer, with a transaction open, per input partition this worker owns."""
 
-    def __init__(self, new_producer: NewTransactionalProducer, *, group_id: str) -> None:
+    def __init__(
+        self, new_producer: NewTransactionalProducer, *, group_id: str, state: StateInTransactions | None = None
+    ) -> None:
         self.new_producer = new_producer
         self.group_id = group_id
         self._producers: dict[Partition, AIOKafkaProducer] = {}
         # What else goes into a partition's transaction when it commits (a stateful pipeline's changelog).
-        self.before_commit: BeforeCommit | None = None
-        # Told of each partition whose transaction committed (a local copy of the changelog takes it).
-        self.after_commit: Callable[[Partition], None] | None = None
+        self.state = state
         # The first failure: once set, nothing more is committed, and the driver stops on it.
         self.failed: SluiceError | None = None
         self.failure_seen = asyncio.Event()
@@ -133,12 +146,12 @@ class PartitionTransactions:
 
     async def _commit_one(self, partition: Partition, offset: int) -> None:
         producer = self._producers[partition]
-        if self.before_commit is not None:
-            await self.before_commit(partition, producer)
+        if self.state is not None:
+            await self.state.flush(partition, producer)
         await producer.send_offsets_to_transaction({TopicPartition(*partition): offset}, self.group_id)
         await producer.commit_transaction()
-        if self.after_commit is not None:
-            self.after_commit(partition)
+        if self.state is not None:
+            self.state.committed(partition)
         await producer.begin_transaction()
 
     def fail(self, failure: SluiceError) -> SluiceError:

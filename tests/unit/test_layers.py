@@ -83,9 +83,6 @@ def test_each_folder_of_the_engine_says_what_it_holds_and_may_import():
 # of it hands those clients to the engine's adapters (streams/kafka/) and speaks the engine's types.
 APP = sorted((ROOT / "app").rglob("*.py"))
 KAFKA_MODULE = "app/kafka_clients.py"
-STILL_IMPORTING_AIOKAFKA = {
-    "app/pipeline_service.py",  # being reworked by the partition-lifecycle change
-}
 
 
 def _app_name(path: Path) -> str:
@@ -94,14 +91,9 @@ def _app_name(path: Path) -> str:
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in APP if _app_name(p) not in {KAFKA_MODULE, *STILL_IMPORTING_AIOKAFKA}],
+    [p for p in APP if _app_name(p) != KAFKA_MODULE],
     ids=_app_name,
 )
 def test_no_module_of_the_app_but_its_kafka_module_imports_the_kafka_client(path):
     wrong = {n for n in imported(path) if under(n, "aiokafka")}
     assert not wrong, f"{_app_name(path)} imports {sorted(wrong)}: make clients in {KAFKA_MODULE}, use streams/kafka/"
-
-
-def test_the_allow_list_of_app_modules_importing_the_kafka_client_is_not_stale():
-    stale = {name for name in STILL_IMPORTING_AIOKAFKA if not any(under(n, "aiokafka") for n in imported(ROOT / name))}
-    assert not stale, f"{sorted(stale)} no longer import aiokafka: take them off STILL_IMPORTING_AIOKAFKA"
