@@ -5,6 +5,9 @@
   through the same pipeline code, with a runner that returns zeros instead of a model;
 - the transport alone, for a backfill: aiokafka ``getmany`` + decode of a topic from its
   first offset, nothing produced (``fetch_and_decode``).
+
+Those that read a topic can be timed, as bench.latency times them, over passes of it until
+they last at least as long as each of its drains (``min_seconds``).
 """
 
 from __future__ import annotations
@@ -115,8 +118,11 @@ async def drop_topics(bootstrap: str, tag: str) -> list[str]:
         await admin.close()
 
 
-async def transport_alone(bootstrap: str, model: str, count: int, *, prefix: str = "bench") -> float:
-    """Events/s through fetch + decode + encode + produce (acknowledged), no model. Its
+async def transport_alone(
+    bootstrap: str, model: str, count: int, *, min_seconds: float = 0.0, prefix: str = "bench"
+) -> float:
+    """Events/s through fetch + decode + encode + produce (acknowledged), no model, over passes
+    of ``count`` events read from the beginning until they add up to ``min_seconds``. Its
     topics are deleted afterwards."""
     tag = f"{prefix}-transport-{model}-{int(time.time())}"
     topic_in, topic_out = f"{tag}-in", f"{tag}-out"
@@ -130,18 +136,14 @@ async def transport_alone(bootstrap: str, model: str, count: int, *, prefix: str
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **PRODUCER_SETTINGS["live"]
     )
     await producer.start()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION
+    sink = KafkaSink(
+        lambda: AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **PRODUCER_SETTINGS["live"]
+        )
     )
-    await consumer.start()
     try:
         pending = [await producer.send(topic_in, e.value, key=e.key) for e in demo_events(count, seed=3)]
         await asyncio.gather(*pending)
-        sink = KafkaSink(
-            lambda: AIOKafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **PRODUCER_SETTINGS["live"]
-            )
-        )
         await sink.start()
         pipeline = Pipeline(
             name="transport",
@@ -150,55 +152,77 @@ async def transport_alone(bootstrap: str, model: str, count: int, *, prefix: str
             sink=sink,
             topics=PipelineTopics(topic_out, f"{topic_out}-dlq"),
         )
-        tps = [TopicPartition(topic_in, p) for p in (0, 1)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        done, acks = 0, []
-        started = time.perf_counter()
-        while done < count:
-            fetched = await consumer.getmany(timeout_ms=1000, max_records=512)
-            records = [r for part in fetched.values() for r in part]
-            if not records:
-                continue
-            scored = await pipeline.score(records)
-            acks.append(await pipeline.emit(scored))
-            done += len(records)
-            if len(acks) > 4:
-                await acks.pop(0)
-        for ack in acks:
-            await ack
-        await sink.stop()
-        return count / (time.perf_counter() - started)
+
+        async def one_pass(consumer: AIOKafkaConsumer) -> int:
+            done, acks = 0, []
+            while done < count:
+                fetched = await consumer.getmany(timeout_ms=1000, max_records=512)
+                records = [r for part in fetched.values() for r in part]
+                if not records:
+                    continue
+                scored = await pipeline.score(records)
+                acks.append(await pipeline.delivery.send(scored.outputs))
+                done += len(records)
+                if len(acks) > 4:
+                    await pipeline.delivery.settle(acks.pop(0))
+            for ack in acks:
+                await pipeline.delivery.settle(ack)
+            return done
+
+        return await timed_passes(bootstrap, topic_in, one_pass, min_seconds)
     finally:
-        await consumer.stop()
+        await sink.stop()
         await producer.stop()
         await drop_topics(bootstrap, f"{tag}-")
 
 
+async def timed_passes(
+    bootstrap: str, topic: str, one_pass: Callable[[AIOKafkaConsumer], Awaitable[int]], min_seconds: float
+) -> float:
+    """Events/s of ``one_pass`` (it reads ``topic`` from its first offset, returns how many
+    events it handled), repeated until the passes add up to ``min_seconds``: at least one.
+    Each pass has a consumer of its own, whose start-up is not timed (a consumer that seeks
+    back at the end of a topic first waits out its fetch parked at the broker)."""
+    events, seconds = 0, 0.0
+    while not events or seconds < min_seconds:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            started = time.perf_counter()
+            events += await one_pass(consumer)
+            seconds += time.perf_counter() - started
+        finally:
+            await consumer.stop()
+    return events / seconds
+
+
 async def _read_from_beginning(
-    bootstrap: str, topic: str, count: int, handle: Callable[[list[ConsumerRecord]], object]
+    bootstrap: str,
+    topic: str,
+    count: int,
+    handle: Callable[[list[ConsumerRecord]], object],
+    *,
+    min_seconds: float = 0.0,
 ) -> float:
     """Events/s reading ``count`` events of ``topic`` from its first offset with ``getmany``,
-    each fetch handed to ``handle``; the consumer's start-up is not timed."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    each fetch handed to ``handle``, again until the reads add up to ``min_seconds``."""
+
+    async def one_pass(consumer: AIOKafkaConsumer) -> int:
         done = 0
-        started = time.perf_counter()
         while done < count:
             fetched = await consumer.getmany(timeout_ms=1000, max_records=2048)
             records = [r for part in fetched.values() for r in part]
             if records:
                 handle(records)
                 done += len(records)
-        return done / (time.perf_counter() - started)
-    finally:
-        await consumer.stop()
+        return done
+
+    return await timed_passes(bootstrap, topic, one_pass, min_seconds)
 
 
 async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -> float:
@@ -214,11 +238,14 @@ async def fetch_and_decode(bootstrap: str, model: str, topic: str, count: int) -
     return await _read_from_beginning(bootstrap, topic, count, pipeline.decode)
 
 
-async def read_ceilings(bootstrap: str, model: str, topic: str, count: int) -> dict[str, float]:
+async def read_ceilings(
+    bootstrap: str, model: str, topic: str, count: int, *, min_seconds: float = 0.0
+) -> dict[str, float]:
     """Two ceilings that owe nothing to sluice's code, on ``count`` events of ``topic`` read from
-    the beginning: aiokafka ``getmany`` alone (records fetched, nothing decoded), and ``getmany``
-    + ``orjson.loads`` of every value + one ``np.array`` per model input over the batch (what a
-    careful hand-written consumer does). Each the best of two reads: these machines are noisy."""
+    the beginning (again until each read lasts ``min_seconds``): aiokafka ``getmany`` alone
+    (records fetched, nothing decoded), and ``getmany`` + ``orjson.loads`` of every value + one
+    ``np.array`` per model input over the batch (what a careful hand-written consumer does).
+    Each the best of two reads: these machines are noisy."""
     fields = [f.field for f in demo_pipeline(model).schema.inputs]  # the event's fields the pipeline reads
 
     def parse(records: list[ConsumerRecord]) -> None:
@@ -232,7 +259,7 @@ async def read_ceilings(bootstrap: str, model: str, topic: str, count: int) -> d
         gc.collect()
         gc.disable()
         try:
-            return await _read_from_beginning(bootstrap, topic, count, handle)
+            return await _read_from_beginning(bootstrap, topic, count, handle, min_seconds=min_seconds)
         finally:
             gc.enable()
 

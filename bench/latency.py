@@ -7,11 +7,12 @@ the two ceilings measured in the same run.
     .venv/bin/pip install -e ".[bench]"                    # matplotlib, quixstreams
     .venv/bin/python -m bench.latency                      # both models, every strategy: the long run
     .venv/bin/python -m bench.latency --models fraud-mlp --seconds 8
-    .venv/bin/python -m bench.latency --drain-only --backlog 20000 --out /tmp/bench  # a quick check
+    .venv/bin/python -m bench.latency --drain-only --drain-seconds 3 --out /tmp/bench  # a quick check
 
-For each model and strategy: saturation (drain rate of a backlog, worker start-up not
-counted), then open-loop loads at fractions of the adaptive worker's saturation rate, the
-same absolute rates for every strategy (``--drain-only``: the drain alone; the Quix peers
+For each model and strategy: saturation (drain rate of a backlog sized to last at least
+``--drain-seconds`` at the strategy's own rate, timed from its first output to its last:
+see ``saturation``), then open-loop loads at fractions of the adaptive worker's saturation
+rate, the same absolute rates for every strategy (``--drain-only``: the drain alone; the Quix peers
 then stop on their own once they have scored the backlog). Every run's topics are deleted
 at its end (``--keep-topics`` keeps them). End-to-end latency is measured by the broker's
 clocks: input CreateTime (set when the load generator sends) to the output's append time
@@ -29,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,9 +49,15 @@ RESULTS = ROOT / "bench" / "results"
 BOOTSTRAP = os.environ.get("SLUICE_BENCH_BOOTSTRAP", "127.0.0.1:9092")
 PARTITIONS = 2
 BUDGET_MS = 50
-# Backlog sizes for the saturation runs: about ten seconds of work each (a quarter of it for
-# the Faust agent that scores one event at a time, the slowest by far).
-BACKLOG = {"fraud-mlp": 60_000, "fraud-transformer": 20_000}
+# Drains are sized by time, not by a fixed count: every strategy's drain lasts at least
+# DRAIN_SECONDS at its own rate, from its first output to its last. A first drain of
+# FIRST_BACKLOG events gives the rate (and is the measurement if it already lasts that long);
+# the next is sized to rate x DRAIN_SECONDS x DRAIN_MARGIN events, up to MAX_BACKLOG (about
+# 550 MB of input and 15 s to generate: it bounds a run's disk, memory and time).
+DRAIN_SECONDS = 10.0
+DRAIN_MARGIN = 1.25
+FIRST_BACKLOG = {"fraud-mlp": 20_000, "fraud-transformer": 5_000}
+MAX_BACKLOG = 1_500_000
 STRATEGIES = ("adaptive", "take", "per-event", "quix", "quix-sink")
 FAUST_MODES = {"take": "take", "per-event": "per_event"}
 QUIX_MODES = {"quix": "per_event", "quix-sink": "sink"}
@@ -123,8 +131,11 @@ async def produce(topic: str, items: list[tuple[bytes, bytes]], rate: float = 0.
         await producer.stop()
 
 
-async def read_outputs(topic: str, wanted: set[str], timeout_s: float) -> dict[str, tuple[int, int]]:
-    """id -> (input timestamp, output append time) of the outputs for ``wanted`` ids, waiting for all."""
+async def read_outputs(
+    topic: str, wanted: set[str], timeout_s: float, *, start: dict[int, int] | None = None
+) -> dict[str, tuple[int, int]]:
+    """id -> (input timestamp, output append time) of the outputs for ``wanted`` ids, waiting for
+    all; read from ``start`` (partition -> offset, from ``end_offsets``) or from the beginning."""
     # read_committed: with delivery = "exactly_once" only committed transactions are outputs
     # (the same as read_uncommitted for an at-least-once worker, which writes no transactions).
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, isolation_level="read_committed")
@@ -132,7 +143,11 @@ async def read_outputs(topic: str, wanted: set[str], timeout_s: float) -> dict[s
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        if start is None:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            for tp in tps:
+                consumer.seek(tp, start[tp.partition])
         seen: dict[str, tuple[int, int]] = {}
         deadline = time.monotonic() + timeout_s
         while len(seen) < len(wanted) and time.monotonic() < deadline:
@@ -147,14 +162,27 @@ async def read_outputs(topic: str, wanted: set[str], timeout_s: float) -> dict[s
         await consumer.stop()
 
 
-async def wait_for_outputs(topic: str, count: int, timeout_s: float) -> None:
-    """Until ``topic`` holds at least ``count`` records, asking only for its end offsets."""
+async def end_offsets(topic: str) -> dict[int, int]:
+    """Partition -> end offset of ``topic``: where a phase's outputs will start, so that reading
+    them does not decode a drain's (up to MAX_BACKLOG) again while the worker still runs."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_outputs(topic: str, count: int, timeout_s: float, worker: subprocess.Popen[bytes]) -> None:
+    """Until ``topic`` holds at least ``count`` records, asking only for its end offsets, or
+    ``worker`` has stopped (a peer that could not start: its log says why)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and worker.poll() is None:
             if sum((await consumer.end_offsets(tps)).values()) >= count:
                 return
             await asyncio.sleep(0.25)
@@ -249,6 +277,25 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def drain_rate(appended_ms: Iterable[int]) -> tuple[float, float]:
+    """A drain's (outputs per second, seconds) by its outputs' append times: outputs / (time of
+    the last output - time of the first). Worker start-up, before the first output, is not in it."""
+    times = list(appended_ms)
+    span_s = (max(times) - min(times)) / 1000 if times else 0.0
+    if span_s == 0:
+        return (float("inf") if times else 0.0), 0.0
+    return len(times) / span_s, span_s
+
+
+def next_backlog(count: int, rate: float, span_s: float, *, seconds: float, cap: int) -> int | None:
+    """The next drain's backlog after one of ``count`` events that ran ``span_s`` at ``rate``;
+    None when that drain lasted ``seconds`` or was already ``cap`` events. At least double
+    ``count``: a short drain's rate is low (its batcher was still adapting), so it converges."""
+    if span_s >= seconds or count >= cap:
+        return None
+    return int(min(cap, max(2 * count, rate * seconds * DRAIN_MARGIN)))
+
+
 def output_rate(outputs: dict[str, tuple[int, int]], skip: float = 0.05) -> float:
     """Outputs per second by their append times, the first ``skip`` (start-up, ramp) not counted."""
     appended = np.array(sorted(t for _, t in outputs.values()), dtype=np.float64)
@@ -257,46 +304,84 @@ def output_rate(outputs: dict[str, tuple[int, int]], skip: float = 0.05) -> floa
     return (len(appended) - start - 1) / span_s if span_s > 0 else 0.0
 
 
-async def saturation(
-    model: str, strategy: str, workdir: Path, seconds: float, *, tag: str, backlog_size: int, drain_only: bool = False
-) -> tuple[float, float, str, str, subprocess.Popen[bytes]]:
-    """Two saturation rates, and the running worker for the loads:
+@dataclass
+class Drain:
+    """A backlog drained by a fresh worker, which keeps running on its topics."""
 
-    - drain: how fast it works off a backlog produced beforehand (the worker has the CPUs);
-    - under load: how many outputs per second it achieves while the load generator offers
-      more than it can take (1.5x the drain rate), sharing the CPUs as in the load points
-      (not measured, 0.0, with ``drain_only``).
-    """
-    topic_in, topic_out = f"{tag}-in", f"{tag}-out"
+    backlog: int
+    read_back: int  # outputs of the backlog read back (all, unless the worker failed or stalled)
+    per_s: float
+    seconds: float  # from the first output to the last
+    topic_in: str
+    topic_out: str
+    worker: subprocess.Popen[bytes]
+
+
+async def drain(model: str, strategy: str, workdir: Path, *, tag: str, count: int, drain_only: bool) -> Drain:
+    """A worker started on a backlog of ``count`` events produced beforehand on topics
+    ``{tag}-{count}-*`` (it has the CPUs with the broker: its outputs are read, and decoded,
+    here once all are in)."""
+    topic_in, topic_out = f"{tag}-{count}-in", f"{tag}-{count}-out"
     await create_topics([topic_in])
     await create_topics([topic_out], log_append=True)
-    count = backlog_size // (4 if strategy == "per-event" else 1)
     backlog = events(count, seed=1)
     await produce(topic_in, backlog)
     stop_after = count if drain_only and strategy in QUIX_MODES else 0
     worker = start_worker(strategy, model, topic_in, topic_out, workdir, stop_after=stop_after)
-    # The worker drains alone: its outputs are read (and decoded, here) once all are in.
-    await wait_for_outputs(topic_out, count, timeout_s=300)
-    outputs = await read_outputs(topic_out, ids_of(backlog), timeout_s=300)
-    drain = output_rate(outputs)
-    if drain_only:
-        print(
-            f"  {model:18s} {strategy:10s} drains a backlog of {count:,} at {drain:,.0f}/s "
-            f"({len(outputs):,} of its outputs read back)",
-            flush=True,
-        )
-        if stop_after:
-            print(f"  {model:18s} {strategy:10s} {own_report(worker, workdir / f'{model}-{strategy}.log')}")
-        return drain, 0.0, topic_in, topic_out, worker
-    overload = events(int(1.5 * drain * seconds), seed=2)
-    await produce(topic_in, overload, rate=1.5 * drain)
-    loaded = output_rate(await read_outputs(topic_out, ids_of(overload), timeout_s=seconds * 4), skip=0.2)
+    await wait_for_outputs(topic_out, count, timeout_s=300, worker=worker)
+    outputs = await read_outputs(topic_out, ids_of(backlog), timeout_s=300 if worker.poll() is None else 60)
+    rate, span_s = drain_rate(t for _, t in outputs.values())
     print(
-        f"  {model:18s} {strategy:10s} saturation: drains a backlog at {drain:,.0f}/s, "
+        f"  {model:18s} {strategy:10s} drains a backlog of {count:,} at {rate:,.0f}/s "
+        f"in {span_s:.1f} s ({len(outputs):,} of its outputs read back)",
+        flush=True,
+    )
+    if stop_after:
+        print(f"  {model:18s} {strategy:10s} {own_report(worker, workdir / f'{model}-{strategy}.log')}")
+    return Drain(count, len(outputs), rate, span_s, topic_in, topic_out, worker)
+
+
+async def saturation(
+    model: str,
+    strategy: str,
+    workdir: Path,
+    seconds: float,
+    *,
+    tag: str,
+    first_backlog: int,
+    drain_seconds: float,
+    max_backlog: int,
+    drain_only: bool = False,
+) -> tuple[Drain, float]:
+    """Two saturation rates, and the running worker for the loads:
+
+    - drain: how fast it works off a backlog produced beforehand, sized by its own rate:
+      drains of ``first_backlog`` events, then of the previous drain's rate x ``drain_seconds``
+      (x DRAIN_MARGIN), until one lasts ``drain_seconds`` from its first output or holds
+      ``max_backlog`` events, each by a fresh worker;
+    - under load: how many outputs per second it achieves while the load generator offers
+      more than it can take (1.5x the drain rate), sharing the CPUs as in the load points
+      (not measured, 0.0, with ``drain_only``).
+    """
+    done = await drain(model, strategy, workdir, tag=tag, count=first_backlog, drain_only=drain_only)
+    while done.read_back == done.backlog and (
+        count := next_backlog(done.backlog, done.per_s, done.seconds, seconds=drain_seconds, cap=max_backlog)
+    ):
+        stop_worker(done.worker)  # too short to count; its topics are deleted with the run's
+        done = await drain(model, strategy, workdir, tag=tag, count=count, drain_only=drain_only)
+    if drain_only:
+        return done, 0.0
+    overload = events(int(1.5 * done.per_s * seconds), seed=2)
+    start = await end_offsets(done.topic_out)
+    await produce(done.topic_in, overload, rate=1.5 * done.per_s)
+    outputs = await read_outputs(done.topic_out, ids_of(overload), timeout_s=seconds * 4, start=start)
+    loaded = output_rate(outputs, skip=0.2)
+    print(
+        f"  {model:18s} {strategy:10s} saturation: drains a backlog at {done.per_s:,.0f}/s, "
         f"{loaded:,.0f}/s under an open-loop overload",
         flush=True,
     )
-    return drain, loaded, topic_in, topic_out, worker
+    return done, loaded
 
 
 def own_report(worker: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> str:
@@ -316,8 +401,9 @@ async def load_point(
     warm_up_s = min(3.0, seconds / 4)
     count = max(20, int(rate * seconds))
     items = events(count, seed=seed)
+    start = await end_offsets(topic_out)
     achieved = await produce(topic_in, items, rate=rate)
-    ours = await read_outputs(topic_out, ids_of(items), timeout_s=max(30.0, seconds * 3))
+    ours = await read_outputs(topic_out, ids_of(items), timeout_s=max(30.0, seconds * 3), start=start)
     stamps = sorted(ours.values())
     first_ts = stamps[0][0] if stamps else 0
     latencies = np.array([out - inp for inp, out in stamps if inp >= first_ts + warm_up_s * 1000], dtype=np.float64)
@@ -354,7 +440,9 @@ async def run(
     workdir: Path,
     strategies: list[str],
     *,
-    backlog: int = 0,
+    first_backlog: int = 0,
+    drain_seconds: float = DRAIN_SECONDS,
+    max_backlog: int = MAX_BACKLOG,
     drain_only: bool = False,
     prefix: str = "bench",
     keep_topics: bool = False,
@@ -367,12 +455,13 @@ async def run(
         "cpus": os.cpu_count(),
         "strategies": strategies,
         "drain_only": drain_only,
+        "drain_rule": {"min_seconds": drain_seconds, "margin": DRAIN_MARGIN, "max_backlog": max_backlog},
     }
     for model in models:
-        backlog_size = backlog or BACKLOG[model]
         print(f"{model}: ceilings", flush=True)
         model_ceiling = model_alone(model, threads=1)
-        transport = await transport_alone(BOOTSTRAP, model, backlog_size, prefix=prefix)
+        # Passes over 100,000 events (a second or two each), as long as a drain in all.
+        transport = await transport_alone(BOOTSTRAP, model, 100_000, min_seconds=drain_seconds, prefix=prefix)
         print(
             f"  model alone {model_ceiling['best_per_s']:,.0f}/s at batch {model_ceiling['best_batch']}; "
             f"transport alone {transport:,.0f}/s",
@@ -383,7 +472,8 @@ async def run(
             "transport_alone_per_s": transport,
             "saturation_per_s": {},
             "drain_per_s": {},
-            "backlog": backlog_size,
+            "drain_backlog": {},
+            "drain_seconds": {},
             "points": [],
         }
         reference = 0.0
@@ -400,13 +490,24 @@ async def run(
             )
         for strategy in runnable:
             tag = f"{prefix}-{model}-{strategy}-{int(time.time())}"
-            drain, rate, topic_in, topic_out, worker = await saturation(
-                model, strategy, workdir, seconds, tag=tag, backlog_size=backlog_size, drain_only=drain_only
+            done, rate = await saturation(
+                model,
+                strategy,
+                workdir,
+                seconds,
+                tag=tag,
+                first_backlog=first_backlog or FIRST_BACKLOG[model],
+                drain_seconds=drain_seconds,
+                max_backlog=max_backlog,
+                drain_only=drain_only,
             )
+            drain, topic_in, topic_out, worker = done.per_s, done.topic_in, done.topic_out, done.worker
             entry["drain_per_s"][strategy] = drain  # type: ignore[index]
+            entry["drain_backlog"][strategy] = done.backlog  # type: ignore[index]
+            entry["drain_seconds"][strategy] = done.seconds  # type: ignore[index]
             if strategy == "adaptive":
-                # The same backlog, read again by the ceilings that owe nothing to sluice's code.
-                reads = await read_ceilings(BOOTSTRAP, model, topic_in, backlog_size)
+                # The same backlog, read again (as long as a drain) by the ceilings that owe nothing to sluice's code.
+                reads = await read_ceilings(BOOTSTRAP, model, topic_in, done.backlog, min_seconds=drain_seconds)
                 entry["read_ceilings_per_s"] = reads
                 print(
                     f"  getmany alone {reads['getmany']:,.0f}/s; getmany + orjson + np.array "
@@ -440,8 +541,15 @@ def main() -> int:
         "--strategies", default=",".join(STRATEGIES), help="adaptive first: it sets the loads and the ratios"
     )
     parser.add_argument(
-        "--backlog", type=int, default=0, help="events in each drain's backlog (default: per model, ~10 s of work)"
+        "--drain-seconds",
+        type=float,
+        default=DRAIN_SECONDS,
+        help="each drain lasts at least this long at its strategy's own rate, first output to last",
     )
+    parser.add_argument(
+        "--first-backlog", type=int, default=0, help="events in each strategy's first drain (default: per model)"
+    )
+    parser.add_argument("--max-backlog", type=int, default=MAX_BACKLOG, help="no drain's backlog is larger")
     parser.add_argument("--drain-only", action="store_true", help="measure the drains only: no overload, no loads")
     parser.add_argument("--prefix", default="bench", help="prefix of the run's topic names")
     parser.add_argument("--keep-topics", action="store_true", help="keep the run's topics (deleted by default)")
@@ -459,7 +567,9 @@ def main() -> int:
             args.seconds,
             workdir,
             args.strategies.split(","),
-            backlog=args.backlog,
+            first_backlog=args.first_backlog,
+            drain_seconds=args.drain_seconds,
+            max_backlog=args.max_backlog,
             drain_only=args.drain_only,
             prefix=args.prefix,
             keep_topics=args.keep_topics,

@@ -20,6 +20,7 @@ def _strategies(results: dict[str, Any]) -> list[str]:
 
 
 def write_latency_report(results: dict[str, Any], out: Path) -> None:
+    rule = results["drain_rule"]
     lines = [
         "# Live scoring: sluice's adaptive batcher vs Faust agents and Quix Streams",
         "",
@@ -36,11 +37,19 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         "the output rate under an open-loop overload (1.5x the drain rate; the generator competes for the cores, "
         "as in the load points). Load fractions are of the second.",
         "",
+        f"Each drain is sized by time: it lasts at least {rule['min_seconds']:g} s at that strategy's own rate, "
+        "timed from its first output to its last, and its rate is outputs / (time of the last output - time of the "
+        "first), so worker start-up is not in it. A first, small drain gives the rate (and is the "
+        f"measurement if it already lasts that long); the next is sized to rate x {rule['min_seconds']:g} s x "
+        f"{rule['margin']:g}, by a fresh worker, until one lasts long enough or holds {rule['max_backlog']:,} events "
+        "(the cap, which bounds a run's disk, memory and time; a drain under it says so below). The ceilings that "
+        "read a topic (transport alone, `getmany` alone, `getmany` + orjson) read it again until each lasts as "
+        "long, a fresh consumer per pass, its start-up not timed.",
+        "",
         "The peers score the same model into the same outputs (`bench/peers.py`): Faust agents "
         "(`bench/faust_peers.py`) and a Quix Streams application (`bench/quix_peers.py`), one event at a time as "
         "its API gives, and batched through its Sink API's `BatchingSink`, the only batching Quix documents (it "
-        "has none for transformations). Each drain's backlog is the model's backlog below, a quarter of it for "
-        "the Faust agent that scores one event at a time.",
+        "has none for transformations).",
         "",
     ]
     if results.get("drain_only"):
@@ -54,8 +63,6 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         transport = entry["transport_alone_per_s"]
         sat = entry["saturation_per_s"]
         lines += [f"## {model}", ""]
-        if "backlog" in entry:
-            lines += [f"Backlog {entry['backlog']:,} events.", ""]
         if entry.get("note"):
             lines += [str(entry["note"]), ""]
         lines += [
@@ -75,10 +82,11 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         for kind, rates in (("draining a backlog", drain), ("under open-loop overload", sat)):
             for strategy in (s for s in strategies if s in rates):
                 rate = rates[strategy]
+                what = _drained(entry, strategy, rule["min_seconds"]) if rates is drain else kind
                 per_event = f"{rate / rates['per-event']:.1f}x" if rates.get("per-event") else ""
                 sluice = f"{rates['adaptive'] / rate:.1f}x this" if rates.get("adaptive") and rate else ""
                 lines.append(
-                    f"| {LABELS[strategy]}, {kind} | {rate:,.0f} | {rate / ceiling['best_per_s']:.2f} | "
+                    f"| {LABELS[strategy]}, {what} | {rate:,.0f} | {rate / ceiling['best_per_s']:.2f} | "
                     f"{rate / transport:.2f} | {per_event} | {sluice} |"
                 )
         if reads and drain.get("adaptive"):
@@ -108,6 +116,13 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
         lines.append("![p99 latency by offered load](latency.png)")
         _plot(results, out / "latency.png")
     (out / "latency.md").write_text("\n".join(lines) + "\n")
+
+
+def _drained(entry: dict[str, Any], strategy: str, min_seconds: float) -> str:
+    """A drain row's label: its backlog and how long it lasted (first output to last)."""
+    seconds = entry["drain_seconds"][strategy]
+    short = f", under {min_seconds:g} s" if seconds < min_seconds else ""
+    return f"draining {entry['drain_backlog'][strategy]:,} events in {seconds:.1f} s{short}"
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
