@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from streams.records import OutputRecord, SourceRecord
+from streams.records import SourceRecord
+from streams.testing import CollectingSink
 
 
 class SumRunner:
@@ -27,19 +28,8 @@ class SumRunner:
         pass
 
 
-class ListSink:
-    """Keeps what it is sent, in order; 'acknowledges' at once."""
-
-    def __init__(self) -> None:
-        self.records: list[OutputRecord] = []
-
-    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
-        self.records.extend(records)
-        return _acknowledged()
-
-
-async def _acknowledged() -> None:
-    return None
+# Keeps what it is sent, in order; 'acknowledges' at once: the users' test kit's sink.
+ListSink = CollectingSink
 
 
 class ListSource:
