@@ -114,12 +114,12 @@ def nested_lists(schema: EventSchema) -> Callable[[Sequence[InputRecord]], Any]:
 def without_text_checks(records: Sequence[InputRecord], schema: EventSchema) -> Any:
     """``codec.decode`` without the checks of the values' text (UTF-8, numbers' range, depth)
     that keep its verdicts orjson's: what those checks cost. Not safe to use."""
-    checks = fast_decode._plain_positions
-    fast_decode._plain_positions = lambda values: list(range(len(values)))
+    checks = fast_decode.plain_positions
+    fast_decode.plain_positions = lambda values: list(range(len(values)))
     try:
         return codec.decode(records, schema)
     finally:
-        fast_decode._plain_positions = checks
+        fast_decode.plain_positions = checks
 
 
 def measure(variants: dict[str, Callable[[], Any]], rounds: int, events: int) -> dict[str, dict[str, float]]:

@@ -226,7 +226,7 @@ def memory_per_key(spec: StateSpec, keys: int, batch: int) -> dict:
     rss_before = rss_bytes()
     step = FeatureStep(spec)
     rng = np.random.default_rng(3)
-    partitions = [("bench-memory", p) for p in range(4)]
+    partitions = [Partition("bench-memory", p) for p in range(4)]
     started, base_ms = time.perf_counter(), int(time.time() * 1000)
     for start in range(0, keys, batch):
         ids = range(start, min(keys, start + batch))

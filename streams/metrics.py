@@ -18,6 +18,8 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streams.records import Partition
+
 LATENCY_BOUNDS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 INFERENCE_BOUNDS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_SIZE_BOUNDS = tuple(float(2**i) for i in range(13))  # 1 .. 4096
@@ -57,7 +59,7 @@ class LiveProbe(Protocol):
 
     def queue_depth(self) -> int: ...
 
-    def lag_by_partition(self) -> dict[tuple[str, int], int]: ...
+    def lag_by_partition(self) -> dict[Partition, int]: ...
 
     def serving(self) -> tuple[str, str] | None:
         """The model's name and version."""

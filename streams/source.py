@@ -32,7 +32,7 @@ class Source(Protocol):
         """Records known to wait beyond what was handed out (the consumer lag)."""
         ...
 
-    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+    def lag_by_partition(self) -> dict[Partition, int]:
         """Per partition: records not yet made durable (for the metrics)."""
         ...
 

@@ -31,7 +31,7 @@ from app.config import PipelineConfig
 from app.crash_hooks import count_from_env
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
-from app.progress import Progress
+from app.progress_bar import ProgressBar
 from app.state_warmup import warm_from_input
 from app.topics import check_broker, ensure_topics, partitions_of
 from models.loading import ModelSpec
@@ -443,8 +443,8 @@ async def backfill_run(
                 say=lambda line: print(line, file=sys.stderr, flush=True),
             )
             batcher = build_batcher(p, cost, "backfill")
-            progress = Progress(checkpoint.plan.total, f"backfill {run.id}")
-            progress.update(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
+            bar = ProgressBar(checkpoint.plan.total, f"backfill {run.id}")
+            bar.update(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
             # A Parquet part is closed at each checkpoint: every 10 s keeps parts large enough to read fast.
             every_s = 0.0 if hook else (10.0 if Path(sink_target.target).suffix == ".parquet" else 1.0)
             summary = await run_backfill(
@@ -452,12 +452,12 @@ async def backfill_run(
                 pipeline,
                 batcher,
                 checkpoint,
-                progress=lambda done, _total: progress.update(done),
+                on_advance=lambda done, _total: bar.update(done),
                 checkpoint_every_s=every_s if sink_target.kind == "file" or hook else 1.0,
                 commit_sink=commit_sink,
                 on_checkpoint=hook.checkpointed if hook else lambda _checkpoint: None,
             )
-            progress.finish(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
+            bar.finish(checkpoint.plan.total - checkpoint.plan.remaining(checkpoint.position))
             return summary
         finally:
             if pipeline is not None and pipeline.stateful is not None:

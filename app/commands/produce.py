@@ -11,7 +11,7 @@ from faust.cli import AppCommand, option
 from app.demo_events import demo_events
 from app.kafka_clients import connection, make_producer
 from app.main import app, config
-from app.progress import Progress
+from app.progress_bar import ProgressBar
 from app.topics import ensure_topics
 from streams.errors import CommandLineError, exit_on_operator_error
 
@@ -42,7 +42,7 @@ async def produce(self: AppCommand, count: int, topic: str | None, rate: float, 
         await ensure_topics(conn, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions)
     producer = make_producer(conn, linger_ms=5)
     await producer.start()
-    progress = Progress(count, f"produced to {topic}", every_s=1.0)
+    progress = ProgressBar(count, f"produced to {topic}", every_s=1.0)
     try:
         pending = []
         started = time.monotonic()

@@ -51,13 +51,13 @@ class CheckpointProgress:
         every_s: float,
         commit_sink: Callable[[], dict[str, Any] | None],
         on_checkpoint: Callable[[Checkpoint], None],
-        progress: Callable[[int, int], None],
+        on_advance: Callable[[int, int], None],
     ) -> None:
         self.checkpoint = checkpoint
         self.every_s = every_s
         self.commit_sink = commit_sink
         self.on_checkpoint = on_checkpoint
-        self.progress = progress
+        self.on_advance = on_advance  # (events done, events in the plan): a progress bar
         self.summary = BackfillSummary()
         self._news = asyncio.Event()
 
@@ -67,7 +67,7 @@ class CheckpointProgress:
         self.summary.scored += scored
         self.summary.dead_lettered += dead_lettered
         plan = self.checkpoint.plan
-        self.progress(plan.total - plan.remaining(self.checkpoint.position), plan.total)
+        self.on_advance(plan.total - plan.remaining(self.checkpoint.position), plan.total)
         self._news.set()
 
     async def wait_until_due(self) -> None:
@@ -89,7 +89,7 @@ async def run_backfill(
     batcher: Batcher,
     checkpoint: Checkpoint,
     *,
-    progress: Callable[[int, int], None] = lambda done, total: None,
+    on_advance: Callable[[int, int], None] = lambda done, total: None,
     checkpoint_every_s: float = 1.0,
     commit_sink: Callable[[], dict[str, Any] | None] = lambda: None,
     on_checkpoint: Callable[[Checkpoint], None] = lambda checkpoint: None,
@@ -102,7 +102,7 @@ async def run_backfill(
         every_s=checkpoint_every_s,
         commit_sink=commit_sink,
         on_checkpoint=on_checkpoint,
-        progress=progress,
+        on_advance=on_advance,
     )
     driver = Driver(source, pipeline, batcher, saving, on_model_down="raise")
     started = time.perf_counter()

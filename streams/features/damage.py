@@ -19,7 +19,8 @@ from rocksdict import Rdict
 from streams.errors import StateError
 from streams.features.local_db import KEY_PREFIX, PartitionDatabases
 from streams.features.snapshot import decode_state
-from streams.features.store import KeyState, PartitionId
+from streams.features.store import KeyState
+from streams.records import Partition
 
 
 class DamagedCopies:
@@ -30,7 +31,7 @@ class DamagedCopies:
         self.layout_id = layout_id
         self.fields = fields
         self.capacity = capacity
-        self._found: dict[PartitionId, str] = {}
+        self._found: dict[Partition, str] = {}
 
     def __bool__(self) -> bool:
         return bool(self._found)
@@ -38,10 +39,10 @@ class DamagedCopies:
     def __contains__(self, partition: object) -> bool:
         return partition in self._found
 
-    def partitions(self) -> Set[PartitionId]:
+    def partitions(self) -> Set[Partition]:
         return self._found.keys()
 
-    def read(self, partition: PartitionId, db: Rdict, keys: list[bytes]) -> list[bytes | None]:
+    def read(self, partition: Partition, db: Rdict, keys: list[bytes]) -> list[bytes | None]:
         """The stored records of ``keys`` (None for a key the database does not hold); a read
         RocksDB refuses notes the database damaged and raises."""
         try:
@@ -51,7 +52,7 @@ class DamagedCopies:
             raise StateError(self.message(partition)) from None
         return stored
 
-    def decode(self, partition: PartitionId, key: bytes, value: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    def decode(self, partition: Partition, key: bytes, value: bytes) -> tuple[np.ndarray, np.ndarray, int]:
         """A stored record as a key's state; one that is not notes the database damaged and raises."""
         try:
             return decode_state(value, self.layout_id, self.fields, self.capacity)
@@ -59,7 +60,7 @@ class DamagedCopies:
             self._found.setdefault(partition, f"the record of key {key[:40]!r}: {exc}")
             raise StateError(self.message(partition)) from None
 
-    def key_state(self, partition: PartitionId, key: bytes, value: bytes) -> KeyState:
+    def key_state(self, partition: Partition, key: bytes, value: bytes) -> KeyState:
         """A stored record as the ``KeyState`` the memory store would hold (serving a key)."""
         times, values, offset = self.decode(partition, key, value)
         n = len(times)
@@ -69,13 +70,13 @@ class DamagedCopies:
             padded_times[-n:], padded_values[-n:] = times, values
         return KeyState(padded_times, padded_values, n, offset)
 
-    def message(self, partition: PartitionId) -> str:
+    def message(self, partition: Partition) -> str:
         return (
             f"the local state of {partition[0]}[{partition[1]}] (a copy of the changelog) holds a damaged record "
             f"({self._found[partition]}); it is rebuilt from the changelog before the partition is scored again"
         )
 
-    def stop(self, partition: PartitionId) -> NoReturn:
+    def stop(self, partition: Partition) -> NoReturn:
         """A batch of a partition whose database is damaged: nothing of it is scored. The database is
         marked damaged and let go of (nothing more is written to it), to be emptied and rebuilt from
         the changelog at the partition's next restore."""
@@ -84,7 +85,7 @@ class DamagedCopies:
             f"{self.message(partition)}: stopping, nothing of this batch scored; restart the worker to rebuild it"
         )
 
-    def let_go(self, partition: PartitionId) -> None:
+    def let_go(self, partition: Partition) -> None:
         """The partition leaves this worker: whoever restores it next (this worker, or a restart) rebuilds it."""
         reason = self._found.pop(partition, None)
         if reason is not None:

@@ -31,10 +31,10 @@ from rocksdict import Options, Rdict, WriteBatch
 from streams.errors import StateError
 from streams.features.folders import make_own_folder, release_own_folder
 from streams.features.snapshot import newest_time
+from streams.records import Partition
 
 log = logging.getLogger(__name__)
 
-PartitionId = tuple[str, int]
 KEY_PREFIX = b"k"
 EVENT_TIME_KEY = b"w"
 CHECKPOINT_KEY = b"m:checkpoint"
@@ -67,16 +67,16 @@ class PartitionDatabases:
     def __init__(self, directory: Path, layout_id: bytes) -> None:
         self.directory = directory
         self.layout_id = layout_id
-        self._dbs: dict[PartitionId, Rdict] = {}
-        self._private: dict[PartitionId, Path] = {}
+        self._dbs: dict[Partition, Rdict] = {}
+        self._private: dict[Partition, Path] = {}
         # Where the next idle-key scan of each partition starts.
-        self._sweep_from: dict[PartitionId, bytes] = {}
+        self._sweep_from: dict[Partition, bytes] = {}
 
-    def get(self, partition: PartitionId) -> Rdict | None:
+    def get(self, partition: Partition) -> Rdict | None:
         """The partition's database if it is open."""
         return self._dbs.get(partition)
 
-    def checkpoint(self, partition: PartitionId) -> tuple[int, int | None] | None:
+    def checkpoint(self, partition: Partition) -> tuple[int, int | None] | None:
         """Opens the partition's database: the changelog offset it reflects and the partition's
         event time in it, or None for a database with nothing (one of another layout, or marked
         damaged, is wiped)."""
@@ -102,7 +102,7 @@ class PartitionDatabases:
             return None
         return _INT64.unpack(checkpoint)[0], None if event_time is None else _INT64.unpack(event_time)[0]
 
-    def mark_damaged(self, partition: PartitionId, reason: str) -> None:
+    def mark_damaged(self, partition: Partition, reason: str) -> None:
         """Mark the partition's database damaged and let go of it: its next ``checkpoint`` (the
         partition's next restore) empties it, to be rebuilt from the changelog. Nothing is written
         to it meanwhile (``get`` says it is not open)."""
@@ -118,7 +118,7 @@ class PartitionDatabases:
             return
         db.close()
 
-    def wipe(self, partition: PartitionId) -> Rdict:
+    def wipe(self, partition: Partition) -> Rdict:
         """An empty database in place of the partition's."""
         db = self._dbs.pop(partition, None)
         if db is not None:
@@ -126,13 +126,13 @@ class PartitionDatabases:
         Rdict.destroy(str(self._private.get(partition) or self.path(partition)), _options())
         return self.open(partition)
 
-    def write(self, partition: PartitionId, batch: WriteBatch, next_offset: int | None = None) -> None:
+    def write(self, partition: Partition, batch: WriteBatch, next_offset: int | None = None) -> None:
         """Write ``batch`` (and, atomically with it, the changelog offset it brings the copy to)."""
         if next_offset is not None:
             batch.put(CHECKPOINT_KEY, _INT64.pack(next_offset))
         self.open(partition).write(batch)
 
-    def idle_keys(self, partition: PartitionId, idle_before_ms: int, scan: int) -> list[bytes]:
+    def idle_keys(self, partition: Partition, idle_before_ms: int, scan: int) -> list[bytes]:
         """The keys whose newest event is older than ``idle_before_ms`` among the next ``scan``
         of the partition's database, going round it from one call to the next."""
         db = self._dbs.get(partition)
@@ -151,7 +151,7 @@ class PartitionDatabases:
         self._sweep_from[partition] = it.key() if it.valid() and it.key()[:1] == KEY_PREFIX else KEY_PREFIX
         return idle
 
-    def key_count(self, partition: PartitionId) -> int:
+    def key_count(self, partition: Partition) -> int:
         """RocksDB's estimate of the keys (exact until its files are compacted), less the records that are not keys."""
         db = self._dbs.get(partition)
         if db is None:
@@ -159,7 +159,7 @@ class PartitionDatabases:
         meta = sum(db.get(k) is not None for k in (LAYOUT_KEY, CHECKPOINT_KEY, EVENT_TIME_KEY))
         return max(0, (db.property_int_value("rocksdb.estimate-num-keys") or 0) - meta)
 
-    def close(self, partitions: Iterable[PartitionId] | None = None) -> None:
+    def close(self, partitions: Iterable[Partition] | None = None) -> None:
         for partition in list(self._dbs if partitions is None else partitions):
             db = self._dbs.pop(partition, None)
             if db is not None:
@@ -170,13 +170,13 @@ class PartitionDatabases:
                 shutil.rmtree(private.parent, ignore_errors=True)
                 release_own_folder(private.parent)
 
-    def path(self, partition: PartitionId) -> Path:
+    def path(self, partition: Partition) -> Path:
         topic, number = partition
         if not topic.strip(".") or "/" in topic or "\\" in topic or "\0" in topic:
             raise StateError(f"cannot keep the state of a topic named {topic!r} in a folder")
         return self.directory / f"{topic}-{number}"
 
-    async def acquire(self, partition: PartitionId) -> None:
+    async def acquire(self, partition: Partition) -> None:
         """Open the partition's database, waiting up to ``LOCK_WAIT_S`` (without blocking the event
         loop) for another process on this host to let go of it; then a private folder instead."""
         deadline = time.monotonic() + LOCK_WAIT_S
@@ -186,7 +186,7 @@ class PartitionDatabases:
             elif partition not in self._dbs:
                 self._go_private(partition)
 
-    def open(self, partition: PartitionId) -> Rdict:
+    def open(self, partition: Partition) -> Rdict:
         """The partition's database, opened now (a private folder if another process holds it)."""
         db = self._dbs.get(partition) or self._try_open(partition)
         if db is None:
@@ -195,7 +195,7 @@ class PartitionDatabases:
             assert db is not None  # a folder named after this process: no one else opens it
         return db
 
-    def _try_open(self, partition: PartitionId) -> Rdict | None:
+    def _try_open(self, partition: Partition) -> Rdict | None:
         """The database, or None while another process holds its lock."""
         path = self._private.get(partition) or self.path(partition)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ class PartitionDatabases:
         self._dbs[partition] = db
         return db
 
-    def _go_private(self, partition: PartitionId) -> None:
+    def _go_private(self, partition: Partition) -> None:
         path = self.path(partition)
         private = self._private[partition] = make_own_folder(path.parent, f"{path.name}.private-") / "db"
         log.warning(

@@ -29,7 +29,8 @@ from streams.features.damage import DamagedCopies
 from streams.features.folders import release_own_folder
 from streams.features.local_db import KEY_PREFIX, PartitionDatabases, new_batch, put_or_delete
 from streams.features.snapshot import encode_state
-from streams.features.store import KeyedStore, KeyState, PartitionId, _resized, partition_runs
+from streams.features.store import KeyedStore, KeyState, _resized, partition_runs
+from streams.records import Partition
 
 # Keys of the database (not cached) each sweep looks at for idleness, going round the database.
 SWEEP_SCAN_KEYS = 2048
@@ -57,20 +58,20 @@ class RocksStore(KeyedStore):
         # Changed since the database last had it (not to be evicted before it does).
         self.dirty = np.zeros(len(self.length), dtype=bool)
         self.occupied = np.zeros(len(self.length), dtype=bool)
-        self.slot_keys: list[tuple[PartitionId, bytes] | None] = [None] * len(self.length)
+        self.slot_keys: list[tuple[Partition, bytes] | None] = [None] * len(self.length)
         self.applied_generation = 0
         self.evicted = 0
         self.databases = PartitionDatabases(directory, layout_id)
-        self._restoring: dict[PartitionId, Any] = {}
+        self._restoring: dict[Partition, Any] = {}
         self._damage = DamagedCopies(self.databases, layout_id, fields, capacity)
 
-    def slots_for(self, partitions: Sequence[PartitionId], keys: Sequence[bytes]) -> np.ndarray:
+    def slots_for(self, partitions: Sequence[Partition], keys: Sequence[bytes]) -> np.ndarray:
         if self._damage:
             for partition, _, _ in partition_runs(partitions):
                 if partition in self._damage:
                     self._damage.stop(partition)
         # This batch's cached keys are marked in use first: making room for its other keys must not evict them.
-        missing: dict[tuple[PartitionId, bytes], None] = {}
+        missing: dict[tuple[Partition, bytes], None] = {}
         for partition, lo, hi in partition_runs(partitions):
             table = self.tables.get(partition, {})
             found = [table.get(key) for key in keys[lo:hi]]
@@ -83,7 +84,7 @@ class RocksStore(KeyedStore):
         self.dirty[slots] = True
         return slots
 
-    def peek(self, partition: PartitionId, key: bytes) -> KeyState | None:
+    def peek(self, partition: Partition, key: bytes) -> KeyState | None:
         if key in self.tables.get(partition, ()):
             return super().peek(partition, key)
         db = self.databases.get(partition)
@@ -94,17 +95,17 @@ class RocksStore(KeyedStore):
         value = self._damage.read(partition, db, [key])[0]
         return None if value is None else self._damage.key_state(partition, key, value)
 
-    def key_count(self, partition: PartitionId) -> int:
+    def key_count(self, partition: Partition) -> int:
         return max(self.databases.key_count(partition), super().key_count(partition))
 
     def applied(self, generation: int) -> None:
         self.applied_generation = max(self.applied_generation, generation)
 
-    def _fault_in(self, wanted: list[tuple[PartitionId, bytes]]) -> None:
+    def _fault_in(self, wanted: list[tuple[Partition, bytes]]) -> None:
         """Bring the wanted keys' state from the database into the cache (a key it does not hold
         gets a new empty slot later, in ``slots_for``)."""
         self._make_room(len(wanted))
-        by_partition: dict[PartitionId, list[bytes]] = {}
+        by_partition: dict[Partition, list[bytes]] = {}
         for partition, key in wanted:
             by_partition.setdefault(partition, []).append(key)
         for partition, keys in by_partition.items():
@@ -139,7 +140,7 @@ class RocksStore(KeyedStore):
         candidates = np.flatnonzero(evictable)
         if len(candidates) > target:
             candidates = candidates[np.argpartition(self.last_used[candidates], target - 1)[:target]]
-        writes: dict[PartitionId, Any] = {}
+        writes: dict[Partition, Any] = {}
         for slot in candidates.tolist():
             owner = self.slot_keys[slot]
             assert owner is not None
@@ -152,7 +153,7 @@ class RocksStore(KeyedStore):
             self.databases.write(partition, batch)
         self.evicted += len(candidates)
 
-    def _new_slot_for(self, partition: PartitionId, key: bytes) -> int:
+    def _new_slot_for(self, partition: Partition, key: bytes) -> int:
         slot = super()._new_slot_for(partition, key)
         self.occupied[slot] = True
         self.slot_keys[slot] = (partition, key)
@@ -171,22 +172,22 @@ class RocksStore(KeyedStore):
         self.last_used, self.dirty, self.occupied = grown
         self.slot_keys += [None] * (size - len(self.slot_keys))
 
-    def load(self, partition: PartitionId, key: bytes, times: np.ndarray, values: np.ndarray, offset: int) -> None:
+    def load(self, partition: Partition, key: bytes, times: np.ndarray, values: np.ndarray, offset: int) -> None:
         """A restored key goes to the database (``mirror``), not the cache: state may exceed memory."""
         self.unload(partition, key)
 
-    def unload(self, partition: PartitionId, key: bytes) -> None:
+    def unload(self, partition: Partition, key: bytes) -> None:
         slot = self.tables.get(partition, {}).pop(key, None)
         if slot is not None:
             self._release(slot)
 
-    def _forget(self, partition: PartitionId, key: bytes) -> None:
+    def _forget(self, partition: Partition, key: bytes) -> None:
         super()._forget(partition, key)
         db = self._db(partition)
         if not self.track_changes and db is not None:
             del db[KEY_PREFIX + key]  # a backfill's: no changelog tombstone will do it
 
-    def sweep(self, partition: PartitionId, idle_before_ms: int) -> int:
+    def sweep(self, partition: Partition, idle_before_ms: int) -> int:
         forgotten = super().sweep(partition, idle_before_ms)
         db = self._db(partition)
         if db is None:
@@ -204,27 +205,25 @@ class RocksStore(KeyedStore):
                 del db[KEY_PREFIX + key]
         return forgotten + len(idle)
 
-    async def acquire(self, partition: PartitionId) -> None:
+    async def acquire(self, partition: Partition) -> None:
         await self.databases.acquire(partition)
 
-    def open(self, partition: PartitionId) -> tuple[int, int | None] | None:
+    def open(self, partition: Partition) -> tuple[int, int | None] | None:
         return self.databases.checkpoint(partition)
 
-    def wipe(self, partition: PartitionId) -> None:
+    def wipe(self, partition: Partition) -> None:
         self.databases.wipe(partition)
 
-    def mirror(self, partition: PartitionId, record_key: bytes, record_value: bytes | None) -> None:
+    def mirror(self, partition: Partition, record_key: bytes, record_value: bytes | None) -> None:
         batch = self._restoring.get(partition)
         if batch is None:
             batch = self._restoring[partition] = new_batch()
         put_or_delete(batch, record_key, record_value)
 
-    def restored(self, partition: PartitionId, next_offset: int) -> None:
+    def restored(self, partition: Partition, next_offset: int) -> None:
         self.databases.write(partition, self._restoring.pop(partition, None) or new_batch(), next_offset)
 
-    def persisted(
-        self, partition: PartitionId, records: Sequence[tuple[bytes, bytes | None]], next_offset: int
-    ) -> None:
+    def persisted(self, partition: Partition, records: Sequence[tuple[bytes, bytes | None]], next_offset: int) -> None:
         if self.databases.get(partition) is None:
             return  # given up meanwhile: its next owner restores from the changelog
         batch = new_batch()
@@ -237,7 +236,7 @@ class RocksStore(KeyedStore):
             if slot is not None and key[1:] not in changed_again:
                 self.dirty[slot] = False
 
-    def drop_partitions(self, partitions: Iterable[PartitionId]) -> None:
+    def drop_partitions(self, partitions: Iterable[Partition]) -> None:
         partitions = list(partitions)
         super().drop_partitions(partitions)
         for partition in partitions:
@@ -252,7 +251,7 @@ class RocksStore(KeyedStore):
             shutil.rmtree(self.databases.directory, ignore_errors=True)
             release_own_folder(self.databases.directory)
 
-    def _db(self, partition: PartitionId) -> Rdict | None:
+    def _db(self, partition: Partition) -> Rdict | None:
         """The partition's database: a live worker's is opened by ``open`` (restoring), a backfill's
         (``track_changes`` false: no changelog, a directory of its own) when first needed."""
         if self.track_changes:

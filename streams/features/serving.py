@@ -10,10 +10,11 @@ import numpy as np
 
 from streams.features.aggregate import compute_all
 from streams.features.step import FeatureStep
-from streams.features.store import PartitionId, newest_times
+from streams.features.store import newest_times
+from streams.records import Partition
 
 
-def key_view(step: FeatureStep, partition: PartitionId, key: bytes) -> dict[str, Any] | None:
+def key_view(step: FeatureStep, partition: Partition, key: bytes) -> dict[str, Any] | None:
     """What the worker knows of ``key`` in ``partition`` (which it owns), or None for a key with
     no state. Only reads: a state it cannot read (a damaged record in the local copy) raises
     ``StateError`` and changes nothing."""

@@ -28,7 +28,8 @@ import numpy as np
 
 from streams.features.aggregate import compute_all
 from streams.features.spec import Feature, StateSpec
-from streams.features.store import KeyedStore, PartitionId, newest_times
+from streams.features.store import KeyedStore, newest_times
+from streams.records import Partition
 
 
 @dataclass
@@ -40,7 +41,7 @@ class StateUpdate:
     values: np.ndarray
     length: np.ndarray
     offset: np.ndarray
-    latest_ms: dict[PartitionId, int]
+    latest_ms: dict[Partition, int]
     # Each event's slot and source offset, in batch order (to remember its prediction).
     event_slots: np.ndarray
     event_offsets: np.ndarray
@@ -65,13 +66,13 @@ class FeatureStep:
         self._before = [f for f in spec.features if not f.include_current]
         self._after = [f for f in spec.features if f.include_current]
         # The newest event time seen per partition: what the TTL sweep counts idleness from.
-        self.latest_ms: dict[PartitionId, int] = {}
+        self.latest_ms: dict[Partition, int] = {}
         # Model versions that made the predictions kept per key (``store.prediction_version`` indexes it).
         self.versions: list[str] = []
 
     def compute(
         self,
-        partitions: Sequence[PartitionId],
+        partitions: Sequence[Partition],
         keys: Sequence[bytes],
         times: np.ndarray,
         values: np.ndarray,
@@ -149,30 +150,30 @@ class FeatureStep:
         store.prediction_ts[slots[last]] = update.event_times[rows][last]
         store.prediction_version[slots[last]] = self.versions.index(version)
 
-    def sweep(self, partition: PartitionId) -> int:
+    def sweep(self, partition: Partition) -> int:
         """Forget the partition's keys idle past the TTL, by event time; returns how many."""
         latest = self.latest_ms.get(partition)
         return 0 if latest is None else self.store.sweep(partition, latest - self.spec.ttl_ms)
 
-    def drop_partitions(self, partitions: Sequence[PartitionId]) -> None:
+    def drop_partitions(self, partitions: Sequence[Partition]) -> None:
         self.store.drop_partitions(partitions)
         for partition in partitions:
             self.latest_ms.pop(partition, None)
 
     def _partition_time(
-        self, partitions: Sequence[PartitionId], times: np.ndarray
-    ) -> tuple[np.ndarray, dict[PartitionId, int]]:
+        self, partitions: Sequence[Partition], times: np.ndarray
+    ) -> tuple[np.ndarray, dict[Partition, int]]:
         """Each event's partition event time (see the module docstring), and each partition's newest."""
         first = partitions[0] if len(partitions) else None
         if all(p == first for p in partitions):
             groups = {first: np.arange(len(times))} if first is not None else {}
         else:
-            index: dict[PartitionId, list[int]] = {}
+            index: dict[Partition, list[int]] = {}
             for i, partition in enumerate(partitions):
                 index.setdefault(partition, []).append(i)
             groups = {p: np.asarray(rows) for p, rows in index.items()}
         event_time = np.empty(len(times), dtype=np.int64)
-        newest: dict[PartitionId, int] = {}
+        newest: dict[Partition, int] = {}
         for partition, rows in groups.items():
             assert partition is not None
             running = np.maximum.accumulate(times[rows])

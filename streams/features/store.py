@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# A partition as the store sees it: (topic, partition), what ``streams.records.Partition`` is too.
-PartitionId = tuple[str, int]
+from streams.records import Partition
 
 
-def partition_runs(partitions: Sequence[PartitionId]) -> Iterator[tuple[PartitionId, int, int]]:
+def partition_runs(partitions: Sequence[Partition]) -> Iterator[tuple[Partition, int, int]]:
     """``(partition, start, stop)`` of each run of equal partitions (a batch holds each fetched
     partition's records together, so there are about as many runs as partitions)."""
     start = 0
@@ -70,8 +69,8 @@ class KeyedStore:
         self.prediction_offset = np.full(initial_slots, -1, dtype=np.int64)
         self.prediction_ts = np.zeros(initial_slots, dtype=np.int64)
         self.prediction_version = np.zeros(initial_slots, dtype=np.int16)
-        self.tables: dict[PartitionId, dict[bytes, int]] = {}
-        self._changed: dict[PartitionId, set[bytes]] = {}
+        self.tables: dict[Partition, dict[bytes, int]] = {}
+        self._changed: dict[Partition, set[bytes]] = {}
         self._free: list[int] = []
         self._used = 0
         # Only a store with a changelog needs to know which keys changed (a backfill's does not).
@@ -82,7 +81,7 @@ class KeyedStore:
     def __len__(self) -> int:
         return sum(len(table) for table in self.tables.values())
 
-    def slots_for(self, partitions: Sequence[PartitionId], keys: Sequence[bytes]) -> np.ndarray:
+    def slots_for(self, partitions: Sequence[Partition], keys: Sequence[bytes]) -> np.ndarray:
         """The slot of each (partition, key), a new empty one for a key not seen before; each key is
         marked changed (its events are about to be appended)."""
         self.generation += 1
@@ -113,7 +112,7 @@ class KeyedStore:
         self.values[slots] = 0
         self.length[slots] = 0
 
-    def sweep(self, partition: PartitionId, idle_before_ms: int) -> int:
+    def sweep(self, partition: Partition, idle_before_ms: int) -> int:
         """Forget the keys of ``partition`` whose newest event is older than ``idle_before_ms`` (their
         features would start from nothing anyway); returns how many."""
         table = self.tables.get(partition, {})
@@ -126,7 +125,7 @@ class KeyedStore:
             self._forget(partition, keys[i])
         return int(idle.size)
 
-    def take_changed(self, partition: PartitionId) -> list[tuple[bytes, int | None]]:
+    def take_changed(self, partition: Partition) -> list[tuple[bytes, int | None]]:
         """The keys changed since the last call, each with its slot, or None for a forgotten key."""
         changed = self._changed.get(partition)
         if not changed:
@@ -135,7 +134,7 @@ class KeyedStore:
         table = self.tables.get(partition, {})
         return [(key, table.get(key)) for key in changed]
 
-    def peek(self, partition: PartitionId, key: bytes) -> KeyState | None:
+    def peek(self, partition: Partition, key: bytes) -> KeyState | None:
         """A copy of a key's state, or None for a key with no state (serving by key): reading it
         changes nothing in the store."""
         slot = self.tables.get(partition, {}).get(key)
@@ -152,30 +151,28 @@ class KeyedStore:
         times, values = self.times[slot].copy(), self.values[slot].copy()
         return KeyState(times, values, int(self.length[slot]), int(self.offset[slot]), prediction)
 
-    def key_count(self, partition: PartitionId) -> int:
+    def key_count(self, partition: Partition) -> int:
         return len(self.tables.get(partition, {}))
 
     # What a store with a local copy of the changelog (``RocksStore``) does more; here, nothing.
-    def open(self, partition: PartitionId) -> tuple[int, int | None] | None:
+    def open(self, partition: Partition) -> tuple[int, int | None] | None:
         """Before a restore: the changelog offset the local copy reflects and the partition's event
         time there, or None to restore from the beginning (there is no local copy)."""
         return None
 
-    async def acquire(self, partition: PartitionId) -> None:
+    async def acquire(self, partition: Partition) -> None:
         """Before ``open``: take hold of the partition's local copy (waiting for another process)."""
 
-    def wipe(self, partition: PartitionId) -> None:
+    def wipe(self, partition: Partition) -> None:
         """Forget the local copy of ``partition`` (it cannot be brought up to date from the changelog)."""
 
-    def mirror(self, partition: PartitionId, record_key: bytes, record_value: bytes | None) -> None:
+    def mirror(self, partition: Partition, record_key: bytes, record_value: bytes | None) -> None:
         """Keep a changelog record read during a restore, as it is, in the local copy."""
 
-    def restored(self, partition: PartitionId, next_offset: int) -> None:
+    def restored(self, partition: Partition, next_offset: int) -> None:
         """The local copy holds the changelog up to ``next_offset`` (exclusive)."""
 
-    def persisted(
-        self, partition: PartitionId, records: Sequence[tuple[bytes, bytes | None]], next_offset: int
-    ) -> None:
+    def persisted(self, partition: Partition, records: Sequence[tuple[bytes, bytes | None]], next_offset: int) -> None:
         """``records`` (the changelog records of a committed transaction) are committed up to ``next_offset``."""
 
     def applied(self, generation: int) -> None:
@@ -184,7 +181,7 @@ class KeyedStore:
     def close(self) -> None:
         """Release what the store holds outside the process's memory."""
 
-    def load(self, partition: PartitionId, key: bytes, times: np.ndarray, values: np.ndarray, offset: int) -> None:
+    def load(self, partition: Partition, key: bytes, times: np.ndarray, values: np.ndarray, offset: int) -> None:
         """Set a key's state (restoring from the changelog); not marked changed."""
         table = self.tables.setdefault(partition, {})
         self._changed.setdefault(partition, set())
@@ -199,14 +196,14 @@ class KeyedStore:
         self.length[slot] = n
         self.offset[slot] = offset
 
-    def unload(self, partition: PartitionId, key: bytes) -> None:
+    def unload(self, partition: Partition, key: bytes) -> None:
         """Forget a key without marking it changed (a tombstone read from the changelog)."""
         table = self.tables.get(partition, {})
         slot = table.pop(key, None)
         if slot is not None:
             self._release(slot)
 
-    def drop_partitions(self, partitions: Iterable[PartitionId]) -> None:
+    def drop_partitions(self, partitions: Iterable[Partition]) -> None:
         """Forget every key of ``partitions`` (they moved to another worker)."""
         for partition in partitions:
             for slot in self.tables.pop(partition, {}).values():
@@ -218,7 +215,7 @@ class KeyedStore:
         n = int(self.length[slot])
         return self.times[slot, self.capacity - n :], self.values[slot, self.capacity - n :]
 
-    def _forget(self, partition: PartitionId, key: bytes) -> None:
+    def _forget(self, partition: Partition, key: bytes) -> None:
         self._release(self.tables[partition].pop(key))
         if self.track_changes:
             self._changed.setdefault(partition, set()).add(key)
@@ -229,7 +226,7 @@ class KeyedStore:
         self.prediction[slot], self.prediction_offset[slot] = np.nan, -1
         self._free.append(slot)
 
-    def _new_slot_for(self, partition: PartitionId, key: bytes) -> int:
+    def _new_slot_for(self, partition: Partition, key: bytes) -> int:
         return self._new_slot()
 
     def _new_slot(self) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streams.flow.cost_model import CostModel, reference_sizes
-from streams.records import SourceRecord
+from streams.records import Partition, SourceRecord
 
 INF = math.inf
 # How many of the largest batches a driver keeps fetched ahead of the model: enough to fill
@@ -209,7 +209,7 @@ class Batcher:
             self._chunks.appendleft(_Chunk(list(batch.records), batch.deadlines_ms))
             self._size += len(batch)
 
-    def drop_partitions(self, partitions: set[tuple[str, int]]) -> int:
+    def drop_partitions(self, partitions: set[Partition]) -> int:
         """Forget queued events of these (topic, partition)s, e.g. revoked in a rebalance.
 
         They were never scored nor committed, so their new owner consumes them again.

@@ -141,11 +141,10 @@ class Driver(Generic[StageT]):
     async def release_partitions(self, revoked: set[Partition]) -> None:
         """Before partitions move to another worker: forget their queued events, finish and
         commit the rest."""
-        gone = {(p.topic, p.partition) for p in revoked}
-        dropped = self.batcher.drop_partitions(gone)
+        dropped = self.batcher.drop_partitions(revoked)
         async with self.dispatcher.lock:
             self.dispatcher.give_back()
-            dropped += self.batcher.drop_partitions(gone)
+            dropped += self.batcher.drop_partitions(revoked)
             await self.acknowledger.drain()
             await self.progress.commit()
         if dropped:
@@ -180,7 +179,7 @@ class Driver(Generic[StageT]):
     def queue_depth(self) -> int:
         return len(self.batcher)
 
-    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+    def lag_by_partition(self) -> dict[Partition, int]:
         return self.source.lag_by_partition()
 
     def serving(self) -> tuple[str, str] | None:

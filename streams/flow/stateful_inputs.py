@@ -60,7 +60,7 @@ class StatefulInputs:
         columns = [decoded.inputs[c] for c in self._state_columns]
         values = np.stack(columns, axis=1) if columns else np.zeros((n, 0), dtype=np.float32)
         features, update = self.step.compute(
-            [(r.topic, r.partition) for r in events],
+            [Partition(r.topic, r.partition) for r in events],
             [r.key for r in events],
             np.fromiter((r.timestamp for r in events), dtype=np.int64, count=n),
             values,

@@ -229,14 +229,14 @@ class KafkaBatchSource:
                 lag += high - fetched
         return lag
 
-    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+    def lag_by_partition(self) -> dict[Partition, int]:
         """Per assigned partition: records the broker holds after this worker's last commit."""
-        lag: dict[tuple[str, int], int] = {}
+        lag: dict[Partition, int] = {}
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             base = self.committed.get(tp)
             if high is not None and base is not None:
-                lag[(tp.topic, tp.partition)] = max(0, high - base)
+                lag[Partition(tp.topic, tp.partition)] = max(0, high - base)
         return lag
 
     async def commit_offsets(self, next_offsets: dict[Partition, int]) -> bool:

@@ -88,8 +88,8 @@ class ReplaySource:
     def backlog(self) -> int:
         return sum(self._end[tp] - at for tp, at in self._upcoming.items())
 
-    def lag_by_partition(self) -> dict[tuple[str, int], int]:
-        return {(tp.topic, tp.partition): self._end[tp] - at for tp, at in self._upcoming.items()}
+    def lag_by_partition(self) -> dict[Partition, int]:
+        return {Partition(tp.topic, tp.partition): self._end[tp] - at for tp, at in self._upcoming.items()}
 
     async def keep_alive(self) -> list[SourceRecord]:
         return []  # no group to stay in

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 
-class Progress:
+class ProgressBar:
     def __init__(self, total: int, label: str, *, every_s: float = 5.0) -> None:
         self.total = total
         self.label = label

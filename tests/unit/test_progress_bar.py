@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from app.progress import Progress
+from app.progress_bar import ProgressBar
 
 
 def test_off_a_terminal_progress_prints_plain_lines_and_always_a_final_one(capsys):
-    progress = Progress(10, "job", every_s=0.0)
+    progress = ProgressBar(10, "job", every_s=0.0)
     progress.update(4)
     progress.finish(10)
     lines = capsys.readouterr().err.splitlines()
@@ -14,7 +14,7 @@ def test_off_a_terminal_progress_prints_plain_lines_and_always_a_final_one(capsy
 
 
 def test_lines_are_spaced_out(capsys):
-    progress = Progress(10, "job", every_s=3600)
+    progress = ProgressBar(10, "job", every_s=3600)
     for done in range(10):
         progress.update(done)
     assert capsys.readouterr().err == ""
