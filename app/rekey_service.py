@@ -32,12 +32,12 @@ from streams.errors import TopicMissingError
 from streams.flow.cost_model import CostModel
 from streams.flow.delivery import Sink
 from streams.flow.driver import Driver
+from streams.flow.partitions import PartitionLife, PartitionSteps
 from streams.kafka.group_source import KafkaBatchSource
 from streams.kafka.rekey import Rekeying
 from streams.kafka.transaction_commits import TransactionCommits
 from streams.kafka.transactions import PartitionTransactions, TransactionalSink
 from streams.metrics import PipelineMetrics
-from streams.records import Partition
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class RekeyService(Service):
         self._source: KafkaBatchSource | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._crashing: asyncio.Future[None] | None = None
+        self.life: PartitionLife | None = None
         self._stage_running = asyncio.Event()
 
     @property
@@ -126,7 +127,8 @@ class RekeyService(Service):
         cost = CostModel(fallback_seconds_per_event=REKEY_SECONDS_PER_EVENT)
         self.driver = driver = Driver(source, stage, build_batcher(p, cost, "live"), progress, metrics=self.metrics)
         self.metrics.probe = driver  # the input topic's lag, the queue, lost outputs
-        self._subscribe_with_transactions(source, driver, transactions)
+        self.life = self._partition_life(source, driver, transactions)
+        source.subscribe(on_revoke=self.life.revoke, on_assign=self.life.assign)
         await self._consumer.start()
         self._run_task = asyncio.create_task(driver.run(), name=f"sluice-rekey-{p.name}")
         self._run_task.add_done_callback(self._on_loop_done)
@@ -142,20 +144,18 @@ class RekeyService(Service):
         )
 
     @staticmethod
-    def _subscribe_with_transactions(
+    def _partition_life(
         source: KafkaBatchSource, driver: Driver[Rekeying], txns: PartitionTransactions
-    ) -> None:
-        async def on_revoke(revoked: set[Partition]) -> None:
-            try:
-                await driver.release_partitions(revoked)  # commits every open transaction
-            finally:
-                await txns.release(revoked)
-
-        async def on_assign(assigned: set[Partition]) -> None:
-            await txns.assign(assigned)  # fences their previous owners first
-            await source.start_from_committed(assigned)
-
-        source.subscribe(on_revoke=on_revoke, on_assign=on_assign)
+    ) -> PartitionLife:
+        """Partitions move with their transactional producer: the previous owner is fenced before
+        this worker reads from the committed offsets."""
+        steps = PartitionSteps(
+            fence=txns.assign,
+            start=source.start_from_committed,
+            drain=driver.release_partitions,  # commits every open transaction
+            release=(txns.release,),
+        )
+        return PartitionLife(steps)
 
     def _on_loop_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -167,5 +167,7 @@ class RekeyService(Service):
         await stop_driver(self.driver, self._run_task, f"pipeline {self.pipeline_config.name} (re-keying)")
         if self._consumer is not None:
             await self._consumer.stop()
+        if self.life is not None:
+            await self.life.close()  # the driver committed what it finished: let go of every partition
         if self._sink is not None:
             await self._sink.stop()

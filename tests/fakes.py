@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from streams.records import SourceRecord
+from streams.records import Partition, SourceRecord
 from streams.testing import CollectingSink
 
 
@@ -67,7 +67,7 @@ class ListSource:
     def backlog(self) -> int:
         return len(self.records) - self.handed_out
 
-    def lag_by_partition(self) -> dict[tuple[str, int], int]:
+    def lag_by_partition(self) -> dict[Partition, int]:
         return {}
 
 

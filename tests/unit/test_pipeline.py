@@ -158,3 +158,23 @@ async def test_input_headers_are_carried_to_predictions_and_dead_letters(policy,
     ]
     await pipeline.process(batch)
     assert [(r.topic, tuple(r.headers)) for r in sink.records] == [("out", carried), ("dlq", carried)]
+
+
+async def test_a_late_event_counts_in_its_keys_state_then_leaves_as_a_dead_letter(tmp_path):
+    """``late_events = "dead_letter"`` in a stateful pipeline: the late event happened all the same,
+    so the key's later events see it in their features; it is dead-lettered, never scored."""
+    from app.testing import Event, score_async
+    from tests.unit.test_testing_kit import STATEFUL, transaction
+
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        STATEFUL.replace("STORE", "").replace(
+            "emit_features = true", 'emit_features = true\nlate_events = "dead_letter"'
+        )
+    )
+    now = 10_000_000
+    stamps = [now - 1_000_000, now - 900_000, now - 10, now - 5]  # the first two missed their budget
+    events = [Event(transaction(i, amount=float(i + 1)), key="a", timestamp=t) for i, t in enumerate(stamps)]
+    out = await score_async(config, "spend", events, now_ms=now, environ={})
+    assert [(d["error"], d["source"]["offset"]) for d in out.dead_letters] == [("Expired", 0), ("Expired", 1)]
+    assert {p["id"]: p["features"]["spend"] for p in out.predictions} == {"tx-2": 3.0, "tx-3": 6.0}
