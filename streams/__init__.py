@@ -6,5 +6,6 @@
 - ``codecs/``: decoding events, encoding outputs and dead letters;
 - ``features/``: per-key state and the features computed from it;
 - ``backfill/``: the bounded replay's plan, checkpoints and the file sinks;
-- ``kafka/``: the adapters to Kafka, the only part that imports a Kafka client.
+- ``kafka/``: the adapters to Kafka, the only part that imports a Kafka client;
+- ``testing``: a source of given events and a sink that collects, for tests without a broker.
 """
