@@ -30,6 +30,7 @@ from typing import Any
 
 from app.build import build_batcher, build_pipeline, build_runner, load_checked_model
 from app.config import Config, PipelineConfig, load_config
+from app.model_refs import plain_model_spec
 from models.loading import LoadedModel
 from models.registry import DEMO_MODELS
 from models.spec import ModelSpec
@@ -130,13 +131,9 @@ def model_spec(model: ModelRef | None, p: PipelineConfig) -> ModelSpec:
     if isinstance(model, ModelSpec):
         return model
     ref = os.fspath(model)
-    if ref in DEMO_MODELS:
-        return ModelSpec(demo=ref)
-    if ":" in ref and "=" in ref:
-        cls, weights = ref.split("=", 1)
-        return ModelSpec(module_class=cls, state_dict=Path(weights))
-    if ref.endswith(".pt2"):
-        return ModelSpec(exported=Path(ref))
+    spec = plain_model_spec(ref)
+    if spec is not None:
+        return spec
     raise ValueError(
         f"model {ref!r}: expected a demo model ({', '.join(DEMO_MODELS)}), a .pt2 file, "
         "package.module:Class=weights.pt, or a models.spec.ModelSpec"

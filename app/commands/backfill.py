@@ -31,10 +31,10 @@ from app.config import PipelineConfig
 from app.crash_hooks import count_from_env
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
+from app.model_refs import model_spec
 from app.progress_bar import ProgressBar
 from app.state_warmup import warm_from_input
 from app.topics import check_broker, ensure_topics, partitions_of
-from models.loading import ModelSpec
 from models.registry import DEMO_MODELS
 from streams.backfill.checkpoint import MAX_PARTS, Checkpoint, checkpoint_path
 from streams.backfill.file_sink import FileSink, FileState, check_resume, check_target
@@ -54,35 +54,6 @@ from streams.records import OutputRecord
 
 DEFAULT_STATE = Path.home() / ".local" / "state" / "sluice" / "backfill"
 CRASH_HOOK_ENV = "SLUICE_TEST_CRASH_AFTER_CHECKPOINTS"
-
-
-def model_spec(ref: str | None, pipeline: PipelineConfig) -> ModelSpec:
-    """``--model``: a demo name, an exported program (.pt2), a TorchScript file (.ts), or
-    ``package.module:Class=weights.pt``; none means the pipeline's own model.
-
-    A TorchScript file is code, so as for a model swap, the opt-in is the operator's, in the
-    config: ``trust_torchscript = true`` on the pipeline's model. A flag would let whoever
-    types the command (or wrote a checkpoint that a ``--resume`` reads) decide instead."""
-    if not ref:
-        return pipeline.model
-    if ref in DEMO_MODELS:
-        return ModelSpec(demo=ref)
-    if ":" in ref and "=" in ref:
-        cls, weights = ref.split("=", 1)
-        return ModelSpec(module_class=cls, state_dict=Path(weights))
-    if ref.endswith(".pt2"):
-        return ModelSpec(exported=Path(ref))
-    if ref.endswith(".ts"):
-        if not pipeline.model.trust_torchscript:
-            raise CommandLineError(
-                f"--model {ref!r}: a TorchScript file is code that runs when loaded; it is used only where "
-                f"the config trusts it: trust_torchscript = true in [pipelines.{pipeline.name}.model]"
-            )
-        return ModelSpec(torchscript=Path(ref), trust_torchscript=True)
-    raise CommandLineError(
-        f"--model {ref!r}: expected a demo model ({', '.join(DEMO_MODELS)}), a .pt2 or .ts file, "
-        "or package.module:Class=weights.pt"
-    )
 
 
 # The last millisecond datetime can hold (9999-12-31T23:59:59.999Z); Kafka reads -1 as "the latest offset".
