@@ -170,7 +170,7 @@ def _partition_life(
     their transactional producer and, in a stateful pipeline, their state: restored from the
     changelog after the previous owner is fenced, before any event is scored."""
     if transactions is None:
-        return PartitionLife(PartitionSteps(drain=driver.release_partitions))
+        return PartitionLife(PartitionSteps(drain=driver.release_partitions), fail=driver.fail)
     txns = transactions
 
     async def restore(assigned: set[Partition]) -> None:

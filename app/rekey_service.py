@@ -155,7 +155,7 @@ class RekeyService(Service):
             drain=driver.release_partitions,  # commits every open transaction
             release=(txns.release,),
         )
-        return PartitionLife(steps)
+        return PartitionLife(steps, fail=driver.fail)
 
     def _on_loop_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -130,8 +130,22 @@ def _gc_paused() -> Iterator[None]:
 MAX_DECODE_BYTES = 8 << 20
 
 
-def decode(records: Sequence[SourceRecord], schema: EventSchema) -> Decoded:
-    """Turn a batch of records into input tensors, setting aside the ones that can't be scored."""
+def decode(records: Sequence[SourceRecord], schema: EventSchema, skip: Sequence[int] = ()) -> Decoded:
+    """Turn a batch of records into input tensors, setting aside the ones that can't be scored.
+
+    The records at batch indices ``skip`` are not decoded, and not rejected either: the caller
+    decided their fate (late events, which ``streams.flow.pipeline.expire`` dead-letters).
+    """
+    if len(skip):
+        gone = set(skip)
+        kept = [i for i in range(len(records)) if i not in gone]
+        inner = decode([records[i] for i in kept], schema)
+        return Decoded(
+            rows=np.asarray(kept, dtype=np.int64)[inner.rows],
+            ids=inner.ids,
+            inputs=inner.inputs,
+            rejects=[Reject(kept[r.index], r.error, r.message) for r in inner.rejects],
+        )
     slices = _byte_bounded_slices(records)
     if len(slices) > 1:
         return _concatenate([(start, decode(records[start:stop], schema)) for start, stop in slices], schema)

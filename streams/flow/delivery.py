@@ -51,7 +51,6 @@ class Shipment:
     # The sink's acknowledgement, or why the sink could not even take the outputs (retried).
     acknowledged: Awaitable[None] | None
     failed: DeliveryFailed | None
-    sent_at: float
 
 
 class Delivery:
@@ -66,8 +65,11 @@ class Delivery:
         max_copy_bytes: int,
         clock_ms: Callable[[], int],
         replacement: Replacement | None = None,
+        label: str | None = None,
     ) -> None:
         self.sink = sink
+        # Who the log lines name: the pipeline, or its re-keying stage.
+        self.label = label or pipeline
         self.replacement = replacement or self.minimal_dead_letter
         self.pipeline = pipeline
         self.dead_letter_topic = dead_letter_topic
@@ -93,15 +95,20 @@ class Delivery:
     async def send(self, outputs: Sequence[OutputRecord]) -> Shipment:
         """Hand ``outputs`` to the sink without waiting for their acknowledgement. A destination
         that cannot take them now is not an error here: ``settle`` sends them again."""
-        sent_at = time.perf_counter()
         try:
-            return Shipment(outputs, await self.sink.send(outputs), None, sent_at)
+            return Shipment(outputs, await self.sink.send(outputs), None)
         except DeliveryFailed as exc:
-            return Shipment(outputs, None, exc, sent_at)
+            return Shipment(outputs, None, exc)
 
     async def settle(self, shipment: Shipment, *, events: int | None = None) -> None:
         """Until ``shipment``'s outputs are acknowledged or replaced: re-sent with back-off while
-        the destination is unreachable. ``events``: how many input events they answer (for the log)."""
+        the destination is unreachable. ``events``: how many input events they answer (for the log).
+
+        The wait is timed from here, when the caller reaches this batch (batches in flight are
+        settled in order), not from the send: with batches in flight, what the batcher must add
+        to a batch's cost is how long the acknowledgement keeps it waiting beyond the one before.
+        """
+        waiting = time.perf_counter()
         attempts = backoff.retry_delays()
         attempt = 0
         while True:
@@ -113,7 +120,7 @@ class Delivery:
                 attempt, delay = attempt + 1, next(attempts)
                 log.warning(
                     "pipeline %s: outputs of %d events not acknowledged (%r); sending them again in %.1fs (attempt %d)",
-                    self.pipeline,
+                    self.label,
                     len(shipment.outputs) if events is None else events,
                     exc,
                     delay,
@@ -123,9 +130,9 @@ class Delivery:
                 shipment = await self.send(shipment.outputs)
                 continue
             if attempt:
-                log.info("pipeline %s: outputs delivered after %d attempt(s)", self.pipeline, attempt)
+                log.info("pipeline %s: outputs delivered after %d attempt(s)", self.label, attempt)
             else:
-                took_ms = (time.perf_counter() - shipment.sent_at) * 1000
+                took_ms = (time.perf_counter() - waiting) * 1000
                 self.ack_ms += 0.2 * (took_ms - self.ack_ms)
             return
 

@@ -137,7 +137,7 @@ class Dispatcher:
         expired: list[int] = []
         if self.late_events == "dead_letter" and batch.late:
             expired = np.flatnonzero(batch.deadlines_ms < now).tolist()
-        decoded = self.pipeline.decode(batch.records)
+        decoded = self.pipeline.decode(batch.records, skip=expired)
         self._prepared.append(_Prepared(batch, decoded, time.perf_counter() - started, expired))
 
     async def _score_one(self) -> None:

@@ -61,6 +61,8 @@ class Driver(Generic[StageT]):
         self.stats_interval_s = stats_interval_s
         self.metrics = metrics or PipelineMetrics(pipeline.name)
         self.stats = LiveStats()
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
         self.feeder = Feeder(
             source,
             batcher,
@@ -94,6 +96,14 @@ class Driver(Generic[StageT]):
         self.feeder.stop()
         self.dispatcher.stop()
 
+    def fail(self, error: BaseException) -> None:
+        """Stop on ``error``, raised by ``run``, committing nothing more: for a failure met outside
+        the driver's own tasks (a partition that could not be taken over, in a rebalance listener
+        that would only log it)."""
+        if self._failure is None:
+            self._failure = error
+            self._failed.set()
+
     async def run(self) -> None:
         dispatcher = asyncio.create_task(self.dispatcher.run(), name="sluice-dispatch")
         acknowledger = asyncio.create_task(self.acknowledger.run(), name="sluice-acknowledge")
@@ -102,6 +112,7 @@ class Driver(Generic[StageT]):
             acknowledger,
             asyncio.create_task(self.feeder.run(), name="sluice-fetch"),
             asyncio.create_task(self._commit_when_due(), name="sluice-commit"),
+            asyncio.create_task(self._raise_on_failure(), name="sluice-failure"),
         ]
         if self.stats_interval_s:
             tasks.append(asyncio.create_task(self._report(self.stats_interval_s), name="sluice-report"))
@@ -123,6 +134,11 @@ class Driver(Generic[StageT]):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._log_summary()
+
+    async def _raise_on_failure(self) -> None:
+        await self._failed.wait()
+        assert self._failure is not None
+        raise self._failure
 
     async def commit_quietly(self) -> None:
         """Commit between two batches, with every batch sent so far acknowledged."""

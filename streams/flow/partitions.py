@@ -79,8 +79,8 @@ class PartitionLife:
 
     async def assign(self, partitions: set[Partition]) -> None:
         """Take ``partitions`` from assigned to running: fence, restore, start reading."""
-        self._move(partitions, Phase.ASSIGNED)
         try:
+            self._move(partitions, Phase.ASSIGNED)
             if self.steps.fence is not None:
                 await self.steps.fence(partitions)
             self._move(partitions, Phase.RESTORING)

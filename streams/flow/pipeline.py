@@ -8,7 +8,8 @@ be scored while this one's outputs are still in flight.
 
 An event past its latency budget, where the configuration dead-letters those, leaves the flow
 in one place, ``expire``: after its key's state counted it (it happened all the same) and
-before the model.
+before the model. A pipeline without per-key state does not even decode it (``decode``'s
+``skip``): under a backlog, the very case the option is for, that work is saved.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class Stage(Protocol):
     # Where the stage's outputs go: the driver hands them over and settles them through it.
     delivery: Delivery
 
-    def decode(self, records: Sequence[SourceRecord]) -> Decoded: ...
+    def decode(self, records: Sequence[SourceRecord], skip: Sequence[int] = ()) -> Decoded:
+        """What the stage needs of each record, and a reason for each it cannot take; the records
+        at batch indices ``skip`` (events to expire) may be left out, neither decoded nor rejected."""
+        ...
 
     def featurize(self, records: Sequence[SourceRecord], decoded: Decoded) -> Decoded: ...
 
@@ -72,14 +76,16 @@ EXPIRED = "the event missed its latency budget before it was scored"
 
 def expire(decoded: Decoded, expired: Sequence[int]) -> Decoded:
     """``decoded`` without the events at batch indices ``expired``, each dead-lettered as
-    ``Expired``: where a late event leaves the flow, once its key's state has counted it."""
-    if not len(expired) or not len(decoded):
+    ``Expired``: where a late event leaves the flow, once its key's state has counted it. An
+    expired event already rejected (a stateful pipeline decodes late events too) keeps its reason;
+    one that was skipped, neither decoded nor rejected, is rejected here."""
+    if not len(expired):
         return decoded
     late = np.isin(decoded.rows, np.asarray(expired))
-    if not late.any():
-        return decoded
+    accounted = set(decoded.rows.tolist()) | {r.index for r in decoded.rejects}
     rejects = [Reject(int(row), "Expired", EXPIRED) for row in decoded.rows[late].tolist()]
-    return decoded.narrowed(~late, rejects)
+    rejects += [Reject(i, "Expired", EXPIRED) for i in expired if i not in accounted]
+    return decoded.narrowed(~late, rejects) if rejects else decoded
 
 
 @dataclass(frozen=True)
@@ -127,9 +133,10 @@ class Pipeline:
         self.runner = runner
         self.scorer = IsolatingScorer(runner)
 
-    def decode(self, records: Sequence[SourceRecord]) -> Decoded:
-        """The model's inputs for the valid records, and a reason for each of the others."""
-        return decode(records, self.schema)
+    def decode(self, records: Sequence[SourceRecord], skip: Sequence[int] = ()) -> Decoded:
+        """The model's inputs for the valid records, and a reason for each of the others. Records
+        at ``skip`` (to expire) are not decoded, unless per-key state must count them first."""
+        return decode(records, self.schema, skip if self.stateful is None else ())
 
     def featurize(self, records: Sequence[SourceRecord], decoded: Decoded) -> Decoded:
         """The model's inputs with the per-key features of a stateful pipeline (``decoded`` as it is
@@ -141,7 +148,8 @@ class Pipeline:
 
     async def score(self, records: Sequence[SourceRecord], expired: Sequence[int] = ()) -> Scored:
         """Predictions for the valid records, dead letters for the rest (and for ``expired``)."""
-        return await self.finish(records, expire(self.featurize(records, self.decode(records)), expired))
+        decoded = self.decode(records, skip=expired)
+        return await self.finish(records, expire(self.featurize(records, decoded), expired))
 
     async def finish(self, records: Sequence[SourceRecord], decoded: Decoded) -> Scored:
         """Run the model on decoded inputs and encode the outputs.

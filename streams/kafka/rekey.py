@@ -84,23 +84,25 @@ class Rekeying:
             max_copy_bytes=dead_letter_copy_bytes,
             clock_ms=clock_ms,
             replacement=self._replacement,
+            label=self.name,
         )
 
     def key_of(self, record: SourceRecord) -> bytes | Reject:
         """``streams.codecs.key_field.KeyField.key_of``: the reference for an event's key."""
         return self.key_field.key_of(record)
 
-    def decode(self, records: Sequence[SourceRecord]) -> Decoded:
-        """Each event's key (``ids``, row for row), and a reason for each event without one."""
-        now = self.clock_ms()
+    def decode(self, records: Sequence[SourceRecord], skip: Sequence[int] = ()) -> Decoded:
+        """Each event's key (``ids``, row for row), and a reason for each event without one; the
+        events at batch indices ``skip`` are left out (``streams.flow.pipeline.Stage.decode``)."""
+        now, skipped = self.clock_ms(), set(skip)
         rejects = [
             Reject(i, "TimestampOutOfRange", why)
             for i, record in enumerate(records)
-            if (why := self._outside_window(record.timestamp, now)) is not None
+            if i not in skipped and (why := self._outside_window(record.timestamp, now)) is not None
         ]
         rows: list[int] = []
         keys: list[bytes] = []
-        for index, key in sorted(self.key_field.keys(records, skip=[r.index for r in rejects]).items()):
+        for index, key in sorted(self.key_field.keys(records, skip=[r.index for r in rejects] + list(skip)).items()):
             if type(key) is bytes:
                 rows.append(index)
                 keys.append(key)

@@ -39,7 +39,7 @@ def acknowledger(sink: ListSink, progress: RecordingProgress) -> Acknowledger:
 def in_flight(offset: int, acknowledged: asyncio.Future[None]) -> InFlight:
     record = InputRecord("in", 0, offset, 990, None, b"{}")
     output = OutputRecord("out", None, orjson.dumps({"offset": offset}), 0)
-    return InFlight([record], Shipment([output], acknowledged, None, 0.0), scored=1, dead_lettered=0)
+    return InFlight([record], Shipment([output], acknowledged, None), scored=1, dead_lettered=0)
 
 
 async def test_batches_are_reported_in_the_order_they_were_sent_whatever_order_they_are_acknowledged_in():

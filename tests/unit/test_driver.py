@@ -9,7 +9,7 @@ import pytest
 
 import streams.flow.backoff
 from streams.codecs.codec import EventSchema, TensorField
-from streams.errors import ModelUnavailableError
+from streams.errors import DeliveryFailed, ModelUnavailableError, PartitionOutOfOrder
 from streams.flow.batcher import Batcher, BatchPolicy
 from streams.flow.cost_model import CostModel
 from streams.flow.driver import Driver
@@ -114,7 +114,7 @@ async def test_the_next_batch_is_decoded_while_the_model_scores_this_one():
     runner = WatchedRunner()
     driver, _, progress, _ = make_driver(events(64), live=False, runner=runner, max_batch_size=16)
     decode = driver.pipeline.decode
-    driver.pipeline.decode = lambda records: decoded.append(len(records)) or decode(records)  # type: ignore[method-assign]
+    driver.pipeline.decode = lambda records, skip=(): decoded.append(len(records)) or decode(records, skip)  # type: ignore[method-assign]
     running = asyncio.create_task(driver.run())
     await asyncio.wait_for(runner.entered.wait(), 10)
     assert decodes_when_the_model_got_its_batch == [1], "the model got its batch before the next one was decoded"
@@ -220,3 +220,47 @@ async def test_a_swapped_runner_scores_whole_batches_from_the_next_one_on():
     assert {model_of[i] for i in range(16) if i in model_of} == {"sum"}, "the batch being scored kept its model"
     assert {model_of[i] for i in range(16, 48) if i in model_of} == {"second"}
     assert driver.metrics.model_swaps == 1
+
+
+async def test_outputs_the_broker_did_not_take_are_sent_again_before_their_batch_counts(monkeypatch):
+    """Delivery re-sends (at the send and at the acknowledgement); the acknowledger reports each
+    batch only once its outputs are in, in order, so no commit passes an undelivered output."""
+    monkeypatch.setattr(streams.flow.backoff, "FIRST_RETRY_S", 0.001)
+
+    class Away(ListSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sends = 0
+
+        async def send(self, records):  # type: ignore[no-untyped-def]
+            self.sends += 1
+            if self.sends in (2, 3):
+                raise DeliveryFailed("KafkaConnectionError: broker away")
+            if self.sends == 5:
+                return _fails(DeliveryFailed("RequestTimedOutError"))
+            return await super().send(records)
+
+    records = events(64)
+    driver, _, progress, _ = make_driver(records, live=False, max_batch_size=8)
+    away = Away()
+    driver.pipeline.delivery.sink = away
+    await asyncio.wait_for(driver.run(), 10)
+    assert away.sends > 5
+    assert len(away.records) == 64 and len(outputs_by_position(away)) == 64, "each output delivered once"
+    for partition in (0, 1):
+        offsets = [o for _, p, o in progress.acknowledged_offsets if p == partition]
+        assert offsets == list(range(32)), "every batch reported, in order, after its outputs were in"
+    assert progress.commits[-1] == (64, True)
+
+
+async def _fails(error: BaseException) -> None:
+    raise error
+
+
+async def test_a_failure_handed_to_the_driver_stops_it_with_that_error():
+    driver, _, progress, _ = make_driver(events(10), live=True)
+    running = asyncio.create_task(driver.run())
+    await until(lambda: len(progress.acknowledged_offsets) == 10, "the events scored")
+    driver.fail(PartitionOutOfOrder("cannot move in[0] (running) to assigned"))
+    with pytest.raises(PartitionOutOfOrder):
+        await asyncio.wait_for(running, 10)

@@ -96,3 +96,14 @@ async def test_closing_the_worker_releases_every_partition_still_held():
     await life.close()
     assert calls == [("release transactions", [A]), ("release state", [A])]
     assert life.in_phase(Phase.CLOSED) == {A, B}
+
+
+async def test_an_assignment_out_of_order_is_handed_to_the_driver_inside_a_rebalance_listener():
+    calls: list[tuple[str, list[Partition]]] = []
+    failures: list[BaseException] = []
+    life = recording_life(calls, fail=failures.append)
+    await life.assign({A})
+    await life.assign({A})  # the consumer's listener would only log a raise: the driver stops instead
+    assert [type(f) for f in failures] == [PartitionOutOfOrder]
+    assert [name for name, _ in calls] == ["fence", "restore", "start"], "nothing done to the held partition"
+    assert life.phase(A) is Phase.RUNNING

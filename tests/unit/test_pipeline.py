@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Sequence
 
 import numpy as np
@@ -9,9 +10,12 @@ import pytest
 from models.protocol import Runner
 from streams.codecs.codec import EventSchema, TensorField
 from streams.errors import OutputRefused
+from streams.flow.batcher import Batcher, BatchPolicy
+from streams.flow.cost_model import CostModel
+from streams.flow.driver import Driver
 from streams.flow.pipeline import Pipeline, PipelineTopics
 from streams.records import HeaderPolicy, InputRecord, OutputRecord
-from tests.fakes import ListSink, SumRunner
+from tests.fakes import ListSink, ListSource, RecordingProgress, SumRunner
 
 SCHEMA = EventSchema(id_field="id", inputs=(TensorField("x", (2,)),))
 
@@ -178,3 +182,41 @@ async def test_a_late_event_counts_in_its_keys_state_then_leaves_as_a_dead_lette
     out = await score_async(config, "spend", events, now_ms=now, environ={})
     assert [(d["error"], d["source"]["offset"]) for d in out.dead_letters] == [("Expired", 0), ("Expired", 1)]
     assert {p["id"]: p["features"]["spend"] for p in out.predictions} == {"tx-2": 3.0, "tx-3": 6.0}
+
+
+SCHEMA2 = EventSchema(id_field="id", inputs=(TensorField("x", (2,)),))
+
+
+async def test_a_late_event_is_dead_lettered_as_expired_in_a_stateless_pipeline_whatever_its_value():
+    """README (late_events): with ``dead_letter``, an event past its budget goes to the dead-letter
+    topic as ``Expired``; a stateless pipeline does not even decode it (under a backlog, the case
+    the option is for, that work is saved), so a late event that is not JSON is ``Expired`` too."""
+    records = [
+        InputRecord("in", 0, 0, 1_000, None, b"{not json"),
+        InputRecord("in", 0, 1, 1_000, None, orjson.dumps({"id": 1, "x": [1, 1]})),
+    ]
+    sink = ListSink()
+    pipeline = Pipeline(
+        name="p",
+        schema=SCHEMA2,
+        runner=SumRunner(),
+        sink=sink,
+        topics=PipelineTopics(output="out", dead_letter="dlq"),
+        clock_ms=lambda: 2_000,
+    )
+    cost = CostModel()
+    cost.seed({1: 1e-4, 16: 1e-3})
+    # Stamped at 1 000 ms with a 10 ms budget, read at 2 000 ms: both events are late.
+    batcher = Batcher(BatchPolicy(max_batch_size=16, latency_budget_ms=10), cost)
+    driver = Driver(
+        ListSource(records),
+        pipeline,
+        batcher,
+        RecordingProgress(),
+        late_events="dead_letter",
+        on_model_down="raise",
+        clock_ms=lambda: 2_000,
+    )
+    await asyncio.wait_for(driver.run(), 10)
+    dead = [orjson.loads(r.value) for r in sink.records if r.topic == "dlq"]
+    assert [(d["source"]["offset"], d["error"]) for d in dead] == [(0, "Expired"), (1, "Expired")]
