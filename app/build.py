@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from app.config import Config, PipelineConfig
-from app.kafka_clients import Connection, make_producer
+from app.kafka_clients import Connection, Consumer, make_consumer, make_producer
 from app.topics import compacted_topics, max_message_bytes
 from models.export_archive import reason
 from models.fit import check_fits
@@ -175,6 +175,24 @@ def input_isolation(pipeline: PipelineConfig) -> str:
     exactly-once pipeline, nor for per-key state, which the live worker and a backfill must
     build from the same records."""
     return "read_committed" if pipeline.delivery == "exactly_once" or pipeline.state is not None else "read_uncommitted"
+
+
+def build_live_consumer(
+    conn: Connection, pipeline: PipelineConfig, *, group_id: str, client_id: str
+) -> tuple[Consumer, FetchPacing]:
+    """A live consumer-group member reading ``pipeline``'s inputs (or its re-keying stage's), not
+    started, and the pacing of its fetches (``live_fetch_pacing``)."""
+    pacing = live_fetch_pacing(pipeline)
+    consumer = make_consumer(
+        conn,
+        group_id=group_id,
+        client_id=client_id,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
+        isolation_level=input_isolation(pipeline),
+        **pacing.idle_settings(),
+    )
+    return consumer, pacing
 
 
 def build_batcher(pipeline: PipelineConfig, cost: CostModel, mode: Mode) -> Batcher:

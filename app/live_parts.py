@@ -15,12 +15,11 @@ from app.build import (
     FETCH_BYTES_PER_PARTITION,
     build_batcher,
     build_kafka_sink,
+    build_live_consumer,
     build_partition_transactions,
     build_pipeline,
     build_stateful_inputs,
     build_transactional_sink,
-    input_isolation,
-    live_fetch_pacing,
 )
 from app.config import Config, PipelineConfig
 from app.crash_hooks import (
@@ -96,16 +95,7 @@ async def build_live(
             # At-least-once outputs, but the state and the offsets commit together in a
             # transaction per input partition, so the state never counts an event twice.
             transactions = build_partition_transactions(conn, p.group_id, state=in_transactions, **settings)
-    pacing = live_fetch_pacing(p)
-    consumer = make_consumer(
-        conn,
-        group_id=p.group_id,
-        client_id=client_id,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
-        isolation_level=input_isolation(p),
-        **pacing.idle_settings(),
-    )
+    consumer, pacing = build_live_consumer(conn, p, group_id=p.group_id, client_id=client_id)
     source = KafkaBatchSource(
         consumer, p.input_topics, poll_ms=p.poll_ms, gated=transactions is not None, pacing=pacing
     )

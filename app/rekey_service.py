@@ -17,16 +17,14 @@ from typing import Any
 from mode import Service
 
 from app.build import (
-    FETCH_BYTES_PER_PARTITION,
     build_batcher,
+    build_live_consumer,
     build_transactional_sink,
-    input_isolation,
-    live_fetch_pacing,
 )
 from app.config import Config, PipelineConfig, RekeyConfig
 from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
 from app.driver_task import stop_driver
-from app.kafka_clients import Consumer, connection, make_consumer
+from app.kafka_clients import Consumer, connection
 from app.topics import partitions_of, timestamp_window_ms
 from streams.errors import TopicMissingError
 from streams.flow.cost_model import CostModel
@@ -90,16 +88,7 @@ class RekeyService(Service):
             client_id=client_id,
         )
         self._sink = sink
-        pacing = live_fetch_pacing(p)
-        self._consumer = make_consumer(
-            conn,
-            group_id=r.group_id,
-            client_id=client_id,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
-            isolation_level=input_isolation(p),
-            **pacing.idle_settings(),
-        )
+        self._consumer, pacing = build_live_consumer(conn, p, group_id=r.group_id, client_id=client_id)
         await sink.start()
         source = KafkaBatchSource(self._consumer, (r.source_topic,), poll_ms=p.poll_ms, gated=True, pacing=pacing)
         self._source = source
