@@ -6,9 +6,11 @@ import asyncio
 import math
 import time
 
+import orjson
 from faust.cli import AppCommand, option
 
-from app.demo_events import demo_events
+from app.addresses import is_topic
+from app.demo_events import DemoEvent, demo_events
 from app.kafka_clients import connection, make_producer
 from app.main import app, config
 from app.progress_bar import ProgressBar
@@ -29,8 +31,16 @@ FLUSH_EVERY = 2_000
         help="Events per second, open loop (0 = as fast as possible).",
     ),
     option("--seed", type=int, default=1, show_default=True, help="Seed: the same seed gives the same events."),
+    option(
+        "--labels-topic",
+        default=None,
+        help='Topic to also write the labels to: one {"id": ..., "label": 0 or 1} per event, keyed by its id '
+        "(what an evaluation reads with --labels kafka:TOPIC).",
+    ),
 )
-async def produce(self: AppCommand, count: int, topic: str | None, rate: float, seed: int) -> None:
+async def produce(
+    self: AppCommand, count: int, topic: str | None, rate: float, seed: int, labels_topic: str | None
+) -> None:
     """Produce synthetic card transactions (the demo models' input) to Kafka."""
     topic = topic or config.pipelines[0].source_topics[0]
     with exit_on_operator_error("produce"):
@@ -38,11 +48,21 @@ async def produce(self: AppCommand, count: int, topic: str | None, rate: float, 
             raise CommandLineError(f"--count {count}: expected a number of events >= 0")
         if not (math.isfinite(rate) and rate >= 0):
             raise CommandLineError(f"--rate {rate}: expected events per second >= 0 (0: as fast as possible)")
+        if labels_topic is not None and not is_topic(labels_topic):
+            raise CommandLineError(
+                f"--labels-topic {labels_topic!r}: not a Kafka topic name (1 to 249 letters, digits, '.', '_', '-')"
+            )
+        if labels_topic == topic:
+            raise CommandLineError(
+                f"--labels-topic {labels_topic}: the events go there; give the labels their own topic"
+            )
+        topics = [topic] if labels_topic is None else [topic, labels_topic]
         conn = connection(config)
-        await ensure_topics(conn, [topic], create=config.app.create_topics, partitions=config.app.topic_partitions)
+        await ensure_topics(conn, topics, create=config.app.create_topics, partitions=config.app.topic_partitions)
     producer = make_producer(conn, linger_ms=5)
     await producer.start()
-    progress = ProgressBar(count, f"produced to {topic}", every_s=1.0)
+    also = "" if labels_topic is None else f" (labels to {labels_topic})"
+    progress = ProgressBar(count, f"produced to {topic}{also}", every_s=1.0)
     try:
         pending = []
         started = time.monotonic()
@@ -53,6 +73,8 @@ async def produce(self: AppCommand, count: int, topic: str | None, rate: float, 
                 if delay > 0:
                     await asyncio.sleep(delay)
             pending.append(await producer.send(topic, event.value, key=event.key))
+            if labels_topic is not None:
+                pending.append(await producer.send(labels_topic, label_record(event), key=event.id.encode()))
             if len(pending) >= FLUSH_EVERY:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -61,3 +83,9 @@ async def produce(self: AppCommand, count: int, topic: str | None, rate: float, 
         progress.finish(count)
     finally:
         await producer.stop()
+
+
+def label_record(event: DemoEvent) -> bytes:
+    """The label an evaluation joins to ``event`` by its id (the demo knows it when it makes the
+    event; real labels come later, from chargebacks or reviews)."""
+    return orjson.dumps({"id": event.id, "label": int(event.label)})
