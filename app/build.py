@@ -18,6 +18,7 @@ from app.topics import compacted_topics, max_message_bytes
 from models.export_archive import reason
 from models.fit import check_fits
 from models.loading import LoadedModel, ModelSpec, load_model
+from models.protocol import Runner
 from models.runner import TorchRunner
 from streams.errors import ModelLoadError, ModelOutputError, StateError
 from streams.features.folders import make_own_folder, remove_stale
@@ -28,6 +29,8 @@ from streams.features.store import KeyedStore
 from streams.flow.batcher import Batcher, BatchPolicy
 from streams.flow.cost_model import CostModel, reference_sizes
 from streams.flow.pipeline import Pipeline, PipelineTopics, Sink
+from streams.flow.roles import Roles
+from streams.flow.shadow import Shadow
 from streams.flow.stateful_inputs import StatefulInputs
 from streams.kafka.fetch_pacing import FetchPacing
 from streams.kafka.sink import KafkaSink
@@ -91,13 +94,14 @@ def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) 
 
 def build_pipeline(
     pipeline: PipelineConfig,
-    runner: TorchRunner,
+    runner: Runner | Roles,
     sink: Sink,
     mode: Mode,
     *,
     topics: PipelineTopics | None = None,
     emit_features: bool = False,
     state: StatefulInputs | None = None,
+    shadows: Sequence[Shadow] = (),
 ) -> Pipeline:
     """The pipeline of ``mode``: a backfill keys outputs by source position (a re-run overwrites on
     a compacted topic) and writes where ``topics`` say; the worker keys them like their input.
@@ -115,6 +119,7 @@ def build_pipeline(
         headers=pipeline.headers,
         stateful=state if state is not None else build_stateful_inputs(pipeline, mode),
         emit_features=emit_features,
+        shadows=shadows,
     )
 
 

@@ -17,6 +17,7 @@
     │   ├── ModelOutputError         the model's output is not one real number (or row of them) per input
     │   │   └── PredictionCountError another number of predictions than inputs
     │   └── ModelUnavailableError    retriable: the model fails on inputs it scored before
+    │       └── ModelTimeout         retriable: the model did not answer within its inference timeout
     ├── OutputRefused                the destination refused outputs for good: they become dead letters
     ├── DeliveryFailed               retriable: outputs were not acknowledged (the broker is away);
     │                                the driver sends them again, and commits nothing past them
@@ -131,6 +132,11 @@ class ModelUnavailableError(ModelError):
     """The model fails on inputs it scored before: retry later, never dead-letter the batch."""
 
     retriable = True
+
+
+class ModelTimeout(ModelUnavailableError):
+    """The model did not answer a batch within its inference timeout (a stuck device, a deadlock):
+    no input is at fault, so no bisection; the circuit breaker counts it as a failure."""
 
 
 class OutputRefused(SluiceError):

@@ -30,17 +30,20 @@ def encode_predictions(
     key_by_position: bool = False,
     headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]] | None = None,
     features: dict[str, np.ndarray] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[OutputRecord]:
     """One JSON output per scored record, keyed like its input so per-key order holds downstream,
     or by its source position (``topic:partition:offset``), so that scoring the same record
     again writes the same key (a backfill re-run overwrites on a compacted topic). Each output
     carries ``headers_of(record)`` as its headers (none by default). With ``features`` (arrays by
     name, row for row), each output carries its event's values under ``"features"``: a backfill's
-    outputs are then a training set with the features the model was served."""
-    if features:
+    outputs are then a training set with the features the model was served. ``extra`` fields, the
+    same for the whole batch, go into every output (which role scored it, and why a fallback did)."""
+    if features or extra:
         return _encode_general(
             records, decoded, predictions.tolist(), topic, model_name, model_version, now_ms,
-            key_by_position, headers_of or _no_headers, {name: array.tolist() for name, array in features.items()},
+            key_by_position, headers_of or _no_headers,
+            {name: array.tolist() for name, array in features.items()} if features else None, extra,
         )  # fmt: skip
     encode = _encode_scalars if predictions.ndim == 1 and np.isfinite(predictions).all() else _encode_general
     return encode(
@@ -74,16 +77,16 @@ def _encode_scalars(
     # One float per event, the common case, and this runs once per event: filling bytes
     # templates is about 3x faster than building and serialising a dict per event. The
     # constant parts are serialised by orjson once per batch, so names are escaped as before;
-    # so are the ids and the predictions (one orjson call each, split: see _json_each).
+    # so are the ids and the predictions (one orjson call each, split: see json_each).
     dumps = orjson.dumps
     model = (dumps(model_name) + b',"model_version":' + dumps(model_version)).replace(b"%", b"%%")
-    id_json, quoted = _json_each(decoded.ids)
+    id_json, quoted = json_each(decoded.ids)
     id_field = b'"id":"%b"' if quoted else b'"id":%b'
     template = (
         b"{" + id_field + b',"prediction":%b,"model":' + model + b',"source":{"topic":%b,"partition":%d,"offset":%d},'
         b'"event_ts":%d,"latency_ms":%d}'
     )
-    prediction_json, _ = _json_each(values)
+    prediction_json, _ = json_each(values)
     topic_json: dict[str, bytes] = {}
     topic_key: dict[str, bytes] = {}
     out: list[OutputRecord] = []
@@ -101,7 +104,7 @@ def _encode_scalars(
     return out
 
 
-def _json_each(values: list[Any]) -> tuple[list[bytes], bool]:
+def json_each(values: list[Any]) -> tuple[list[bytes], bool]:
     """The JSON of each value, and whether strings' quotes were left out (to put back around each).
 
     One orjson call for the whole list, split at the separators, instead of a call per value:
@@ -131,12 +134,13 @@ def _encode_general(
     key_by_position: bool,
     headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
     features: dict[str, list[Any]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[OutputRecord]:
-    # Several outputs per event, NaN/inf (which orjson writes as null), or features: a dict per event.
+    # Several outputs per event, NaN/inf (which orjson writes as null), features or extra fields: a dict per event.
     out = []
     for i, (row, event_id, prediction) in enumerate(zip(decoded.rows.tolist(), decoded.ids, values, strict=True)):
         record = records[row]
-        extra = {"features": {name: column[i] for name, column in features.items()}} if features else {}
+        more = {"features": {name: column[i] for name, column in features.items()}} if features else {}
         body = orjson.dumps(
             {
                 "id": event_id,
@@ -146,7 +150,8 @@ def _encode_general(
                 "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
                 "event_ts": record.timestamp,
                 "latency_ms": now_ms - record.timestamp,
-                **extra,
+                **more,
+                **(extra or {}),
             }
         )
         key = position_key(record) if key_by_position else record.key

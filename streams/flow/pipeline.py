@@ -26,7 +26,9 @@ from models.protocol import Runner
 from streams.codecs.codec import Decoded, EventSchema, Reject, decode, encode_predictions
 from streams.codecs.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters
 from streams.flow.delivery import Delivery, Sink
-from streams.flow.isolation import Failure, IsolatingScorer, non_finite_rows, without_failed_rows
+from streams.flow.isolation import Failure, non_finite_rows, without_failed_rows
+from streams.flow.roles import Roles, Scoring
+from streams.flow.shadow import Shadow
 from streams.flow.stateful_inputs import StatefulInputs
 from streams.records import HeaderPolicy, OutputRecord, SourceRecord, header_picker
 
@@ -100,7 +102,7 @@ class Pipeline:
         *,
         name: str,
         schema: EventSchema,
-        runner: Runner,
+        runner: Runner | Roles,
         sink: Sink,
         topics: PipelineTopics,
         clock_ms: Callable[[], int] = wall_clock_ms,
@@ -109,10 +111,13 @@ class Pipeline:
         headers: HeaderPolicy = "all",
         stateful: StatefulInputs | None = None,
         emit_features: bool = False,
+        shadows: Sequence[Shadow] = (),
     ) -> None:
         self.name = name
         self.schema = schema
-        self.use_runner(runner)
+        # The models that serve (champion, canary, fallback); a bare runner is a champion alone.
+        self.roles = runner if isinstance(runner, Roles) else Roles(runner, pipeline=name)
+        self.shadows = list(shadows)
         self.delivery = Delivery(
             sink,
             pipeline=name,
@@ -128,10 +133,14 @@ class Pipeline:
         self.stateful = stateful
         self.emit_features = emit_features and stateful is not None
 
+    @property
+    def runner(self) -> Runner:
+        """The champion: the model that serves every event the canary and the fallback do not."""
+        return self.roles.champion
+
     def use_runner(self, runner: Runner) -> None:
         """Score with ``runner`` from the next batch on (the caller makes sure no batch is being scored)."""
-        self.runner = runner
-        self.scorer = IsolatingScorer(runner)
+        self.roles.use_champion(runner)
 
     def decode(self, records: Sequence[SourceRecord], skip: Sequence[int] = ()) -> Decoded:
         """The model's inputs for the valid records, and a reason for each of the others. Records
@@ -152,60 +161,50 @@ class Pipeline:
         return await self.finish(records, expire(self.featurize(records, decoded), expired))
 
     async def finish(self, records: Sequence[SourceRecord], decoded: Decoded) -> Scored:
-        """Run the model on decoded inputs and encode the outputs.
+        """Run the models on decoded inputs and encode the outputs.
 
         Split from ``decode`` so a caller can decode the next batch while this one is scored.
-        Events the model raises on are dead-lettered (``ModelError``) and the rest scored; a
-        model that fails on everything raises ``ModelUnavailableError`` (a retriable error from
-        the runner passes through as it is) and nothing is emitted.
+        Each event is scored by one primary model (``streams.flow.roles``: champion, canary or
+        fallback) and offered to the shadows. Events a model raises on are dead-lettered
+        (``ModelError``) and the rest scored; a champion that fails on everything, with no
+        fallback, raises ``ModelUnavailableError`` (or ``ModelTimeout``) and nothing is emitted.
         """
         outputs: list[OutputRecord] = []
-        infer_seconds = 0.0
+        rejects = list(decoded.rejects)
+        scored, infer_seconds = 0, 0.0
         if len(decoded):
             started = time.perf_counter()
-            isolated = await self.scorer.predict(decoded.inputs)
+            groups = await self.roles.score(records, decoded)
             infer_seconds = time.perf_counter() - started
             if self.stateful is not None:
                 self.stateful.commit(decoded)  # scored: the batch's events are in their keys' state now
-            predictions = isolated.predictions
-            failures = list(isolated.failures)
-            kept = isolated.kept
-            non_finite = non_finite_rows(predictions)
-            if non_finite.size:
-                # A null score downstream is a silent failure: say which events and why instead.
-                failures += [
-                    Failure(int(kept[row]), "the model returned NaN or infinity for this event")
-                    for row in non_finite.tolist()
-                ]
-                keep = np.ones(len(predictions), dtype=bool)
-                keep[non_finite] = False
-                predictions, kept = predictions[keep], kept[keep]
-            if self.stateful is not None:
-                self.stateful.remember(decoded, kept, predictions, self.runner.version)
-            if failures:
-                decoded = without_failed_rows(decoded, kept, failures)
-            outputs = encode_predictions(
-                records,
-                decoded,
-                predictions,
-                topic=self.topics.output,
-                model_name=self.runner.name,
-                model_version=self.runner.version,
-                now_ms=self.clock_ms(),
-                key_by_position=self.key_by_position,
-                headers_of=self.headers_of,
-                features=decoded.features if self.emit_features else None,
-            )
+            for group in groups:
+                part, predictions = await self._checked(records, group, rejects)
+                scored += len(part)
+                outputs += encode_predictions(
+                    records,
+                    part,
+                    predictions,
+                    topic=self.topics.output,
+                    model_name=group.name,
+                    model_version=group.version,
+                    now_ms=self.clock_ms(),
+                    key_by_position=self.key_by_position,
+                    headers_of=self.headers_of,
+                    features=part.features if self.emit_features else None,
+                    extra=group.output_fields(),
+                )
         errors: dict[str, int] = {}
-        if decoded.rejects:
-            for reject in decoded.rejects:
+        if rejects:
+            rejects.sort(key=lambda r: r.index)
+            for reject in rejects:
                 errors[reject.error] = errors.get(reject.error, 0) + 1
-            first = decoded.rejects[0]
+            first = rejects[0]
             bad = records[first.index]
             log.warning(
                 "pipeline %s: %d event(s) to the dead-letter topic %s, e.g. %s[%d]@%d: %s",
                 self.name,
-                len(decoded.rejects),
+                len(rejects),
                 self.topics.dead_letter,
                 bad.topic,
                 bad.partition,
@@ -214,21 +213,41 @@ class Pipeline:
             )
             outputs += encode_dead_letters(
                 records,
-                decoded.rejects,
+                rejects,
                 topic=self.topics.dead_letter,
                 pipeline=self.name,
                 now_ms=self.clock_ms(),
                 max_copy_bytes=self.dead_letter_copy_bytes,
                 headers_of=self.headers_of,
             )
-        outcome = BatchOutcome(
-            events=len(records),
-            scored=len(decoded),
-            dead_lettered=len(decoded.rejects),
-            infer_seconds=infer_seconds,
-            errors=errors,
-        )
+        outcome = BatchOutcome(len(records), scored, len(rejects), infer_seconds, errors)
         return Scored(outputs, outcome)
+
+    async def _checked(
+        self, records: Sequence[SourceRecord], group: Scoring, rejects: list[Reject]
+    ) -> tuple[Decoded, np.ndarray]:
+        """``group``'s events with a finite prediction, and those; the others join ``rejects``. The
+        keys remember their predictions, and the shadows are offered the batch."""
+        part, isolated = group.decoded, group.isolated
+        predictions, failures, kept = isolated.predictions, list(isolated.failures), isolated.kept
+        non_finite = non_finite_rows(predictions)
+        if non_finite.size:
+            # A null score downstream is a silent failure: say which events and why instead.
+            failures += [
+                Failure(int(kept[row]), "the model returned NaN or infinity for this event")
+                for row in non_finite.tolist()
+            ]
+            keep = np.ones(len(predictions), dtype=bool)
+            keep[non_finite] = False
+            predictions, kept = predictions[keep], kept[keep]
+        if self.stateful is not None:
+            self.stateful.remember(part, kept, predictions, group.version)
+        if failures:
+            part = without_failed_rows(part, kept, failures)
+            rejects += part.rejects
+        for shadow in self.shadows:
+            await shadow.offer(records, part.rows, part.ids, part.inputs, predictions, group.name, group.version)
+        return part, predictions
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         """Score one batch, send it, and wait until every output is settled."""

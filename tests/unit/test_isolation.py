@@ -89,7 +89,7 @@ async def test_a_batch_too_big_for_memory_is_scored_in_smaller_parts():
 
 async def test_the_pipeline_dead_letters_only_the_event_the_model_raises_on():
     pipeline, _, sink = make_pipeline()
-    pipeline.scorer = IsolatingScorer(PoisonedRunner())
+    pipeline.use_runner(PoisonedRunner())
     batch = [rec(i, orjson.dumps({"id": i, "x": [i, 1]})) for i in range(20)] + [rec(20, b"nope")]
     outcome = await pipeline.process(batch)
     assert (outcome.events, outcome.scored, outcome.dead_lettered) == (21, 19, 2)

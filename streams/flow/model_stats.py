@@ -1,0 +1,103 @@
+"""Evidence by model version: what each model of a pipeline did, for the metrics and ``watch --compare``.
+
+One ``ModelStats`` per (role, name, version): batches and events scored, inference time,
+the scores' histogram, whole-batch errors and timeouts, and for a shadow the batches it
+skipped and its agreement with the model that served the same events. Counted a batch at a
+time with numpy, like the pipeline's own metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streams.metrics import INFERENCE_BOUNDS_S, Buckets
+
+SCORE_BOUNDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95, then +Inf
+
+
+@dataclass
+class Agreement:
+    """A shadow against the served model, on the events both scored."""
+
+    threshold: float
+    events: int = 0
+    abs_diff_sum: float = 0.0
+    flips: int = 0
+
+    def observe(self, shadow: np.ndarray, served: np.ndarray) -> None:
+        a = shadow.reshape(len(shadow), -1)[:, 0].astype(np.float64)
+        b = served.reshape(len(served), -1)[:, 0].astype(np.float64)
+        self.events += len(a)
+        self.abs_diff_sum += float(np.abs(a - b).sum())
+        self.flips += int(((a >= self.threshold) != (b >= self.threshold)).sum())
+
+    @property
+    def mean_abs_diff(self) -> float | None:
+        return self.abs_diff_sum / self.events if self.events else None
+
+    @property
+    def flip_share(self) -> float | None:
+        return self.flips / self.events if self.events else None
+
+
+@dataclass
+class ModelStats:
+    role: str  # champion, canary, fallback or shadow
+    name: str
+    version: str
+    batches: int = 0
+    events: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    skipped_batches: int = 0
+    skipped_events: int = 0
+    inference: Buckets = field(default_factory=lambda: Buckets(INFERENCE_BOUNDS_S))
+    scores: Buckets = field(default_factory=lambda: Buckets(SCORE_BOUNDS))
+    agreement: Agreement | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.role, self.name, self.version)
+
+    def scored(self, predictions: np.ndarray, seconds: float) -> None:
+        self.batches += 1
+        self.events += len(predictions)
+        self.inference.observe(seconds)
+        if predictions.size:
+            self.scores.observe_many(predictions.reshape(len(predictions), -1)[:, 0].astype(np.float64))
+
+    def failed(self, timed_out: bool) -> None:
+        if timed_out:
+            self.timeouts += 1
+        else:
+            self.errors += 1
+
+    def skipped(self, events: int) -> None:
+        self.skipped_batches += 1
+        self.skipped_events += events
+
+    def p99_seconds(self) -> float | None:
+        """The upper bound of the bucket holding the 99th percentile batch time."""
+        total = self.inference.count
+        if not total:
+            return None
+        cumulative = np.cumsum(self.inference.counts)
+        slot = int(np.searchsorted(cumulative, 0.99 * total))
+        bounds = self.inference.bounds
+        return float(bounds[slot]) if slot < len(bounds) else float("inf")
+
+
+class ModelBook:
+    """Every model's stats of one pipeline, kept across swaps and roll-backs (each version its own)."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str, str], ModelStats] = {}
+
+    def of(self, role: str, name: str, version: str) -> ModelStats:
+        key = (role, name, version)
+        stats = self.models.get(key)
+        if stats is None:
+            stats = self.models[key] = ModelStats(role, name, version)
+        return stats

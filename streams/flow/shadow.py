@@ -1,0 +1,173 @@
+"""A shadow model: scored on the very batches the serving models scored, never acted on.
+
+The pipeline offers each scored batch (its events' inputs, with the per-key features they were
+served with, and the served predictions) to every shadow. A shadow has its own bounded queue,
+task and model thread, so it never delays or changes the served outputs: live, when its queue
+is full it skips the whole batch and counts it (``wait=False``); a backfill, which has no
+budget to keep, waits for room instead so every event is scored by every model (``wait=True``).
+
+Its predictions go to the shadow topic, keyed like the served outputs, each with the shadow's
+name and version and the served model's score beside it (``streams.codecs.shadow_encode``).
+They are evidence, not decisions: sent at least once while the worker runs, but not covered
+by the input's commits or transactions (waiting for them would delay the champion), so a
+crash may lose a few; their agreement with the served model is counted as they are scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.protocol import Runner
+from streams.codecs.shadow_encode import encode_shadow
+from streams.errors import ModelTimeout
+from streams.flow.breaker import timed
+from streams.flow.delivery import Delivery
+from streams.flow.model_stats import Agreement, ModelStats
+from streams.records import SourceRecord
+
+log = logging.getLogger(__name__)
+
+# At most one log line per this many seconds about a shadow's failures or skips.
+LOG_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class _Offered:
+    records: Sequence[SourceRecord]
+    rows: np.ndarray
+    ids: list[object]
+    inputs: list[np.ndarray]
+    served: np.ndarray
+    served_name: str
+    served_version: str
+
+
+class Shadow:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        delivery: Delivery,
+        topic: str,
+        stats: ModelStats,
+        threshold: float = 0.5,
+        queue_batches: int = 4,
+        wait: bool = False,
+        key_by_position: bool = False,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.runner = runner
+        self._timed = timed(runner, timeout_s)
+        self.delivery = delivery
+        self.topic = topic
+        self.stats = stats
+        if stats.agreement is None:
+            stats.agreement = Agreement(threshold)
+        self.wait = wait
+        self.key_by_position = key_by_position
+        self._queue: asyncio.Queue[_Offered | None] = asyncio.Queue(maxsize=max(1, queue_batches))
+        self._task: asyncio.Task[None] | None = None
+        self._last_log = -LOG_EVERY_S
+        self.lost_outputs = 0
+
+    @property
+    def name(self) -> str:
+        return self.runner.name
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"sluice-shadow-{self.runner.name}")
+
+    async def offer(
+        self,
+        records: Sequence[SourceRecord],
+        rows: np.ndarray,
+        ids: list[object],
+        inputs: list[np.ndarray],
+        served: np.ndarray,
+        served_name: str,
+        served_version: str,
+    ) -> None:
+        """Queue a scored batch for the shadow; live, a full queue skips it (counted) instead of waiting."""
+        if not len(rows):
+            return
+        self.start()
+        job = _Offered(records, rows, ids, inputs, served, served_name, served_version)
+        if self.wait:
+            await self._queue.put(job)
+            return
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.stats.skipped(len(rows))
+            self._log_now(
+                "shadow %s v%s is behind: skipped a batch of %d event(s) (%d batch(es) skipped so far)",
+                self.runner.name,
+                self.runner.version,
+                len(rows),
+                self.stats.skipped_batches,
+            )
+
+    async def _run(self) -> None:
+        while (job := await self._queue.get()) is not None:
+            await self._score(job)
+
+    async def _score(self, job: _Offered) -> None:
+        started = time.perf_counter()
+        try:
+            predictions = np.asarray(await self._timed.predict(job.inputs))
+            if len(predictions) != len(job.rows):
+                raise ValueError(f"{len(predictions)} predictions for {len(job.rows)} events")
+        except Exception as exc:  # noqa: BLE001 - a shadow's failure is evidence, never the pipeline's
+            self.stats.failed(timed_out=isinstance(exc, ModelTimeout))
+            self._log_now("shadow %s v%s failed a batch (not retried): %s", self.runner.name, self.runner.version, exc)
+            return
+        self.stats.scored(predictions, time.perf_counter() - started)
+        if self.stats.agreement is not None:
+            self.stats.agreement.observe(predictions, job.served)
+        outputs = encode_shadow(
+            job.records,
+            job.rows,
+            job.ids,
+            predictions,
+            job.served,
+            topic=self.topic,
+            name=self.runner.name,
+            version=self.runner.version,
+            served_name=job.served_name,
+            served_version=job.served_version,
+            key_by_position=self.key_by_position,
+        )
+        try:
+            await self.delivery.deliver(outputs)
+        except Exception as exc:  # noqa: BLE001 - see the module's docstring: evidence, not decisions
+            self.lost_outputs += len(outputs)
+            self._log_now(
+                "shadow %s: %d output(s) not delivered to %s: %s", self.runner.name, len(outputs), self.topic, exc
+            )
+
+    def _log_now(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            log.warning(message, *args)
+
+    async def drain(self) -> None:
+        """Score what is queued, then stop the task (a backfill's last batches; a worker's stop)."""
+        if self._task is None:
+            return
+        await self._queue.put(None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def aclose(self) -> None:
+        await self.drain()
+        await self.runner.aclose()
