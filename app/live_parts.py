@@ -29,11 +29,13 @@ from app.crash_hooks import (
     kill_in_transaction_after,
 )
 from app.kafka_clients import Connection, connection, make_consumer
+from app.model_roles import RoleRunners, build_roles, build_shadows
 from app.state_warmup import warm_from_input
 from models.runner import TorchRunner
 from streams.errors import SluiceError, StateError
 from streams.flow.cost_model import CostModel
 from streams.flow.driver import Driver
+from streams.flow.model_stats import ModelBook
 from streams.flow.partitions import PartitionLife, PartitionSteps
 from streams.flow.pipeline import Pipeline, Sink
 from streams.flow.stateful_inputs import StatefulInputs
@@ -57,6 +59,8 @@ class LiveParts:
     # A stateful pipeline's per-key state and its changelog (both None otherwise).
     state: StatefulInputs | None
     changelog: Changelog | None
+    # The shadows' own producer (their records are outside the pipeline's commits and transactions).
+    shadow_sink: KafkaSink | None = None
 
 
 async def build_live(
@@ -67,6 +71,7 @@ async def build_live(
     *,
     client_id: str,
     metrics: PipelineMetrics,
+    role_runners: RoleRunners | None = None,
 ) -> LiveParts:
     """Every part of pipeline ``p`` on a live worker, wired, none started; ``client_id``: its consumer's."""
     conn = connection(config)
@@ -100,7 +105,16 @@ async def build_live(
         consumer, p.input_topics, poll_ms=p.poll_ms, gated=transactions is not None, pacing=pacing
     )
     progress, scored_to = _progress(p, source, sink, transactions)
-    pipeline = build_pipeline(p, runner, scored_to, "live", emit_features=p.emit_features, state=state)
+    role_runners = role_runners or RoleRunners()
+    book = ModelBook()  # every model's evidence, the shadows' too (streams.flow.model_stats)
+    roles = build_roles(p, runner, role_runners, "live", book)
+    shadow_sink = None
+    if role_runners.shadows:
+        shadow_sink = await build_kafka_sink(
+            conn, [p.roles.shadow_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}-shadows"
+        )
+    shadows = build_shadows(p, role_runners, shadow_sink, "live", book) if shadow_sink else ()
+    pipeline = build_pipeline(p, roles, scored_to, "live", emit_features=p.emit_features, state=state, shadows=shadows)
     driver = Driver(
         source,
         pipeline,
@@ -112,7 +126,7 @@ async def build_live(
     )
     life = _partition_life(conn, source, driver, transactions, state, changelog)
     source.subscribe(on_revoke=life.revoke, on_assign=life.assign)
-    return LiveParts(source, sink, driver, life, state, changelog)
+    return LiveParts(source, sink, driver, life, state, changelog, shadow_sink)
 
 
 def _changelog(conn: Connection, p: PipelineConfig, state: StatefulInputs) -> Changelog:

@@ -21,6 +21,7 @@ from app.config import Config, PipelineConfig
 from app.driver_task import stop_driver
 from app.key_serving import KeyServing
 from app.live_parts import LiveParts, build_live
+from app.model_roles import RoleRunners, load_role_runners
 from app.rekey_service import RekeyService
 from models.loading import LoadedModel, ModelSpec
 from models.runner import TorchRunner
@@ -60,6 +61,7 @@ class PipelineService(Service):
         self.parts: LiveParts | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._runner: TorchRunner | None = None
+        self._role_runners: RoleRunners | None = None
         self._crashing: asyncio.Future[None] | None = None
         self._announce: asyncio.Task[None] | None = None
         # ``web_address``: where other workers reach this one's web server, named in its consumer's
@@ -96,12 +98,21 @@ class PipelineService(Service):
         self._model = None  # the runner holds the module now; a swap must be able to free it
         runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
         self._runner = runner
+        self._role_runners = await asyncio.to_thread(load_role_runners, self.config, p, "live")
         warm = time.monotonic()
         self.parts = parts = await build_live(
-            self.config, p, runner, cost, client_id=self.keys.client_id(), metrics=self.metrics
+            self.config,
+            p,
+            runner,
+            cost,
+            client_id=self.keys.client_id(),
+            metrics=self.metrics,
+            role_runners=self._role_runners,
         )
         self.metrics.probe = parts.driver
         await parts.sink.start()
+        if parts.shadow_sink is not None:
+            await parts.shadow_sink.start()
         await parts.source.consumer.start()
         settle_garbage_collector()
         self._run_task = asyncio.create_task(parts.driver.run(), name=f"sluice-live-{p.name}")
@@ -194,8 +205,14 @@ class PipelineService(Service):
             await parts.source.consumer.stop()
             await parts.life.close()  # the driver committed what it finished: let go of every partition
             await parts.sink.stop()
+            for shadow in parts.driver.pipeline.shadows:
+                await shadow.drain()  # what they were offered, at most a few batches each
+            if parts.shadow_sink is not None:
+                await parts.shadow_sink.stop()
         if self._runner is not None:
             await self._runner.aclose()
+        if self._role_runners is not None:
+            await self._role_runners.aclose()
         if parts is not None and parts.state is not None:
             parts.state.close()
         log.info("pipeline %s stopped", self.pipeline_config.name)

@@ -8,7 +8,7 @@ Its sub-tables are read by their own modules: ``model`` (``[pipelines.NAME.model
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from app.addresses import is_topic
 from app.config.delivery import load_delivery
 from app.config.features import load_inputs, load_schema
 from app.config.model import default_model_dirs, load_model
+from app.config.roles import RolesConfig, load_roles
 from app.config.state import load_state
 from app.config.state_topics import RekeyConfig, check_late_rekeyed, load_changelog_topic, load_rekey
 from app.config.table import Table
@@ -77,6 +78,8 @@ class PipelineConfig:
     emit_features: bool = False
     # Keyed by an event field: the re-keying stage ahead, and ``input_topics`` is its repartition topic.
     rekey: RekeyConfig | None = None
+    # The models beside the champion (canary, fallback, shadows) and the champion's circuit breaker.
+    roles: RolesConfig = field(default_factory=RolesConfig)
 
     @property
     def source_topics(self) -> tuple[str, ...]:
@@ -86,7 +89,8 @@ class PipelineConfig:
     @property
     def topics(self) -> list[str]:
         """Every topic the pipeline reads or writes (a repartition topic is checked on its own)."""
-        return [*self.source_topics, self.output_topic, self.dead_letter_topic]
+        shadows = [self.roles.shadow_topic] if self.roles.shadows else []
+        return [*self.source_topics, self.output_topic, self.dead_letter_topic, *shadows]
 
     @property
     def input_shapes(self) -> list[tuple[int, ...]]:
@@ -153,8 +157,9 @@ def load_pipeline(t: Table, name: str, base: Path, app_id: str) -> PipelineConfi
     else:
         dirs = [base / d if not Path(d).is_absolute() else Path(d) for d in dirs]
     check_late_rekeyed(t, pipeline)
+    roles = load_roles(t, base, pipeline.output_topic, pipeline.latency_budget_ms)
     t.done()
-    return replace(pipeline, model_dirs=tuple(dirs))
+    return replace(pipeline, model_dirs=tuple(dirs), roles=roles)
 
 
 def _topics(t: Table, name: str) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ Same weights as fraud-mlp, so everything but the fault scores as in production.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -36,4 +37,30 @@ class SwitchableFraudMLP(FraudMLP):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.broken_flag.exists():
             raise RuntimeError("device lost (test switch)")
+        return super().forward(features)
+
+
+class HangingFraudMLP(FraudMLP):
+    """Does not answer while the file ``hang_flag`` exists: a stuck device or a deadlock, which only
+    the inference timeout can notice. Answers again once the file is gone."""
+
+    def __init__(self, hang_flag: str = "") -> None:
+        super().__init__()
+        self.hang_flag = Path(hang_flag)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        while self.hang_flag.exists():
+            time.sleep(0.02)
+        return super().forward(features)
+
+
+class SlowFraudMLP(FraudMLP):
+    """The demo MLP made ``delay_s`` slower per batch: a heavy candidate model, for a shadow."""
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay_s)
         return super().forward(features)

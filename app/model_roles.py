@@ -1,0 +1,129 @@
+"""The models of a pipeline's roles (``[pipelines.NAME.canary]``, ``.fallback``, ``.shadows``),
+loaded, checked and warmed up like the champion, and put together around it.
+
+A worker uses every role. A backfill uses the canary (a key meets the same model on history as
+live) but no fallback: a fallback's scores stand in for decisions that could not wait, and a
+backfill can wait; its model failing stops it, to be resumed. A shadow's model runs on one
+thread of its own, so it takes at most one core from the champion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from app.build import build_runner, load_checked_model
+from app.config import Config, PipelineConfig
+from app.config.roles import ShadowConfig
+from models.protocol import Runner
+from models.runner import TorchRunner
+from streams.flow.breaker import BreakerPolicy
+from streams.flow.canary import Canary
+from streams.flow.delivery import Delivery, Sink
+from streams.flow.model_stats import ModelBook
+from streams.flow.pipeline import wall_clock_ms
+from streams.flow.roles import ConstantRunner, Roles
+from streams.flow.shadow import Shadow
+
+Mode = Literal["live", "backfill"]
+# A backfill without a configured timeout still notices a hung model, long after any healthy batch.
+BACKFILL_TIMEOUT_S = 300.0
+
+
+@dataclass
+class RoleRunners:
+    """The non-champion models of a pipeline, loaded and warm, not yet put to work."""
+
+    canary: TorchRunner | None = None
+    fallback: Runner | None = None
+    shadows: list[tuple[ShadowConfig, TorchRunner]] = field(default_factory=list)
+
+    def all(self) -> list[Runner]:
+        return [r for r in (self.canary, self.fallback, *(s for _, s in self.shadows)) if r is not None]
+
+    async def aclose(self) -> None:
+        for runner in self.all():
+            await runner.aclose()
+
+
+def load_role_runners(config: Config, p: PipelineConfig, mode: Mode) -> RoleRunners:
+    """Load every model of ``p``'s roles (blocking: call it off the event loop). A model that does
+    not load or fit is a ``ModelLoadError`` naming it; those loaded before it are closed."""
+    runners = RoleRunners()
+    try:
+        roles = p.roles
+        if roles.canary is not None:
+            runners.canary = build_runner(config, p, load_checked_model(p, roles.canary.model))[0]
+        if mode == "live" and roles.fallback is not None:
+            fallback = roles.fallback
+            if fallback.model is not None:
+                runners.fallback = build_runner(config, p, load_checked_model(p, fallback.model))[0]
+            else:
+                runners.fallback = ConstantRunner(fallback.constant or 0.0)
+        one_thread = replace(config, app=replace(config.app, torch_threads=1))
+        for shadow in roles.shadows:
+            runners.shadows.append((shadow, build_runner(one_thread, p, load_checked_model(p, shadow.model))[0]))
+    except BaseException:
+        for runner in runners.all():
+            if isinstance(runner, TorchRunner):
+                runner.close()
+        raise
+    return runners
+
+
+def breaker_policy(p: PipelineConfig, mode: Mode) -> BreakerPolicy:
+    policy = p.roles.breaker
+    if mode == "backfill" and not p.roles.timeout_set:
+        return replace(policy, timeout_s=BACKFILL_TIMEOUT_S)
+    return policy
+
+
+def build_roles(
+    p: PipelineConfig, champion: Runner, runners: RoleRunners, mode: Mode, book: ModelBook | None = None
+) -> Roles:
+    canary = p.roles.canary
+    return Roles(
+        champion,
+        canary=Canary(runners.canary, canary.fraction) if canary is not None and runners.canary else None,
+        fallback=runners.fallback if mode == "live" else None,
+        policy=breaker_policy(p, mode),
+        rollback=canary.rollback if canary is not None else None,
+        book=book,
+        pipeline=p.name,
+    )
+
+
+def build_shadows(
+    p: PipelineConfig,
+    runners: RoleRunners,
+    sink: Sink,
+    mode: Mode,
+    book: ModelBook,
+    *,
+    topic: str | None = None,
+) -> Sequence[Shadow]:
+    """One ``Shadow`` per configured shadow, writing to ``topic`` (the pipeline's shadow topic)
+    through ``sink``; a backfill's wait for room instead of skipping."""
+    delivery = Delivery(
+        sink,
+        pipeline=p.name,
+        dead_letter_topic=p.dead_letter_topic,
+        max_copy_bytes=p.dead_letter_copy_bytes,
+        clock_ms=wall_clock_ms,
+        label=f"{p.name} (shadows)",
+    )
+    return [
+        Shadow(
+            runner,
+            delivery=delivery,
+            topic=topic or p.roles.shadow_topic,
+            stats=book.of("shadow", runner.name, runner.version),
+            threshold=p.roles.decision_threshold,
+            queue_batches=shadow.queue_batches,
+            wait=mode == "backfill",
+            key_by_position=mode == "backfill",
+            timeout_s=breaker_policy(p, mode).timeout_s,
+        )
+        for shadow, runner in runners.shadows
+    ]
