@@ -4,7 +4,11 @@ Histograms are counted with numpy, a whole batch of latencies at a time, and exp
 through the standard client's metric families by a collector: observing each event's
 latency through ``Histogram.observe`` would put a Python call per event on the hot path,
 which is what the rest of the engine avoids. Gauges (queue depth, lag, the model, the cost
-model's predictions) are read from the running driver when Prometheus scrapes.
+model's predictions) are read from the running driver when Prometheus scrapes. So is the
+evidence by model version (each model's counts and histograms by role and version, a shadow's
+agreement, the champion's circuit): the driver hands those families over ready-made
+(``streams.flow.model_metrics``, beside the stats they read), and they are merged here by name
+so each metric is one family whatever the number of pipelines.
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ class LiveProbe(Protocol):
 
     def lost_outputs(self) -> int:
         """Outputs the broker refused whose minimal dead letter it refused too."""
+        ...
+
+    def model_metrics(self, pipeline: str) -> list[Metric]:
+        """Evidence by model version, labelled ``pipeline``: empty for a stage without models."""
         ...
 
 
@@ -142,9 +150,6 @@ class SluiceCollector(Collector):
             "Records in the partition after this worker's last committed offset.",
             labels=[*p, "topic", "partition"],
         )
-        model = GaugeMetricFamily(
-            "sluice_model_info", "The model being served (value 1).", labels=[*p, "model", "version"]
-        )
         down = GaugeMetricFamily(
             "sluice_model_unavailable", "1 while the model fails on every input and consuming is paused.", labels=p
         )
@@ -173,12 +178,19 @@ class SluiceCollector(Collector):
                 queue.add_metric([name], m.probe.queue_depth())
                 for (topic, partition), records in sorted(m.probe.lag_by_partition().items()):
                     lag.add_metric([name, topic, str(partition)], records)
-                serving = m.probe.serving()
-                if serving is not None:
-                    model.add_metric([name, *serving], 1)
                 down.add_metric([name], 1 if m.probe.model_unavailable() else 0)
                 lost.add_metric([name], m.probe.lost_outputs())
                 for size, seconds in sorted(m.probe.predicted_batch_seconds().items()):
                     predicted.add_metric([name, str(size)], seconds)
         yield from (received, predictions, dead, late, batches, swaps, latency, inference, batch_size)
-        yield from (queue, lag, model, down, lost, predicted)
+        yield from (queue, lag, down, lost, predicted)
+        yield from self._model_families()
+
+    def _model_families(self) -> Iterator[Metric]:
+        """Each probe's model families, one family per name: a name twice in one scrape is refused."""
+        merged: dict[str, Metric] = {}
+        for name, m in sorted(self.pipelines.items()):
+            for family in m.probe.model_metrics(name) if m.probe is not None else ():
+                if (into := merged.setdefault(family.name, family)) is not family:
+                    into.samples += family.samples
+        yield from merged.values()

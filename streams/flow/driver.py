@@ -22,6 +22,8 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from prometheus_client.core import Metric
+
 from models.protocol import Runner
 from streams.flow.acknowledger import Acknowledger
 from streams.flow.batcher import IN_FLIGHT_BATCHES, QUEUED_BATCHES, Batcher
@@ -29,6 +31,7 @@ from streams.flow.cost_model import CostModel
 from streams.flow.dispatcher import Dispatcher, LateEvents, ModelDown
 from streams.flow.feeder import Feeder
 from streams.flow.live_stats import LiveStats
+from streams.flow.model_metrics import PipelineModels, model_families, read_models
 from streams.flow.pipeline import Pipeline, Stage, wall_clock_ms
 from streams.metrics import PipelineMetrics
 from streams.records import Partition
@@ -186,7 +189,7 @@ class Driver(Generic[StageT]):
             self._log_summary()
 
     def _log_summary(self) -> None:
-        line = self.stats.interval_summary(self.pipeline.name, self.batcher.policy.latency_budget_ms)
+        line = self.stats.interval_summary(self.pipeline.name, self.batcher.policy.latency_budget_ms, self.models())
         if line and self.stats_interval_s:
             log.info(line)
 
@@ -216,3 +219,11 @@ class Driver(Generic[StageT]):
 
     def lost_outputs(self) -> int:
         return self.pipeline.delivery.lost_outputs
+
+    def models(self) -> PipelineModels | None:
+        """The pipeline's models and their evidence; None for a stage without models (re-keying)."""
+        return read_models(self.pipeline) if isinstance(self.pipeline, Pipeline) else None
+
+    def model_metrics(self, pipeline: str) -> list[Metric]:
+        models = self.models()
+        return [] if models is None else model_families(pipeline, models)

@@ -1,7 +1,9 @@
 """What the driver did over the last interval, as the one line the worker logs.
 
 The cumulative view (counters, histograms) is ``streams.metrics``; this keeps only what
-the log line needs: the interval's samples and three running totals.
+the log line needs: the interval's samples and three running totals. Where a pipeline has more
+than a champion (a canary, shadows, a fallback that scored), the line ends with each model's
+totals since start, read from the same evidence as the metrics (``streams.flow.model_metrics``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from streams.flow.breaker import Circuit
+from streams.flow.model_metrics import PipelineModels
+from streams.flow.model_stats import ModelStats
 
 
 @dataclass
@@ -34,7 +40,7 @@ class LiveStats:
         self._interval_latencies.append(latencies_ms)
         self._interval_late += late
 
-    def interval_summary(self, name: str, budget_ms: float | None) -> str | None:
+    def interval_summary(self, name: str, budget_ms: float | None, models: PipelineModels | None = None) -> str | None:
         """One line about the interval since the last call (None if nothing happened), then reset it."""
         now = time.monotonic()
         elapsed = max(now - self._interval_started, 1e-9)
@@ -51,8 +57,38 @@ class LiveStats:
             f"latency p50 {p50:.0f} ms, p99 {p99:.0f} ms{budget}; {self._interval_late} late; "
             f"totals: {self.events} events, {self.scored} scored, {self.dead_lettered} dead-lettered"
         )
+        if models is not None and (by_model := models_part(models)):
+            line += f"; {by_model}"
         self._interval_events = 0
         self._interval_batches = []
         self._interval_latencies = []
         self._interval_late = 0
         return line
+
+
+def models_part(models: PipelineModels) -> str | None:
+    """Each model but the champion, then the champion's circuit when it ever mattered; None when
+    the champion alone scored (the line stays as it always was)."""
+    parts = [_one_model(stats, models) for stats in models.stats if stats.role not in ("champion", "fallback")]
+    fallback_events = sum(stats.events for stats in models.stats if stats.role == "fallback")
+    if fallback_events or models.circuit is not Circuit.CLOSED or models.circuit_trips:
+        state = models.circuit.value.replace("_", "-")
+        trips = f", {models.circuit_trips} trip{'s' if models.circuit_trips != 1 else ''}"
+        parts.append(f"circuit {state}{trips} (fallback {fallback_events} ev)")
+    return "; ".join(parts) or None
+
+
+def _one_model(stats: ModelStats, models: PipelineModels) -> str:
+    retired = ""
+    if stats.key not in models.in_use:
+        rolled_back = stats.role == "canary" and models.canary_rolled_back
+        retired = " (rolled back)" if rolled_back else " (no longer in use)"
+    text = f"{stats.role} {stats.name} v{stats.version}{retired}: {stats.events} ev, {stats.errors} err"
+    if stats.timeouts:
+        text += f", {stats.timeouts} timeouts"
+    if stats.skipped_batches:
+        text += f", {stats.skipped_batches} skipped batches"
+    agreement = stats.agreement
+    if agreement is not None and agreement.mean_abs_diff is not None and agreement.flip_share is not None:
+        text += f", MAD {agreement.mean_abs_diff:.3f}, flips {agreement.flip_share:.1%}"
+    return text

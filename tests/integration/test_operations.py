@@ -37,11 +37,12 @@ async def test_metrics_move_with_the_traffic_the_worker_scores(kafka, tmp_path):
     good = list(demo_events(300, seed=31))
     items = [(e.key, e.value) for e in good] + [(b"k", b"not json"), (b"k", b"[]")]
     p = (("pipeline", "m"),)
+    champion = (("model", "fraud-mlp"), ("pipeline", "m"), ("role", "champion"), ("version", "2"))
 
     with running_worker(config, tmp_path / "worker.log", ready_text="partitions assigned: ", web_port=port):
         before = scrape(port)
         assert before[("sluice_events_received_total", p)] == 0
-        assert before[("sluice_model_info", (("model", "fraud-mlp"), ("pipeline", "m"), ("version", "2")))] == 1
+        assert before[("sluice_model_info", champion)] == 1
         await produce_raw(kafka, topics["input_topic"], items)
         await read_topic(kafka, topics["output_topic"], expected=len(good), within_s=60)
         await read_topic(kafka, topics["dead_letter_topic"], expected=2, within_s=30)
@@ -64,6 +65,10 @@ async def test_metrics_move_with_the_traffic_the_worker_scores(kafka, tmp_path):
     assert after[("sluice_inference_seconds_count", p)] >= 1
     assert after[("sluice_queue_depth", p)] == 0
     assert after[("sluice_model_unavailable", p)] == 0
+    # The same evidence by model version: the champion scored every valid event, its circuit closed.
+    assert after[("sluice_model_events_total", champion)] == len(good)
+    assert after[("sluice_model_inference_seconds_count", champion)] == after[("sluice_model_batches_total", champion)]
+    assert after[("sluice_circuit_state", p)] == 0
     lags = {k: v for k, v in after.items() if k[0] == "sluice_consumer_lag"}
     assert {dict(k[1])["partition"] for k in lags} == {"0", "1"}, "lag for each assigned partition"
     costs = {int(dict(k[1])["batch_size"]): v for k, v in after.items() if k[0] == "sluice_cost_model_batch_seconds"}

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.flow.model_metrics import PipelineModels, model_families
 from streams.metrics import Buckets, PipelineMetrics, SluiceCollector
 
 
@@ -25,6 +27,9 @@ class StillProbe:
 
     def lost_outputs(self) -> int:
         return 2
+
+    def model_metrics(self, pipeline: str) -> list[Metric]:
+        return model_families(pipeline, PipelineModels([("champion", "fraud-mlp", "2")], []))
 
 
 def test_buckets_count_values_up_to_and_including_each_bound():
@@ -65,7 +70,8 @@ def test_the_collector_exports_each_pipeline_in_the_prometheus_text_format():
     assert got[("sluice_batch_size_sum", fraud)] == 10
     assert got[("sluice_queue_depth", fraud)] == 7
     assert got[("sluice_consumer_lag", (("partition", "0"), ("pipeline", "fraud"), ("topic", "in")))] == 3
-    assert got[("sluice_model_info", (("model", "fraud-mlp"), ("pipeline", "fraud"), ("version", "2")))] == 1
+    champion = (("model", "fraud-mlp"), ("pipeline", "fraud"), ("role", "champion"), ("version", "2"))
+    assert got[("sluice_model_info", champion)] == 1
     assert got[("sluice_cost_model_batch_seconds", (("batch_size", "64"), ("pipeline", "fraud")))] == 0.004
     assert got[("sluice_outputs_lost_total", fraud)] == 2
     assert got[("sluice_events_received_total", (("pipeline", "idle"),))] == 0
