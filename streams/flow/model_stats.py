@@ -17,6 +17,11 @@ from streams.metrics import INFERENCE_BOUNDS_S, Buckets
 SCORE_BOUNDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95, then +Inf
 
 
+def first_column(predictions: np.ndarray) -> np.ndarray:
+    """Each event's score: the first value of its row of predictions, as float64."""
+    return predictions.reshape(len(predictions), -1)[:, 0].astype(np.float64)
+
+
 @dataclass
 class Agreement:
     """A shadow against the served model, on the events both scored."""
@@ -27,8 +32,11 @@ class Agreement:
     flips: int = 0
 
     def observe(self, shadow: np.ndarray, served: np.ndarray) -> None:
-        a = shadow.reshape(len(shadow), -1)[:, 0].astype(np.float64)
-        b = served.reshape(len(served), -1)[:, 0].astype(np.float64)
+        """Count the events where both scores are real numbers: one NaN would make the sums NaN for good."""
+        a, b = first_column(shadow), first_column(served)
+        both = np.isfinite(a) & np.isfinite(b)
+        if not both.all():
+            a, b = a[both], b[both]
         self.events += len(a)
         self.abs_diff_sum += float(np.abs(a - b).sum())
         self.flips += int(((a >= self.threshold) != (b >= self.threshold)).sum())
@@ -66,7 +74,9 @@ class ModelStats:
         self.events += len(predictions)
         self.inference.observe(seconds)
         if predictions.size:
-            self.scores.observe_many(predictions.reshape(len(predictions), -1)[:, 0].astype(np.float64))
+            scores = first_column(predictions)
+            # NaN or infinity is no score (the pipeline dead-letters those events): it would make the sum NaN for good.
+            self.scores.observe_many(scores[np.isfinite(scores)])
 
     def failed(self, timed_out: bool) -> None:
         if timed_out:
