@@ -117,14 +117,20 @@ class Shadow:
 
     async def _run(self) -> None:
         while (job := await self._queue.get()) is not None:
-            await self._score(job)
+            try:
+                await self._score(job)
+            except Exception as exc:  # noqa: BLE001 - dead, the task would leave a backfill waiting for room forever
+                self.stats.failed(timed_out=False)
+                self._log_now("shadow %s v%s lost a batch: %r", self.runner.name, self.runner.version, exc)
 
     async def _score(self, job: _Offered) -> None:
         started = time.perf_counter()
         try:
             predictions = np.asarray(await self._timed.predict(job.inputs))
-            if len(predictions) != len(job.rows):
-                raise ValueError(f"{len(predictions)} predictions for {len(job.rows)} events")
+            if predictions.ndim == 0 or len(predictions) != len(job.rows):
+                raise ValueError(f"{predictions.size} prediction(s) for {len(job.rows)} events")
+            if predictions.dtype.kind not in "biuf" or predictions.size < len(predictions):
+                raise ValueError(f"no number per event: {predictions.dtype} predictions of shape {predictions.shape}")
         except Exception as exc:  # noqa: BLE001 - a shadow's failure is evidence, never the pipeline's
             self.stats.failed(timed_out=isinstance(exc, ModelTimeout))
             self._log_now("shadow %s v%s failed a batch (not retried): %s", self.runner.name, self.runner.version, exc)
