@@ -19,18 +19,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.protocol import Runner
 from streams.codecs.shadow_encode import encode_shadow
-from streams.errors import ModelTimeout
+from streams.errors import ModelTimeout, OutputRefused
 from streams.flow.breaker import timed
-from streams.flow.delivery import Delivery
+from streams.flow.delivery import Delivery, Sink
 from streams.flow.model_stats import Agreement, ModelStats
-from streams.records import SourceRecord
+from streams.records import OutputRecord, SourceRecord
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,17 @@ class Shadow:
         self.runner = runner
         self._timed = timed(runner, timeout_s)
         self.delivery = delivery
+        # Its outputs go through a delivery of its own on the same sink: sent again while the destination
+        # is away, like any output, but one refused for good is lost evidence (``lost_outputs``), never a
+        # dead letter: its event was served, and a dead letter would say that it was not.
+        self._delivery = Delivery(
+            _CountingRefusals(delivery.sink, self._refused),
+            pipeline=delivery.pipeline,
+            dead_letter_topic=delivery.dead_letter_topic,
+            max_copy_bytes=delivery.max_copy_bytes,
+            clock_ms=delivery.clock_ms,
+            label=f"{delivery.label} (shadow {runner.name})",
+        )
         self.topic = topic
         self.stats = stats
         if stats.agreement is None:
@@ -152,12 +163,21 @@ class Shadow:
             key_by_position=self.key_by_position,
         )
         try:
-            await self.delivery.deliver(outputs)
+            await self._delivery.deliver(outputs)
         except Exception as exc:  # noqa: BLE001 - see the module's docstring: evidence, not decisions
             self.lost_outputs += len(outputs)
             self._log_now(
                 "shadow %s: %d output(s) not delivered to %s: %s", self.runner.name, len(outputs), self.topic, exc
             )
+
+    def _refused(self, refused: Sequence[tuple[OutputRecord, str]]) -> None:
+        self.lost_outputs += len(refused)
+        self._log_now(
+            "shadow %s: %d output(s) refused for good by the destination (%s), not sent again",
+            self.runner.name,
+            len(refused),
+            refused[0][1],
+        )
 
     def _log_now(self, message: str, *args: object) -> None:
         now = time.monotonic()
@@ -177,3 +197,20 @@ class Shadow:
     async def aclose(self) -> None:
         await self.drain()
         await self.runner.aclose()
+
+
+class _CountingRefusals:
+    """A shadow's sink: what ``sink`` refuses for good is handed to ``on_refused`` instead of raising."""
+
+    def __init__(self, sink: Sink, on_refused: Callable[[Sequence[tuple[OutputRecord, str]]], None]) -> None:
+        self.sink = sink
+        self.on_refused = on_refused
+
+    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
+        return self._counted(await self.sink.send(records))
+
+    async def _counted(self, acknowledged: Awaitable[None]) -> None:
+        try:
+            await acknowledged
+        except OutputRefused as refused:
+            self.on_refused(refused.refused)
