@@ -16,7 +16,6 @@ crash may lose a few; their agreement with the served model is counted as they a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -190,9 +189,8 @@ class Shadow:
         if self._task is None:
             return
         await self._queue.put(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        task, self._task = self._task, None
+        await task  # cancelling the caller (a stop's deadline) cancels the shadow, and is never swallowed
 
     async def aclose(self) -> None:
         await self.drain()
