@@ -70,14 +70,18 @@ def load_checked_model(pipeline: PipelineConfig, spec: ModelSpec) -> LoadedModel
     return loaded
 
 
-def build_runner(config: Config, pipeline: PipelineConfig, loaded: LoadedModel) -> tuple[TorchRunner, CostModel]:
-    """The model on its device, warmed up, and a cost model seeded from the warm-up."""
+def build_runner(
+    config: Config, pipeline: PipelineConfig, loaded: LoadedModel, *, threads: int | None = None, nice: int = 0
+) -> tuple[TorchRunner, CostModel]:
+    """The model on its device, warmed up, and a cost model seeded from the warm-up; ``threads``
+    and ``nice`` for a model that must not compete with the champion (a shadow)."""
     runner = TorchRunner(
         loaded.module,
         name=loaded.name,
         version=loaded.version,
         device=config.app.device,
-        threads=config.app.torch_threads,
+        threads=config.app.torch_threads if threads is None else threads,
+        nice=nice,
     )
     try:
         timings = runner.warm_up(pipeline.input_shapes, reference_sizes(pipeline.max_batch_size))

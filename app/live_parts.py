@@ -124,6 +124,9 @@ async def build_live(
         stats_interval_s=config.app.stats_interval_s,
         metrics=metrics,
     )
+    for shadow in shadows:
+        # Queued past the next full batch: the champion is busy, and the shadow skips.
+        shadow.champion_busy = lambda: len(driver.batcher) > p.max_batch_size
     life = _partition_life(conn, source, driver, transactions, state, changelog)
     source.subscribe(on_revoke=life.revoke, on_assign=life.assign)
     return LiveParts(source, sink, driver, life, state, changelog, shadow_sink)

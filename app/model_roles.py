@@ -27,6 +27,9 @@ from streams.flow.roles import ConstantRunner, Roles
 from streams.flow.shadow import Shadow
 
 Mode = Literal["live", "backfill"]
+# A shadow's thread runs at the lowest priority: when the host's cores are busy, the champion,
+# the event loop and a broker beside them go first, and the shadow falls behind (and skips).
+SHADOW_NICE = 19
 # A backfill without a configured timeout still notices a hung model, long after any healthy batch.
 BACKFILL_TIMEOUT_S = 300.0
 
@@ -61,9 +64,9 @@ def load_role_runners(config: Config, p: PipelineConfig, mode: Mode) -> RoleRunn
                 runners.fallback = build_runner(config, p, load_checked_model(p, fallback.model))[0]
             else:
                 runners.fallback = ConstantRunner(fallback.constant or 0.0)
-        one_thread = replace(config, app=replace(config.app, torch_threads=1))
         for shadow in roles.shadows:
-            runners.shadows.append((shadow, build_runner(one_thread, p, load_checked_model(p, shadow.model))[0]))
+            loaded = load_checked_model(p, shadow.model)
+            runners.shadows.append((shadow, build_runner(config, p, loaded, threads=1, nice=SHADOW_NICE)[0]))
     except BaseException:
         for runner in runners.all():
             if isinstance(runner, TorchRunner):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _inference_thread(threads: int, nice: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:  # a container may forbid it; the shadow then only skips batches
+            log.warning("could not lower the priority of the inference thread of a shadow: %s", exc)
+
+
 class TorchRunner:
     """The production runner: one module, one device, one inference thread.
 
@@ -41,6 +53,7 @@ class TorchRunner:
         version: str,
         device: str = "auto",
         threads: int = 0,
+        nice: int = 0,
     ) -> None:
         self._name = name
         self._version = version
@@ -51,10 +64,12 @@ class TorchRunner:
         # OpenMP's thread count is a setting of each thread: set in whichever thread built the
         # runner (the worker builds it off the event loop), it leaves the inference thread at
         # one OpenMP thread per core, each spinning between batches on cores the event loop needs.
+        # ``nice``: a shadow's thread yields the CPU to everything else (the champion's thread, the
+        # event loop, the broker on the same host): Linux schedules each thread with its own nice value.
         self._executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix=f"sluice-infer-{name}",
-            initializer=functools.partial(torch.set_num_threads, threads) if threads > 0 else None,
+            initializer=functools.partial(_inference_thread, threads, nice),
         )
 
     @property

@@ -1,0 +1,209 @@
+"""Does a shadow delay the champion? End-to-end latency at the same offered loads, with and
+without a shadow ten times as costly as the champion, in alternating rounds, against the real broker.
+
+    docker/kafka-local start
+    .venv/bin/python -m bench.shadow                       # 3 rounds, 10 s per load point
+    .venv/bin/python -m bench.shadow --rounds 1 --seconds 4 --out /tmp/bench   # a quick check
+
+The champion is the demo MLP; the shadow is the same MLP computed ten times per batch
+(``bench.shadow_model``: real CPU work, on its one thread). Loads are fractions of the
+champion's drain rate, measured first in the same run. Each round starts a fresh worker per
+variant (the order alternates between rounds, so drift in the machine does not favour one),
+warms it up, then offers each load open loop for ``--seconds``. Latency is the broker's:
+input CreateTime to output LogAppendTime (``bench.latency.load_point``). The shadow's side:
+how many of the offered events it scored (its topic), the rest skipped whole batches.
+Results: bench/results/shadow.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.config.pipeline_toml import write_pipeline_config
+from bench.ceilings import drop_topics
+from bench.latency import (
+    BOOTSTRAP,
+    BUDGET_MS,
+    PARTITIONS,
+    ROOT,
+    create_topics,
+    end_offsets,
+    events,
+    load_point,
+    produce,
+    saturation,
+    stop_worker,
+    wait_for_outputs,
+)
+
+RESULTS = ROOT / "bench" / "results"
+WEIGHTS = ROOT / "models" / "weights" / "fraud-mlp.pt"
+MODEL = "fraud-mlp"
+REPEAT = 10
+
+
+def write_config(path: Path, topic_in: str, topic_out: str, *, shadow: bool) -> None:
+    extra = f"latency_budget_ms = {BUDGET_MS}\nmax_batch_size = 512\n"
+    if shadow:
+        extra += (
+            f'shadows.heavy = {{ class = "bench.shadow_model:RepeatedMLP", state_dict = "{WEIGHTS}", '
+            f'version = "x{REPEAT}", init_args = {{ repeat = {REPEAT} }} }}\n'
+        )
+    write_pipeline_config(
+        path,
+        bootstrap=BOOTSTRAP,
+        pipeline="bench",
+        app_id=f"{topic_in}-app",
+        input_topic=topic_in,
+        output_topic=topic_out,
+        dead_letter_topic=f"{topic_in}-dlq",
+        partitions=PARTITIONS,
+        demo=MODEL,
+        app_extra="stats_interval_s = 5",
+        extra=extra,
+    )
+
+
+def start(config: Path, workdir: Path, tag: str) -> subprocess.Popen[bytes]:
+    log = (workdir / f"{tag}.log").open("wb")
+    cmd = [sys.executable, "-m", "app.cli", "--config", str(config), "--datadir", str(workdir / f"data-{tag}")]
+    cmd += ["worker", "-l", "info", "--without-web"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def variant(
+    shadow: bool, rates: list[tuple[float, float]], seconds: float, workdir: Path, tag: str, seed: int
+) -> list[dict[str, object]]:
+    topic_in, topic_out = f"{tag}-in", f"{tag}-out"
+    await create_topics([topic_in])
+    await create_topics([topic_out, f"{topic_out}-shadow"], log_append=True)
+    config = workdir / f"{tag}.toml"
+    write_config(config, topic_in, topic_out, shadow=shadow)
+    worker = start(config, workdir, tag)
+    try:
+        warm = events(2_000, seed=seed)
+        await produce(topic_in, warm)
+        await wait_for_outputs(topic_out, len(warm), timeout_s=120, worker=worker)
+        points = []
+        for fraction, rate in rates:
+            shadow_start = await end_offsets(f"{topic_out}-shadow")
+            point = await load_point(
+                MODEL, "shadow" if shadow else "alone", fraction, rate, topic_in, topic_out, seconds, seed
+            )
+            entry: dict[str, object] = {**point.__dict__, "shadow": shadow}
+            if shadow:
+                offered = int(max(20, int(rate * seconds)))
+                after = await end_offsets(f"{topic_out}-shadow")
+                scored = sum(after.values()) - sum(shadow_start.values())
+                entry["shadow_scored_share"] = scored / offered
+            points.append(entry)
+            seed += 1
+        return points
+    finally:
+        stop_worker(worker)
+
+
+def summary(points: list[dict[str, object]], fractions: list[float]) -> list[dict[str, float]]:
+    rows = []
+    for fraction in fractions:
+        row: dict[str, float] = {"fraction": fraction}
+        for label, with_shadow in (("alone", False), ("shadow", True)):
+            mine = [p for p in points if p["fraction"] == fraction and p["shadow"] is with_shadow]
+            for q in ("p50_ms", "p99_ms"):
+                values = np.array([float(p[q]) for p in mine])  # type: ignore[arg-type]
+                row[f"{label}_{q}_median"] = float(np.median(values))
+                row[f"{label}_{q}_min"] = float(values.min())
+                row[f"{label}_{q}_max"] = float(values.max())
+        shares = [float(p["shadow_scored_share"]) for p in points if p["fraction"] == fraction and p["shadow"]]  # type: ignore[arg-type]
+        row["shadow_scored_share"] = float(np.median(shares))
+        rows.append(row)
+    return rows
+
+
+def markdown(results: dict[str, object]) -> str:
+    lines = [
+        "# A shadow beside the champion: latency at the same offered loads",
+        "",
+        f"Run {results['started']} on {results['cpus']} CPUs, {PARTITIONS} partitions, budget {BUDGET_MS} ms, "
+        f"champion `{MODEL}`, shadow: the same MLP computed {REPEAT}x per batch on one thread. "
+        f"{results['rounds']} rounds of {results['seconds']:.0f} s per point, a fresh worker per variant and "
+        f"round; the champion drains a backlog at {results['drain_per_s']:,.0f}/s. Median over rounds "
+        "(min-max in brackets). Command: `python -m bench.shadow`.",
+        "",
+        "| load | offered/s | p50 alone | p50 with shadow | p99 alone | p99 with shadow | events the shadow scored |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row, (_, rate) in zip(results["summary"], results["rates"], strict=True):  # type: ignore[call-overload]
+
+        def cell(label: str, q: str, row: dict[str, float] = row) -> str:
+            return f"{row[f'{label}_{q}_median']:.1f} ms ({row[f'{label}_{q}_min']:.1f}-{row[f'{label}_{q}_max']:.1f})"
+
+        lines.append(
+            f"| {row['fraction']:.0%} | {rate:,.0f} | {cell('alone', 'p50_ms')} | {cell('shadow', 'p50_ms')} | "
+            f"{cell('alone', 'p99_ms')} | {cell('shadow', 'p99_ms')} | {row['shadow_scored_share']:.0%} |"
+        )
+    lines += [
+        "",
+        "Every point's raw figures, saturation flags included, are in `shadow.json`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    workdir = args.out / "shadow-work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefix = f"shadowbench-{int(time.time())}"
+    try:
+        drained, _ = await saturation(
+            MODEL, "adaptive", workdir, args.seconds, tag=f"{prefix}-sat", first_backlog=20_000,
+            drain_seconds=args.seconds, max_backlog=400_000, drain_only=True,
+        )  # fmt: skip
+        stop_worker(drained.worker)
+        rates = [(f, f * drained.per_s) for f in args.fractions]
+        points: list[dict[str, object]] = []
+        for r in range(args.rounds):
+            order = (False, True) if r % 2 == 0 else (True, False)
+            for shadow in order:
+                tag = f"{prefix}-r{r}-{'shadow' if shadow else 'alone'}"
+                points += await variant(shadow, rates, args.seconds, workdir, tag, seed=100 + 10 * r)
+    finally:
+        await drop_topics(BOOTSTRAP, prefix)
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "drain_per_s": drained.per_s,
+        "rates": rates,
+        "points": points,
+        "summary": summary(points, args.fractions),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.1, 0.4])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "shadow.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "shadow.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
