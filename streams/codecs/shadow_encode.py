@@ -40,6 +40,8 @@ def encode_shadow(
     key_by_position: bool = False,
 ) -> list[OutputRecord]:
     """One record per event of ``rows`` (batch indices into ``records``), in order."""
+    if not len(rows):
+        return []  # (numpy cannot reshape no predictions into rows of unknown width)
     dumps = orjson.dumps
     # Constant parts serialised once (names escaped by orjson), '%' doubled for the template.
     model = (dumps(name) + b',"model_version":' + dumps(version)).replace(b"%", b"%%")
