@@ -64,6 +64,8 @@ class ModelStats:
     inference: Buckets = field(default_factory=lambda: Buckets(INFERENCE_BOUNDS_S))
     scores: Buckets = field(default_factory=lambda: Buckets(SCORE_BOUNDS))
     agreement: Agreement | None = None
+    # The longest batch so far: what bounds the p99 past the inference histogram's last bucket.
+    slowest_s: float = 0.0
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -73,6 +75,7 @@ class ModelStats:
         self.batches += 1
         self.events += len(predictions)
         self.inference.observe(seconds)
+        self.slowest_s = max(self.slowest_s, seconds)
         if predictions.size:
             scores = first_column(predictions)
             # NaN or infinity is no score (the pipeline dead-letters those events): it would make the sum NaN for good.
@@ -89,14 +92,15 @@ class ModelStats:
         self.skipped_events += events
 
     def p99_seconds(self) -> float | None:
-        """The upper bound of the bucket holding the 99th percentile batch time."""
+        """The upper bound of the bucket holding the 99th percentile batch time; past the last
+        bucket (1 s), the slowest batch seen (a roll-back limit may be far above 1 s)."""
         total = self.inference.count
         if not total:
             return None
         cumulative = np.cumsum(self.inference.counts)
         slot = int(np.searchsorted(cumulative, 0.99 * total))
         bounds = self.inference.bounds
-        return float(bounds[slot]) if slot < len(bounds) else float("inf")
+        return float(bounds[slot]) if slot < len(bounds) else self.slowest_s
 
 
 class ModelBook:
