@@ -1,17 +1,23 @@
-"""``sluice watch``: print predictions (or dead letters) as they arrive on a topic."""
+"""``sluice watch``: print predictions (or dead letters) as they arrive on a topic; with
+``--compare``, each model's evidence side by side, read from the workers' ``/metrics``."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 
+import aiohttp
 import numpy as np
 import orjson
 from faust.cli import AppCommand, option
 
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
+from app.model_compare import Evidence, read_workers, render, worker_problem
 from app.topics import check_broker, partitions_of
 from streams.errors import CommandLineError, TopicMissingError, exit_on_operator_error
 from streams.kafka.replay import start_consumer, stop_consumer
@@ -63,6 +69,21 @@ def describe(value: bytes | None) -> str:
     option("--count", "-n", type=int, default=0, help="Stop after this many records (0 = no limit)."),
     option("--seconds", "-s", type=float, default=0.0, help="Stop after this many seconds (0 = no limit)."),
     option("--summary", is_flag=True, default=False, help="Print totals and latency percentiles."),
+    option(
+        "--compare",
+        is_flag=True,
+        default=False,
+        help="Each model side by side (champion, canary, fallback, shadows): events, errors, timeouts, skips, "
+        "batch time, mean score, a shadow's agreement; read from the workers' /metrics, refreshed; with "
+        "--count, the number of summaries.",
+    ),
+    option(
+        "--worker",
+        "workers",
+        multiple=True,
+        help="With --compare: a worker's web address, repeatable, summed (default: this config's web_bind:web_port).",
+    ),
+    option("--every", type=float, default=None, help="With --compare: seconds between summaries (default 5)."),
 )
 async def watch(
     self: AppCommand,
@@ -72,13 +93,27 @@ async def watch(
     count: int,
     seconds: float,
     summary: bool,
+    compare: bool,
+    workers: tuple[str, ...],
+    every: float | None,
 ) -> None:
     """Print predictions as they arrive (id, prediction, model, source position, latency)."""
-    topic = topic or config.pipelines[0].output_topic
     with exit_on_operator_error("watch"):
         for flag, value in (("--count", count), ("--seconds", seconds), ("--since", since)):
             if not (math.isfinite(value) and value >= 0):
                 raise CommandLineError(f"{flag} {value}: expected a number >= 0")
+        if not compare and (workers or every is not None):
+            raise CommandLineError(f"{'--worker' if workers else '--every'} goes with --compare")
+        if compare:
+            topic_flags = {"--topic": topic is not None, "--from-beginning": from_beginning, "--since": since > 0}
+            if given := [flag for flag, used in (topic_flags | {"--summary": summary}).items() if used]:
+                raise CommandLineError(f"{given[0]} reads a topic; --compare reads the workers' /metrics")
+            urls = compared_workers(workers, every)
+    if compare:
+        await compare_models(urls, every_s=every or COMPARE_EVERY_S, count=count, seconds=seconds)
+        return
+    topic = topic or config.pipelines[0].output_topic
+    with exit_on_operator_error("watch"):
         conn = connection(config)
         await check_broker(conn)
         partitions = await partitions_of(conn, topic)
@@ -153,3 +188,44 @@ def summarise(topic: str, timings: list[tuple[int, int]], budget_ms: float | Non
     if rest.size:
         without = f"; without second {worst}-{worst + 1}, p99 {int(np.percentile(rest, 99, method='higher'))} ms"
     return f"{line}\nslowest 1% ({slowest}) by when they happened in the run: {where}{without}"
+
+
+COMPARE_EVERY_S = 5.0
+
+
+def compared_workers(workers: tuple[str, ...], every: float | None) -> tuple[str, ...]:
+    """The workers ``--compare`` reads (like swap-model, this config's own by default), once the
+    flags are checked."""
+    if every is not None and not (math.isfinite(every) and every >= 0.1):
+        raise CommandLineError(f"--every {every}: expected seconds >= 0.1")
+    urls = workers or (f"http://{config.app.web_bind}:{config.app.web_port}",)
+    if problem := next(filter(None, map(worker_problem, urls)), None):
+        raise CommandLineError(problem)
+    return urls
+
+
+async def compare_models(workers: Sequence[str], *, every_s: float, count: int, seconds: float) -> None:
+    """Print the models' evidence every ``every_s`` until ``count`` summaries or ``seconds`` (0: no
+    limit); exits 1 when no worker answered the last time, so a script can tell."""
+    deadline = time.monotonic() + seconds if seconds > 0 else None
+    # On a terminal each summary replaces the last; piped, they follow each other.
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    before: Evidence | None = None
+    before_at, shown = 0.0, 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=min(5.0, max(every_s, 1.0)))) as session:
+        while True:
+            evidence, problems = await read_workers(session, workers)
+            read_at = time.monotonic()
+            answered = len(workers) - len(problems)
+            header = f"{time.strftime('%H:%M:%S')}: {answered} of {len(workers)} worker(s) answered"
+            lines = [header, *(f"  {problem}" for problem in problems)]
+            if answered:
+                lines += ["", render(evidence, before, read_at - before_at)]
+            print(clear + "\n".join(lines) + ("" if clear else "\n"), flush=True)
+            shown += 1
+            if (count and shown >= count) or (deadline is not None and read_at + every_s > deadline):
+                break
+            before, before_at = evidence, read_at
+            await asyncio.sleep(every_s)
+    if not answered:
+        raise SystemExit(1)
