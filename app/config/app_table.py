@@ -1,4 +1,5 @@
-"""``[app]``: what the whole worker shares (its id, the broker, topics it creates, torch, the web server).
+"""``[app]``: what the whole worker shares (its id, the broker, topics it creates, torch, the web
+server, where model decisions are kept).
 
 ``$SLUICE_BROKER`` overrides ``broker``; ``[app.security]`` is read by ``app.config.security``.
 """
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.addresses import BROKER_EXPECTED, HOST_EXPECTED, is_broker_address, is_host
+from app.addresses import BROKER_EXPECTED, HOST_EXPECTED, is_broker_address, is_host, is_topic
 from app.config.security import SecurityConfig, load_security
 from app.config.table import Table
 from streams.errors import ConfigError
@@ -43,13 +44,17 @@ class AppConfig:
     security: SecurityConfig = SecurityConfig()  # noqa: RUF009
     # The codec of every record batch sluice produces (outputs, dead letters, `sluice produce`).
     compression: str = "none"
+    # The compacted topic of model decisions (promote, roll back, swap) every worker applies:
+    # "<id>.model-decisions" unless the file names one.
+    decisions_topic: str = ""
 
 
 def load_app(t: Table, env: Mapping[str, str], base: Path) -> AppConfig:
     """The ``[app]`` table ``t``; ``env`` may name the broker, ``base`` is the config file's folder."""
     broker = _broker(t, env)
+    app_id = t.text("id", "sluice")
     app = AppConfig(
-        id=t.text("id", "sluice"),
+        id=app_id,
         broker=broker if "://" in broker else f"kafka://{broker}",
         create_topics=t.flag("create_topics", True),
         topic_partitions=t.integer(
@@ -67,12 +72,21 @@ def load_app(t: Table, env: Mapping[str, str], base: Path) -> AppConfig:
         admin_token_env=t.text("admin_token_env", "SLUICE_ADMIN_TOKEN"),
         compression=t.choice("compression", COMPRESSIONS, "none"),
         security=load_security(t.table("security", default={}), base),
+        decisions_topic=_decisions_topic(t, app_id),
     )
     match = DEVICE.fullmatch(app.device)
     if match is None or (match.group(1) is not None and int(match.group(1)) > MAX_CUDA_INDEX):
         raise t.fail("device", app.device, f"'auto', 'cpu', 'cuda' or 'cuda:N' (N from 0 to {MAX_CUDA_INDEX})")
     t.done()
     return app
+
+
+def _decisions_topic(t: Table, app_id: str) -> str:
+    topic = t.text("decisions_topic", None) or f"{app_id}.model-decisions"
+    if not is_topic(topic):
+        expected = "a Kafka topic name: 1 to 249 letters, digits, '.', '_', '-' (by default '<app id>.model-decisions')"
+        raise t.fail("decisions_topic", topic, expected)
+    return topic
 
 
 def _host(t: Table, name: str, default: str) -> str:
