@@ -61,8 +61,7 @@ class ModelTotals:
 
     def batch_seconds(self, q: float) -> float | None:
         """The upper bound of the bucket holding the ``q`` quantile of the time per batch (inf past
-        the last bound): the engine judges a canary's p99 so, and no interpolation inside a bucket
-        pretends to know more than the histogram does."""
+        the last bound): no interpolation inside a bucket pretends to know more than the histogram does."""
         total = self.inference.get(math.inf, 0.0)
         if not total:
             return None

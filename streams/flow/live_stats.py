@@ -69,7 +69,9 @@ class LiveStats:
 def models_part(models: PipelineModels) -> str | None:
     """Each model but the champion, then the champion's circuit when it ever mattered; None when
     the champion alone scored (the line stays as it always was)."""
-    parts = [_one_model(stats, models) for stats in models.stats if stats.role not in ("champion", "fallback")]
+    # Canaries first (they serve), then shadows; the fallback is told with the circuit it stands in for.
+    others = sorted((m for m in models.stats if m.role in ("canary", "shadow")), key=lambda m: m.role != "canary")
+    parts = [_one_model(stats, models) for stats in others]
     fallback_events = sum(stats.events for stats in models.stats if stats.role == "fallback")
     if fallback_events or models.circuit is not Circuit.CLOSED or models.circuit_trips:
         state = models.circuit.value.replace("_", "-")

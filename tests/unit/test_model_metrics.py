@@ -269,6 +269,15 @@ def test_the_stats_line_names_each_model_beside_the_champion():
     )
 
 
+def test_the_stats_line_tells_the_canary_before_the_shadows_whatever_scored_first():
+    book = ModelBook()
+    book.of("shadow", "transformer", "7").scored(np.array([0.5]), 0.01)
+    book.of("canary", "mlp", "2").scored(np.array([0.5]), 0.001)
+    in_use = [("canary", "mlp", "2"), ("shadow", "transformer", "7")]
+    part = models_part(PipelineModels(in_use, list(book.models.values())))
+    assert part == "canary mlp v2: 1 ev, 0 err; shadow transformer v7: 1 ev, 0 err"
+
+
 def test_the_stats_line_of_a_champion_alone_is_as_it_was():
     book = ModelBook()
     book.of("champion", "mlp", "1").scored(np.array([0.5]), 0.001)
