@@ -9,6 +9,7 @@ key on the canary at 5% stays on it at 20%.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ SALT = b"sluice-canary"
 _SCALE = float(2**64)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def key_share(key: bytes) -> float:
-    """Where ``key`` falls in [0, 1)."""
+    """Where ``key`` falls in [0, 1). Cached: a stream's keys recur (an account's events), and
+    the cache's bound keeps a stream of unique keys from growing it."""
     digest = hashlib.blake2b(key, digest_size=8, salt=SALT[:16]).digest()
     return int.from_bytes(digest, "big") / _SCALE
 

@@ -38,6 +38,9 @@ from streams.records import SourceRecord
 
 log = logging.getLogger(__name__)
 
+# The most of a fallback's reason each of its outputs carries.
+MAX_REASON_CHARS = 200
+
 
 @dataclass(frozen=True)
 class Scoring:
@@ -57,7 +60,11 @@ class Scoring:
         if self.role == "champion":
             return None  # the common case keeps the output as it always was, field for field
         if self.role == "fallback":
-            return {"role": "fallback", "fallback": True, "fallback_reason": self.reason or ""}
+            # Bounded: it is in every output while the circuit is open, and may echo the model's error.
+            reason = self.reason or ""
+            if len(reason) > MAX_REASON_CHARS:
+                reason = reason[: MAX_REASON_CHARS - 3] + "..."
+            return {"role": "fallback", "fallback": True, "fallback_reason": reason}
         return {"role": self.role}
 
 
