@@ -5,7 +5,9 @@
 ``pipeline`` (decode, the per-key features of ``stateful_inputs``, the model, encode) and,
 when the model raises, ``isolation`` finds the events that cause it; ``delivery`` owns sending
 outputs; ``acknowledger`` moves progress once they are acknowledged; ``live_stats`` is the
-worker's log line.
+worker's log line. ``roles`` are the models that serve (champion, ``canary``, fallback behind a
+``breaker``, limits to ``rollback`` by), ``shadow`` those that only score beside them, and
+``role_changes`` changes them between two batches (a promotion, a roll-back).
 
 May import: ``streams.records``, ``streams.errors``, ``streams.source``, ``streams.metrics``,
 ``streams.codecs``, ``streams.features`` and ``models.protocol``; never a Kafka client.
