@@ -28,6 +28,7 @@ from streams.codecs.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_lett
 from streams.flow.delivery import Delivery, Sink
 from streams.flow.isolation import Failure, non_finite_rows, without_failed_rows
 from streams.flow.roles import Roles, Scoring
+from streams.flow.scored_groups import ScoredGroupWatcher
 from streams.flow.shadow import Shadow
 from streams.flow.stateful_inputs import StatefulInputs
 from streams.records import HeaderPolicy, OutputRecord, SourceRecord, header_picker
@@ -112,12 +113,14 @@ class Pipeline:
         stateful: StatefulInputs | None = None,
         emit_features: bool = False,
         shadows: Sequence[Shadow] = (),
+        watchers: Sequence[ScoredGroupWatcher] = (),  # offered each scored group after the shadows
     ) -> None:
         self.name = name
         self.schema = schema
         # The models that serve (champion, canary, fallback); a bare runner is a champion alone.
         self.roles = runner if isinstance(runner, Roles) else Roles(runner, pipeline=name)
         self.shadows = list(shadows)
+        self.watchers = list(watchers)
         self.delivery = Delivery(
             sink,
             pipeline=name,
@@ -245,8 +248,8 @@ class Pipeline:
         if failures:
             part = without_failed_rows(part, kept, failures)
             rejects += part.rejects
-        for shadow in self.shadows:
-            await shadow.offer(records, part.rows, part.ids, part.inputs, predictions, group.name, group.version)
+        for watcher in (*self.shadows, *self.watchers):
+            await watcher.offer(records, part.rows, part.ids, part.inputs, predictions, group.name, group.version)
         return part, predictions
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:

@@ -29,6 +29,7 @@ from streams.errors import ModelTimeout, OutputRefused
 from streams.flow.breaker import timed
 from streams.flow.delivery import Delivery, Sink
 from streams.flow.model_stats import Agreement, ModelStats
+from streams.flow.scored_groups import OnScored
 from streams.records import OutputRecord, SourceRecord
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,11 @@ class Shadow:
         wait: bool = False,
         key_by_position: bool = False,
         timeout_s: float | None = None,
+        on_scored: OnScored | None = None,
     ) -> None:
         self.runner = runner
+        # Told each batch's predictions as they are made (a backfill's evaluation collects them).
+        self.on_scored = on_scored
         self._timed = timed(runner, timeout_s)
         self.delivery = delivery
         # Its outputs go through a delivery of its own on the same sink: sent again while the destination
@@ -148,6 +152,8 @@ class Shadow:
         self.stats.scored(predictions, time.perf_counter() - started)
         if self.stats.agreement is not None:
             self.stats.agreement.observe(predictions, job.served)
+        if self.on_scored is not None:
+            self.on_scored(job.records, job.rows, job.ids, predictions)
         outputs = encode_shadow(
             job.records,
             job.rows,
