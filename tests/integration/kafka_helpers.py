@@ -85,7 +85,13 @@ def write_config(
     app_id: str | None = None,
 ) -> Path:
     """``directory/<pipeline>.toml``: one pipeline, a demo model (and its inputs, and its per-key
-    features) unless ``model`` (and ``inputs``) say otherwise."""
+    features) unless ``model`` (and ``inputs``) say otherwise.
+
+    Its model decisions topic is the test's own, unless ``app_extra`` names one: a decision is kept
+    for good, and a test that swapped a pipeline's model would otherwise change what the same
+    pipeline of a later test (or a later run) serves at start."""
+    if "decisions_topic" not in app_extra:
+        app_extra += f'\ndecisions_topic = "{unique(f"{pipeline}-decisions")}"'
     return write_pipeline_config(
         directory / f"{pipeline}.toml",
         bootstrap=bootstrap,
