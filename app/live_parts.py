@@ -9,6 +9,7 @@ does, in ``on_start``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.build import (
@@ -72,8 +73,10 @@ async def build_live(
     client_id: str,
     metrics: PipelineMetrics,
     role_runners: RoleRunners | None = None,
+    on_rollback: Callable[[str], None] | None = None,
 ) -> LiveParts:
-    """Every part of pipeline ``p`` on a live worker, wired, none started; ``client_id``: its consumer's."""
+    """Every part of pipeline ``p`` on a live worker, wired, none started; ``client_id``: its consumer's;
+    ``on_rollback``: told why when the canary rolls itself back."""
     conn = connection(config)
     state = build_stateful_inputs(p, "live")
     changelog = _changelog(conn, p, state) if state is not None else None
@@ -107,7 +110,7 @@ async def build_live(
     progress, scored_to = _progress(p, source, sink, transactions)
     role_runners = role_runners or RoleRunners()
     book = ModelBook()  # every model's evidence, the shadows' too (streams.flow.model_stats)
-    roles = build_roles(p, runner, role_runners, "live", book)
+    roles = build_roles(p, runner, role_runners, "live", book, on_rollback)
     shadow_sink = None
     if role_runners.shadows:
         shadow_sink = await build_kafka_sink(

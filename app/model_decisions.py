@@ -66,6 +66,11 @@ class Decision:
     earlier: tuple[Decision, ...] = field(default=(), compare=False)
 
     @property
+    def identity(self) -> tuple[int, str, str]:
+        """What tells one decision from another: when, by whom, what."""
+        return self.decided_at, self.by, self.what
+
+    @property
     def what(self) -> str:
         """``promote canary``, ``promote shadow:NAME``, ``rollback canary``, ``swap champion``."""
         return f"{self.action} {self.role}" + (f":{self.shadow}" if self.shadow else "")

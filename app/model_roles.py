@@ -9,7 +9,7 @@ thread of its own, so it takes at most one core from the champion.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -83,8 +83,14 @@ def breaker_policy(p: PipelineConfig, mode: Mode) -> BreakerPolicy:
 
 
 def build_roles(
-    p: PipelineConfig, champion: Runner, runners: RoleRunners, mode: Mode, book: ModelBook | None = None
+    p: PipelineConfig,
+    champion: Runner,
+    runners: RoleRunners,
+    mode: Mode,
+    book: ModelBook | None = None,
+    on_rollback: Callable[[str], None] | None = None,
 ) -> Roles:
+    """``on_rollback``: told why, when the canary breaks a limit of its own (it scores nothing after)."""
     canary = p.roles.canary
     return Roles(
         champion,
@@ -94,6 +100,7 @@ def build_roles(
         rollback=canary.rollback if canary is not None else None,
         book=book,
         pipeline=p.name,
+        on_rollback=on_rollback,
     )
 
 

@@ -2,30 +2,32 @@
 
 Faust gives the worker its lifecycle (start-up order, signals, web server, logging);
 this service owns the consuming path, so batches flow through aiokafka's batch API
-and offsets are committed only after outputs are acknowledged, not per event.
+and offsets are committed only after outputs are acknowledged, not per event. Which models
+serve is ``ServedModels``' (``app.served_models``): the config, with the group's decisions
+(promote, roll back, swap) applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 from mode import Service
 
-from app.build import build_runner, load_checked_model, settle_garbage_collector
+from app.build import settle_garbage_collector
 from app.cli import PROCESS_STARTED
 from app.config import Config, PipelineConfig
 from app.driver_task import stop_driver
 from app.key_serving import KeyServing
 from app.live_parts import LiveParts, build_live
-from app.model_roles import RoleRunners, load_role_runners
 from app.rekey_service import RekeyService
-from models.loading import LoadedModel, ModelSpec
-from models.runner import TorchRunner
-from streams.errors import ModelLoadError
+from app.served_models import ServedModels
+from models.loading import LoadedModel
+from streams.errors import SwapRejected
 from streams.flow.driver import Driver
 from streams.flow.partitions import Phase
 from streams.flow.pipeline import Pipeline
@@ -57,11 +59,9 @@ class PipelineService(Service):
         self.pipeline_config = pipeline
         self._model = model
         self.metrics = metrics or PipelineMetrics(pipeline.name)
-        self._swapping = asyncio.Lock()
         self.parts: LiveParts | None = None
+        self.models: ServedModels | None = None
         self._run_task: asyncio.Task[None] | None = None
-        self._runner: TorchRunner | None = None
-        self._role_runners: RoleRunners | None = None
         self._crashing: asyncio.Future[None] | None = None
         self._announce: asyncio.Task[None] | None = None
         # ``web_address``: where other workers reach this one's web server, named in its consumer's
@@ -93,22 +93,25 @@ class PipelineService(Service):
     async def on_start(self) -> None:
         p = self.pipeline_config
         started = time.monotonic()
-        # The worker's preflight (app.main) checked the broker and the topics already.
-        loaded = self._model if self._model is not None else await asyncio.to_thread(load_checked_model, p, p.model)
+        # The worker's preflight (app.main) checked the broker and the topics already. The group's
+        # decisions come first: they may name another champion than the config's, or no canary.
+        self.models = models = ServedModels(self.config, p, by=f"{self.keys.client_id()} on {socket.gethostname()}")
+        serving = await models.load(self._model)
         self._model = None  # the runner holds the module now; a swap must be able to free it
-        runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
-        self._runner = runner
-        self._role_runners = await asyncio.to_thread(load_role_runners, self.config, p, "live")
+        assert models.champion is not None and models.cost is not None
+        runner = models.champion
         warm = time.monotonic()
         self.parts = parts = await build_live(
             self.config,
-            p,
+            serving,
             runner,
-            cost,
+            models.cost,
             client_id=self.keys.client_id(),
             metrics=self.metrics,
-            role_runners=self._role_runners,
+            role_runners=models.role_runners,
+            on_rollback=models.canary_rolled_back,
         )
+        models.attach(parts.driver)
         self.metrics.probe = parts.driver
         await parts.sink.start()
         if parts.shadow_sink is not None:
@@ -159,36 +162,16 @@ class PipelineService(Service):
             }
         return await self.keys.answer(key, parts.state.step, parts.source.consumer, parts.life.in_phase(Phase.RUNNING))
 
-    async def swap_model(self, spec: ModelSpec) -> tuple[str, str]:
-        """Load and warm up ``spec`` beside the serving model, then swap it in between two batches.
+    async def decide(self, body: Any) -> dict[str, Any]:
+        """``POST /pipelines/NAME/model``: promote, roll back or swap for the whole group (see
+        ``ServedModels.decide``); what serves afterwards."""
+        if self.models is None or self.driver is None:
+            raise SwapRejected(503, f"pipeline {self.pipeline_config.name} is not running yet")
+        return await self.models.decide(body)
 
-        Raises ``ModelLoadError`` (the old model keeps serving) if it cannot be loaded or does
-        not take the pipeline's inputs. Returns the new model's name and version.
-        """
-        p = self.pipeline_config
-        if self.driver is None or self._runner is None:
-            raise ModelLoadError(f"pipeline {p.name} is not running yet")
-        async with self._swapping:
-            loaded = await asyncio.to_thread(load_checked_model, p, spec)
-            try:
-                runner, cost = await asyncio.to_thread(build_runner, self.config, p, loaded)
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"{spec.describe()} does not score the inputs of pipeline {p.name} "
-                    f"({', '.join(f'{i.name} {list(i.shape)}' for i in p.inputs)}): {exc}"
-                ) from exc
-            old = await self.driver.swap_runner(runner, cost)
-            self._runner = runner
-            await old.aclose()
-        log.warning(
-            "pipeline %s: now serving model %s v%s (was %s v%s)",
-            p.name,
-            runner.name,
-            runner.version,
-            old.name,
-            old.version,
-        )
-        return runner.name, runner.version
+    def serving(self) -> dict[str, Any] | None:
+        """``GET /pipelines/NAME/model``: every role's model and the latest decision; None before it runs."""
+        return self.models.view() if self.models is not None and self.driver is not None else None
 
     def _on_loop_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -209,10 +192,8 @@ class PipelineService(Service):
                 await shadow.drain()  # what they were offered, at most a few batches each
             if parts.shadow_sink is not None:
                 await parts.shadow_sink.stop()
-        if self._runner is not None:
-            await self._runner.aclose()
-        if self._role_runners is not None:
-            await self._role_runners.aclose()
+        if self.models is not None:
+            await self.models.aclose()  # its decisions' clients, and every model it loaded
         if parts is not None and parts.state is not None:
             parts.state.close()
         log.info("pipeline %s stopped", self.pipeline_config.name)

@@ -1,10 +1,12 @@
 """The worker's HTTP endpoints, on Faust's web server (127.0.0.1:6066 unless configured).
 
 - ``GET /metrics``: Prometheus text format, every pipeline's metrics plus the process's.
-- ``GET /pipelines/NAME/model``: the model being served.
-- ``POST /pipelines/NAME/model``: swap in another model (``Authorization: Bearer TOKEN``,
-  the token from the environment variable ``app.admin_token_env`` names; disabled when
-  that variable is unset).
+- ``GET /pipelines/NAME/model``: the model being served, every role's (champion, canary with its
+  share, fallback, shadows, the champion's circuit) and the latest decision.
+- ``POST /pipelines/NAME/model``: swap in another model, promote the canary or a shadow, or roll
+  the canary back, for every worker of the group (``app.model_requests``, ``app.served_models``;
+  ``Authorization: Bearer TOKEN``, the token from the environment variable
+  ``app.admin_token_env`` names; disabled when that variable is unset).
 - ``GET /pipelines/NAME/keys/KEY``: a key's per-key features and last prediction, from the
   worker that owns its partition; another worker answers 307 with the owner's address.
 """
@@ -27,7 +29,6 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from app.config import Config
-from app.model_swap import swap_spec
 from app.pipeline_service import PipelineService
 from streams.errors import ModelLoadError, SwapRejected
 from streams.metrics import SluiceCollector
@@ -129,11 +130,10 @@ def register_endpoints(
     class Model(View):
         async def get(self, request: Request, pipeline: str) -> Response:
             service = services.get(pipeline)
-            serving = service.driver.serving() if service is not None and service.driver is not None else None
+            serving = service.serving() if service is not None else None
             if serving is None:
                 return self.error(404, f"no running pipeline {pipeline!r}; pipelines: {sorted(services)}")
-            name, version = serving
-            return self.json({"pipeline": pipeline, "model": name, "version": version})
+            return self.json(serving)
 
         async def post(self, request: Request, pipeline: str) -> Response:
             env = config.app.admin_token_env
@@ -154,17 +154,25 @@ def register_endpoints(
             except orjson.JSONDecodeError as exc:
                 return self.error(400, f"the body is not JSON: {exc}")
             try:
-                spec = swap_spec(service.pipeline_config, body)
-                log.info("pipeline %s: loading %s v%s to swap in", pipeline, spec.describe(), spec.version)
-                name, version = await service.swap_model(spec)
+                log.info("pipeline %s: model change asked: %s", pipeline, _shown(body))
+                serving = await service.decide(body)
             except SwapRejected as exc:
-                log.warning("pipeline %s: model swap refused: %s", pipeline, exc)
+                log.warning("pipeline %s: model change refused: %s", pipeline, exc)
                 return self.error(exc.status, str(exc))
             except ModelLoadError as exc:
-                log.warning("pipeline %s: model swap failed, the old model keeps serving: %s", pipeline, exc)
+                log.warning("pipeline %s: model change failed, the old model keeps serving: %s", pipeline, exc)
                 return self.error(422, f"not swapped, the old model keeps serving: {exc}")
             except Exception as exc:
                 # Loading user files can fail in ways no list of exceptions foresees; the worker serves on.
-                log.exception("pipeline %s: model swap failed, the old model keeps serving", pipeline)
+                log.exception("pipeline %s: model change failed, the old model keeps serving", pipeline)
                 return self.error(500, f"not swapped, the old model keeps serving: {type(exc).__name__}: {exc}")
-            return self.json({"pipeline": pipeline, "model": name, "version": version})
+            return self.json(serving)
+
+
+def _shown(body: Any) -> str:
+    """A request body for the log: short, whatever was sent."""
+    try:
+        text = orjson.dumps(body).decode()
+    except (orjson.JSONEncodeError, RecursionError):
+        text = f"a JSON {type(body).__name__} orjson does not write back"
+    return text if len(text) <= 300 else text[:297] + "..."

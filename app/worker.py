@@ -16,6 +16,7 @@ import faust
 
 from app.build import load_checked_model
 from app.config import Config, dead_letters_too_big, state_too_big
+from app.decision_log import ensure_decisions_topic
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
 from app.rekey_service import RekeyService
@@ -68,8 +69,8 @@ def web_address(app: faust.App, config: Config) -> str:
 
 
 def check_topics(config: Config, services: Mapping[str, PipelineService]) -> None:
-    """Reach the broker, make sure every pipeline's topics exist (or are created), and check
-    that dead letters fit the dead-letter topics.
+    """Reach the broker, make sure every pipeline's topics and the model decisions topic exist
+    (or are created), and check that dead letters fit the dead-letter topics.
 
     Runs on its own event loop in a helper thread: Faust's loop is not running yet, and
     must not be touched before the worker starts it.
@@ -80,6 +81,7 @@ def check_topics(config: Config, services: Mapping[str, PipelineService]) -> Non
     async def check() -> dict[str, int]:
         create, partitions = config.app.create_topics, config.app.topic_partitions
         await ensure_topics(conn, wanted, create=create, partitions=partitions, timeout_s=15.0)
+        await ensure_decisions_topic(conn, config.app.decisions_topic, create=create, timeout_s=15.0)
         for service in services.values():
             p = service.pipeline_config
             if p.rekey is not None:

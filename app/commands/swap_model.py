@@ -1,8 +1,10 @@
-"""``sluice swap-model``: ask running workers to swap a pipeline's model, without downtime.
+"""``sluice swap-model``: change the model a pipeline serves on running workers, without downtime:
+swap in another model, promote the canary or a shadow to champion, or roll the canary back.
 
-Each worker loads and warms up the new model beside the old one and swaps it in between
-two batches; a worker that cannot load it keeps the old model and says why. Scaled out,
-name every worker with ``--worker`` (each serves its own partitions).
+The worker asked loads and warms up the new model beside the old one, writes the decision to the
+decisions topic (``[app] decisions_topic``) and swaps it in between two batches; every other
+worker of the group follows the decision from the topic, and a worker started later applies it
+too. A worker that cannot load the model keeps the old one, says why, and decides nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,6 +35,60 @@ def request_body(version: str, name: str | None, **choices: str | None) -> dict[
     if name is not None:
         body["name"] = name
     return body
+
+
+def chosen_body(
+    models: dict[str, str | None],
+    version: str | None,
+    name: str | None,
+    promote: str | None,
+    rollback: str | None,
+    reason: str | None,
+) -> dict[str, str]:
+    """The request the flags make, or ``CommandLineError`` when they do not make one."""
+    given = [flag for flag, value in models.items() if value is not None]
+    role_flags = [f for f, v in (("--promote", promote), ("--rollback", rollback)) if v is not None]
+    if len(role_flags) == 2:
+        raise CommandLineError("give --promote or --rollback, not both")
+    if role_flags:
+        extra = given + [f for f, v in (("--version", version), ("--name", name)) if v is not None]
+        if extra:
+            raise CommandLineError(
+                f"{role_flags[0]} takes no {' '.join(extra)}: the model is the one the config names for that role"
+            )
+        if promote is not None and promote != "canary" and not promote.startswith("shadow:"):
+            raise CommandLineError(f"--promote {promote!r}: promote 'canary' or 'shadow:NAME'")
+        if rollback is not None and rollback != "canary":
+            raise CommandLineError(f"--rollback {rollback!r}: only the canary is rolled back ('--rollback canary')")
+        body = {"promote": promote} if promote is not None else {"rollback": rollback or "canary"}
+        return {**body, **({"reason": reason} if reason is not None else {})}
+    if reason is not None:
+        raise CommandLineError("--reason goes with --promote or --rollback")
+    if len(given) != 1:
+        raise CommandLineError(
+            f"give one model ({', '.join(models)}) with --version, or --promote / --rollback"
+            + (f"; found {' and '.join(given)}" if given else "")
+        )
+    if version is None:
+        raise CommandLineError(f"{given[0]} needs --version: every output names the version that scored it")
+    flag_names = {
+        "--state-dict": "state_dict",
+        "--exported": "exported",
+        "--torchscript": "torchscript",
+        "--demo": "demo",
+    }
+    return request_body(version, name, **{flag_names[flag]: value for flag, value in models.items()})
+
+
+def done_line(pipeline: str, body: dict[str, str], answer: dict[str, Any]) -> str:
+    """What the CLI says a worker answered to ``body``."""
+    serving = f"{answer['model']} v{answer['version']}"
+    kept = f"every worker of the group follows the decision kept in {answer.get('decisions_topic', '?')}"
+    if "promote" in body:
+        return f"pipeline {pipeline} promoted its {body['promote']}: now serves {serving}; {kept}"
+    if "rollback" in body:
+        return f"pipeline {pipeline} rolled its canary back: {serving} scores every key; {kept}"
+    return f"pipeline {pipeline} now serves {serving}"
 
 
 def token_exposed(url: str) -> str | None:
@@ -65,12 +122,15 @@ def token_exposed(url: str) -> str | None:
 
 @app.command(
     option("--pipeline", "-p", default=None, help="Pipeline whose model to swap (default: the first)."),
-    option("--version", "version_", required=True, help="Version of the new model; every output carries it."),
+    option("--version", "version_", default=None, help="Version of the new model; every output carries it."),
     option("--state-dict", default=None, help="New weights for the configured class (a torch.save state dict)."),
     option("--exported", default=None, help="A torch.export archive (.pt2)."),
     option("--torchscript", default=None, help="A TorchScript file."),
     option("--demo", default=None, help="A demo model by name."),
     option("--name", default=None, help="Model name in the outputs (default: kept or taken from the file)."),
+    option("--promote", default=None, help="Promote 'canary' or 'shadow:NAME' to champion (no model flags)."),
+    option("--rollback", default=None, help="Roll 'canary' back: the champion scores all its keys again."),
+    option("--reason", default=None, help="Why, kept with a --promote or --rollback decision."),
     option(
         "--worker",
         "workers",
@@ -82,25 +142,29 @@ def token_exposed(url: str) -> str | None:
 async def swap_model(
     self: AppCommand,
     pipeline: str | None,
-    version_: str,
+    version_: str | None,
     state_dict: str | None,
     exported: str | None,
     torchscript: str | None,
     demo: str | None,
     name: str | None,
+    promote: str | None,
+    rollback: str | None,
+    reason: str | None,
     workers: tuple[str, ...],
 ) -> None:
-    """Swap the model a pipeline serves on running workers (needs the admin token in the environment)."""
+    """Swap, promote or roll back the model a pipeline serves on every worker (needs the admin token)."""
     target = pipeline or config.pipelines[0].name
     token = os.environ.get(config.app.admin_token_env)
     urls = workers or (f"http://{config.app.web_bind}:{config.app.web_port}",)
     with exit_on_operator_error("swap-model"):
+        models = {"--state-dict": state_dict, "--exported": exported, "--torchscript": torchscript, "--demo": demo}
+        body = chosen_body(models, version_, name, promote, rollback, reason)
         if not token:
             raise CommandLineError(f"set ${config.app.admin_token_env} to the workers' admin token")
         for url in urls:
             if problem := token_exposed(url):
                 raise CommandLineError(problem)
-    body = request_body(version_, name, state_dict=state_dict, exported=exported, torchscript=torchscript, demo=demo)
     failed = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         for url in urls:
@@ -116,9 +180,10 @@ async def swap_model(
             except aiohttp.ClientError as exc:
                 answer, ok = {"error": f"cannot reach the worker: {exc}"}, False
             if ok:
-                print(f"{url}: pipeline {target} now serves {answer['model']} v{answer['version']}", file=sys.stderr)
+                print(f"{url}: {done_line(target, body, answer)}", file=sys.stderr)
             else:
                 failed += 1
-                print(f"{url}: not swapped: {answer.get('error', answer)}", file=sys.stderr)
+                what = "not swapped" if "promote" not in body and "rollback" not in body else "not changed"
+                print(f"{url}: {what}: {answer.get('error', answer)}", file=sys.stderr)
     if failed:
         raise SystemExit(1)

@@ -104,6 +104,12 @@ def get_json(port: int, path: str) -> tuple[int, dict]:
         return error.code, orjson.loads(error.read())
 
 
+def served(reply: tuple[int, dict]) -> tuple[int, str, str, str]:
+    """The status and the champion of a GET /pipelines/NAME/model (which shows every role too)."""
+    status, page = reply
+    return status, page["pipeline"], page["model"], page["version"]
+
+
 def renamed_copy(shipped: str, directory: Path, renames: dict[str, str]) -> Path:
     """A shipped config file with its topic names and app id replaced, so a test does not share them."""
     text = (ROOT / "config" / shipped).read_text()
@@ -557,17 +563,15 @@ async def test_swap_model_to_a_demo_by_name_reaches_the_configured_worker_withou
     env = {"SLUICE_ADMIN_TOKEN": "swap-demo-token"}
     events = list(demo_events(10, seed=95))
     with running_worker(config, tmp_path / "worker.log", ready_text="pipeline sd: ready", web_port=port, env=env):
-        assert await asyncio.to_thread(get_json, port, "/pipelines/sd/model") == (
-            200,
-            {"pipeline": "sd", "model": "fraud-mlp", "version": "2"},
-        )
+        assert served(await asyncio.to_thread(get_json, port, "/pipelines/sd/model")) == (200, "sd", "fraud-mlp", "2")
         swap = ("--config", str(config), "swap-model", "-p", "sd", "--version", "5", "--demo", "fraud-mlp")
         result = ok(await cli(*swap, "--name", "mlp-five", env=env))
         assert result.stderr.strip() == f"http://127.0.0.1:{port}: pipeline sd now serves mlp-five v5"
         serving = await asyncio.to_thread(get_json, port, "/pipelines/sd/model")
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in events])
         outputs = await read_topic(kafka, topics["output_topic"], expected=len(events))
-    assert serving == (200, {"pipeline": "sd", "model": "mlp-five", "version": "5"})
+    assert served(serving) == (200, "sd", "mlp-five", "5")
+    assert serving[1]["decision"]["action"] == "swap", "kept in the decisions topic for the group"
     assert {(orjson.loads(r.value)["model"], orjson.loads(r.value)["model_version"]) for r in outputs} == {
         ("mlp-five", "5")
     }
