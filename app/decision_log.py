@@ -74,14 +74,15 @@ class DecisionLog:
         self._conn = connection(config)
         self._client_id = f"sluice-{pipeline}-decisions"
         self._log: KeyedLog | None = None
-        self._producer_started = False
 
     async def start(self) -> Decision | None:
         """Read the topic to the end offsets it has now: the pipeline's latest readable decision."""
         consumer = make_consumer(self._conn, group_id=None, client_id=self._client_id)
         await start_consumer(consumer)
-        producer = make_producer(self._conn, client_id=self._client_id)
-        self._log = KeyedLog(consumer, self.topic, await partitions_of(self._conn, self.topic), producer)
+        partitions = await partitions_of(self._conn, self.topic)
+        self._log = KeyedLog(
+            consumer, self.topic, partitions, lambda: make_producer(self._conn, client_id=self._client_id)
+        )
         try:
             records = await asyncio.wait_for(self._log.catch_up(), CATCH_UP_TIMEOUT_S)
         except TimeoutError:
@@ -101,17 +102,13 @@ class DecisionLog:
 
     async def write(self, decision: Decision) -> None:
         """Append ``decision``; returns once every in-sync replica has it (else ``DeliveryFailed``)."""
-        assert self._log is not None and self._log.producer is not None, "DecisionLog.start first"
-        if not self._producer_started:
-            await self._log.producer.start()  # on first use: most workers never decide anything
-            self._producer_started = True
+        assert self._log is not None, "DecisionLog.start first"
         await self._log.append(self._key, decision.to_json())
 
     async def stop(self) -> None:
         if self._log is None:
             return
-        if self._producer_started and self._log.producer is not None:
-            await self._log.producer.stop()
+        await self._log.close()
         await stop_consumer(self._log.consumer)
 
     def _read(self, records: list[SourceRecord]) -> list[Decision | Withdrawn]:

@@ -182,6 +182,8 @@ class PipelineService(Service):
     async def on_stop(self) -> None:
         if self._announce is not None:
             self._announce.cancel()
+        if self.models is not None:
+            self.models.stop_following()  # the driver stops next: no model changes under it
         parts = self.parts
         await stop_driver(self.driver, self._run_task, f"pipeline {self.pipeline_config.name}")
         if parts is not None:

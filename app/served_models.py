@@ -47,6 +47,8 @@ from streams.flow.shadow import Shadow
 log = logging.getLogger(__name__)
 
 Prepared = tuple[TorchRunner, CostModel]
+# How long a stopping worker waits for a decision it is writing (a canary's roll-back).
+STOP_WRITES_S = 10.0
 
 
 class ServedModels:
@@ -63,6 +65,7 @@ class ServedModels:
         self.driver: Driver[Pipeline] | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._follower: asyncio.Task[None] | None = None
         self._told: set[tuple[int, str, str]] = set()  # ignored decisions already logged
         self._written: set[tuple[int, str, str]] = set()  # decisions this worker wrote
 
@@ -96,7 +99,7 @@ class ServedModels:
     def attach(self, driver: Driver[Pipeline]) -> None:
         """Serve through ``driver`` from now on, and follow the decisions of the other workers."""
         self.driver = driver
-        self._spawn(self._follow(), f"sluice-decisions-{self.p.name}")
+        self._follower = self._spawn(self._follow(), f"sluice-decisions-{self.p.name}")
 
     async def decide(self, body: Any) -> dict[str, Any]:
         """Carry out a request of ``POST /pipelines/NAME/model`` for the whole group; what serves
@@ -275,15 +278,28 @@ class ServedModels:
         roles = self._driver().pipeline.roles
         return model_view(self.p.name, roles, self._shadows_by_name(), self.last, self.decisions.topic)
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def stop_following(self) -> None:
+        """No decision of another worker is applied from now on (the worker is stopping)."""
+        if self._follower is not None:
+            self._follower.cancel()
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
+        self.stop_following()
+        writing = [task for task in self._tasks if task is not self._follower]
+        if writing:
+            # A roll-back being written is worth a few seconds of a stop: unwritten, a restart
+            # would bring the canary back.
+            await asyncio.wait(writing, timeout=STOP_WRITES_S)
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.decisions.stop()
         for runner in (self.champion, *self.role_runners.all()):
             if runner is not None:

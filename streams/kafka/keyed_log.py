@@ -11,7 +11,7 @@ that cannot be decoded is handed on as an ``UndecodableRecord`` at its position
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -25,18 +25,19 @@ REREAD_ROOM = 100
 
 
 class KeyedLog:
-    """``topic``'s ``partitions`` read with ``consumer`` (started, no group), written with
-    ``producer`` (started; ``acks="all"``) when given one."""
+    """``topic``'s ``partitions`` read with ``consumer`` (started, no group), written with a producer
+    ``new_producer`` makes (``acks="all"``), started at the first write: most readers never write."""
 
     def __init__(
         self,
         consumer: AIOKafkaConsumer,
         topic: str,
         partitions: Sequence[int],
-        producer: AIOKafkaProducer | None = None,
+        new_producer: Callable[[], AIOKafkaProducer] | None = None,
     ) -> None:
         self.consumer = consumer
-        self.producer = producer
+        self.new_producer = new_producer
+        self.producer: AIOKafkaProducer | None = None
         self.topic = topic
         self._tps = [TopicPartition(topic, p) for p in partitions]
         self._tail = Tail(consumer, [Partition(topic, p) for p in partitions])
@@ -74,10 +75,24 @@ class KeyedLog:
     async def append(self, key: bytes, value: bytes | None, *, timeout_s: float = 30.0) -> int:
         """Write one record and wait until every in-sync replica has it; returns its offset.
         ``DeliveryFailed`` (the client's error as its cause) when it is not acknowledged in time."""
-        if self.producer is None:
+        if self.new_producer is None:
             raise RuntimeError(f"this reader of {self.topic} has no producer to write with")
         try:
+            if self.producer is None:
+                producer = self.new_producer()
+                try:
+                    await asyncio.wait_for(producer.start(), timeout_s)
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self.producer = producer
             sent = await asyncio.wait_for(self.producer.send_and_wait(self.topic, value, key=key), timeout_s)
         except (KafkaError, TimeoutError) as exc:
             raise DeliveryFailed(f"{self.topic} did not take the record within {timeout_s:.0f}s: {exc!r}") from exc
         return int(sent.offset)
+
+    async def close(self) -> None:
+        """Stop the producer, if a write started one; the consumer is the caller's."""
+        if self.producer is not None:
+            producer, self.producer = self.producer, None
+            await producer.stop()

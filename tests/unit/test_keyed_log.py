@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from streams.errors import DeliveryFailed
 from streams.kafka.keyed_log import KeyedLog
@@ -62,9 +62,18 @@ async def test_following_before_catching_up_is_a_bug_that_says_so():
 
 
 class Producer:
-    def __init__(self, fails: BaseException | None = None, hangs: bool = False) -> None:
-        self.fails, self.hangs = fails, hangs
+    def __init__(self, fails: BaseException | None = None, hangs: bool = False, refuses_start: bool = False) -> None:
+        self.fails, self.hangs, self.refuses_start = fails, hangs, refuses_start
         self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.started = self.stopped = 0
+
+    async def start(self) -> None:
+        self.started += 1
+        if self.refuses_start:
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+
+    async def stop(self) -> None:
+        self.stopped += 1
 
     async def send_and_wait(self, topic: str, value: bytes | None, *, key: bytes) -> Any:
         if self.hangs:
@@ -75,14 +84,31 @@ class Producer:
         return type("Meta", (), {"offset": len(self.sent) - 1})()
 
 
-async def test_appending_waits_for_the_acknowledgement_and_a_refusal_is_delivery_failed():
+def keyed_log(producer: Producer) -> KeyedLog:
+    return KeyedLog(GrowingConsumer({A: 0}), "decisions", [0], lambda: producer)  # type: ignore[arg-type, return-value]
+
+
+async def test_appending_starts_a_producer_once_and_waits_for_the_acknowledgement():
     producer = Producer()
-    log = KeyedLog(GrowingConsumer({A: 0}), "decisions", [0], producer)  # type: ignore[arg-type]
-    assert await log.append(b"p", b"{}") == 0
-    assert producer.sent == [("decisions", b"{}", b"p")]
-    failing = KeyedLog(GrowingConsumer({A: 0}), "decisions", [0], Producer(KafkaTimeoutError()))  # type: ignore[arg-type]
-    with pytest.raises(DeliveryFailed, match="decisions did not take the record"):
-        await failing.append(b"p", b"{}")
-    hung = KeyedLog(GrowingConsumer({A: 0}), "decisions", [0], Producer(hangs=True))  # type: ignore[arg-type]
-    with pytest.raises(DeliveryFailed, match="within 0s"):
-        await hung.append(b"p", b"{}", timeout_s=0.01)
+    log = keyed_log(producer)
+    assert producer.started == 0, "a reader that never writes makes no producer"
+    assert [await log.append(b"p", b"{}"), await log.append(b"p", b"[]")] == [0, 1]
+    assert producer.sent == [("decisions", b"{}", b"p"), ("decisions", b"[]", b"p")]
+    assert producer.started == 1
+    await log.close()
+    assert producer.stopped == 1
+
+
+@pytest.mark.parametrize(
+    ("producer", "why"),
+    [
+        (Producer(KafkaTimeoutError()), "decisions did not take the record within 30s: KafkaTimeoutError"),
+        (Producer(refuses_start=True), "Unable to bootstrap"),
+        (Producer(hangs=True), "within 0s"),
+    ],
+)
+async def test_a_record_not_acknowledged_is_delivery_failed(producer, why):
+    log = keyed_log(producer)
+    with pytest.raises(DeliveryFailed, match=why):
+        await log.append(b"p", b"{}", timeout_s=0.01 if producer.hangs else 30.0)
+    assert producer.stopped == (1 if producer.refuses_start else 0), "a producer that did not start is closed"
