@@ -12,10 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.config import load_config
+from app.decision_log import ensure_decisions_topic
 from app.demo_events import demo_events
+from app.topics import ensure_topics, partitions_of, topic_settings
+from streams.errors import TopicMissingError
 from tests.integration.kafka_helpers import (
     ROOT,
     finished,
@@ -32,6 +36,7 @@ from tests.integration.kafka_helpers import (
     write_config,
 )
 from tests.integration.test_model_roles import produce_in_steps
+from tests.one_line import one_line_exit_2
 
 TOKEN = "promotion-test-token"
 ENV = {"SLUICE_ADMIN_TOKEN": TOKEN}
@@ -203,3 +208,31 @@ async def test_a_canary_that_breaks_its_limit_is_rolled_back_on_every_worker_and
         "bad",
     )
     assert "failed 3 of 3 batches" in last["reason"] and "max_error_rate" in last["reason"]
+
+
+async def test_the_decisions_topic_is_created_compacted_and_an_unfit_one_stops_the_worker_with_one_line(
+    kafka, tmp_path
+):
+    created = unique("decisions")
+    await ensure_decisions_topic({"bootstrap_servers": kafka}, created, create=True)
+    await ensure_decisions_topic({"bootstrap_servers": kafka}, created, create=False)  # there now: fine
+    settings = await topic_settings(kafka, [created], ["cleanup.policy"])
+    assert settings[created]["cleanup.policy"] == "compact"
+    assert await partitions_of(kafka, created) == [0]
+    missing = unique("decisions")
+    with pytest.raises(TopicMissingError, match=f"the model decisions topic {missing} does not exist; create it"):
+        await ensure_decisions_topic({"bootstrap_servers": kafka}, missing, create=False)
+
+    deleting = unique("decisions")
+    await ensure_topics(kafka, [deleting], create=True, partitions=1)  # a plain topic: records expire
+    config = write_config(
+        tmp_path,
+        bootstrap=kafka,
+        pipeline="pr",
+        app_extra=f'decisions_topic = "{deleting}"',
+        **topics_for(unique("unfit")),
+    )
+    result = await asyncio.to_thread(run_sluice, "--config", str(config), "worker", "--web-port", str(free_port()))
+    line = one_line_exit_2(result)
+    assert line.startswith(f"sluice worker: the model decisions topic {deleting} has cleanup.policy=delete: ")
+    assert line.endswith("set cleanup.policy=compact on it, or name another [app] decisions_topic")
