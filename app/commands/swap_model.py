@@ -121,8 +121,8 @@ def token_exposed(url: str) -> str | None:
 
 
 @app.command(
-    option("--pipeline", "-p", default=None, help="Pipeline whose model to swap (default: the first)."),
-    option("--version", "version_", default=None, help="Version of the new model; every output carries it."),
+    option("--pipeline", "-p", default=None, help="Pipeline whose models to change (default: the first)."),
+    option("--version", "version_", default=None, help="Version of the model swapped in; every output carries it."),
     option("--state-dict", default=None, help="New weights for the configured class (a torch.save state dict)."),
     option("--exported", default=None, help="A torch.export archive (.pt2)."),
     option("--torchscript", default=None, help="A TorchScript file."),
