@@ -1,15 +1,14 @@
 """The parts of one backfill run, built from its checked ``Run`` (``app.backfill_args``) and the
 config; ``app.backfill_run`` opens them in the order their dependencies run, runs them through
 ``streams.backfill.run.run_backfill`` and closes them in reverse order. In that order: the replay
-(a consumer in no group, started, and the run's plan); the model runner, warmed up; the sink
-(Kafka or files) and what a checkpoint keeps of it; the checkpoint; the pipeline with its per-key
-state; the state's warm-up; the progress bar. Each ``opened_*`` closes what it opened; the rest
-open nothing.
+(a consumer in no group, started, and the run's plan); the models, warmed up
+(``app.backfill_models``); the sink (Kafka or files, and the shadow destination of a ``--models``
+run) and what a checkpoint keeps of it; the checkpoint; the pipeline with its per-key state; the
+state's warm-up; the progress bar. Each ``opened_*`` closes what it opened; the rest open nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
@@ -19,30 +18,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.backfill_args import Run
+from app.backfill_args import Run, shadow_target
 from app.build import (
     FETCH_BYTES_PER_PARTITION,
     build_kafka_sink,
     build_pipeline,
-    build_runner,
     build_stateful_inputs,
     input_isolation,
-    load_checked_model,
-    settle_garbage_collector,
 )
 from app.config import Config
 from app.kafka_clients import Connection, Consumer, make_consumer
 from app.progress_bar import ProgressBar
 from app.state_warmup import warm_from_input
 from app.topics import ensure_topics, partitions_of
-from models.runner import TorchRunner
-from models.spec import ModelSpec
+from models.protocol import Runner
 from streams.backfill.checkpoint import Checkpoint
 from streams.backfill.file_sink import FileSink, FileState
 from streams.backfill.replay_plan import ReplayPlan
 from streams.errors import CommandLineError, TopicMissingError
-from streams.flow.cost_model import CostModel
 from streams.flow.pipeline import Pipeline, PipelineTopics, Sink
+from streams.flow.roles import Roles
+from streams.flow.scored_groups import ScoredGroupWatcher
+from streams.flow.shadow import Shadow
 from streams.kafka.replay import ReplaySource, plan_replay, start_consumer, stop_consumer
 from streams.records import OutputRecord
 
@@ -92,26 +89,16 @@ async def _new_plan(config: Config, conn: Connection, consumer: Consumer, run: R
     return type(plan)({tp: plan.start[tp] for tp in mine}, {tp: plan.end[tp] for tp in mine})
 
 
-@asynccontextmanager
-async def opened_runner(config: Config, run: Run, spec: ModelSpec) -> AsyncIterator[tuple[TorchRunner, CostModel]]:
-    """The model of ``spec``, checked against the run's pipeline, warmed up, with its cost model."""
-    loaded = await asyncio.to_thread(load_checked_model, run.pipeline, spec)
-    runner, cost = await asyncio.to_thread(build_runner, config, run.pipeline, loaded)
-    settle_garbage_collector()  # as the worker does: full collections over torch's heap cost more than decoding
-    try:
-        yield runner, cost
-    finally:
-        await runner.aclose()
-
-
 @dataclass(frozen=True)
 class BackfillSink:
     """Where the outputs go, opened; ``state`` commits them and returns what a checkpoint keeps
-    to resume there (a file sink's lengths and parts; None for Kafka, which keeps nothing)."""
+    to resume there (a file sink's lengths and parts; None for Kafka, which keeps nothing).
+    ``shadow``: where the other models of a ``--models`` run write, the same way."""
 
     sink: Sink
     topics: PipelineTopics
     state: Callable[[], dict[str, Any] | None]
+    shadow: BackfillSink | None = None
 
 
 def _no_sink_state() -> None:
@@ -122,24 +109,42 @@ def _no_sink_state() -> None:
 async def opened_sink(config: Config, conn: Connection, run: Run) -> AsyncIterator[BackfillSink]:
     """Kafka (its topics ensured, the producer started) or files (opened, cut back to a resumed checkpoint)."""
     p, target = run.pipeline, run.sink
+    shadow = shadow_target(target) if run.candidates else None
     if target.kind == "kafka":
-        outputs = [target.target, p.dead_letter_topic]
+        outputs = [target.target, p.dead_letter_topic, *([shadow.target] if shadow else [])]
         await ensure_topics(conn, outputs, create=config.app.create_topics, partitions=config.app.topic_partitions)
         kafka_sink = await build_kafka_sink(conn, outputs, "backfill")
         await kafka_sink.start()
         try:
-            yield BackfillSink(
-                kafka_sink, PipelineTopics(output=target.target, dead_letter=p.dead_letter_topic), _no_sink_state
+            # The candidates' outputs share the producer: one more topic, not one more client.
+            shadows = (
+                BackfillSink(kafka_sink, PipelineTopics(shadow.target, p.dead_letter_topic), _no_sink_state)
+                if shadow
+                else None
             )
+            topics = PipelineTopics(output=target.target, dead_letter=p.dead_letter_topic)
+            yield BackfillSink(kafka_sink, topics, _no_sink_state, shadows)
         finally:
             await kafka_sink.stop()
         return
-    saved = run.checkpoint.sink if run.checkpoint is not None else None
+    checkpoint = run.checkpoint
+    with _file_sink(run, str(target), target.target, checkpoint.sink if checkpoint else None) as file_sink:
+        if shadow is None:
+            yield file_sink
+            return
+        saved = checkpoint.shadow_sink if checkpoint else None
+        with _file_sink(run, str(shadow), shadow.target, saved) as shadow_sink:
+            yield BackfillSink(file_sink.sink, file_sink.topics, file_sink.state, shadow_sink)
+
+
+@contextmanager
+def _file_sink(run: Run, name: str, path: str, saved: dict[str, Any] | None) -> Iterator[BackfillSink]:
+    """A file sink, opened (cut back to ``saved``, a resumed checkpoint's state of it), closed on exit."""
     state = FileState.from_json(saved) if saved is not None else None
     try:
-        file_sink = FileSink(Path(target.target), writer=run.id, part=run.part, resume=state)
+        file_sink = FileSink(Path(path), writer=run.id, part=run.part, resume=state)
     except OSError as exc:
-        raise CommandLineError(f"sink {target}: {exc.strerror}: {exc.filename}") from None
+        raise CommandLineError(f"sink {name}: {exc.strerror}: {exc.filename}") from None
     try:
         yield BackfillSink(file_sink, file_sink.topics, lambda: file_sink.commit().to_json())
     finally:
@@ -151,7 +156,7 @@ def start_checkpoint(run: Run, plan: ReplayPlan, sink: BackfillSink) -> Checkpoi
     if run.checkpoint is not None:
         return run.checkpoint
     k, n = run.part
-    recorded = {
+    recorded: dict[str, Any] = {
         "id": run.id,
         "pipeline": run.pipeline.name,
         "model": run.model,
@@ -159,7 +164,12 @@ def start_checkpoint(run: Run, plan: ReplayPlan, sink: BackfillSink) -> Checkpoi
         "part": [k, n],
         "emit_features": run.emit_features,
     }
-    checkpoint = Checkpoint(run.path, recorded, plan, sink=sink.state())
+    if run.candidates:  # recorded only when given, so a one-model run's checkpoint stays as it was
+        recorded["models"] = list(run.models)
+    if run.labels is not None:
+        recorded["labels"] = run.labels
+    shadow_state = sink.shadow.state() if sink.shadow is not None else None
+    checkpoint = Checkpoint(run.path, recorded, plan, sink=sink.state(), shadow_sink=shadow_state)
     checkpoint.save()
     return checkpoint
 
@@ -170,9 +180,10 @@ def announce(run: Run, checkpoint: Checkpoint) -> None:
     k, n = run.part
     if checkpoint.done:
         print(f"backfill {run.id} part {k}/{n} already finished", file=sys.stderr)
+    others = f" (other models -> {shadow_target(run.sink)})" if run.candidates else ""
     print(
         f"backfill {run.id} (part {k}/{n}): {checkpoint.plan.remaining(checkpoint.position)} events in "
-        f"{len(checkpoint.plan.end)} partitions of {', '.join(run.pipeline.input_topics)} -> {run.sink}; "
+        f"{len(checkpoint.plan.end)} partitions of {', '.join(run.pipeline.input_topics)} -> {run.sink}{others}; "
         f"resume with --resume {run.id}",
         file=sys.stderr,
         flush=True,
@@ -205,15 +216,32 @@ def crash_hook(run: Run, sink: BackfillSink) -> CrashAfterCheckpoints | None:
 
 
 @contextmanager
-def opened_pipeline(run: Run, runner: TorchRunner, scored_to: Sink, topics: PipelineTopics) -> Iterator[Pipeline]:
+def opened_pipeline(
+    run: Run,
+    runner: Runner | Roles,
+    scored_to: Sink,
+    topics: PipelineTopics,
+    shadows: Sequence[Shadow] = (),
+    watchers: Sequence[ScoredGroupWatcher] = (),
+) -> Iterator[Pipeline]:
     """The run's pipeline in backfill mode, with its own per-key state (empty: rebuilt by the
-    run), whose store is closed on exit (a RocksDB store's folder of its own is removed)."""
+    run), whose store is closed on exit (a RocksDB store's folder of its own is removed); the
+    ``shadows`` and ``watchers`` are offered every group the champion scored."""
     p = run.pipeline
     state = build_stateful_inputs(p, "backfill")
     try:
-        yield build_pipeline(
-            p, runner, scored_to, "backfill", topics=topics, emit_features=run.emit_features, state=state
+        pipeline = build_pipeline(
+            p,
+            runner,
+            scored_to,
+            "backfill",
+            topics=topics,
+            emit_features=run.emit_features,
+            state=state,
+            shadows=shadows,
         )
+        pipeline.watchers.extend(watchers)
+        yield pipeline
     finally:
         if state is not None:
             state.close()

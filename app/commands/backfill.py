@@ -14,7 +14,7 @@ from pathlib import Path
 
 from faust.cli import AppCommand, option
 
-from app.backfill_args import Run, new_run, parse_part
+from app.backfill_args import Run, check_labels, new_run, parse_models, parse_part
 from app.backfill_args import parse_timestamp as parse_timestamp  # where tests and users found it
 from app.backfill_resume import resumed_run
 from app.backfill_run import backfill_run
@@ -44,16 +44,22 @@ async def checked_run(
     part: str,
     state_dir: Path,
     emit_features: bool = False,
-) -> tuple[Run, ModelSpec]:
-    """The run the flags name, new or resumed, and the spec of its model: everything the
-    operator gave is checked before the broker is reached or a file written."""
+    models: str | None = None,
+    labels: str | None = None,
+    report: Path | None = None,
+) -> tuple[Run, list[ModelSpec]]:
+    """The run the flags name, new or resumed, and the specs of its models (the champion first):
+    everything the operator gave is checked before the broker is reached or a file written."""
     k, n = parse_part(part)
     crash_after = crash_hook()
+    refs = parse_models(models, model)
+    check_labels(labels, None)
     flags = {"pipeline_name": pipeline_name, "model": model, "sink_spec": sink_spec, "from_timestamp": from_timestamp}
     if resume:
-        run = resumed_run(config, resume, (k, n), state_dir, **flags, run_id=run_id)
+        run = resumed_run(config, resume, (k, n), state_dir, **flags, run_id=run_id, models=refs, labels=labels)
     else:
-        run = new_run(config, (k, n), state_dir, **flags, run_id=run_id)
+        run = new_run(config, (k, n), state_dir, **flags, run_id=run_id, models=refs, labels=labels)
+    check_labels(run.labels, report)  # a resumed run's labels may be its checkpoint's
     p = run.pipeline
     if run.checkpoint is not None:
         emit_features = emit_features or bool(run.checkpoint.run.get("emit_features"))  # as the run began
@@ -63,7 +69,7 @@ async def checked_run(
             f"(no [pipelines.{p.name}.state] in {config.path})"
         )
     try:
-        spec = model_spec(run.model, p)
+        specs = [model_spec(ref, p) for ref in run.models]
     except CommandLineError as exc:
         if run.checkpoint is None:
             raise
@@ -72,7 +78,7 @@ async def checked_run(
         await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     except OSError as exc:
         raise CommandLineError(f"--state-dir {state_dir}: {exc.strerror}") from None
-    return replace(run, emit_features=emit_features, crash_after=crash_after), spec
+    return replace(run, emit_features=emit_features, crash_after=crash_after, report=report), specs
 
 
 @app.command(
@@ -106,6 +112,24 @@ async def checked_run(
         default=False,
         help="Write each event's per-key features beside its prediction (a training set).",
     ),
+    option(
+        "--models",
+        default=None,
+        help="A,B[,C...]: score every event with each model (references as --model takes) in one pass: A serves "
+        "the outputs, the others write theirs to TOPIC-shadow (file:PATH-shadow.jsonl|.parquet for a file sink).",
+    ),
+    option(
+        "--labels",
+        default=None,
+        help="FIELD of each event, or kafka:TOPIC of {id, label} records: evaluate every model against them at "
+        "the end (ROC AUC, PR AUC, log loss, calibration, agreement).",
+    ),
+    option(
+        "--report",
+        type=Path,
+        default=None,
+        help="Folder for the --labels report (.md, .json, .png; default: backfill-reports/RUN_ID).",
+    ),
 )
 async def backfill(
     self: AppCommand,
@@ -118,14 +142,29 @@ async def backfill(
     part: str,
     state_dir: Path,
     emit_features: bool,
+    models: str | None,
+    labels: str | None,
+    report: Path | None,
 ) -> None:
     """Replay a pipeline's input topics from the beginning through the same pipeline, then exit."""
     try:
         with exit_on_operator_error("backfill"):
-            run, spec = await checked_run(
-                config, pipeline, model, sink, from_timestamp, resume, run_id, part, state_dir, emit_features
+            run, specs = await checked_run(
+                config,
+                pipeline,
+                model,
+                sink,
+                from_timestamp,
+                resume,
+                run_id,
+                part,
+                state_dir,
+                emit_features,
+                models=models,
+                labels=labels,
+                report=report,
             )
-            summary = await backfill_run(config, run, spec)
+            summary = await backfill_run(config, run, specs)
     except ModelError as exc:
         if not exc.retriable:
             raise

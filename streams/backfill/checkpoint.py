@@ -88,6 +88,7 @@ class Checkpoint:
     position: dict[Partition, int] = field(default_factory=dict)
     done: bool = False
     sink: dict[str, Any] | None = None
+    shadow_sink: dict[str, Any] | None = None
 
     def save(self) -> None:
         data = {
@@ -97,6 +98,8 @@ class Checkpoint:
             "done": self.done,
             "sink": self.sink,
         }
+        if self.shadow_sink is not None:  # only a --models run to files has one
+            data["shadow_sink"] = self.shadow_sink
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w") as file:
             json.dump(data, file, indent=1)
@@ -136,6 +139,25 @@ class Checkpoint:
             part,
             f"[K, N] with 1 <= K <= N <= {MAX_PARTS:,}",
         )
+        models = run.get("models")
+        _expect(
+            models is None
+            or (
+                isinstance(models, list)
+                and len(models) >= 2
+                and all(isinstance(m, str) and m for m in models)
+                and len(set(models)) == len(models)
+                and models[0] == run.get("model")
+            ),
+            path,
+            "run.models",
+            models,
+            "null or a list of two or more distinct model references, the first the run's model",
+        )
+        labels = run.get("labels")
+        _expect(
+            labels is None or (isinstance(labels, str) and bool(labels)), path, "run.labels", labels, "a string or null"
+        )
         emit = run.get("emit_features", False)
         _expect(type(emit) is bool, path, "run.emit_features", emit, "true or false")
         try:
@@ -161,4 +183,8 @@ class Checkpoint:
         _expect(type(data["done"]) is bool, path, "done", data["done"], "true or false")
         sink = data.get("sink")
         _expect(sink is None or isinstance(sink, dict), path, "sink", sink, "an object or null")
-        return cls(path, run, plan, position, data["done"], sink)
+        shadow_sink = data.get("shadow_sink")
+        _expect(
+            shadow_sink is None or isinstance(shadow_sink, dict), path, "shadow_sink", shadow_sink, "an object or null"
+        )
+        return cls(path, run, plan, position, data["done"], sink, shadow_sink)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,9 @@ class CheckpointProgress:
     acknowledged before it. The driver commits with nothing in flight (``needs_quiet``); then
     ``commit_sink`` makes the sink's outputs durable and returns what the sink needs to resume
     there (see ``FileSink.commit``), and the checkpoint is written. Every ``every_s`` seconds;
-    with 0, after every acknowledged batch."""
+    with 0, after every acknowledged batch. ``before_commit`` runs first: a run with shadows
+    waits there until they scored every batch offered so far, so a checkpoint never counts an
+    event some model has not scored."""
 
     needs_quiet = True
 
@@ -52,8 +54,10 @@ class CheckpointProgress:
         commit_sink: Callable[[], dict[str, Any] | None],
         on_checkpoint: Callable[[Checkpoint], None],
         on_advance: Callable[[int, int], None],
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.checkpoint = checkpoint
+        self.before_commit = before_commit
         self.every_s = every_s
         self.commit_sink = commit_sink
         self.on_checkpoint = on_checkpoint
@@ -77,6 +81,8 @@ class CheckpointProgress:
         self._news.clear()
 
     async def commit(self, *, final: bool = False) -> None:
+        if self.before_commit is not None:
+            await self.before_commit()
         self.checkpoint.sink = self.commit_sink()
         self.checkpoint.done = final
         self.checkpoint.save()
@@ -93,16 +99,19 @@ async def run_backfill(
     checkpoint_every_s: float = 1.0,
     commit_sink: Callable[[], dict[str, Any] | None] = lambda: None,
     on_checkpoint: Callable[[Checkpoint], None] = lambda checkpoint: None,
+    before_checkpoint: Callable[[], Awaitable[None]] | None = None,
 ) -> BackfillSummary:
     """Score every record ``source`` (a bounded replay of the checkpoint's plan from its position)
     hands out; returns when all are acknowledged and the final checkpoint (``done``) is saved.
-    ``on_checkpoint`` is called after each save."""
+    ``before_checkpoint`` is awaited before each save (between two batches), ``on_checkpoint``
+    called after it."""
     saving = CheckpointProgress(
         checkpoint,
         every_s=checkpoint_every_s,
         commit_sink=commit_sink,
         on_checkpoint=on_checkpoint,
         on_advance=on_advance,
+        before_commit=before_checkpoint,
     )
     driver = Driver(source, pipeline, batcher, saving, on_model_down="raise")
     started = time.perf_counter()

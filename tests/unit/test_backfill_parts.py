@@ -56,7 +56,8 @@ def a_run(config: Config, tmp_path: Path, **changes: object) -> Run:
 
 def test_the_backfill_modules_import_neither_the_faust_app_nor_faust():
     code = (
-        "import sys, app.model_refs, app.backfill_args, app.backfill_resume, app.backfill_parts, app.backfill_run; "
+        "import sys, app.model_refs, app.backfill_args, app.backfill_resume, app.backfill_parts, app.backfill_run, "
+        "app.backfill_models, app.backfill_report, app.model_inputs; "
         "found = sorted({'app.main', 'faust', 'mode'} & set(sys.modules)); assert not found, found"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -209,6 +210,14 @@ class FakeReplay:
         return "source"
 
 
+class FakeModels:
+    all = ("runner",)
+    cost = "cost"
+
+    def roles(self, pipeline: str) -> str:
+        return "runner"
+
+
 @pytest.fixture
 def opened(monkeypatch, config, tmp_path):
     def install(fail_at: str | None = None) -> Opened:
@@ -218,7 +227,7 @@ def opened(monkeypatch, config, tmp_path):
             parts.step("check broker")
 
         @contextmanager
-        def pipeline(*args: object):
+        def pipeline(*args: object, **options: object):
             parts.step("open pipeline")
             try:
                 yield "pipeline"
@@ -236,7 +245,7 @@ def opened(monkeypatch, config, tmp_path):
         fakes = {
             "check_broker": broker_answers,
             "opened_replay": parts.part("replay", FakeReplay()),
-            "opened_runner": parts.part("runner", ("runner", "cost")),
+            "opened_models": parts.part("models", FakeModels()),
             "opened_sink": parts.part("sink", kafka_sink()),
             "opened_pipeline": pipeline,
             "warm_up": warm_up,
@@ -250,21 +259,21 @@ def opened(monkeypatch, config, tmp_path):
     return install
 
 
-OPENED = ["check broker", "open replay", "open runner", "open sink", "open pipeline", "warm up", "run"]
-CLOSED = ["close pipeline", "close sink", "close runner", "close replay"]
+OPENED = ["check broker", "open replay", "open models", "open sink", "open pipeline", "warm up", "run"]
+CLOSED = ["close pipeline", "close sink", "close models", "close replay"]
 
 
 async def test_a_run_opens_its_parts_in_order_and_closes_them_in_reverse(opened, config, tmp_path):
     parts = opened()
-    assert await backfill_run(config, a_run(config, tmp_path), ModelSpec(demo="fraud-mlp")) == "summary"
+    assert await backfill_run(config, a_run(config, tmp_path), [ModelSpec(demo="fraud-mlp")]) == "summary"
     assert parts.events == OPENED + CLOSED
 
 
-@pytest.mark.parametrize("fail_at", ["open runner", "open sink", "open pipeline", "warm up", "run"])
+@pytest.mark.parametrize("fail_at", ["open models", "open sink", "open pipeline", "warm up", "run"])
 async def test_a_run_that_fails_closes_what_it_opened_in_reverse(opened, config, tmp_path, fail_at):
     parts = opened(fail_at)
     with pytest.raises(RuntimeError, match=fail_at):
-        await backfill_run(config, a_run(config, tmp_path), ModelSpec(demo="fraud-mlp"))
+        await backfill_run(config, a_run(config, tmp_path), [ModelSpec(demo="fraud-mlp")])
     done = OPENED[: OPENED.index(fail_at) + 1]
     opened_parts = [e.removeprefix("open ") for e in done if e.startswith("open ") and e != fail_at]
     assert parts.events == done + [f"close {name}" for name in reversed(opened_parts)]
