@@ -7,6 +7,7 @@ did; with ``--labels``, the evaluation report and its headline.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
@@ -54,13 +55,17 @@ async def backfill_run(config: Config, run: Run, specs: Sequence[ModelSpec]) -> 
             shadows = build_shadows(run, models, sink.shadow.sink, sink.shadow.topics, recorders)
             opened.push_async_callback(settle_shadows, shadows)  # however the run ends: before the sinks close
 
+        # The last checkpoint may begin while a periodic one still waits for the shadows: one at a time.
+        settling = asyncio.Lock()
+
         async def before_checkpoint() -> None:
             """A checkpoint counts an event only once every model scored it (and its score is kept)."""
-            await settle_shadows(shadows)
-            if sink.shadow is not None:
-                checkpoint.shadow_sink = sink.shadow.state()
-            if evidence is not None:
-                evidence.table.flush()
+            async with settling:
+                await settle_shadows(shadows)
+                if sink.shadow is not None:
+                    checkpoint.shadow_sink = sink.shadow.state()
+                if evidence is not None:
+                    evidence.table.flush()
 
         hook = crash_hook(run, sink)
         watchers = [evidence.recorder()] if evidence is not None else []
