@@ -7,7 +7,8 @@ when the model raises, ``isolation`` finds the events that cause it; ``delivery`
 outputs; ``acknowledger`` moves progress once they are acknowledged; ``live_stats`` is the
 worker's log line. ``roles`` are the models that serve (champion, ``canary``, fallback behind a
 ``breaker``, limits to ``rollback`` by), ``shadow`` those that only score beside them, and
-``role_changes`` changes them between two batches (a promotion, a roll-back).
+``role_changes`` changes them between two batches (a promotion, a roll-back); ``scored_groups``
+says who else sees each scored group (shadows, and recorders such as a backfill's evaluation).
 
 May import: ``streams.records``, ``streams.errors``, ``streams.source``, ``streams.metrics``,
 ``streams.codecs``, ``streams.features`` and ``models.protocol``; never a Kafka client.
