@@ -68,6 +68,9 @@ class Shadow:
         # Told each batch's predictions as they are made (a backfill's evaluation collects them).
         self.on_scored = on_scored
         self._timed = timed(runner, timeout_s)
+        # Whether the served models have more events waiting (the driver's queue): set by whoever
+        # runs the pipeline live; never busy by default.
+        self.champion_busy: Callable[[], bool] = lambda: False
         self.delivery = delivery
         # Its outputs go through a delivery of its own on the same sink: sent again while the destination
         # is away, like any output, but one refused for good is lost evidence (``lost_outputs``), never a
@@ -113,6 +116,11 @@ class Shadow:
         if not len(rows):
             return
         self.start()
+        if not self.wait and self.champion_busy():
+            # Live, a shadow takes only what the champion leaves: with more events already waiting
+            # for the champion, its encoding and producing on the event loop would delay them.
+            self.stats.skipped(len(rows))
+            return
         job = _Offered(records, rows, ids, inputs, served, served_name, served_version)
         if self.wait:
             await self._queue.put(job)
