@@ -20,13 +20,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from app.backfill_args import Run
-from app.build import build_runner, settle_garbage_collector
+from app.build import build_runner, load_checked_model, settle_garbage_collector
 from app.config import Config
 from app.model_inputs import load_fitted_model, narrowed, taking
+from app.model_roles import breaker_policy
 from models.protocol import Runner
 from models.runner import TorchRunner
 from models.spec import ModelSpec
 from streams.errors import CommandLineError
+from streams.flow.breaker import BreakerPolicy
+from streams.flow.canary import Canary
 from streams.flow.cost_model import CostModel
 from streams.flow.delivery import Delivery, Sink
 from streams.flow.model_stats import ModelBook
@@ -53,14 +56,18 @@ class RunModels:
     cost: CostModel
     candidates: tuple[Runner, ...]
     book: ModelBook
+    # The config's canary, when the run serves the configured model: its keys meet it on history too.
+    canary: Canary | None = None
+    policy: BreakerPolicy | None = None
 
     @property
     def all(self) -> tuple[Runner, ...]:
         return (self.champion, *self.candidates)
 
     def roles(self, pipeline: str) -> Roles:
-        """The champion as the pipeline serves it, its stats in the run's book."""
-        return Roles(self.champion, book=self.book, pipeline=pipeline)
+        """The champion as the pipeline serves it (with the config's canary on its keys), its stats
+        in the run's book; every model call under the backfill's inference timeout."""
+        return Roles(self.champion, canary=self.canary, policy=self.policy, book=self.book, pipeline=pipeline)
 
 
 def _loaded(config: Config, run: Run, spec: ModelSpec) -> tuple[TorchRunner, tuple[int, ...] | None, CostModel]:
@@ -91,8 +98,17 @@ async def opened_models(config: Config, run: Run, specs: Sequence[ModelSpec]) ->
                     "(give a model file its own name or version)"
                 )
         assert cost is not None
+        canary = None
+        p = run.pipeline
+        if p.roles.canary is not None and list(specs) == [p.model]:
+            # A backfill of what the pipeline serves gives the canary's keys to the canary, as live.
+            canary_runner, _ = await asyncio.to_thread(
+                build_runner, config, p, await asyncio.to_thread(load_checked_model, p, p.roles.canary.model)
+            )
+            loaded.append(canary_runner)
+            canary = Canary(canary_runner, p.roles.canary.fraction)
         settle_garbage_collector()  # as the worker does: full collections over torch's heap cost more than decoding
-        yield RunModels(runners[0], cost, tuple(runners[1:]), ModelBook())
+        yield RunModels(runners[0], cost, tuple(runners[1:]), ModelBook(), canary, breaker_policy(p, "backfill"))
     finally:
         for torch_runner in loaded:
             await torch_runner.aclose()
