@@ -45,6 +45,8 @@ MAX_TEXT = 1024
 # Decisions kept in ``earlier``: a few per role; past this the oldest go (``after``).
 MAX_EARLIER = 16
 MAX_REQUEST_FIELDS = 8
+# The last millisecond of 9999-12-31 UTC: past it, ``datetime`` cannot say when a decision was taken.
+MAX_DECIDED_AT = 253_402_300_799_999
 
 
 class InvalidDecision(ValueError):
@@ -159,7 +161,7 @@ def _decision(doc: Any, *, nested: bool) -> Decision:
     if role not in ROLES[action]:
         raise InvalidDecision(f"'role' of a {action} is {role!r}, not one of {list(ROLES[action])}")
     decided_at = doc.get("decided_at")
-    if not isinstance(decided_at, int) or isinstance(decided_at, bool) or not 0 <= decided_at < 2**63:
+    if not isinstance(decided_at, int) or isinstance(decided_at, bool) or not 0 <= decided_at <= MAX_DECIDED_AT:
         raise InvalidDecision("'decided_at' is not milliseconds since the epoch")
     _only_for(doc, "shadow", role == "shadow", "a promoted shadow")
     _only_for(doc, "request", action == "swap", "a swap")
@@ -182,9 +184,15 @@ def _decision(doc: Any, *, nested: bool) -> Decision:
     )
 
 
+def short_text(value: object) -> bool:
+    """Whether ``value`` is text a decision may hold (a model, version, reason...): every worker
+    reads back only such text, so nothing else may be written."""
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= MAX_TEXT and value.isprintable()
+
+
 def _text(doc: dict[str, Any], name: str) -> str:
     value = doc.get(name)
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT or not value.isprintable():
+    if not isinstance(value, str) or not short_text(value):
         raise InvalidDecision(f"{name!r} is not a short printable string")
     return value
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app.model_decisions import MAX_EARLIER, MAX_RECORD_BYTES, Decision, InvalidDecision, parse_decision
+from app.model_decisions import (
+    MAX_DECIDED_AT,
+    MAX_EARLIER,
+    MAX_RECORD_BYTES,
+    Decision,
+    InvalidDecision,
+    parse_decision,
+)
 
 
 def decision(action="promote", role="canary", **rest) -> Decision:
@@ -61,6 +68,9 @@ def record(**changes) -> bytes:
         (record(decided_at="yesterday"), "'decided_at' is not milliseconds"),
         (record(decided_at=True), "'decided_at' is not milliseconds"),
         (record(decided_at=-1), "'decided_at' is not milliseconds"),
+        # Past year 9999: describe() (the worker's start line, every ignored decision's line) raised ValueError.
+        (record(decided_at=2**63 - 1), "'decided_at' is not milliseconds"),
+        (record(decided_at=MAX_DECIDED_AT + 1), "'decided_at' is not milliseconds"),
         (record(pipeline=...), "'pipeline' is not a short printable string"),
         (record(pipeline="other"), "keyed 'p' but about pipeline 'other'"),
         (record(shadow="s"), "'shadow' belongs to a promoted shadow only"),
@@ -110,3 +120,10 @@ def test_the_kept_chain_is_bounded():
     assert latest is not None and len(latest.earlier) == MAX_EARLIER
     assert latest.earlier[-1].shadow == f"s{3 * MAX_EARLIER - 2}", "the oldest go first"
     assert len(latest.to_json()) < MAX_RECORD_BYTES
+
+
+def test_every_readable_decision_can_say_when_it_was_taken():
+    # A record's decided_at is logged at the worker's start and in every line about it: the
+    # largest one read must still be a date, or a crafted record stops every restart.
+    latest = parse_decision(b"p", record(decided_at=MAX_DECIDED_AT))
+    assert "9999-12-31" in latest.describe()
