@@ -19,7 +19,7 @@ from typing import Any
 
 from app.config import PipelineConfig
 from app.decision_rules import Serving, model_label, same_model
-from app.model_decisions import Action, Decision, new_decision
+from app.model_decisions import MAX_TEXT, Action, Decision, new_decision, short_text
 from app.model_swap import swap_spec
 from models.spec import ModelSpec
 from streams.errors import SwapRejected
@@ -54,6 +54,14 @@ def model_request(pipeline: PipelineConfig, body: Any) -> ModelRequest:
     if isinstance(body, dict) and ("promote" in body or "rollback" in body):
         return _role_request(body)
     spec = swap_spec(pipeline, body)
+    # The decision keeps the request and the model's label: what every worker must read back
+    # (app.model_decisions), or the others would ignore it and this one forget it at a restart.
+    name, version = model_label(spec)
+    for field, value in (("name", name), ("version", version)):
+        if not short_text(value):
+            raise SwapRejected(400, f"{field!r} must be printable text of at most {MAX_TEXT} characters")
+    if any(len(value) > MAX_TEXT for value in body.values()):
+        raise SwapRejected(400, f"each field of a swap request is at most {MAX_TEXT} characters")
     return Swap(spec, dict(body))  # swap_spec took only strings
 
 
@@ -63,8 +71,11 @@ def _role_request(body: dict[str, Any]) -> Promote | Rollback:
     if unknown:
         raise SwapRejected(400, f"{action!r} takes only an optional 'reason' beside it; unexpected {unknown[:5]}")
     reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON):
-        raise SwapRejected(400, f"'reason' must be a non-empty string of at most {MAX_REASON} characters")
+    if reason is not None and (not short_text(reason) or len(reason) > MAX_REASON):
+        # Printable: a decision with a line break in it is one no worker reads back (app.model_decisions).
+        raise SwapRejected(
+            400, f"'reason' must be a non-empty string, printable text on one line, of at most {MAX_REASON} characters"
+        )
     target = body[action]
     if action == "rollback":
         if target != "canary":

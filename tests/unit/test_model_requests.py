@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from app.commands.swap_model import chosen_body, done_line
-from app.model_requests import Promote, Rollback, Swap, model_request
+from app.model_decisions import parse_decision
+from app.model_requests import Promote, Rollback, Swap, decided, model_request
 from streams.errors import CommandLineError, SwapRejected
 from tests.unit.test_decision_rules import pipeline
 
@@ -42,6 +43,11 @@ def test_a_swap_keeps_the_request_as_sent_for_the_other_workers_to_check(tmp_pat
         ({"promote": "canary", "version": "3"}, "unexpected ['version']"),
         ({"promote": "canary", "reason": 42}, "'reason' must be a non-empty string"),
         ({"rollback": "canary", "reason": "x" * 2000}, "at most 1000 characters"),
+        # Accepted before, then written as a decision no worker reads back (app.model_decisions).
+        ({"rollback": "canary", "reason": "p99 over 80 ms\nand errors"}, "printable text on one line"),
+        ({"demo": "fraud-mlp", "version": "7\n"}, "'version' must be printable text"),
+        ({"demo": "fraud-mlp", "version": "7", "name": "n" * 2000}, "'name' must be printable text"),
+        ({"demo": "fraud-mlp", "version": "v" * 1025}, "'version' must be printable text"),
         (["promote", "canary"], "expected a JSON object"),
     ],
 )
@@ -96,3 +102,20 @@ def test_what_the_command_says_a_worker_did():
         "decision kept in app.model-decisions"
     )
     assert done_line("p", {"demo": "fraud-mlp", "version": "c2"}, answer) == "pipeline p now serves fraud-mlp vc2"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"demo": "fraud-mlp", "version": "v" * 1024, "name": "n" * 1024},
+        {"rollback": "canary", "reason": "r" * 1000},
+    ],
+)
+def test_every_request_taken_makes_a_decision_every_worker_reads_back(tmp_path, body):
+    p = pipeline(tmp_path)
+    made = model_request(p, body)
+    if isinstance(made, Swap):
+        decision = decided(p, "swap", "champion", made.spec, "w1 on host", request=made.body)
+    else:
+        decision = decided(p, "rollback", "canary", p.model, "w1 on host", reason=made.reason)
+    assert parse_decision(p.name.encode(), decision.to_json()) == decision
