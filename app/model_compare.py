@@ -25,6 +25,10 @@ ModelKey = tuple[str, str, str, str]
 # (pipeline, model, version, threshold) of a shadow's agreement.
 ShadowKey = tuple[str, str, str, str]
 ROLE_ORDER = {"champion": 0, "canary": 1, "fallback": 2, "shadow": 3}
+# A worker's /metrics is tens of KiB; an answer past this is no worker's, and is not read on.
+MAX_METRICS_BYTES = 16 * 1024 * 1024
+BUCKET = "sluice_model_inference_seconds_bucket"
+PREFIXES = ("sluice_model_", "sluice_shadow_", "sluice_circuit_", "sluice_canary_")
 # The model counters, by the name the text gives their samples.
 COUNTERS = {
     f"sluice_model_{name}_total": name
@@ -50,7 +54,7 @@ class ModelTotals:
     def add(self, sample: str, labels: dict[str, str], value: float) -> None:
         if (counter := COUNTERS.get(sample)) is not None:
             setattr(self, counter, getattr(self, counter) + value)
-        elif sample == "sluice_model_inference_seconds_bucket":
+        elif sample == BUCKET:
             self.inference[float(labels["le"])] += value
         elif sample == "sluice_model_score_sum":
             self.score_sum += value
@@ -65,7 +69,8 @@ class ModelTotals:
         total = self.inference.get(math.inf, 0.0)
         if not total:
             return None
-        return next(bound for bound, below in sorted(self.inference.items()) if below >= q * total)
+        # A worker's counts that are not numbers (NaN) fit no bucket: past the last one, then.
+        return next((bound for bound, below in sorted(self.inference.items()) if below >= q * total), math.inf)
 
     @property
     def mean_score(self) -> float | None:
@@ -110,7 +115,7 @@ class PipelineHealth:
     def add(self, sample: str, value: float) -> None:
         if sample == "sluice_circuit_state":
             self.workers += 1
-            self.circuits[CIRCUIT_NAMES.get(int(value), "unknown")] += 1
+            self.circuits[CIRCUIT_NAMES.get(int(value), "unknown") if math.isfinite(value) else "unknown"] += 1
         elif sample == "sluice_circuit_trips_total":
             self.trips += value
         elif sample == "sluice_canary_rolled_back" and value:
@@ -131,24 +136,48 @@ class Evidence:
     shadow_lost_outputs: dict[tuple[str, str, str], float] = field(default_factory=lambda: defaultdict(float))
 
     def add(self, text: str) -> None:
-        """Add one worker's ``/metrics`` text; ``ValueError`` for what is not Prometheus text."""
+        """Add one worker's ``/metrics`` text; ``ValueError`` for what is not a sluice worker's
+        metrics (Prometheus text, its families with their labels), and then nothing of it is added."""
         shadows: dict[ShadowKey, dict[str, float]] = defaultdict(dict)
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                name, labels, value = sample.name, sample.labels, float(sample.value)
-                if not name.startswith(("sluice_model_", "sluice_shadow_", "sluice_circuit_", "sluice_canary_")):
-                    continue
-                if "role" in labels:
-                    key = (labels["pipeline"], labels["role"], labels["model"], labels["version"])
-                    self.models[key].add(name, labels, value)
-                elif "threshold" in labels:
-                    shadows[(labels["pipeline"], labels["model"], labels["version"], labels["threshold"])][name] = value
-                elif name == "sluice_shadow_lost_outputs_total":
-                    self.shadow_lost_outputs[(labels["pipeline"], labels["model"], labels["version"])] += value
-                elif name in HEALTH:
-                    self.pipelines[labels["pipeline"]].add(name, value)
+        for name, labels, value in _samples(text):
+            if "role" in labels:
+                key = (labels["pipeline"], labels["role"], labels["model"], labels["version"])
+                self.models[key].add(name, labels, value)
+            elif "threshold" in labels:
+                shadows[(labels["pipeline"], labels["model"], labels["version"], labels["threshold"])][name] = value
+            elif name == "sluice_shadow_lost_outputs_total":
+                self.shadow_lost_outputs[(labels["pipeline"], labels["model"], labels["version"])] += value
+            elif name in HEALTH:
+                self.pipelines[labels["pipeline"]].add(name, value)
         for shadow, samples in shadows.items():
             self.agreements[shadow].add_worker(samples)
+
+
+def _wanted(name: str, labels: dict[str, str]) -> list[str]:
+    """The labels ``Evidence.add`` reads of a sample ``name`` with ``labels``."""
+    if "role" in labels:
+        return ["pipeline", "model", "version", *(["le"] if name == BUCKET else [])]
+    if "threshold" in labels or name == "sluice_shadow_lost_outputs_total":
+        return ["pipeline", "model", "version"]
+    return ["pipeline"] if name in HEALTH else []
+
+
+def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """The model samples of a worker's text, each with the labels ``Evidence.add`` reads, all read
+    before any is added; names and versions made printable (they are shown on a terminal)."""
+    found = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(PREFIXES):
+                continue
+            labels = {k: "".join(c if c.isprintable() else "?" for c in v) for k, v in sample.labels.items()}
+            missing = [label for label in _wanted(sample.name, labels) if label not in labels]
+            if missing:
+                raise ValueError(f"{sample.name} without the label(s) {missing}")
+            if sample.name == BUCKET:
+                float(labels["le"])  # ValueError when it is not a bound
+            found.append((sample.name, labels, float(sample.value)))
+    return found
 
 
 def metrics_url(worker: str) -> str:
@@ -158,10 +187,17 @@ def metrics_url(worker: str) -> str:
 
 
 async def scrape(session: aiohttp.ClientSession, worker: str) -> str:
-    """One worker's ``/metrics`` text; raises ``aiohttp.ClientError`` or ``TimeoutError`` when it does not answer."""
+    """One worker's ``/metrics`` text; raises ``aiohttp.ClientError`` or ``TimeoutError`` when it does
+    not answer, ``ValueError`` when the answer is far larger than metrics (read no further)."""
     async with session.get(metrics_url(worker)) as reply:
         reply.raise_for_status()
-        return await reply.text()
+        body = bytearray()
+        async for chunk in reply.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > MAX_METRICS_BYTES:
+                raise ValueError(f"more than {MAX_METRICS_BYTES // (1024 * 1024)} MiB")
+        # Prometheus text is UTF-8 whatever the header claims; a byte that is not shows as U+FFFD.
+        return body.decode("utf-8", errors="replace")
 
 
 def render(now: Evidence, before: Evidence | None = None, elapsed_s: float = 0.0) -> str:
@@ -210,7 +246,8 @@ def _batch_time(totals: ModelTotals, q: float) -> str:
     if bound is None:
         return "-"
     if math.isinf(bound):
-        return f"> {max(b for b in totals.inference if math.isfinite(b)) * 1000:g} ms"
+        finite = [b for b in totals.inference if math.isfinite(b)]
+        return f"> {max(finite) * 1000:g} ms" if finite else "-"
     return f"<= {bound * 1000:g} ms"
 
 
@@ -274,6 +311,9 @@ async def read_workers(session: aiohttp.ClientSession, workers: Sequence[str]) -
     texts = await asyncio.gather(*(scrape(session, worker) for worker in workers), return_exceptions=True)
     evidence, problems = Evidence(), []
     for worker, text in zip(workers, texts, strict=True):
+        if isinstance(text, ValueError):
+            problems.append(f"{worker}: not Prometheus metrics ({text})")
+            continue
         if isinstance(text, BaseException):
             if not isinstance(text, aiohttp.ClientError | TimeoutError):
                 raise text

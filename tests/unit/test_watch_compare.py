@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from app.model_compare import Evidence, read_workers, render, worker_problem
+from app.model_compare import MAX_METRICS_BYTES, Evidence, read_workers, render, worker_problem
 from streams.flow.breaker import Circuit
 from streams.flow.model_metrics import PipelineModels
 from streams.flow.model_stats import Agreement, ModelBook
@@ -134,10 +134,13 @@ def test_a_worker_address_is_checked_before_anything_is_asked(worker, problem):
 
 
 @asynccontextmanager
-async def serving(text: str, *, content_type: str = "text/plain") -> AsyncIterator[str]:
+async def serving(text: str, *, content_type: str = "text/plain", charset: str | None = None) -> AsyncIterator[str]:
     """A worker's web server as far as --compare sees it: ``/metrics`` answering ``text``."""
 
     async def metrics(request: web.Request) -> web.Response:
+        if charset is not None:  # whatever the server claims, the bytes are UTF-8
+            headers = {"Content-Type": f"{content_type}; charset={charset}"}
+            return web.Response(body=text.encode(), headers=headers)
         return web.Response(text=text, content_type=content_type)
 
     application = web.Application()
@@ -212,3 +215,62 @@ async def test_the_command_sums_two_workers_and_refreshes(tmp_path: Path):
 )
 def test_compare_flags_that_mean_nothing_are_one_line_and_status_2(tmp_path, args, line):
     assert one_line_exit_2(run_cli("--config", str(unreachable_config(tmp_path)), "watch", *args)) == line
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A sample of the model families without the labels a sluice worker always writes.
+        'sluice_model_events_total{role="champion"} 3\n',
+        'sluice_circuit_state{worker="w"} 0\n',
+        'sluice_model_inference_seconds_bucket{pipeline="p",role="champion",model="m",version="1"} 2\n',
+        'sluice_model_inference_seconds_bucket{pipeline="p",role="champion",model="m",version="1",le="soon"} 2\n',
+    ],
+)
+async def test_a_worker_answering_metrics_that_are_not_a_sluice_workers_is_one_line_and_counts_nothing(text):
+    async with serving(text) as odd, serving(metrics_text({"fraud": evidence()})) as good, aiohttp.ClientSession() as s:
+        summed, problems = await read_workers(s, [odd, good])
+    assert len(problems) == 1 and problems[0].startswith(f"{odd}: not Prometheus metrics ("), problems
+    assert set(summed.models) == set(read(metrics_text({"fraud": evidence()})).models), "nothing of the odd one"
+    assert "p" not in summed.pipelines
+    render(summed)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Only the +Inf bucket: no finite bound to say "past the last bucket" with (max() of nothing).
+        'sluice_model_inference_seconds_bucket{pipeline="p",role="champion",model="m",version="1",le="+Inf"} 2\n',
+        # NaN counts: no bucket ever holds the quantile (next() of nothing raised StopIteration).
+        'sluice_model_inference_seconds_bucket{pipeline="p",role="champion",model="m",version="1",le="0.1"} NaN\n'
+        'sluice_model_inference_seconds_bucket{pipeline="p",role="champion",model="m",version="1",le="+Inf"} NaN\n',
+        # A circuit state that is no state: int() of it raised OverflowError (inf) or ValueError (NaN).
+        'sluice_circuit_state{pipeline="p"} +Inf\n'
+        'sluice_model_events_total{pipeline="p",role="champion",model="m",version="1"} 1\n',
+        'sluice_circuit_state{pipeline="p"} NaN\n'
+        'sluice_model_events_total{pipeline="p",role="champion",model="m",version="1"} 1\n',
+    ],
+)
+def test_odd_numbers_are_shown_not_a_traceback(text):
+    shown = render(read(text))
+    assert "pipeline p" in shown and "champion" in shown
+
+
+async def test_a_charset_no_one_knows_or_a_body_far_too_large_is_no_traceback():
+    metrics = metrics_text({"fraud": evidence()})
+    huge = "# padding\n" * (MAX_METRICS_BYTES // 10 + 1)
+    async with (
+        # reply.text() raised LookupError out of read_workers for the charset; the body was read whole.
+        serving(metrics, charset="no-such-charset") as odd_charset,
+        serving(huge) as too_big,
+        aiohttp.ClientSession() as session,
+    ):
+        summed, problems = await read_workers(session, [odd_charset, too_big])
+    assert summed.models[("fraud", "champion", "mlp", "1")].events == 4, "Prometheus text is UTF-8"
+    assert problems == [f"{too_big}: not Prometheus metrics (more than 16 MiB)"]
+
+
+async def test_names_from_a_worker_cannot_write_terminal_controls():
+    text = 'sluice_model_events_total{pipeline="p",role="champion",model="m\\u001b[2J",version="1"} 1\n'
+    text = text.replace("\\u001b", "\x1b")
+    assert "\x1b" not in render(read(text))
