@@ -19,6 +19,11 @@ from models.fit import inference_form, predictions_of
 
 log = logging.getLogger(__name__)
 
+# How long closing a runner (a swap, a promotion, a stop) waits for the batch its thread is scoring.
+# A model stuck on its thread (the inference timeout gave up on it: a lost device, a deadlock)
+# never lets go, and the event loop must not wait for it.
+CLOSE_GRACE_S = 10.0
+
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` means CUDA when this machine has it, else CPU."""
@@ -71,6 +76,7 @@ class TorchRunner:
             thread_name_prefix=f"sluice-infer-{name}",
             initializer=functools.partial(_inference_thread, threads, nice),
         )
+        self.close_grace_s = CLOSE_GRACE_S
 
     @property
     def name(self) -> str:
@@ -124,4 +130,19 @@ class TorchRunner:
         self._executor.shutdown(wait=True)
 
     async def aclose(self) -> None:
-        self.close()
+        """Stop the inference thread without blocking the event loop: batches not started are
+        dropped, the one being scored gets ``close_grace_s``; a thread still busy then (a stuck
+        model) is left behind with a warning."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + self.close_grace_s
+        while any(thread.is_alive() for thread in self._executor._threads):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "model %s v%s: its inference thread is still scoring a batch %.0fs after the model was closed "
+                    "(stuck?): left behind; the process may not exit until it returns",
+                    self._name,
+                    self._version,
+                    self.close_grace_s,
+                )
+                return
+            await asyncio.sleep(0.01)
