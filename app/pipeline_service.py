@@ -36,6 +36,11 @@ from streams.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
+# How long a stopping worker lets its shadows score what they were offered: their records are
+# evidence, not decisions, and a shadow whose model hangs would otherwise hold the stop for a
+# timeout per queued batch.
+SHADOW_STOP_S = 5.0
+
 
 class PipelineService(Service):
     """Runs one configured pipeline for as long as the worker runs."""
@@ -191,7 +196,15 @@ class PipelineService(Service):
             await parts.life.close()  # the driver committed what it finished: let go of every partition
             await parts.sink.stop()
             for shadow in parts.driver.pipeline.shadows:
-                await shadow.drain()  # what they were offered, at most a few batches each
+                try:
+                    await asyncio.wait_for(shadow.drain(), SHADOW_STOP_S)  # what they were offered
+                except TimeoutError:
+                    log.warning(
+                        "pipeline %s: shadow %s did not score its last batches within %.0fs of the stop: dropped",
+                        self.pipeline_config.name,
+                        shadow.name,
+                        SHADOW_STOP_S,
+                    )
             if parts.shadow_sink is not None:
                 await parts.shadow_sink.stop()
         if self.models is not None:
