@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -212,17 +213,31 @@ def draw(evaluation: Evaluation, out: IO[bytes]) -> None:
 
 def _open_inside(folder: Path, name: str) -> IO[bytes]:
     """``folder/name`` for writing, refusing a link there (and opened without following one, in
-    case it appears meanwhile)."""
+    case it appears meanwhile), a hard link (another file's contents) and anything but a regular
+    file (a FIFO would wait for a reader); emptied only once it is known to be the report's own."""
     path = folder / name
     if path.is_symlink():
         raise CommandLineError(
             f"report folder {folder}: {name} is a link; sluice writes only plain files inside the folder: remove it"
         )
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
-        return os.fdopen(os.open(path, flags, 0o644), "wb")
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
         raise CommandLineError(f"report folder {folder}: cannot write {name} ({exc.strerror})") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or opened.st_nlink > 1:
+            raise CommandLineError(
+                f"report folder {folder}: {name} is not a file of its own (a hard link, a FIFO, a device?); "
+                "sluice writes only plain files inside the folder: remove it"
+            )
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write_report(evaluation: Evaluation, folder: Path, title: str, *, stem: str = "evaluation") -> list[Path]:

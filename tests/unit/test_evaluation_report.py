@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 import numpy as np
@@ -129,3 +130,29 @@ def test_a_folder_that_is_a_file_is_refused(evaluation, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(CommandLineError, match=r"report folder .*file: not a folder"):
         write_report(evaluation, tmp_path / "file", "t")
+
+
+def test_a_hard_link_in_the_folder_is_never_written_through(evaluation, tmp_path):
+    # A hard link is no symlink: O_NOFOLLOW let it through and O_TRUNC emptied the file it shares.
+    folder, elsewhere = tmp_path / "reports", tmp_path / "precious.md"
+    folder.mkdir()
+    elsewhere.write_text("keep me")
+    os.link(elsewhere, folder / "evaluation.md")
+    with pytest.raises(CommandLineError, match=r"evaluation.md is not a file of its own"):
+        write_report(evaluation, folder, "t")
+    assert elsewhere.read_text() == "keep me"
+
+
+def test_a_fifo_in_the_folder_is_refused_instead_of_waiting_for_a_reader(evaluation, tmp_path):
+    # Opening a FIFO to write blocks until someone reads it: the run's end hung there for good.
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    os.mkfifo(folder / "evaluation.md")
+    with pytest.raises(CommandLineError, match=r"evaluation.md"):
+        write_report(evaluation, folder, "t")
+
+
+def test_a_report_written_again_replaces_the_earlier_one(evaluation, tmp_path):
+    (tmp_path / "evaluation.json").write_text("x" * 100_000)
+    write_report(evaluation, tmp_path, "t")
+    assert json.loads((tmp_path / "evaluation.json").read_text())["title"] == "t"
