@@ -17,6 +17,7 @@ from app.addresses import is_topic
 from app.config.model import load_model
 from app.config.table import Table
 from models.spec import ModelSpec
+from streams.errors import ConfigError
 from streams.flow.breaker import BreakerPolicy
 from streams.flow.rollback import RollbackLimits
 
@@ -28,6 +29,7 @@ MIN_TIMEOUT_S = 1.0
 NO_BUDGET_TIMEOUT_S = 60.0
 MAX_TIMEOUT_MS = 3_600_000.0
 MAX_QUEUE_BATCHES = 1024
+MAX_SHADOW_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,13 @@ def _canary(t: Table, base: Path) -> CanaryConfig:
 
 
 def _shadow(t: Table, name: str, base: Path) -> ShadowConfig:
+    if not name or name != name.strip() or not name.isprintable() or len(name) > MAX_SHADOW_NAME:
+        # Its name labels its outputs and metrics, and is what a promotion's decision record keeps,
+        # which every worker reads back only as printable text.
+        raise ConfigError(
+            f"{t.path}: table '{t.prefix}': a shadow's name must be 1 to {MAX_SHADOW_NAME} printable characters, "
+            f"without spaces around it (got {name!r})"
+        )
     queue = t.integer("queue_batches", 4, minimum=1, maximum=MAX_QUEUE_BATCHES)
     spec = load_model(t, base)
     return ShadowConfig(name, _versioned(t, spec if spec.name else _named(spec, name)), queue)

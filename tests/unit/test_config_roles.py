@@ -82,6 +82,10 @@ cooldown_ms = 1500
         ('[pipelines.p.fallback]\nconstant = "0"\n', "'pipelines.p.fallback.constant'"),
         ('[pipelines.p.shadows]\ncand = "fraud-mlp"\n', "'pipelines.p.shadows.cand' has value 'fraud-mlp'"),
         ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\nqueue_batches = 0\n', "queue_batches"),
+        # Names a promotion's decision would carry, and no worker read back (or an empty label).
+        ('[pipelines.p.shadows."a\\nb"]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),
+        ('[pipelines.p.shadows.""]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),
+        ('[pipelines.p.shadows." c"]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),
         ("[pipelines.p.breaker]\ntimeout_ms = 0\n", "'pipelines.p.breaker.timeout_ms' has value 0"),
         ("[pipelines.p.breaker]\nfailures = 0\n", "'pipelines.p.breaker.failures' has value 0"),
         ("[pipelines.p.breaker]\ntimeot_ms = 5\n", "unknown key 'pipelines.p.breaker.timeot_ms'"),
