@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 
 from app.build import load_checked_model
-from app.config import Config, PipelineConfig, dead_letters_too_big, state_too_big
+from app.config import Config, dead_letters_too_big, state_too_big
 from app.decision_log import ensure_decisions_topic
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
@@ -38,7 +38,6 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
         except ModelLoadError as exc:
             where = f"{config.path}: key 'pipelines.{p.name}.model'"  # the message names the model
             raise ModelLoadError(f"{where}: {exc}") from None
-        check_role_models(config, p)
     collector = SluiceCollector()
     services = {
         p.name: PipelineService(
@@ -58,22 +57,6 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
     register_endpoints(app, config, services, metrics_registry(collector))
     check_topics(config, services)
     return services
-
-
-def check_role_models(config: Config, p: PipelineConfig) -> None:
-    """Every model of ``p``'s canary, fallback and shadows loads and fits its inputs, checked like
-    the champion before the worker starts (then let go: the pipeline loads and warms them up as it
-    starts), so one that does not is one line naming its key, not a crash of the started worker."""
-    roles = p.roles
-    specs = [("canary", roles.canary.model)] if roles.canary is not None else []
-    if roles.fallback is not None and roles.fallback.model is not None:
-        specs.append(("fallback", roles.fallback.model))
-    specs += [(f"shadows.{shadow.name}", shadow.model) for shadow in roles.shadows]
-    for key, spec in specs:
-        try:
-            load_checked_model(p, spec)
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"{config.path}: key 'pipelines.{p.name}.{key}': {exc}") from None
 
 
 def web_address(app: faust.App, config: Config) -> str:

@@ -537,35 +537,3 @@ def test_resume_of_a_file_sink_whose_checkpoint_records_no_files_is_refused(tmp_
 def test_a_command_line_click_refuses_is_one_line_and_status_2(tmp_path, args, line):
     result = run_cli("--config", str(unreachable_config(tmp_path)), *args)
     assert one_line_exit_2(result) == line
-
-
-@pytest.mark.parametrize(
-    ("role", "key"),
-    [
-        ('[pipelines.p.canary]\ndemo = "fraud-transformer"\nversion = "t1"\nfraction = 0.1\n', "canary"),
-        ('[pipelines.p.fallback]\ndemo = "fraud-transformer"\n', "fallback"),
-        ('[pipelines.p.shadows.cand]\ndemo = "fraud-transformer"\nversion = "t1"\n', "shadows.cand"),
-    ],
-)
-def test_a_role_model_that_does_not_fit_stops_the_worker_before_it_starts(tmp_path, role, key):
-    # Before: the champion was checked before the start, the others only as the started worker
-    # built the pipeline: a Faust crash with a traceback, status 1, naming no key.
-    config = tmp_path / "c.toml"
-    config.write_text(
-        """
-[app]
-broker = "kafka://127.0.0.1:9"
-[pipelines.p]
-input_topics = ["in"]
-output_topic = "out"
-dead_letter_topic = "dlq"
-[pipelines.p.model]
-demo = "fraud-mlp"
-[pipelines.p.features]
-inputs = [{ field = "features", shape = [32] }]
-"""
-        + role
-    )
-    line = one_line_exit_2(run_cli("--config", str(config), "worker"))
-    assert line.startswith(f"sluice worker: {config}: key 'pipelines.p.{key}': demo model 'fraud-transformer'")
-    assert "does not fit pipeline p" in line
