@@ -160,7 +160,7 @@ def markdown(results: dict[str, object]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    workdir = args.out / "shadow-work"
+    workdir = args.out / "tmp" / "shadow"  # worker logs and data; bench/results/tmp is not kept in git
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = f"shadowbench-{int(time.time())}"
     try:
