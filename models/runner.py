@@ -9,13 +9,13 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import nn
 
 from models.fit import inference_form, predictions_of
+from models.inference_thread import InferenceThread
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,8 @@ class TorchRunner:
         # one OpenMP thread per core, each spinning between batches on cores the event loop needs.
         # ``nice``: a shadow's thread yields the CPU to everything else (the champion's thread, the
         # event loop, the broker on the same host): Linux schedules each thread with its own nice value.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=f"sluice-infer-{name}",
-            initializer=functools.partial(_inference_thread, threads, nice),
+        self._executor = InferenceThread(
+            f"sluice-infer-{name}", initializer=functools.partial(_inference_thread, threads, nice)
         )
         self.close_grace_s = CLOSE_GRACE_S
 
@@ -135,11 +133,11 @@ class TorchRunner:
         model) is left behind with a warning."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + self.close_grace_s
-        while any(thread.is_alive() for thread in self._executor._threads):
+        while self._executor.thread.is_alive():
             if time.monotonic() >= deadline:
                 log.warning(
                     "model %s v%s: its inference thread is still scoring a batch %.0fs after the model was closed "
-                    "(stuck?): left behind; the process may not exit until it returns",
+                    "(stuck?): left behind",
                     self._name,
                     self._version,
                     self.close_grace_s,
