@@ -100,8 +100,9 @@ async def opened_models(config: Config, run: Run, specs: Sequence[ModelSpec]) ->
         assert cost is not None
         canary = None
         p = run.pipeline
-        if p.roles.canary is not None and list(specs) == [p.model]:
-            # A backfill of what the pipeline serves gives the canary's keys to the canary, as live.
+        if p.roles.canary is not None and list(specs) == [p.model] and run.labels is None:
+            # A backfill of what the pipeline serves gives the canary's keys to the canary, as live;
+            # an evaluation (--labels) judges the champion alone, on every event.
             canary_runner, _ = await asyncio.to_thread(
                 build_runner, config, p, await asyncio.to_thread(load_checked_model, p, p.roles.canary.model)
             )

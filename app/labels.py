@@ -68,14 +68,23 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-@dataclass(frozen=True)
+@dataclass
 class FieldLabels:
-    """``--labels FIELD``: each event's label is in its own field ``field``."""
+    """``--labels FIELD``: each event's label is in its own field ``field``. An event holding
+    something else there is unlabelled, counted in ``not_labels`` and said once in the log: one
+    odd event must not stop a run (a resume would meet it again and never finish)."""
 
     field: str
+    not_labels: int = 0
 
     def label_of(self, event: bytes | None) -> float | None:
-        return field_label(event, self.field)
+        try:
+            return field_label(event, self.field)
+        except CommandLineError as exc:
+            self.not_labels += 1
+            if self.not_labels == 1:
+                log.warning("%s; such events count as unlabelled (the count is in the report)", exc)
+            return None
 
 
 @dataclass(frozen=True)

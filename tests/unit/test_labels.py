@@ -98,3 +98,11 @@ def test_label_records_give_each_ids_last_label_and_count_what_is_not_one():
 def test_labels_for_gives_nan_for_ids_without_a_label():
     got = labels_for(["a", 7, "missing"], {"a": 1.0, "7": 0.0})
     assert got[:2].tolist() == [1.0, 0.0] and math.isnan(got[2])
+
+
+def test_an_event_with_something_else_in_the_label_field_is_unlabelled_and_counted():
+    labels = FieldLabels("label")
+    assert labels.label_of(b'{"id": "a", "label": "yes"}') is None
+    assert labels.label_of(b'{"id": "b", "label": 1}') == 1.0
+    assert labels.label_of(b'{"id": "c", "label": 7}') is None
+    assert labels.not_labels == 2
