@@ -9,6 +9,7 @@ thread of its own, so it takes at most one core from the champion.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -18,6 +19,8 @@ from app.config import Config, PipelineConfig
 from app.config.roles import ShadowConfig
 from models.protocol import Runner
 from models.runner import TorchRunner
+from models.spec import ModelSpec
+from streams.errors import ModelLoadError
 from streams.flow.breaker import BreakerPolicy
 from streams.flow.canary import Canary
 from streams.flow.delivery import Delivery, Sink
@@ -25,6 +28,8 @@ from streams.flow.model_stats import ModelBook
 from streams.flow.pipeline import wall_clock_ms
 from streams.flow.roles import ConstantRunner, Roles
 from streams.flow.shadow import Shadow
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["live", "backfill"]
 # A shadow's thread runs at the lowest priority: when the host's cores are busy, the champion,
@@ -51,28 +56,55 @@ class RoleRunners:
 
 
 def load_role_runners(config: Config, p: PipelineConfig, mode: Mode) -> RoleRunners:
-    """Load every model of ``p``'s roles (blocking: call it off the event loop). A model that does
-    not load or fit is a ``ModelLoadError`` naming it; those loaded before it are closed."""
+    """Load every model of ``p``'s roles (blocking: call it off the event loop).
+
+    A canary, fallback or shadow whose model does not load or fit is left out with one ERROR line
+    naming its table, and the pipeline serves without it: a candidate's broken file must not stop
+    the champion's decisions (nor can a start-up check refuse it: the group's decisions may have
+    rolled that very model back, and only the running worker reads them)."""
     runners = RoleRunners()
     try:
         roles = p.roles
         if roles.canary is not None:
-            runners.canary = build_runner(config, p, load_checked_model(p, roles.canary.model))[0]
+            canary = roles.canary.model
+            runners.canary = _or_none(p, "canary", lambda: _warm(config, p, canary))
         if mode == "live" and roles.fallback is not None:
-            fallback = roles.fallback
-            if fallback.model is not None:
-                runners.fallback = build_runner(config, p, load_checked_model(p, fallback.model))[0]
+            fallback = roles.fallback.model
+            if fallback is not None:
+                runners.fallback = _or_none(p, "fallback", lambda: _warm(config, p, fallback))
             else:
-                runners.fallback = ConstantRunner(fallback.constant or 0.0)
+                runners.fallback = ConstantRunner(roles.fallback.constant or 0.0)
         for shadow in roles.shadows:
-            loaded = load_checked_model(p, shadow.model)
-            runners.shadows.append((shadow, build_runner(config, p, loaded, threads=1, nice=SHADOW_NICE)[0]))
+            spec = shadow.model
+            loaded = _or_none(p, f"shadows.{shadow.name}", lambda: _warm(config, p, spec, threads=1, nice=SHADOW_NICE))  # noqa: B023 - called at once
+            if loaded is not None:
+                runners.shadows.append((shadow, loaded))
     except BaseException:
         for runner in runners.all():
             if isinstance(runner, TorchRunner):
                 runner.close()
         raise
     return runners
+
+
+def _warm(
+    config: Config, p: PipelineConfig, spec: ModelSpec, *, threads: int | None = None, nice: int = 0
+) -> TorchRunner:
+    return build_runner(config, p, load_checked_model(p, spec), threads=threads, nice=nice)[0]
+
+
+def _or_none(p: PipelineConfig, table: str, load: Callable[[], TorchRunner]) -> TorchRunner | None:
+    try:
+        return load()
+    except ModelLoadError as exc:
+        log.error(
+            "pipeline %s: [pipelines.%s.%s] left out, serving without it: %s; fix the table and restart",
+            p.name,
+            p.name,
+            table,
+            exc,
+        )
+        return None
 
 
 def breaker_policy(p: PipelineConfig, mode: Mode) -> BreakerPolicy:

@@ -190,3 +190,20 @@ async def test_a_slow_shadow_leaves_the_champions_outputs_as_they_are_and_scores
         assert s["shadow"] is True and s["model_version"] == "s1"
         assert s["served"]["prediction"] == bodies[s["id"]]["prediction"], "the served score beside it"
         assert abs(s["prediction"] - expected[s["id"]]) < 1e-5, "same weights, same scores"
+
+
+async def test_a_canary_whose_model_does_not_fit_is_left_out_and_the_champion_serves_every_event(kafka, tmp_path):
+    name = unique("misfit")
+    topics = topics_for(name)
+    # The transformer takes a per-key history this MLP pipeline does not have.
+    extra = 'canary = { demo = "fraud-transformer", version = "t9", fraction = 0.5 }\n'
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="mf", extra=extra, **topics)
+    events = list(demo_events(200, seed=45))
+    log = tmp_path / "worker.log"
+    with running_worker(config, log, ready_text="pipeline mf: ready", web_port=free_port()) as worker:
+        await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in events])
+        outputs = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=60)
+        assert worker.poll() is None
+    assert "[pipelines.mf.canary] left out, serving without it" in log.read_text()
+    bodies = [orjson.loads(r.value) for r in outputs]
+    assert {b["model_version"] for b in bodies} == {"2"} and all("role" not in b for b in bodies)
