@@ -10,6 +10,8 @@ still be scoring a batch it was offered, and ``Shadow.drain`` waits for it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from models.protocol import Runner
@@ -17,6 +19,11 @@ from streams.flow.cost_model import CostModel
 from streams.flow.driver import Driver
 from streams.flow.pipeline import Pipeline
 from streams.flow.shadow import Shadow
+
+log = logging.getLogger(__name__)
+
+# How long a shadow taken out of service may take to score what it was offered (evidence, not decisions).
+DRAIN_WITHIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,10 +45,17 @@ class Retired:
     canary: Runner | None = None
     shadows: list[Shadow] = field(default_factory=list)
 
-    async def aclose(self) -> None:
-        """Wait for the shadows' last batches, then close every retired model."""
+    async def aclose(self, drain_within_s: float = DRAIN_WITHIN_S) -> None:
+        """Wait for the shadows' last batches (at most ``drain_within_s`` each: a hung shadow's
+        queue would otherwise hold whoever waits, a promotion among them, a timeout per batch),
+        then close every retired model."""
         for shadow in self.shadows:
-            await shadow.drain()
+            try:
+                await asyncio.wait_for(shadow.drain(), drain_within_s)
+            except TimeoutError:
+                log.warning(
+                    "shadow %s taken out of service: its last batches dropped after %.0fs", shadow.name, drain_within_s
+                )
         for runner in (self.champion, self.canary, *(s.runner for s in self.shadows)):
             if runner is not None:
                 await runner.aclose()

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import orjson
 
 from streams.flow.canary import Canary
 from streams.flow.cost_model import CostModel
-from streams.flow.role_changes import RoleChange, change_roles
+from streams.flow.role_changes import Retired, RoleChange, change_roles
 from streams.flow.roles import Roles
+from streams.testing import CollectingSink
 from tests.fakes import GatedRunner, SumRunner, until
 from tests.unit.test_driver import make_driver
 from tests.unit.test_roles import events
+from tests.unit.test_shadow import shadow_of
 
 
 class Canary2(GatedRunner):
@@ -61,3 +64,19 @@ async def test_a_roll_back_says_why_and_letting_a_shadow_go_is_idempotent():
     assert driver.pipeline.roles.rolled_back == "failed 3 of 3 batches"
     again = await change_roles(driver, RoleChange(stop_canary=True, rollback_reason="again"))
     assert again.canary is None and driver.pipeline.roles.rolled_back == "failed 3 of 3 batches"
+
+
+async def test_a_hung_shadow_taken_out_of_service_holds_whoever_retires_it_for_a_bounded_time():
+    hung = GatedRunner()  # never released: a model that hangs
+    shadow = shadow_of(hung, CollectingSink())
+    await shadow.offer(*offered_batch())
+    await asyncio.wait_for(hung.entered.wait(), 10)
+    retired = Retired(shadows=[shadow])
+    await asyncio.wait_for(retired.aclose(drain_within_s=0.01), 10)  # returns, the batch dropped
+    hung.gate.set()
+
+
+def offered_batch():
+    records = events(2)
+    rows = np.arange(2)
+    return records, rows, [0, 1], [np.ones((2, 2), dtype=np.float32)], np.zeros(2, dtype=np.float32), "m", "1"
