@@ -190,8 +190,8 @@ class ServedModels:
             )
             self.last = None
             return
-        if found.identity in self._written:
-            return  # written here, so applied here first (a later decision may have followed it since)
+        # Every record is applied in the topic's order, this worker's own too (which then changes
+        # nothing): when two workers decide at once, each ends up serving the one written last.
         target = fold(p, found, self._ignored)
         try:
             prepared = await self._prepare(target.champion)

@@ -43,19 +43,25 @@ class MemoryLog:
         self.latest, self.refuses = latest, refuses
         self.written: list[Decision] = []
         self.incoming: asyncio.Queue[Decision | Withdrawn] = asyncio.Queue()
-        self.read_back = 0
+        self.asked = self.applied = 0
+        # Written by another worker just before this one's next write: the topic holds it first.
+        self.written_just_before: list[Decision] = []
 
     async def start(self) -> Decision | None:
         return self.latest
 
     async def arrived(self) -> list[Decision | Withdrawn]:
-        found = [await self.incoming.get()]
-        self.read_back += 1
-        return found
+        # Asked again only once what it handed out last time was applied: the count of those.
+        self.applied = self.asked
+        self.asked += 1
+        return [await self.incoming.get()]
 
     async def write(self, decision: Decision) -> None:
         if self.refuses:
             raise DeliveryFailed("app.model-decisions did not take the record within 30s: KafkaTimeoutError()")
+        for other in self.written_just_before:
+            self.incoming.put_nowait(other)
+        self.written_just_before = []
         self.written.append(decision)
         self.incoming.put_nowait(decision)
 
@@ -97,6 +103,15 @@ async def serving(tmp_path: Path, log: MemoryLog, roles: str = f"{CANARY}\n{SHAD
     return models, driver, sink
 
 
+async def stopped(models: ServedModels) -> None:
+    """Stop as the worker does: the shadows finish what they were offered, then every model closes."""
+    models.stop_following()
+    assert models.driver is not None
+    for shadow in models.driver.pipeline.shadows:
+        await shadow.drain()
+    await models.aclose()
+
+
 def records(n: int, seed: int = 5) -> list[InputRecord]:
     return [InputRecord("in", 0, i, 1_000, e.key, e.value) for i, e in enumerate(demo_events(n, seed=seed))]
 
@@ -122,7 +137,7 @@ async def test_promoting_the_canary_writes_the_decision_then_serves_its_model_al
         assert written.by == "sluice-p@w1 on host"
         assert (view["model"], view["version"], view["roles"]["canary"]) == ("fraud-mlp", "c2", None)
         assert view["decision"]["action"] == "promote" and view["decisions_topic"] == "app.model-decisions"
-        await until(lambda: log.read_back == 1, "its own decision read back")
+        await until(lambda: log.applied == 1, "its own decision read back")
         assert models.champion is driver.pipeline.roles.champion, "reading it back changed nothing"
         sink.records.clear()
         await driver.pipeline.process(records(200, seed=6))
@@ -135,7 +150,7 @@ async def test_promoting_the_canary_writes_the_decision_then_serves_its_model_al
         with pytest.raises(SwapRejected, match=r"pipeline p has no shadow 'x' \(its shadows: \['cand'\]\)"):
             await models.decide({"promote": "shadow:x"})
     finally:
-        await models.aclose()
+        await stopped(models)
 
 
 async def test_promoting_a_shadow_lets_it_go_and_its_model_serves(tmp_path):
@@ -150,7 +165,7 @@ async def test_promoting_a_shadow_lets_it_go_and_its_model_serves(tmp_path):
         with pytest.raises(SwapRejected, match=r"pipeline p has no canary \(\[pipelines.p.canary\]\)"):
             await models.decide({"rollback": "canary"})
     finally:
-        await models.aclose()
+        await stopped(models)
 
 
 async def test_a_worker_started_after_a_promotion_serves_the_promoted_model(tmp_path, caplog):
@@ -162,7 +177,7 @@ async def test_a_worker_started_after_a_promotion_serves_the_promoted_model(tmp_
         await driver.pipeline.process(records(100))
         assert served_by(sink) == {("c2", None)}
     finally:
-        await models.aclose()
+        await stopped(models)
 
 
 async def test_a_decision_from_another_worker_is_applied_between_batches(tmp_path):
@@ -178,7 +193,7 @@ async def test_a_decision_from_another_worker_is_applied_between_batches(tmp_pat
         assert served_by(sink) == {("2", None)}
         assert models.last == rollback and not log.written, "applied, not written again"
     finally:
-        await models.aclose()
+        await stopped(models)
 
 
 async def test_a_swap_decision_the_endpoint_would_refuse_is_ignored_and_nothing_is_loaded(tmp_path, caplog):
@@ -191,13 +206,13 @@ async def test_a_swap_decision_the_endpoint_would_refuse_is_ignored_and_nothing_
     try:
         with caplog.at_level(logging.WARNING):
             log.incoming.put_nowait(hostile)
-            await until(lambda: log.read_back == 1, "read")
+            await until(lambda: log.applied == 1, "read")
             await until(lambda: "ignored" in caplog.text, "the log line")
         assert driver.pipeline.runner.version == "2"
         line = next(r.getMessage() for r in caplog.records if "ignored" in r.getMessage())
         assert "decision to swap champion (x v9, by w9" in line and "outside the folders models may be loaded" in line
     finally:
-        await models.aclose()
+        await stopped(models)
 
 
 async def test_a_decision_that_cannot_be_written_changes_nothing(tmp_path):
@@ -208,7 +223,7 @@ async def test_a_decision_that_cannot_be_written_changes_nothing(tmp_path):
         assert refused.value.status == 503 and "nothing changed" in str(refused.value)
         assert driver.pipeline.runner.version == "2" and driver.pipeline.roles.canary is not None
     finally:
-        await models.aclose()
+        await stopped(models)
 
 
 async def test_a_canary_that_breaks_its_limit_is_rolled_back_for_the_group(tmp_path):
@@ -231,7 +246,7 @@ async def test_a_canary_that_breaks_its_limit_is_rolled_back_for_the_group(tmp_p
         assert served_by(sink) == {("2", None)}, "the champion scored what the canary failed"
         assert len(sink.decoded("out")) == 150
     finally:
-        await models.aclose()
+        await stopped(models)
 
 
 async def test_decisions_withdrawn_leave_the_worker_serving_as_it_does(tmp_path, caplog):
@@ -246,7 +261,7 @@ async def test_decisions_withdrawn_leave_the_worker_serving_as_it_does(tmp_path,
         assert "its config's models from its next restart" in caplog.text
         assert replace(models.serving, canary=None) == models.serving
     finally:
-        await models.aclose()
+        await stopped(models)
 
 
 async def test_the_model_page_shows_every_role_and_the_latest_decision(tmp_path):
@@ -269,4 +284,20 @@ async def test_the_model_page_shows_every_role_and_the_latest_decision(tmp_path)
             "decisions_topic": "app.model-decisions",
         }
     finally:
-        await models.aclose()
+        await stopped(models)
+
+
+async def test_when_two_workers_decide_at_once_every_one_serves_the_decision_written_last(tmp_path):
+    log = MemoryLog()
+    models, driver, _ = await serving(tmp_path, log)
+    promote = Decision("p", "promote", "shadow", "cand", "s1", 1_700_000_000_000, "w2", shadow="cand")
+    log.written_just_before = [promote]
+    try:
+        await models.decide({"rollback": "canary"})  # its chain does not know the promotion
+        await until(lambda: log.applied == 2, "both read back, the other worker's first")
+        (rollback,) = log.written
+        assert models.last == rollback, "the topic's last record is what serves"
+        assert (driver.pipeline.runner.name, driver.pipeline.runner.version) == ("fraud-mlp", "2")
+        assert driver.pipeline.roles.canary is None
+    finally:
+        await stopped(models)
