@@ -17,12 +17,14 @@ from typing import Literal
 from app.build import build_runner, load_checked_model
 from app.config import Config, PipelineConfig
 from app.config.roles import ShadowConfig
+from models.loading import LoadedModel
 from models.protocol import Runner
 from models.runner import TorchRunner
 from models.spec import ModelSpec
 from streams.errors import ModelLoadError
 from streams.flow.breaker import BreakerPolicy
 from streams.flow.canary import Canary
+from streams.flow.cost_model import CostModel
 from streams.flow.delivery import Delivery, Sink
 from streams.flow.model_stats import ModelBook
 from streams.flow.pipeline import wall_clock_ms
@@ -53,6 +55,22 @@ class RoleRunners:
     async def aclose(self) -> None:
         for runner in self.all():
             await runner.aclose()
+
+
+def load_runner(
+    config: Config, p: PipelineConfig, spec: ModelSpec, loaded: LoadedModel | None = None
+) -> tuple[TorchRunner, CostModel]:
+    """``spec`` (or ``loaded``, the same model loaded already) on its device, warmed up, with the cost
+    model its warm-up measured (blocking: call it off the event loop). A model that does not load,
+    or does not score the pipeline's inputs, is a ``ModelLoadError`` naming it."""
+    loaded = loaded or load_checked_model(p, spec)
+    try:
+        return build_runner(config, p, loaded)
+    except Exception as exc:  # Broad on purpose: a model can fail its warm-up any way
+        inputs = ", ".join(f"{i.name} {list(i.shape)}" for i in p.inputs)
+        raise ModelLoadError(
+            f"{spec.describe()} does not score the inputs of pipeline {p.name} ({inputs}): {exc}"
+        ) from exc
 
 
 def load_role_runners(config: Config, p: PipelineConfig, mode: Mode) -> RoleRunners:

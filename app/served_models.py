@@ -26,13 +26,12 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
-from app.build import build_runner, load_checked_model
 from app.config import Config, PipelineConfig
 from app.decision_log import DecisionLog, Withdrawn
 from app.decision_rules import NotApplicable, Serving, applied, fold, ignored_line, same_model
 from app.model_decisions import Decision
 from app.model_requests import Now, decided, decision_for, model_request
-from app.model_roles import RoleRunners, load_role_runners
+from app.model_roles import RoleRunners, load_role_runners, load_runner
 from app.model_view import model_view
 from models.loading import LoadedModel
 from models.runner import TorchRunner
@@ -77,11 +76,13 @@ class ServedModels:
         self.serving = fold(p, self.last, self._ignored)
         if self.last is not None:
             log.info("pipeline %s: latest model decision in %s: %s", p.name, self.decisions.topic, self.last.describe())
+        champion = self.serving.champion
+        configured = same_model(champion, p.model)
         try:
-            if preloaded is None or not same_model(self.serving.champion, p.model):
-                preloaded = await asyncio.to_thread(load_checked_model, p, self.serving.champion)
+            loaded = preloaded if configured else None
+            self.champion, self.cost = await asyncio.to_thread(load_runner, self.config, p, champion, loaded)
         except ModelLoadError as exc:
-            if same_model(self.serving.champion, p.model):
+            if configured:
                 raise  # the config's own model: the worker cannot serve
             log.error(
                 "pipeline %s: cannot load the decided champion, serving the config's model instead (other workers "
@@ -90,8 +91,7 @@ class ServedModels:
                 exc,
             )
             self.serving = replace(self.serving, champion=p.model)
-            preloaded = await asyncio.to_thread(load_checked_model, p, p.model)
-        self.champion, self.cost = await asyncio.to_thread(build_runner, self.config, p, preloaded)
+            self.champion, self.cost = await asyncio.to_thread(load_runner, self.config, p, p.model, preloaded)
         serving_config = self.serving.config(p)
         self.role_runners = await asyncio.to_thread(load_role_runners, self.config, serving_config, "live")
         return serving_config
@@ -175,8 +175,12 @@ class ServedModels:
                 await asyncio.sleep(5)
                 continue
             for found in arrived:
-                async with self._lock:
-                    await self._converge(found)
+                try:
+                    async with self._lock:
+                        await self._converge(found)
+                except Exception:
+                    # Whatever one decision does, the next ones are still followed.
+                    log.exception("pipeline %s: applying a model decision failed; it serves on as before", self.p.name)
 
     async def _converge(self, found: Decision | Withdrawn) -> None:
         p = self.p
@@ -210,15 +214,7 @@ class ServedModels:
         """``spec`` loaded and warmed up beside the serving champion; None if it is the champion already."""
         if same_model(spec, self.serving.champion):
             return None
-        p = self.p
-        loaded = await asyncio.to_thread(load_checked_model, p, spec)
-        try:
-            return await asyncio.to_thread(build_runner, self.config, p, loaded)
-        except Exception as exc:  # Broad on purpose: a model can fail its warm-up any way
-            inputs = ", ".join(f"{i.name} {list(i.shape)}" for i in p.inputs)
-            raise ModelLoadError(
-                f"{spec.describe()} does not score the inputs of pipeline {p.name} ({inputs}): {exc}"
-            ) from exc
+        return await asyncio.to_thread(load_runner, self.config, self.p, spec)
 
     async def _apply(self, target: Serving, prepared: Prepared | None, decision: Decision) -> None:
         """Serve ``target`` from the next batch on, as ``decision`` says."""
@@ -227,11 +223,13 @@ class ServedModels:
         live = self._shadows_by_name()
         dropped = tuple(shadow for name, shadow in live.items() if target.shadow(name) is None)
         if (target.canary is not None and self.serving.canary is None) or len(live) < len(target.shadows):
-            # Only after decisions were withdrawn: models are added at start, never while serving.
+            # Decisions withdrawn, or a later one whose chain no longer stops them (two decided at
+            # once): models are loaded at start, never added while serving.
             log.warning(
                 "pipeline %s: the canary or shadows no decision stops now run from the next restart", self.p.name
             )
-        rolled_back = (decision.reason or f"rolled back by {decision.by}") if decision.action == "rollback" else None
+        rollback = next((d for d in reversed(decision.chain()) if d.action == "rollback"), None)
+        rolled_back = (rollback.reason or f"rolled back by {rollback.by}") if rollback is not None else None
         change = RoleChange(
             prepared, stop_canary=target.canary is None, rollback_reason=rolled_back, drop_shadows=dropped
         )
