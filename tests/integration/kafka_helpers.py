@@ -91,7 +91,8 @@ def write_config(
     for good, and a test that swapped a pipeline's model would otherwise change what the same
     pipeline of a later test (or a later run) serves at start."""
     if "decisions_topic" not in app_extra:
-        app_extra += f'\ndecisions_topic = "{unique(f"{pipeline}-decisions")}"'
+        # First: app_extra may open a sub-table ([app.security]) that would take the key instead.
+        app_extra = f'decisions_topic = "{unique(f"{pipeline}-decisions")}"\n' + app_extra
     return write_pipeline_config(
         directory / f"{pipeline}.toml",
         bootstrap=bootstrap,
