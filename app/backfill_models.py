@@ -31,9 +31,9 @@ from streams.errors import CommandLineError
 from streams.flow.breaker import BreakerPolicy
 from streams.flow.canary import Canary
 from streams.flow.cost_model import CostModel
-from streams.flow.delivery import Delivery, Sink
+from streams.flow.delivery import Sink
 from streams.flow.model_stats import ModelBook
-from streams.flow.pipeline import PipelineTopics, wall_clock_ms
+from streams.flow.pipeline import PipelineTopics
 from streams.flow.roles import Roles
 from streams.flow.scored_groups import OnScored
 from streams.flow.shadow import Shadow
@@ -120,20 +120,12 @@ def build_shadows(
 ) -> list[Shadow]:
     """A waiting ``Shadow`` per candidate, writing to ``topics.output`` through ``sink``; each hands
     its scores to its recorder (an evaluation's collector), if any."""
-    p = run.pipeline
-    delivery = Delivery(
-        sink,
-        pipeline=p.name,
-        dead_letter_topic=topics.dead_letter,
-        max_copy_bytes=p.dead_letter_copy_bytes,
-        clock_ms=wall_clock_ms,
-        label=f"{p.name} (candidates)",
-    )
     return [
         Shadow(
             runner,
-            delivery=delivery,
+            sink=sink,
             topic=topics.output,
+            pipeline=run.pipeline.name,
             stats=models.book.of("shadow", runner.name, runner.version),
             wait=True,
             key_by_position=True,

@@ -116,7 +116,7 @@ async def build_live(
         shadow_sink = await build_kafka_sink(
             conn, [p.roles.shadow_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}-shadows"
         )
-    shadows = build_shadows(p, role_runners, shadow_sink, "live", book) if shadow_sink else ()
+    shadows = build_shadows(p, role_runners, shadow_sink, book) if shadow_sink else ()
     pipeline = build_pipeline(p, roles, scored_to, "live", emit_features=p.emit_features, state=state, shadows=shadows)
     driver = Driver(
         source,

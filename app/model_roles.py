@@ -25,9 +25,8 @@ from streams.errors import ModelLoadError
 from streams.flow.breaker import BreakerPolicy
 from streams.flow.canary import Canary
 from streams.flow.cost_model import CostModel
-from streams.flow.delivery import Delivery, Sink
+from streams.flow.delivery import Sink
 from streams.flow.model_stats import ModelBook
-from streams.flow.pipeline import wall_clock_ms
 from streams.flow.roles import ConstantRunner, Roles
 from streams.flow.shadow import Shadow
 
@@ -154,36 +153,18 @@ def build_roles(
     )
 
 
-def build_shadows(
-    p: PipelineConfig,
-    runners: RoleRunners,
-    sink: Sink,
-    mode: Mode,
-    book: ModelBook,
-    *,
-    topic: str | None = None,
-) -> Sequence[Shadow]:
-    """One ``Shadow`` per configured shadow, writing to ``topic`` (the pipeline's shadow topic)
-    through ``sink``; a backfill's wait for room instead of skipping."""
-    delivery = Delivery(
-        sink,
-        pipeline=p.name,
-        dead_letter_topic=p.dead_letter_topic,
-        max_copy_bytes=p.dead_letter_copy_bytes,
-        clock_ms=wall_clock_ms,
-        label=f"{p.name} (shadows)",
-    )
+def build_shadows(p: PipelineConfig, runners: RoleRunners, sink: Sink, book: ModelBook) -> Sequence[Shadow]:
+    """One ``Shadow`` per configured shadow of a live pipeline, writing to its shadow topic through ``sink``."""
     return [
         Shadow(
             runner,
-            delivery=delivery,
-            topic=topic or p.roles.shadow_topic,
+            sink=sink,
+            topic=p.roles.shadow_topic,
+            pipeline=p.name,
             stats=book.of("shadow", runner.name, runner.version),
             threshold=p.roles.decision_threshold,
             queue_batches=shadow.queue_batches,
-            wait=mode == "backfill",
-            key_by_position=mode == "backfill",
-            timeout_s=breaker_policy(p, mode).timeout_s,
+            timeout_s=p.roles.breaker.timeout_s,
         )
         for shadow, runner in runners.shadows
     ]

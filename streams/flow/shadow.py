@@ -54,8 +54,9 @@ class Shadow:
         self,
         runner: Runner,
         *,
-        delivery: Delivery,
+        sink: Sink,
         topic: str,
+        pipeline: str,
         stats: ModelStats,
         threshold: float = 0.5,
         queue_batches: int = 4,
@@ -71,17 +72,17 @@ class Shadow:
         # Whether the served models have more events waiting (the driver's queue): set by whoever
         # runs the pipeline live; never busy by default.
         self.champion_busy: Callable[[], bool] = lambda: False
-        self.delivery = delivery
-        # Its outputs go through a delivery of its own on the same sink: sent again while the destination
-        # is away, like any output, but one refused for good is lost evidence (``lost_outputs``), never a
-        # dead letter: its event was served, and a dead letter would say that it was not.
+        # Its outputs go through a delivery of its own on the pipeline's sink: sent again while the
+        # destination is away, like any output, but one refused for good is lost evidence
+        # (``lost_outputs``), never a dead letter: its event was served, and a dead letter would say
+        # that it was not. So this delivery never writes a dead letter, and names no topic for one.
         self._delivery = Delivery(
-            _CountingRefusals(delivery.sink, self._refused),
-            pipeline=delivery.pipeline,
-            dead_letter_topic=delivery.dead_letter_topic,
-            max_copy_bytes=delivery.max_copy_bytes,
-            clock_ms=delivery.clock_ms,
-            label=f"{delivery.label} (shadow {runner.name})",
+            _CountingRefusals(sink, self._refused),
+            pipeline=pipeline,
+            dead_letter_topic="",
+            max_copy_bytes=0,
+            clock_ms=_never_called,
+            label=f"{pipeline} (shadow {runner.name})",
         )
         self.topic = topic
         self.stats = stats
@@ -209,6 +210,10 @@ class Shadow:
     async def aclose(self) -> None:
         await self.drain()
         await self.runner.aclose()
+
+
+def _never_called() -> int:
+    raise AssertionError("a shadow's delivery never makes a dead letter: its refusals are counted as lost")
 
 
 class _CountingRefusals:

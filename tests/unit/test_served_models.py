@@ -94,7 +94,7 @@ async def serving(tmp_path: Path, log: MemoryLog, roles: str = f"{CANARY}\n{SHAD
     assert models.champion is not None and models.cost is not None
     book, sink = ModelBook(), CollectingSink()
     roles_ = build_roles(built, models.champion, models.role_runners, "live", book, models.canary_rolled_back)
-    shadows = build_shadows(built, models.role_runners, sink, "live", book)
+    shadows = build_shadows(built, models.role_runners, sink, book)
     pipeline = build_pipeline(built, roles_, sink, "live", shadows=shadows)
     driver = Driver(
         ListSource([], bounded=False), pipeline, build_batcher(built, models.cost, "live"), RecordingProgress()

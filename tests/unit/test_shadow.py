@@ -10,11 +10,9 @@ from collections.abc import Awaitable, Sequence
 import numpy as np
 import pytest
 
-from streams.codecs.dead_letters import DEFAULT_MAX_COPY_BYTES
 from streams.codecs.encode import position_key
 from streams.errors import OutputRefused
 from streams.flow.canary import Canary
-from streams.flow.delivery import Delivery
 from streams.flow.model_stats import Agreement, ModelStats
 from streams.flow.pipeline import Pipeline
 from streams.flow.roles import Roles
@@ -48,11 +46,8 @@ class Slow(SumRunner):
 
 
 def shadow_of(runner: SumRunner, sink: CollectingSink, **options: object) -> Shadow:
-    delivery = Delivery(
-        sink, pipeline="p", dead_letter_topic="dlq", max_copy_bytes=DEFAULT_MAX_COPY_BYTES, clock_ms=lambda: 5_000
-    )
     stats = ModelStats("shadow", runner.name, runner.version)
-    return Shadow(runner, delivery=delivery, topic=SHADOW_TOPIC, stats=stats, **options)  # type: ignore[arg-type]
+    return Shadow(runner, sink=sink, topic=SHADOW_TOPIC, pipeline="p", stats=stats, **options)  # type: ignore[arg-type]
 
 
 def shadowed_pipeline(runner: SumRunner, **options: object) -> tuple[Shadow, CollectingSink, Pipeline]:
