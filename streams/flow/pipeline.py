@@ -28,7 +28,7 @@ from streams.codecs.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_lett
 from streams.flow.delivery import Delivery, Sink
 from streams.flow.isolation import Failure, non_finite_rows, without_failed_rows
 from streams.flow.roles import Roles, Scoring
-from streams.flow.scored_groups import ScoredGroupWatcher
+from streams.flow.scored_groups import ScoredGroup, ScoredGroupWatcher
 from streams.flow.shadow import Shadow
 from streams.flow.stateful_inputs import StatefulInputs
 from streams.records import HeaderPolicy, OutputRecord, SourceRecord, header_picker
@@ -248,8 +248,9 @@ class Pipeline:
         if failures:
             part = without_failed_rows(part, kept, failures)
             rejects += part.rejects
+        scored = ScoredGroup(records, part.rows, part.ids, part.inputs, predictions, group.name, group.version)
         for watcher in (*self.shadows, *self.watchers):
-            await watcher.offer(records, part.rows, part.ids, part.inputs, predictions, group.name, group.version)
+            await watcher.offer(scored)
         return part, predictions
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:

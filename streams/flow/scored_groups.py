@@ -12,6 +12,7 @@ sees every model's scores by event.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -22,20 +23,24 @@ from streams.records import SourceRecord
 OnScored = Callable[[Sequence[SourceRecord], np.ndarray, Sequence[object], np.ndarray], None]
 
 
+@dataclass(frozen=True)
+class ScoredGroup:
+    """Some events of a batch, scored by one serving model: what shadows and watchers are offered."""
+
+    records: Sequence[SourceRecord]  # the whole batch
+    rows: np.ndarray  # the batch indices of the group's events
+    ids: list[object]
+    inputs: list[np.ndarray]  # the model's inputs, per-key features included, row for row
+    served: np.ndarray  # the served predictions, row for row
+    served_name: str
+    served_version: str
+
+
 class ScoredGroupWatcher(Protocol):
     """What ``Pipeline(watchers=...)`` offers each scored group to, after its predictions are checked
     (a ``Shadow`` has the same ``offer``)."""
 
-    async def offer(
-        self,
-        records: Sequence[SourceRecord],
-        rows: np.ndarray,
-        ids: list[object],
-        inputs: list[np.ndarray],
-        served: np.ndarray,
-        served_name: str,
-        served_version: str,
-    ) -> None: ...
+    async def offer(self, group: ScoredGroup) -> None: ...
 
 
 class ServedRecorder:
@@ -45,15 +50,6 @@ class ServedRecorder:
     def __init__(self, on_served: OnScored) -> None:
         self.on_served = on_served
 
-    async def offer(
-        self,
-        records: Sequence[SourceRecord],
-        rows: np.ndarray,
-        ids: list[object],
-        inputs: list[np.ndarray],
-        served: np.ndarray,
-        served_name: str,
-        served_version: str,
-    ) -> None:
-        if len(rows):
-            self.on_served(records, rows, ids, served)
+    async def offer(self, group: ScoredGroup) -> None:
+        if len(group.rows):
+            self.on_served(group.records, group.rows, group.ids, group.served)

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,24 +28,13 @@ from streams.errors import ModelTimeout, OutputRefused
 from streams.flow.breaker import timed
 from streams.flow.delivery import Delivery, Sink
 from streams.flow.model_stats import Agreement, ModelStats
-from streams.flow.scored_groups import OnScored
-from streams.records import OutputRecord, SourceRecord
+from streams.flow.scored_groups import OnScored, ScoredGroup
+from streams.records import OutputRecord
 
 log = logging.getLogger(__name__)
 
 # At most one log line per this many seconds about a shadow's failures or skips.
 LOG_EVERY_S = 30.0
-
-
-@dataclass(frozen=True)
-class _Offered:
-    records: Sequence[SourceRecord]
-    rows: np.ndarray
-    ids: list[object]
-    inputs: list[np.ndarray]
-    served: np.ndarray
-    served_name: str
-    served_version: str
 
 
 class Shadow:
@@ -90,7 +78,7 @@ class Shadow:
             stats.agreement = Agreement(threshold)
         self.wait = wait
         self.key_by_position = key_by_position
-        self._queue: asyncio.Queue[_Offered | None] = asyncio.Queue(maxsize=max(1, queue_batches))
+        self._queue: asyncio.Queue[ScoredGroup | None] = asyncio.Queue(maxsize=max(1, queue_batches))
         self._task: asyncio.Task[None] | None = None
         self._last_log = -LOG_EVERY_S
         self.lost_outputs = 0
@@ -103,38 +91,28 @@ class Shadow:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"sluice-shadow-{self.runner.name}")
 
-    async def offer(
-        self,
-        records: Sequence[SourceRecord],
-        rows: np.ndarray,
-        ids: list[object],
-        inputs: list[np.ndarray],
-        served: np.ndarray,
-        served_name: str,
-        served_version: str,
-    ) -> None:
+    async def offer(self, group: ScoredGroup) -> None:
         """Queue a scored batch for the shadow; live, a full queue skips it (counted) instead of waiting."""
-        if not len(rows):
+        if not len(group.rows):
             return
         self.start()
         if not self.wait and self.champion_busy():
             # Live, a shadow takes only what the champion leaves: with more events already waiting
             # for the champion, its encoding and producing on the event loop would delay them.
-            self.stats.skipped(len(rows))
+            self.stats.skipped(len(group.rows))
             return
-        job = _Offered(records, rows, ids, inputs, served, served_name, served_version)
         if self.wait:
-            await self._queue.put(job)
+            await self._queue.put(group)
             return
         try:
-            self._queue.put_nowait(job)
+            self._queue.put_nowait(group)
         except asyncio.QueueFull:
-            self.stats.skipped(len(rows))
+            self.stats.skipped(len(group.rows))
             self._log_now(
                 "shadow %s v%s is behind: skipped a batch of %d event(s) (%d batch(es) skipped so far)",
                 self.runner.name,
                 self.runner.version,
-                len(rows),
+                len(group.rows),
                 self.stats.skipped_batches,
             )
 
@@ -146,7 +124,7 @@ class Shadow:
                 self.stats.failed(timed_out=False)
                 self._log_now("shadow %s v%s lost a batch: %r", self.runner.name, self.runner.version, exc)
 
-    async def _score(self, job: _Offered) -> None:
+    async def _score(self, job: ScoredGroup) -> None:
         started = time.perf_counter()
         try:
             predictions = np.asarray(await self._timed.predict(job.inputs))

@@ -12,6 +12,7 @@ from streams.flow.canary import Canary
 from streams.flow.cost_model import CostModel
 from streams.flow.role_changes import Retired, RoleChange, change_roles
 from streams.flow.roles import Roles
+from streams.flow.scored_groups import ScoredGroup
 from streams.testing import CollectingSink
 from tests.fakes import GatedRunner, SumRunner, until
 from tests.unit.test_driver import make_driver
@@ -69,7 +70,7 @@ async def test_a_roll_back_says_why_and_letting_a_shadow_go_is_idempotent():
 async def test_a_hung_shadow_taken_out_of_service_holds_whoever_retires_it_for_a_bounded_time():
     hung = GatedRunner()  # never released: a model that hangs
     shadow = shadow_of(hung, CollectingSink())
-    await shadow.offer(*offered_batch())
+    await shadow.offer(ScoredGroup(*offered_batch()))
     await asyncio.wait_for(hung.entered.wait(), 10)
     retired = Retired(shadows=[shadow])
     await asyncio.wait_for(retired.aclose(drain_within_s=0.01), 10)  # returns, the batch dropped

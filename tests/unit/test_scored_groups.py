@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from streams.flow.scored_groups import ServedRecorder
+from streams.flow.scored_groups import ScoredGroup, ServedRecorder
 from streams.records import SourceRecord
 from tests.unit.test_roles import Champion, events, make_pipeline
 from tests.unit.test_shadow import Slow, shadow_of
@@ -65,6 +65,6 @@ async def test_a_recorder_is_not_called_for_an_empty_group():
     calls: list[int] = []
     recorder = ServedRecorder(lambda records, rows, ids, p: calls.append(len(rows)))
     empty = np.zeros(0, dtype=np.int64)
-    await recorder.offer(events(1), empty, [], [], np.zeros(0), "m", "1")
-    await recorder.offer(events(1), np.array([0]), [0], [np.zeros((1, 2))], np.ones(1), "m", "1")
+    await recorder.offer(ScoredGroup(events(1), empty, [], [], np.zeros(0), "m", "1"))
+    await recorder.offer(ScoredGroup(events(1), np.array([0]), [0], [np.zeros((1, 2))], np.ones(1), "m", "1"))
     assert calls == [1]
