@@ -190,7 +190,8 @@ async def wait_for_outputs(topic: str, count: int, timeout_s: float, worker: sub
         await consumer.stop()
 
 
-def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str) -> None:
+def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str, *, more: str = "") -> None:
+    """The benchmark's worker config; ``more``: lines added to its pipeline table (bench.shadow's shadow)."""
     write_pipeline_config(
         path,
         bootstrap=BOOTSTRAP,
@@ -204,7 +205,7 @@ def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str) -
         partitions=PARTITIONS,
         demo=model,
         app_extra="stats_interval_s = 5",
-        extra=f"latency_budget_ms = {BUDGET_MS}\nmax_batch_size = 512",
+        extra=f"latency_budget_ms = {BUDGET_MS}\nmax_batch_size = 512\n{more}",
     )
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from app.config.pipeline_toml import write_pipeline_config
 from bench.ceilings import drop_topics
 from bench.latency import (
     BOOTSTRAP,
@@ -43,6 +42,7 @@ from bench.latency import (
     saturation,
     stop_worker,
     wait_for_outputs,
+    write_sluice_config,
 )
 
 RESULTS = ROOT / "bench" / "results"
@@ -52,25 +52,11 @@ REPEAT = 10
 
 
 def write_config(path: Path, topic_in: str, topic_out: str, *, shadow: bool) -> None:
-    extra = f"latency_budget_ms = {BUDGET_MS}\nmax_batch_size = 512\n"
-    if shadow:
-        extra += (
-            f'shadows.heavy = {{ class = "bench.shadow_model:RepeatedMLP", state_dict = "{WEIGHTS}", '
-            f'version = "x{REPEAT}", init_args = {{ repeat = {REPEAT} }} }}\n'
-        )
-    write_pipeline_config(
-        path,
-        bootstrap=BOOTSTRAP,
-        pipeline="bench",
-        app_id=f"{topic_in}-app",
-        input_topic=topic_in,
-        output_topic=topic_out,
-        dead_letter_topic=f"{topic_in}-dlq",
-        partitions=PARTITIONS,
-        demo=MODEL,
-        app_extra="stats_interval_s = 5",
-        extra=extra,
+    heavy = (
+        f'shadows.heavy = {{ class = "bench.shadow_model:RepeatedMLP", state_dict = "{WEIGHTS}", '
+        f'version = "x{REPEAT}", init_args = {{ repeat = {REPEAT} }} }}\n'
     )
+    write_sluice_config(path, MODEL, topic_in, topic_out, more=heavy if shadow else "")
 
 
 def start(config: Path, workdir: Path, tag: str) -> subprocess.Popen[bytes]:
