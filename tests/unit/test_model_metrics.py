@@ -212,8 +212,9 @@ async def test_the_driver_reads_every_role_and_shadow_of_its_pipeline():
     sink = ListSink()
     shadow = Shadow(
         Transformer(),
-        delivery=Delivery(sink, pipeline="p", dead_letter_topic="dlq", max_copy_bytes=1_000, clock_ms=lambda: 0),
+        sink=sink,
         topic="out-shadow",
+        pipeline="p",
         stats=book.of("shadow", "transformer", "7"),
         wait=True,
     )
