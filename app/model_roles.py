@@ -3,21 +3,24 @@ loaded, checked and warmed up like the champion, and put together around it.
 
 A worker uses every role. A backfill uses the canary (a key meets the same model on history as
 live) but no fallback: a fallback's scores stand in for decisions that could not wait, and a
-backfill can wait; its model failing stops it, to be resumed. A shadow's model runs on one
-thread of its own, so it takes at most one core from the champion.
+backfill can wait; its model failing stops it, to be resumed. A live shadow's model runs in a
+process of its own (``models.process_runner``: its own GIL, the lowest priority, one thread), so it
+takes at most one core from the champion and never holds the worker's interpreter.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 from app.build import build_runner, load_checked_model
 from app.config import Config, PipelineConfig
 from app.config.roles import ShadowConfig
 from models.loading import LoadedModel
+from models.process_runner import ProcessRunner
 from models.protocol import Runner
 from models.runner import TorchRunner
 from models.spec import ModelSpec
@@ -33,6 +36,7 @@ from streams.flow.shadow import Shadow
 log = logging.getLogger(__name__)
 
 Mode = Literal["live", "backfill"]
+R = TypeVar("R", bound=Runner)
 # A shadow's thread runs at the lowest priority: when the host's cores are busy, the champion,
 # the event loop and a broker beside them go first, and the shadow falls behind (and skips).
 SHADOW_NICE = 19
@@ -46,7 +50,7 @@ class RoleRunners:
 
     canary: TorchRunner | None = None
     fallback: Runner | None = None
-    shadows: list[tuple[ShadowConfig, TorchRunner]] = field(default_factory=list)
+    shadows: list[tuple[ShadowConfig, Runner]] = field(default_factory=list)
 
     def all(self) -> list[Runner]:
         return [r for r in (self.canary, self.fallback, *(s for _, s in self.shadows)) if r is not None]
@@ -93,12 +97,12 @@ def load_role_runners(config: Config, p: PipelineConfig, mode: Mode) -> RoleRunn
                 runners.fallback = ConstantRunner(roles.fallback.constant or 0.0)
         for shadow in roles.shadows:
             spec = shadow.model
-            loaded = _or_none(p, f"shadows.{shadow.name}", lambda: _warm(config, p, spec, threads=1, nice=SHADOW_NICE))  # noqa: B023 - called at once
+            loaded = _or_none(p, f"shadows.{shadow.name}", lambda: _shadow_runner(config, p, spec, shadow))  # noqa: B023 - called at once
             if loaded is not None:
                 runners.shadows.append((shadow, loaded))
     except BaseException:
         for runner in runners.all():
-            if isinstance(runner, TorchRunner):
+            if isinstance(runner, TorchRunner | ProcessRunner):
                 runner.close()
         raise
     return runners
@@ -110,7 +114,21 @@ def _warm(
     return build_runner(config, p, load_checked_model(p, spec), threads=threads, nice=nice)[0]
 
 
-def _or_none(p: PipelineConfig, table: str, load: Callable[[], TorchRunner]) -> TorchRunner | None:
+def _shadow_runner(config: Config, p: PipelineConfig, spec: ModelSpec, shadow: ShadowConfig) -> Runner:
+    """A shadow's model on one thread at the lowest priority: in a process of its own unless
+    ``isolation = "thread"`` (which saves the process's memory, and costs the champion latency)."""
+    if shadow.isolation == "thread":
+        return _warm(config, p, spec, threads=1, nice=SHADOW_NICE)
+    runner = ProcessRunner(
+        functools.partial(_warm, config, p, spec, threads=1),
+        what=f"pipeline {p.name}'s shadow {shadow.name}",
+        nice=SHADOW_NICE,
+    )
+    runner.start()
+    return runner
+
+
+def _or_none(p: PipelineConfig, table: str, load: Callable[[], R]) -> R | None:
     try:
         return load()
     except ModelLoadError as exc:

@@ -1,12 +1,13 @@
 """Does a shadow delay the champion? End-to-end latency at the same offered loads, with and
-without a shadow ten times as costly as the champion, in alternating rounds, against the real broker.
+without a shadow ten times as costly as the champion, in alternating rounds, against the real broker:
+the shadow in a process of its own (the default) and on a thread of the worker (``isolation = "thread"``).
 
     docker/kafka-local start
     .venv/bin/python -m bench.shadow                       # 3 rounds, 10 s per load point
     .venv/bin/python -m bench.shadow --rounds 1 --seconds 4 --out /tmp/bench   # a quick check
 
 The champion is the demo MLP; the shadow is the same MLP computed ten times per batch
-(``bench.shadow_model``: real CPU work, on its one thread). Loads are fractions of the
+(``bench.shadow_model``: real CPU work, on one thread). Loads are fractions of the
 champion's drain rate, measured first in the same run. Each round starts a fresh worker per
 variant (the order alternates between rounds, so drift in the machine does not favour one),
 warms it up, then offers each load open loop for ``--seconds``. Latency is the broker's:
@@ -51,12 +52,17 @@ MODEL = "fraud-mlp"
 REPEAT = 10
 
 
-def write_config(path: Path, topic_in: str, topic_out: str, *, shadow: bool) -> None:
+# Without a shadow; with one in its own process; with one on a thread of the worker.
+VARIANTS = ("alone", "process", "thread")
+SHOWN = {"alone": "none", "process": "own process", "thread": "worker's thread"}
+
+
+def write_config(path: Path, topic_in: str, topic_out: str, *, variant: str) -> None:
     heavy = (
         f'shadows.heavy = {{ class = "bench.shadow_model:RepeatedMLP", state_dict = "{WEIGHTS}", '
-        f'version = "x{REPEAT}", init_args = {{ repeat = {REPEAT} }} }}\n'
+        f'version = "x{REPEAT}", init_args = {{ repeat = {REPEAT} }}, isolation = "{variant}" }}\n'
     )
-    write_sluice_config(path, MODEL, topic_in, topic_out, more=heavy if shadow else "")
+    write_sluice_config(path, MODEL, topic_in, topic_out, more="" if variant == "alone" else heavy)
 
 
 def start(config: Path, workdir: Path, tag: str) -> subprocess.Popen[bytes]:
@@ -67,14 +73,15 @@ def start(config: Path, workdir: Path, tag: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-async def variant(
-    shadow: bool, rates: list[tuple[float, float]], seconds: float, workdir: Path, tag: str, seed: int
+async def measure(
+    variant: str, rates: list[tuple[float, float]], seconds: float, workdir: Path, tag: str, seed: int
 ) -> list[dict[str, object]]:
+    shadow = variant != "alone"
     topic_in, topic_out = f"{tag}-in", f"{tag}-out"
     await create_topics([topic_in])
     await create_topics([topic_out, f"{topic_out}-shadow"], log_append=True)
     config = workdir / f"{tag}.toml"
-    write_config(config, topic_in, topic_out, shadow=shadow)
+    write_config(config, topic_in, topic_out, variant=variant)
     worker = start(config, workdir, tag)
     try:
         warm = events(2_000, seed=seed)
@@ -83,10 +90,8 @@ async def variant(
         points = []
         for fraction, rate in rates:
             shadow_start = await end_offsets(f"{topic_out}-shadow")
-            point = await load_point(
-                MODEL, "shadow" if shadow else "alone", fraction, rate, topic_in, topic_out, seconds, seed
-            )
-            entry: dict[str, object] = {**point.__dict__, "shadow": shadow}
+            point = await load_point(MODEL, variant, fraction, rate, topic_in, topic_out, seconds, seed)
+            entry: dict[str, object] = {**point.__dict__, "variant": variant}
             if shadow:
                 offered = int(max(20, int(rate * seconds)))
                 after = await end_offsets(f"{topic_out}-shadow")
@@ -103,15 +108,20 @@ def summary(points: list[dict[str, object]], fractions: list[float]) -> list[dic
     rows = []
     for fraction in fractions:
         row: dict[str, float] = {"fraction": fraction}
-        for label, with_shadow in (("alone", False), ("shadow", True)):
-            mine = [p for p in points if p["fraction"] == fraction and p["shadow"] is with_shadow]
+        for label in VARIANTS:
+            mine = [p for p in points if p["fraction"] == fraction and p["variant"] == label]
+            if not mine:
+                continue
             for q in ("p50_ms", "p99_ms"):
                 values = np.array([float(p[q]) for p in mine])  # type: ignore[arg-type]
                 row[f"{label}_{q}_median"] = float(np.median(values))
                 row[f"{label}_{q}_min"] = float(values.min())
                 row[f"{label}_{q}_max"] = float(values.max())
-        shares = [float(p["shadow_scored_share"]) for p in points if p["fraction"] == fraction and p["shadow"]]  # type: ignore[arg-type]
-        row["shadow_scored_share"] = float(np.median(shares))
+        for label in VARIANTS[1:]:
+            mine = [p for p in points if p["fraction"] == fraction and p["variant"] == label]
+            shares = [float(p["shadow_scored_share"]) for p in mine]  # type: ignore[arg-type]
+            if shares:
+                row[f"{label}_scored_share"] = float(np.median(shares))
         rows.append(row)
     return rows
 
@@ -121,23 +131,28 @@ def markdown(results: dict[str, object]) -> str:
         "# A shadow beside the champion: latency at the same offered loads",
         "",
         f"Run {results['started']} on {results['cpus']} CPUs, {PARTITIONS} partitions, budget {BUDGET_MS} ms, "
-        f"champion `{MODEL}`, shadow: the same MLP computed {REPEAT}x per batch on one thread. "
+        f"champion `{MODEL}`, shadow: the same MLP computed {REPEAT}x per batch on one thread, in a process "
+        'of its own (the default) or on a thread of the worker (`isolation = "thread"`). '
         f"{results['rounds']} rounds of {results['seconds']:.0f} s per point, a fresh worker per variant and "
         f"round; the champion drains a backlog at {results['drain_per_s']:,.0f}/s. Median over rounds "
         "(min-max in brackets). Command: `python -m bench.shadow`.",
         "",
-        "| load | offered/s | p50 alone | p50 with shadow | p99 alone | p99 with shadow | events the shadow scored |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| load | offered/s | shadow | p50 | p99 | events the shadow scored |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row, (_, rate) in zip(results["summary"], results["rates"], strict=True):  # type: ignore[call-overload]
 
         def cell(label: str, q: str, row: dict[str, float] = row) -> str:
             return f"{row[f'{label}_{q}_median']:.1f} ms ({row[f'{label}_{q}_min']:.1f}-{row[f'{label}_{q}_max']:.1f})"
 
-        lines.append(
-            f"| {row['fraction']:.0%} | {rate:,.0f} | {cell('alone', 'p50_ms')} | {cell('shadow', 'p50_ms')} | "
-            f"{cell('alone', 'p99_ms')} | {cell('shadow', 'p99_ms')} | {row['shadow_scored_share']:.0%} |"
-        )
+        for label in VARIANTS:
+            if f"{label}_p50_ms_median" not in row:
+                continue
+            share = f"{row[f'{label}_scored_share']:.0%}" if label != "alone" else "-"
+            lines.append(
+                f"| {row['fraction']:.0%} | {rate:,.0f} | {SHOWN[label]} | {cell(label, 'p50_ms')} | "
+                f"{cell(label, 'p99_ms')} | {share} |"
+            )
     lines += [
         "",
         "Every point's raw figures, saturation flags included, are in `shadow.json`.",
@@ -158,10 +173,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         rates = [(f, f * drained.per_s) for f in args.fractions]
         points: list[dict[str, object]] = []
         for r in range(args.rounds):
-            order = (False, True) if r % 2 == 0 else (True, False)
-            for shadow in order:
-                tag = f"{prefix}-r{r}-{'shadow' if shadow else 'alone'}"
-                points += await variant(shadow, rates, args.seconds, workdir, tag, seed=100 + 10 * r)
+            order = args.variants if r % 2 == 0 else args.variants[::-1]
+            for variant in order:
+                tag = f"{prefix}-r{r}-{variant}"
+                points += await measure(variant, rates, args.seconds, workdir, tag, seed=100 + 10 * r)
     finally:
         await drop_topics(BOOTSTRAP, prefix)
     return {
@@ -176,12 +191,21 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def variants(text: str) -> list[str]:
+    chosen = [v.strip() for v in text.split(",")]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"variants are {', '.join(VARIANTS)}, not {', '.join(unknown)}")
+    return chosen
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.1, 0.4])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--variants", type=variants, default=list(VARIANTS), help=", ".join(VARIANTS))
     args = parser.parse_args()
     results = asyncio.run(run(args))
     args.out.mkdir(parents=True, exist_ok=True)

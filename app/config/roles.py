@@ -45,6 +45,8 @@ class ShadowConfig:
     model: ModelSpec
     # Batches waiting for the shadow before it skips one (live only; a backfill waits instead).
     queue_batches: int = 4
+    # "process" (its own interpreter: never holds the worker's GIL) or "thread" (no extra process).
+    isolation: str = "process"
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,9 @@ def _shadow(t: Table, name: str, base: Path) -> ShadowConfig:
             f"without spaces around it (got {name!r})"
         )
     queue = t.integer("queue_batches", 4, minimum=1, maximum=MAX_QUEUE_BATCHES)
+    isolation = t.choice("isolation", ("process", "thread"), "process")
     spec = load_model(t, base)
-    return ShadowConfig(name, _versioned(t, spec if spec.name else _named(spec, name)), queue)
+    return ShadowConfig(name, _versioned(t, spec if spec.name else _named(spec, name)), queue, isolation)
 
 
 def _fallback(t: Table, base: Path) -> FallbackConfig:

@@ -2,7 +2,8 @@
 
 The pipeline offers each scored batch (its events' inputs, with the per-key features they were
 served with, and the served predictions) to every shadow. A shadow has its own bounded queue,
-task and model thread, so it never delays or changes the served outputs: live, when its queue
+task and model (live, in a process of its own: ``models.process_runner``), so it never delays or
+changes the served outputs: live, when its queue
 is full it skips the whole batch and counts it (``wait=False``); a backfill, which has no
 budget to keep, waits for room instead so every event is scored by every model (``wait=True``).
 

@@ -9,6 +9,7 @@ import math
 from collections import defaultdict
 
 import orjson
+import pytest
 
 from app.demo_events import demo_events
 from app.testing import score_async
@@ -164,12 +165,15 @@ async def test_a_canary_scores_a_sticky_share_of_keys_live_and_in_a_backfill(kaf
     )
 
 
-async def test_a_slow_shadow_leaves_the_champions_outputs_as_they_are_and_scores_what_it_does_not_skip(kafka, tmp_path):
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+async def test_a_slow_shadow_leaves_the_champions_outputs_as_they_are_and_scores_what_it_does_not_skip(
+    kafka, tmp_path, isolation
+):
     name = unique("shadow")
     topics = topics_for(name)
     extra = (
         f'shadows.slow = {{ class = "tests.integration.faulty_models:SlowFraudMLP", state_dict = "{WEIGHTS}", '
-        'version = "s1", init_args = { delay_s = 0.05 }, queue_batches = 2 }\n'
+        f'version = "s1", init_args = {{ delay_s = 0.05 }}, queue_batches = 2, isolation = "{isolation}" }}\n'
     )
     config = write_config(tmp_path, bootstrap=kafka, pipeline="sh", extra=extra, **topics)
     events = list(demo_events(2000, seed=44))
@@ -192,11 +196,21 @@ async def test_a_slow_shadow_leaves_the_champions_outputs_as_they_are_and_scores
         assert abs(s["prediction"] - expected[s["id"]]) < 1e-5, "same weights, same scores"
 
 
-async def test_a_canary_whose_model_does_not_fit_is_left_out_and_the_champion_serves_every_event(kafka, tmp_path):
+@pytest.mark.parametrize(
+    ("role", "table"),
+    [
+        ("canary", 'canary = { demo = "fraud-transformer", version = "t9", fraction = 0.5 }'),
+        # Loaded and checked in the shadow's own process: its failure is still one line at start.
+        ("shadows.deep", 'shadows.deep = { demo = "fraud-transformer", version = "t9" }'),
+    ],
+)
+async def test_a_role_whose_model_does_not_fit_is_left_out_and_the_champion_serves_every_event(
+    kafka, tmp_path, role, table
+):
     name = unique("misfit")
     topics = topics_for(name)
     # The transformer takes a per-key history this MLP pipeline does not have.
-    extra = 'canary = { demo = "fraud-transformer", version = "t9", fraction = 0.5 }\n'
+    extra = table + "\n"
     config = write_config(tmp_path, bootstrap=kafka, pipeline="mf", extra=extra, **topics)
     events = list(demo_events(200, seed=45))
     log = tmp_path / "worker.log"
@@ -204,6 +218,6 @@ async def test_a_canary_whose_model_does_not_fit_is_left_out_and_the_champion_se
         await produce_raw(kafka, topics["input_topic"], [(e.key, e.value) for e in events])
         outputs = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=60)
         assert worker.poll() is None
-    assert "[pipelines.mf.canary] left out, serving without it" in log.read_text()
+    assert f"[pipelines.mf.{role}] left out, serving without it" in log.read_text()
     bodies = [orjson.loads(r.value) for r in outputs]
     assert {b["model_version"] for b in bodies} == {"2"} and all("role" not in b for b in bodies)

@@ -43,6 +43,7 @@ constant = 0.5
 demo = "fraud-mlp"
 version = "s1"
 queue_batches = 8
+isolation = "thread"
 
 [pipelines.p.breaker]
 timeout_ms = 250
@@ -58,7 +59,7 @@ cooldown_ms = 1500
     assert roles.canary.rollback.max_timeout_rate is None and roles.canary.rollback.min_batches == 5
     assert roles.fallback is not None and roles.fallback.constant == 0.5 and roles.fallback.model is None
     (shadow,) = roles.shadows
-    assert (shadow.name, shadow.model.version, shadow.queue_batches) == ("cand", "s1", 8)
+    assert (shadow.name, shadow.model.version, shadow.queue_batches, shadow.isolation) == ("cand", "s1", 8, "thread")
     assert (roles.breaker.timeout_s, roles.breaker.failures, roles.breaker.cooldown_s) == (0.25, 2, 1.5)
     assert roles.timeout_set and roles.shadow_topic == "evidence" and roles.decision_threshold == 0.7
     assert "evidence" in p.topics, "the shadow topic is checked and created with the others"
@@ -82,6 +83,7 @@ cooldown_ms = 1500
         ('[pipelines.p.fallback]\nconstant = "0"\n', "'pipelines.p.fallback.constant'"),
         ('[pipelines.p.shadows]\ncand = "fraud-mlp"\n', "'pipelines.p.shadows.cand' has value 'fraud-mlp'"),
         ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\nqueue_batches = 0\n', "queue_batches"),
+        ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\nisolation = "fork"\n', "'pipelines.p.shadows.c.isolation'"),
         # Names a promotion's decision would carry, and no worker read back (or an empty label).
         ('[pipelines.p.shadows."a\\nb"]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),
         ('[pipelines.p.shadows.""]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),

@@ -1,0 +1,207 @@
+"""A model scored in a process of its own: a shadow that cannot slow the serving process down.
+
+A thread of the worker's process, even at the lowest priority, shares the worker's GIL: a small
+model's forward is mostly Python (module calls, torch's dispatch) and holds the GIL between its
+kernels, so the event loop waits for it, in steps of the interpreter's switch interval (5 ms),
+at each of a batch's turns. Measured with a 10x-the-champion shadow on one thread: the
+champion's p99 went from 26 to 59 ms at 40% load (``bench/results/shadow.md``). A child process
+has its own interpreter, its own GIL and its own priority; only the batch's arrays (pickled, a
+copy) and the predictions cross a pipe.
+
+The child loads the model itself, from a picklable ``factory`` (the same loader, checks and
+warm-up as in the worker): it says it is ready, or why not, before ``start`` returns. A child that
+dies (a crash in native code, killed for memory) fails the batch it had and is started again at a
+later batch, after ``RESTART_AFTER_S``; a child that hangs is killed when the runner is closed,
+which a thread never can be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.inference_thread import InferenceThread
+from streams.errors import ModelError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# A model's process that died is started again at a batch at least this long after.
+RESTART_AFTER_S = 30.0
+# How long a start may take: spawning an interpreter, importing torch, loading and warming up.
+START_TIMEOUT_S = 300.0
+# How long a closing child may take to leave on its own before it is terminated, then killed.
+CLOSE_GRACE_S = 2.0
+
+
+class BatchScorer(Protocol):
+    """What the factory builds in the child: a model that scores a batch on the calling thread."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def predict_now(self, inputs: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+class ProcessRunner:
+    """A ``Runner`` whose model lives in a child process at priority ``nice``; ``what`` names it in errors."""
+
+    def __init__(self, factory: Callable[[], BatchScorer], *, what: str, nice: int = 0) -> None:
+        self._factory = factory
+        self.what = what
+        self.nice = nice
+        self._name = self._version = ""
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._died_at: float | None = None
+        # Whether a batch is between its send and its answer: the pipe then belongs to the I/O thread.
+        self._busy = False
+        # Sends and receives block (a batch's arrays through a pipe): they run on a thread of
+        # their own, which holds the GIL only to pickle, and leaves the event loop free.
+        self._io = InferenceThread(f"sluice-process-{what}")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def start(self) -> None:
+        """Start the child and wait until its model is loaded (blocking); ``ModelLoadError`` if it is not."""
+        context = multiprocessing.get_context("spawn")  # never fork a process with threads
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=_serve, args=(child, self._factory, self.nice), name=f"sluice-{self.what}", daemon=True
+        )
+        process.start()
+        child.close()
+        try:
+            if not parent.poll(START_TIMEOUT_S):
+                raise ModelLoadError(f"{self.what}: its process did not load the model in {START_TIMEOUT_S:.0f} s")
+            reply = parent.recv()
+        except (EOFError, OSError) as exc:
+            process.join(CLOSE_GRACE_S)
+            raise ModelLoadError(f"{self.what}: its process exited while loading the model ({_exit(process)})") from exc
+        except BaseException:
+            _stop(process, parent)
+            raise
+        if reply[0] != "ready":
+            _stop(process, parent)
+            raise ModelLoadError(reply[1])
+        self._name, self._version = reply[1], reply[2]
+        self._process, self._conn = process, parent
+
+    async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, self._call, list(inputs))
+
+    def _call(self, inputs: list[np.ndarray]) -> np.ndarray:
+        if self._conn is None:
+            self._restart()
+        conn = self._conn
+        assert conn is not None
+        self._busy = True
+        try:
+            conn.send(("predict", inputs))
+            reply = conn.recv()
+        except (EOFError, OSError) as exc:
+            self._lost()
+            raise ModelError(f"{self.what}: its process exited while scoring a batch ({_exit(self._process)})") from exc
+        finally:
+            self._busy = False
+        if reply[0] == "error":
+            raise ModelError(reply[1])
+        return np.asarray(reply[1])
+
+    def _restart(self) -> None:
+        waited = time.monotonic() - (self._died_at or 0.0)
+        if waited < RESTART_AFTER_S:
+            raise ModelError(f"{self.what}: its process exited; started again in {RESTART_AFTER_S - waited:.0f} s")
+        log.warning("%s: starting its process again after it exited", self.what)
+        self._died_at = time.monotonic()  # a failed start waits as long as a death
+        self.start()
+        self._died_at = None
+
+    def _lost(self) -> None:
+        if self._process is not None and self._conn is not None:
+            _stop(self._process, self._conn, ask=False)
+        self._conn, self._died_at = None, time.monotonic()
+
+    def close(self) -> None:
+        """Ask the child to leave, or terminate it while it scores (a model stuck in a batch never
+        answers); the batch it had fails."""
+        self._io.shutdown(wait=False, cancel_futures=True)
+        if self._process is not None and self._conn is not None:
+            if self._busy:
+                log.warning("%s: its process was still scoring a batch when closed: terminated", self.what)
+            _stop(self._process, self._conn, ask=not self._busy)
+        self._conn = None
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+
+def _stop(process: Any, conn: Connection, *, ask: bool = True) -> None:
+    """End the child: asked to leave when the pipe is free (``ask``), else terminated, then killed.
+    The pipe is closed only once the child is gone, so a thread waiting on it reads the end of it."""
+    if ask:
+        with contextlib.suppress(OSError, ValueError):  # gone already
+            conn.send(("close",))
+        process.join(CLOSE_GRACE_S)
+    if process.is_alive():
+        process.terminate()
+        process.join(CLOSE_GRACE_S)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    conn.close()
+
+
+def _exit(process: Any) -> str:
+    code = None if process is None else process.exitcode
+    if code is None:
+        return "still running"
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int) -> None:
+    """The child: load the model, say so, then score each batch sent until told to close (or orphaned)."""
+    # Ctrl-C reaches the whole process group: the worker decides when its models stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice > 0 and hasattr(os, "nice"):
+        # Before any thread starts: torch's threads inherit it. A container may forbid it; the
+        # model then competes as any process does.
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - told to the parent, which reports it as a load error
+        conn.send(("failed", str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", model.name, model.version))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the worker is gone
+        if message[0] != "predict":
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", model.predict_now(message[1]))
+        except Exception as exc:  # noqa: BLE001 - the batch fails, the model stays
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        conn.send(reply)

@@ -1,0 +1,85 @@
+"""A model in a process of its own: scores like a thread would, and a crash, a hang or a bad
+file in the child costs a batch or a clear load error, never the worker's process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from models import process_runner
+from models.process_runner import ProcessRunner
+from streams.errors import ModelError, ModelLoadError
+from tests import process_scorers
+
+
+@pytest.fixture
+def runner():
+    runners: list[ProcessRunner] = []
+
+    def make(factory=process_scorers.row_sums, nice: int = 0) -> ProcessRunner:
+        r = ProcessRunner(factory, what="shadow s", nice=nice)
+        runners.append(r)
+        r.start()
+        return r
+
+    yield make
+    for r in runners:
+        r.close()
+
+
+async def test_it_scores_batches_in_the_child_and_names_the_childs_model(runner):
+    r = runner()
+    assert (r.name, r.version) == ("row-sums", "3")
+    out = await r.predict([np.arange(12, dtype=np.float32).reshape(4, 3)])
+    assert out.tolist() == [3.0, 12.0, 21.0, 30.0]
+
+
+async def test_the_child_runs_at_the_priority_asked_for(runner):
+    r = runner(process_scorers.priority, nice=19)
+    assert (await r.predict([np.zeros((2, 1), dtype=np.float32)])).tolist() == [19.0, 19.0]
+
+
+def test_a_model_that_does_not_load_is_a_load_error_with_the_childs_reason(runner):
+    with pytest.raises(ModelLoadError, match="model broken v1 could not be read: truncated file"):
+        runner(process_scorers.not_loadable)
+
+
+async def test_a_batch_the_model_raises_on_fails_alone(runner):
+    r = runner()
+    with pytest.raises(ModelError, match="ValueError: a row sums to -1"):
+        await r.predict([np.array([[-1.0]], dtype=np.float32)])
+    assert (await r.predict([np.array([[2.0]], dtype=np.float32)])).tolist() == [2.0]
+
+
+async def test_a_child_that_dies_fails_its_batch_and_is_started_again_later(runner, monkeypatch):
+    r = runner()
+    with pytest.raises(ModelError, match=r"exited while scoring a batch \(exit status 7\)"):
+        await r.predict([np.array([[-3.0]], dtype=np.float32)])
+    with pytest.raises(ModelError, match="started again in"):
+        await r.predict([np.array([[1.0]], dtype=np.float32)])
+    monkeypatch.setattr(process_runner, "RESTART_AFTER_S", 0.0)
+    assert (await r.predict([np.array([[1.0]], dtype=np.float32)])).tolist() == [1.0]
+
+
+async def test_closing_a_runner_whose_model_hangs_kills_the_child(runner, monkeypatch, tmp_path):
+    monkeypatch.setattr(process_runner, "CLOSE_GRACE_S", 0.2)
+    marker = tmp_path / "hanging"
+    monkeypatch.setenv("SLUICE_TEST_HANG_MARKER", str(marker))
+    r = runner()
+    task = asyncio.ensure_future(r.predict([np.array([[-2.0]], dtype=np.float32)]))
+    await asyncio.to_thread(_wait_for, marker)  # the child has the batch, and hangs in it
+    process = r._process
+    await r.aclose()
+    assert not process.is_alive()
+    with pytest.raises(ModelError, match="exited while scoring"):
+        await task
+
+
+def _wait_for(path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
