@@ -29,7 +29,9 @@ from streams.testing import CollectingSink
 from tests.fakes import ListSource, RecordingProgress, until
 
 CANARY = 'canary = { demo = "fraud-mlp", version = "c2", fraction = 0.5 }'
-SHADOW = 'shadows.cand = { demo = "fraud-mlp", version = "s1" }'
+# On a thread: these tests are about decisions; a shadow's own process (the default, tested in
+# tests/integration/test_model_roles.py) would add a process start and stop to each.
+SHADOW = 'shadows.cand = { demo = "fraud-mlp", version = "s1", isolation = "thread" }'
 FAULTY = "tests.integration.faulty_models:SwitchableFraudMLP"
 
 
