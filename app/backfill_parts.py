@@ -42,6 +42,7 @@ from streams.flow.scored_groups import ScoredGroupWatcher
 from streams.flow.shadow import Shadow
 from streams.kafka.replay import ReplaySource, plan_replay, start_consumer, stop_consumer
 from streams.records import OutputRecord
+from streams.source import Source
 
 
 @dataclass(frozen=True)
@@ -247,13 +248,17 @@ def opened_pipeline(
             state.close()
 
 
-async def warm_up(conn: Connection, pipeline: Pipeline, checkpoint: Checkpoint) -> None:
-    """Started past the beginning (``--from-timestamp``, a resume): the state of what came before first."""
+async def warm_up(
+    conn: Connection, pipeline: Pipeline, checkpoint: Checkpoint, wrap: Callable[[Source], Source] = lambda s: s
+) -> None:
+    """Started past the beginning (``--from-timestamp``, a resume): the state of what came before first
+    (``wrap``: decoded by schema, when the pipeline's events are)."""
     await warm_from_input(
         conn,
         pipeline,
         {p: checkpoint.position.get(p, at) for p, at in checkpoint.plan.start.items()},
         say=lambda line: print(line, file=sys.stderr, flush=True),
+        wrap=wrap,
     )
 
 

@@ -29,6 +29,7 @@ from app.backfill_report import check_labels_source, headline, opened_evidence, 
 from app.build import build_batcher
 from app.config import Config
 from app.kafka_clients import connection
+from app.schema_registry import transcoding
 from app.topics import check_broker
 from models.spec import ModelSpec
 from streams.backfill.run import BackfillSummary, run_backfill
@@ -73,11 +74,11 @@ async def backfill_run(config: Config, run: Run, specs: Sequence[ModelSpec]) -> 
         pipeline = opened.enter_context(
             opened_pipeline(run, roles, hook or sink.sink, sink.topics, shadows=shadows, watchers=watchers)
         )
-        await warm_up(conn, pipeline, checkpoint)
+        await warm_up(conn, pipeline, checkpoint, lambda s: transcoding(config, run.pipeline, s))
         batcher = build_batcher(run.pipeline, models.cost, "backfill")
         bar = progress_bar(run, checkpoint)
         summary = await run_backfill(
-            replay.source(checkpoint),
+            transcoding(config, run.pipeline, replay.source(checkpoint)),
             pipeline,
             batcher,
             checkpoint,

@@ -31,6 +31,7 @@ from app.crash_hooks import (
 )
 from app.kafka_clients import Connection, connection, make_consumer
 from app.model_roles import RoleRunners, build_roles, build_shadows
+from app.schema_registry import transcoding
 from app.state_warmup import warm_from_input
 from models.runner import TorchRunner
 from streams.errors import SluiceError, StateError
@@ -48,7 +49,7 @@ from streams.kafka.transaction_commits import TransactionCommits
 from streams.kafka.transactions import PartitionTransactions, StateInTransactions, TransactionalSink
 from streams.metrics import PipelineMetrics
 from streams.records import Partition
-from streams.source import Progress
+from streams.source import Progress, Source
 
 
 @dataclass
@@ -119,7 +120,7 @@ async def build_live(
     shadows = build_shadows(p, role_runners, shadow_sink, book) if shadow_sink else ()
     pipeline = build_pipeline(p, roles, scored_to, "live", emit_features=p.emit_features, state=state, shadows=shadows)
     driver = Driver(
-        source,
+        transcoding(config, p, source),
         pipeline,
         build_batcher(p, cost, "live"),
         progress,
@@ -130,7 +131,7 @@ async def build_live(
     for shadow in shadows:
         # Queued past the next full batch: the champion is busy, and the shadow skips.
         shadow.champion_busy = lambda: len(driver.batcher) > p.max_batch_size
-    life = _partition_life(conn, source, driver, transactions, state, changelog)
+    life = _partition_life(conn, source, driver, transactions, state, changelog, lambda s: transcoding(config, p, s))
     source.subscribe(on_revoke=life.revoke, on_assign=life.assign)
     return LiveParts(source, sink, driver, life, state, changelog, shadow_sink)
 
@@ -175,6 +176,7 @@ def _partition_life(
     transactions: PartitionTransactions | None,
     state: StatefulInputs | None,
     changelog: Changelog | None,
+    wrap: Callable[[Source], Source],
 ) -> PartitionLife:
     """The steps of a partition's life on this pipeline. With transactions, partitions move with
     their transactional producer and, in a stateful pipeline, their state: restored from the
@@ -193,7 +195,7 @@ def _partition_life(
         upto = {
             p: offset for p, offset in (await source.committed_offsets(assigned - changelog.found)).items() if offset
         }
-        await warm_from_input(conn, driver.pipeline, upto)
+        await warm_from_input(conn, driver.pipeline, upto, wrap=wrap)
 
     async def release_state(revoked: set[Partition]) -> None:
         if state is not None:

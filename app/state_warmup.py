@@ -18,16 +18,22 @@ from streams.flow.pipeline import Pipeline
 from streams.kafka.offsets import beginning_offsets
 from streams.kafka.replay import ReplaySource, start_consumer, stop_consumer
 from streams.records import Partition
+from streams.source import Source
 
 log = logging.getLogger(__name__)
 
 
 async def warm_from_input(
-    conn: Connection, pipeline: Pipeline, upto: Mapping[Partition, int], say: Callable[[str], None] = log.info
+    conn: Connection,
+    pipeline: Pipeline,
+    upto: Mapping[Partition, int],
+    say: Callable[[str], None] = log.info,
+    wrap: Callable[[Source], Source] = lambda source: source,
 ) -> int:
     """Feed each partition's records from its beginning up to ``upto`` (exclusive) through the
-    features step; returns how many were read. ``say`` tells what it does (the backfill shows it
-    whatever the log level: a later start that reads history first must not look stuck)."""
+    features step (``wrap``: decoded by schema, when the pipeline's events are); returns how many
+    were read. ``say`` tells what it does (the backfill shows it whatever the log level: a later
+    start that reads history first must not look stuck)."""
     if pipeline.stateful is None or not upto:
         return 0
     consumer = make_consumer(
@@ -44,7 +50,7 @@ async def warm_from_input(
             f"pipeline {pipeline.name}: rebuilding per-key state from {plan.total} earlier events "
             f"of {where} first (nothing emitted)"
         )
-        read = await warm_state(ReplaySource(consumer, plan, start), pipeline)
+        read = await warm_state(wrap(ReplaySource(consumer, plan, start)), pipeline)
         say(f"pipeline {pipeline.name}: per-key state rebuilt from {read} events")
         return read
     finally:

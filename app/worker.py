@@ -20,6 +20,7 @@ from app.decision_log import ensure_decisions_topic
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
 from app.rekey_service import RekeyService
+from app.schema_registry import refuse_in_memory
 from app.topics import ensure_changelog, ensure_repartition, ensure_topics, max_message_bytes
 from app.web import metrics_registry, register_endpoints
 from models.loading import LoadedModel
@@ -31,6 +32,7 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
     """Register the pipelines and the endpoints on ``app``, then check that every model loads
     and that the broker and the topics are there, so a mistake is one clear line (an
     ``OperatorError``), not a crash from inside the worker later."""
+    refuse_in_memory(config, "worker")
     models: dict[str, LoadedModel] = {}
     for p in config.pipelines:
         try:

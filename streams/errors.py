@@ -157,6 +157,13 @@ class DeliveryFailed(SluiceError):
     retriable = True
 
 
+class RegistryUnavailable(SluiceError):
+    """The schema registry could not say what a schema id is (unreachable, slow, its own error):
+    not the events' fault, so they wait and are asked about again, never dead-lettered."""
+
+    retriable = True
+
+
 class TransactionFailed(SluiceError):
     """Exactly-once delivery: an output or a commit failed inside a Kafka transaction. Sending
     again would risk a duplicate inside the same transaction, so nothing is retried: the driver

@@ -79,6 +79,30 @@ class UndecodableRecord:
     key: bytes | None = None
     value: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    # The dead letter's kind: a damaged batch, or an event its schema could not decode
+    # (``streams.codecs.schema_transcode``: UnknownSchema, NotWireFormat, Truncated, SchemaMismatch).
+    error: str = "Undecodable"
+
+    @property
+    def message(self) -> str:
+        if self.error == "Undecodable":
+            return f"the consumer could not decode the record's batch: {self.reason}"
+        return self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class TranscodedRecord:
+    """A record whose value arrived in a schema's wire format (Avro, JSON Schema) and is given to the
+    pipeline as the JSON object it encodes; ``wire_value`` is what the topic held (dead letters copy it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    wire_value: bytes | None = None
 
 
 # Which input headers an output carries: all of them, none, or those whose names are listed.

@@ -22,6 +22,7 @@ from app.config import Config
 from app.crash_hooks import count_from_env
 from app.main import app, config
 from app.model_refs import model_spec
+from app.schema_registry import refuse_in_memory
 from models.spec import ModelSpec
 from streams.errors import CommandLineError, ModelError, exit_on_operator_error
 
@@ -149,6 +150,7 @@ async def backfill(
     """Replay a pipeline's input topics from the beginning through the same pipeline, then exit."""
     try:
         with exit_on_operator_error("backfill"):
+            refuse_in_memory(config, "backfill")
             run, specs = await checked_run(
                 config,
                 pipeline,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.addresses import BROKER_EXPECTED, HOST_EXPECTED, is_broker_address, is_host, is_topic
+from app.config.schema_registry import SchemaRegistryConfig, load_schema_registry
 from app.config.security import SecurityConfig, load_security
 from app.config.table import Table
 from streams.errors import ConfigError
@@ -47,6 +48,8 @@ class AppConfig:
     # The compacted topic of model decisions (promote, roll back, swap) every worker applies:
     # "<id>.model-decisions" unless the file names one.
     decisions_topic: str = ""
+    # [app.schema_registry]: where the schemas of non-JSON formats are (None: no registry).
+    schema_registry: SchemaRegistryConfig | None = None
 
 
 def load_app(t: Table, env: Mapping[str, str], base: Path) -> AppConfig:
@@ -73,6 +76,7 @@ def load_app(t: Table, env: Mapping[str, str], base: Path) -> AppConfig:
         compression=t.choice("compression", COMPRESSIONS, "none"),
         security=load_security(t.table("security", default={}), base),
         decisions_topic=_decisions_topic(t, app_id),
+        schema_registry=load_schema_registry(t.table("schema_registry"), base) if "schema_registry" in t.data else None,
     )
     match = DEVICE.fullmatch(app.device)
     if match is None or (match.group(1) is not None and int(match.group(1)) > MAX_CUDA_INDEX):

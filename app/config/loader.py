@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,5 +69,23 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
     if not pipelines:
         raise ConfigError(f"{path}: key 'pipelines' has no pipeline: expected at least one [pipelines.NAME] table")
     check_rekeyed_names(path, pipelines)
+    check_formats(path, app, pipelines)
     root.done()
     return Config(path=path, app=app, pipelines=pipelines)
+
+
+def check_formats(path: Path, app: AppConfig, pipelines: Sequence[PipelineConfig]) -> None:
+    """A pipeline reading a registry's wire format needs the registry, and (for now) no re-keying stage."""
+    for p in pipelines:
+        if p.format == "json":
+            continue
+        if app.schema_registry is None:
+            raise ConfigError(
+                f'{path}: pipeline {p.name} reads format = "{p.format}", which needs the schema registry: '
+                "add an [app.schema_registry] table with its url"
+            )
+        if p.rekey is not None:
+            raise ConfigError(
+                f'{path}: pipeline {p.name}: format = "{p.format}" with state.key_field is not supported yet '
+                "(the re-keying stage reads JSON): key the records by the field when producing them"
+            )

@@ -27,6 +27,8 @@ from streams.features.spec import StateSpec
 from streams.flow.stateful_inputs import ModelInput
 from streams.records import HeaderPolicy
 
+# How input values may be written: JSON, or a schema registry's wire format.
+FORMATS = ("json", "avro", "json_schema")
 # Below this a dead letter could not even hold the start of a typical event.
 MIN_COPY_BYTES = 256
 # Everything in a dead letter but the copies: the reason (at most 2,000 characters, which
@@ -80,6 +82,8 @@ class PipelineConfig:
     rekey: RekeyConfig | None = None
     # The models beside the champion (canary, fallback, shadows) and the champion's circuit breaker.
     roles: RolesConfig = field(default_factory=RolesConfig)
+    # How input values are written: "json", or a schema registry's wire format ("avro", "json_schema").
+    format: str = "json"
 
     @property
     def source_topics(self) -> tuple[str, ...]:
@@ -127,6 +131,7 @@ def load_pipeline(t: Table, name: str, base: Path, app_id: str) -> PipelineConfi
         state=state,
         changelog_topic=load_changelog_topic(t, state, group_id),
         emit_features=_emit_features(t, state),
+        format=t.choice("format", FORMATS, "json"),
         max_batch_size=t.integer("max_batch_size", 512, minimum=1, maximum=MAX_BATCH_SIZE),
         poll_ms=t.integer("poll_ms", 100, minimum=1, maximum=MAX_POLL_MS),
         # inf: no deadline (batches as large as max_batch_size allows, nothing ever late).

@@ -57,7 +57,7 @@ def decode_each(
     for index, record in enumerate(records):
         try:
             if type(record) is UndecodableRecord:
-                raise _BadEvent("Undecodable", f"the consumer could not decode the record's batch: {record.reason}")
+                raise _BadEvent(record.error, record.message)
             event_id, arrays = decode_one(record.value, schema)
         except _BadEvent as bad:
             rejects.append((index, bad.error, bad.message))

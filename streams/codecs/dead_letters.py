@@ -103,7 +103,8 @@ def dead_letter(
         },
         "dead_lettered_at": now_ms,
         **_copy_fields("key", record.key, max_copy_bytes),
-        **_copy_fields("value", record.value, max_copy_bytes),
+        # An event decoded by its schema is copied as the topic held it (its wire format), not as decoded.
+        **_copy_fields("value", getattr(record, "wire_value", None) or record.value, max_copy_bytes),
     }
     carried = bounded_headers(headers, max_copy_bytes)
     if carried is None:

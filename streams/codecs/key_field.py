@@ -63,7 +63,7 @@ class KeyField:
         """The event's key, or why it has none (a ``Reject`` whose index the caller sets)."""
         value = record.value
         if type(record) is UndecodableRecord:
-            return Reject(-1, "Undecodable", f"the consumer could not decode the record's batch: {record.reason}")
+            return Reject(-1, record.error, record.message)
         if value is None:
             return Reject(-1, "Tombstone", "the record has no value (a tombstone), so no key field")
         if len(value) > self.max_payload_bytes:

@@ -1,0 +1,114 @@
+"""The schema registry's client: confluent-kafka's async client, for the registry of ``[app.schema_registry]``.
+
+The client speaks the Confluent Schema Registry REST API, which Confluent's registry, Karapace,
+Redpanda's built-in registry and Apicurio Registry's compatible API (``/apis/ccompat/v7``) serve.
+``mock://NAME`` is the client's own in-memory registry: one per name in this process, so a test
+that writes events with the client's serializers and the pipeline it runs here share it.
+
+A worker or backfill reading a ``format`` other than ``"json"`` gets a ``TranscodingSource``
+around its source (``transcoding``): every batch's schemas are fetched by id, kept, and the
+events decoded before the batcher sees them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from app.config import Config, PipelineConfig
+from app.config.schema_registry import SchemaRegistryConfig
+from streams.codecs.schema_transcode import SchemaTranscoder, WriterSchema
+from streams.codecs.transcoding_source import TranscodingSource
+from streams.errors import ConfigError, RegistryUnavailable
+from streams.source import Source
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+
+# The in-memory registries of this process, by URL (each ``mock://`` client would otherwise be empty).
+_IN_MEMORY: dict[str, AsyncSchemaRegistryClient] = {}
+
+
+def registry_client(registry: SchemaRegistryConfig) -> AsyncSchemaRegistryClient:
+    """A client for ``registry``; secrets are read from the environment variables it names now."""
+    # Imported here: only pipelines with a schema pay for the client's imports at start. Authlib
+    # warns about its own httpx module on import (with a filter of its own that shows it always),
+    # which is no concern of a sluice user's: recorded here, and dropped.
+    with warnings.catch_warnings(record=True):
+        from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+
+    if registry.in_memory:
+        if registry.url not in _IN_MEMORY:
+            _IN_MEMORY[registry.url] = AsyncSchemaRegistryClient.new_client({"url": registry.url})
+        return _IN_MEMORY[registry.url]
+    # One try per request: sluice retries a registry that is away itself, with back-off, and says so.
+    conf: dict[str, Any] = {"url": registry.url, "timeout": registry.timeout_ms / 1000, "max.retries": 0}
+    if registry.username_env is not None and registry.password_env is not None:
+        conf["basic.auth.user.info"] = f"{_secret(registry.username_env)}:{_secret(registry.password_env)}"
+    if registry.token_env is not None:
+        token_env = registry.token_env
+        _secret(token_env)  # named now: a missing variable fails at start, not at the first event
+        conf["bearer.auth.credentials.source"] = "CUSTOM"
+        conf["bearer.auth.custom.provider.function"] = lambda _config: {
+            "bearer.auth.token": _secret(token_env),
+            "bearer.auth.logical.cluster": "",
+            "bearer.auth.identity.pool.id": "",
+        }
+        conf["bearer.auth.custom.provider.config"] = {}
+    if registry.ca_file is not None:
+        conf["ssl.ca.location"] = str(registry.ca_file)
+    if registry.cert_file is not None and registry.key_file is not None:
+        conf["ssl.certificate.location"] = str(registry.cert_file)
+        conf["ssl.key.location"] = str(registry.key_file)
+    return AsyncSchemaRegistryClient(conf)
+
+
+def _secret(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"[app.schema_registry] names the environment variable {name}, which is not set")
+    return value
+
+
+class RegistryLookup:
+    """``streams.codecs.schema_transcode.SchemaLookup`` over the client: a 404 is an unknown id
+    (the event's fault); anything else, the registry's (``RegistryUnavailable``)."""
+
+    def __init__(self, client: AsyncSchemaRegistryClient) -> None:
+        self.client = client
+
+    async def fetch(self, schema_id: int) -> WriterSchema | None:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            schema = await self.client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return None
+            raise RegistryUnavailable(f"the registry answered {exc.http_status_code}: {exc.error_message}") from exc
+        except Exception as exc:  # a connection refused, a timeout, a TLS failure: the registry's
+            raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return WriterSchema(schema.schema_type or "AVRO", schema.schema_str or "")
+
+
+def transcoding(config: Config, p: PipelineConfig, source: Source) -> Source:
+    """``source`` as pipeline ``p`` reads it: decoded by schema unless its format is JSON."""
+    if p.format == "json":
+        return source
+    registry = config.app.schema_registry
+    if registry is None:  # the config's loader refuses this; a config built in code may not
+        raise ConfigError(f'pipeline {p.name}: format = "{p.format}" needs an [app.schema_registry] table')
+    lookup = RegistryLookup(registry_client(registry))
+    return TranscodingSource(source, SchemaTranscoder(p.format, lookup, pipeline=p.name))
+
+
+def refuse_in_memory(config: Config, command: str) -> None:
+    """A command that runs as a process of its own cannot share an in-memory registry with the
+    producers: every event would be a dead letter for an unknown schema. Say so at start."""
+    registry = config.app.schema_registry
+    if registry is not None and registry.in_memory and any(p.format != "json" for p in config.pipelines):
+        raise ConfigError(
+            f"{config.path}: key 'app.schema_registry.url' is {registry.url!r}, an in-memory registry that only "
+            f"code in one process shares (tests); sluice {command} needs a registry server's http(s):// address"
+        )

@@ -1,0 +1,231 @@
+"""Events written with a schema registry (Avro, JSON Schema), given to the pipeline as JSON objects.
+
+Each value names its writer's schema by id (``streams.codecs.wire_format``). The schemas of a
+batch are fetched before it is decoded (``SchemaLookup``, the registry's client: ``app.schema_registry``)
+and kept; then each Avro value is read with fastavro's compiled reader and written as the JSON object
+it encodes, so every later step (the decoding rule, per-key features, dead letters, the backfill) is
+the one JSON events take, and an Avro event and its JSON twin score the same. A JSON Schema value
+is the JSON after its header.
+
+Faults that are the event's are dead letters naming the schema id: ``NotWireFormat`` (no magic
+byte), ``UnknownSchema`` (the registry has no such id), ``Truncated``, ``SchemaMismatch`` (bytes
+left over, or a value JSON cannot hold). Faults that are not the event's never are: while the
+registry cannot be reached the batch waits, retried with back-off (``RegistryUnavailable``).
+
+Hostile schemas are refused before they decode anything (``UnsafeSchema``): a recursive one (a
+value could nest as deep as it has bytes, past the C reader's stack), and arrays or maps of items
+that take no bytes (a few bytes could ask for billions of items).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+import fastavro
+import orjson
+
+from streams.codecs.avro_safety import UnsafeSchema, check_safe
+from streams.codecs.wire_format import HEADER_BYTES, NotWireFormat, schema_id_of
+from streams.errors import RegistryUnavailable
+from streams.records import SourceRecord, TranscodedRecord, UndecodableRecord
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("avro", "json_schema")
+# Schemas kept by id (a registry holds a few hundred; an id no registry knows is kept as unknown).
+MAX_SCHEMAS = 10_000
+# An id the registry did not know is asked again after this long (it may have been registered since).
+UNKNOWN_FOR_S = 30.0
+# Back-off while the registry cannot be reached: doubling from the first to the last, then steady.
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
+LOG_EVERY_S = 30.0
+
+
+class WriterSchema(NamedTuple):
+    """A schema as the registry keeps it: its type ("AVRO", "JSON", "PROTOBUF") and text."""
+
+    schema_type: str
+    text: str
+
+
+class SchemaLookup(Protocol):
+    async def fetch(self, schema_id: int) -> WriterSchema | None:
+        """The schema with id ``schema_id``; None if the registry has none; ``RegistryUnavailable``
+        if it cannot say (away, slow, an error of its own)."""
+        ...
+
+
+class _Known(NamedTuple):
+    parsed: Any  # fastavro's parsed schema, or None for a JSON Schema
+    problem: str | None  # why its events are dead letters, if they all are
+
+
+class SchemaTranscoder:
+    def __init__(self, fmt: str, lookup: SchemaLookup, *, pipeline: str = "") -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
+        self.format = fmt
+        self.lookup = lookup
+        self.pipeline = pipeline
+        self._known: OrderedDict[int, _Known] = OrderedDict()
+        self._unknown: OrderedDict[int, float] = OrderedDict()
+        self._last_log = -LOG_EVERY_S
+
+    async def transcode(self, records: Sequence[SourceRecord]) -> list[SourceRecord]:
+        """``records`` as the pipeline reads them; waits while the registry cannot be reached."""
+        await self._learn(self._wanted(records))
+        return [self._one(record) for record in records]
+
+    def _wanted(self, records: Sequence[SourceRecord]) -> list[int]:
+        now = time.monotonic()
+        wanted: set[int] = set()
+        for record in records:
+            value = record.value
+            if type(record) is UndecodableRecord or not value or len(value) < HEADER_BYTES or value[0] != 0:
+                continue
+            schema_id = int.from_bytes(value[1:HEADER_BYTES], "big")
+            if schema_id in self._known:
+                continue
+            asked = self._unknown.get(schema_id)
+            if asked is None or now - asked >= UNKNOWN_FOR_S:
+                wanted.add(schema_id)
+        return sorted(wanted)
+
+    async def _learn(self, ids: list[int]) -> None:
+        pause = RETRY_FIRST_S
+        waited_since = None
+        while ids:
+            try:
+                found = await asyncio.gather(*(self.lookup.fetch(i) for i in ids))
+            except RegistryUnavailable as exc:
+                waited_since = waited_since or time.monotonic()
+                self._log_now(
+                    "pipeline %s: the schema registry cannot be reached (%s): the events of schema(s) %s wait "
+                    "(%.0fs so far), trying again in %.1fs; none is dead-lettered for it",
+                    self.pipeline,
+                    exc,
+                    ", ".join(map(str, ids[:5])) + (" ..." if len(ids) > 5 else ""),
+                    time.monotonic() - waited_since,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(RETRY_MAX_S, pause * 2)
+                continue
+            for schema_id, schema in zip(ids, found, strict=True):
+                self._keep(schema_id, schema)
+            if waited_since is not None:
+                log.warning("pipeline %s: the schema registry answers again; decoding resumes", self.pipeline)
+            return
+
+    def _keep(self, schema_id: int, schema: WriterSchema | None) -> None:
+        if schema is None:
+            self._unknown[schema_id] = time.monotonic()
+            self._unknown.move_to_end(schema_id)
+            while len(self._unknown) > MAX_SCHEMAS:
+                self._unknown.popitem(last=False)
+            return
+        self._unknown.pop(schema_id, None)
+        self._known[schema_id] = self._prepared(schema_id, schema)
+        while len(self._known) > MAX_SCHEMAS:
+            self._known.popitem(last=False)
+
+    def _prepared(self, schema_id: int, schema: WriterSchema) -> _Known:
+        expected = "AVRO" if self.format == "avro" else "JSON"
+        if schema.schema_type != expected:
+            return _Known(None, f"schema {schema_id} is a {schema.schema_type} schema; this pipeline reads {expected}")
+        if self.format == "json_schema":
+            return _Known(None, None)
+        try:
+            parsed = fastavro.parse_schema(orjson.loads(schema.text))
+            check_safe(parsed)
+        except UnsafeSchema as exc:
+            return _Known(None, f"schema {schema_id} is refused: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a registry may hold anything; its events are dead letters
+            return _Known(None, f"schema {schema_id} is not an Avro schema fastavro can read: {exc}")
+        return _Known(parsed, None)
+
+    def _one(self, record: SourceRecord) -> SourceRecord:
+        value = record.value
+        if type(record) is UndecodableRecord or not value:
+            return record  # the decoder names these (a tombstone, an empty value, a damaged batch)
+        try:
+            schema_id = schema_id_of(value)
+        except NotWireFormat as exc:
+            return _dead(record, "NotWireFormat", str(exc))
+        known = self._known.get(schema_id)
+        if known is None:
+            return _dead(record, "UnknownSchema", f"schema {schema_id} is not in the schema registry")
+        if known.problem is not None:
+            return _dead(record, "SchemaMismatch", known.problem)
+        if known.parsed is None:
+            decoded = value[HEADER_BYTES:]  # JSON Schema: the JSON itself
+        else:
+            try:
+                decoded = _avro_to_json(value, known.parsed)
+            except EOFError:
+                return _dead(record, "Truncated", f"the record ends before its schema {schema_id} does")
+            except _Mismatch as exc:
+                return _dead(record, "SchemaMismatch", f"schema {schema_id}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - any fault of the bytes is the event's
+                return _dead(record, "SchemaMismatch", f"schema {schema_id} cannot read the record: {exc!r}"[:500])
+        return TranscodedRecord(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.key,
+            decoded,
+            tuple(record.headers),
+            wire_value=value,
+        )
+
+    def _log_now(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            log.warning(message, *args)
+
+
+class _Mismatch(ValueError):
+    pass
+
+
+def _avro_to_json(value: bytes, parsed: Any) -> bytes:
+    body = io.BytesIO(value)
+    body.seek(HEADER_BYTES)
+    doc = fastavro.schemaless_reader(body, parsed, None)
+    left = len(value) - body.tell()
+    if left:
+        raise _Mismatch(f"{left} byte(s) left over after the record: written with another schema?")
+    try:
+        return orjson.dumps(doc, default=_as_text)
+    except orjson.JSONEncodeError as exc:
+        raise _Mismatch(f"the record cannot be held as JSON: {exc}") from None
+
+
+def _as_text(value: Any) -> str:
+    """Avro values JSON has no type for (bytes, fixed, decimals) become text: the decoding rule
+    then says whether the model can take them (a feature must be a number)."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def _dead(record: SourceRecord, error: str, reason: str) -> UndecodableRecord:
+    return UndecodableRecord(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.timestamp,
+        reason,
+        record.key,
+        record.value,
+        tuple(record.headers),
+        error=error,
+    )

@@ -1,0 +1,68 @@
+"""``[app.schema_registry]`` and a pipeline's ``format`` (app/config/schema_registry.py, app/schema_registry.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import load_config
+from app.schema_registry import refuse_in_memory
+from streams.errors import ConfigError
+from tests.unit.test_config import GOOD, error_for, write
+
+
+def with_registry(registry: str, pipeline_keys: str = 'format = "avro"\n') -> str:
+    head, sep, rest = GOOD.partition("[pipelines.p.model]")
+    app_head, app_sep, app_rest = head.partition("[pipelines.p]")
+    return app_head + registry + "\n" + app_sep + app_rest + pipeline_keys + "\n" + sep + rest
+
+
+def test_a_registry_and_an_avro_pipeline(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    text = with_registry(
+        '[app.schema_registry]\nurl = "https://registry:8081/"\nusername_env = "U"\npassword_env = "P"\n'
+        'ca_file = "ca.pem"\ntimeout_ms = 2000\n'
+    )
+    config = load_config(write(tmp_path, text), environ={})
+    registry = config.app.schema_registry
+    assert registry is not None and registry.url == "https://registry:8081" and registry.ca_file == ca
+    assert (registry.username_env, registry.password_env, registry.timeout_ms) == ("U", "P", 2000)
+    assert config.pipelines[0].format == "avro"
+
+
+def test_json_stays_the_default_and_needs_no_registry(tmp_path):
+    (p,) = load_config(write(tmp_path, GOOD), environ={}).pipelines
+    assert p.format == "json"
+
+
+@pytest.mark.parametrize(
+    ("registry", "expected"),
+    [
+        ("", 'pipeline p reads format = "avro", which needs the schema registry: add an [app.schema_registry]'),
+        ('[app.schema_registry]\nurl = "registry:8081"\n', "'app.schema_registry.url' has value 'registry:8081'"),
+        ('[app.schema_registry]\nurl = "mock://"\n', "'app.schema_registry.url'"),
+        (
+            '[app.schema_registry]\nurl = "http://r"\nusername_env = "U"\n',
+            "set both 'app.schema_registry.username_env'",
+        ),
+        (
+            '[app.schema_registry]\nurl = "http://r"\nusername_env = "U"\npassword_env = "P"\ntoken_env = "T"\n',
+            "exclude each other",
+        ),
+        ('[app.schema_registry]\nurl = "http://r"\nca_file = "sluice.toml"\n', "use an https:// address"),
+        ('[app.schema_registry]\nurl = "http://r"\nurll = "x"\n', "unknown key 'app.schema_registry.urll'"),
+    ],
+)
+def test_a_wrong_registry_names_what_to_fix(tmp_path, registry, expected):
+    assert expected in error_for(tmp_path, with_registry(registry))
+
+
+def test_an_unknown_format_names_the_formats(tmp_path):
+    message = error_for(tmp_path, with_registry("", 'format = "protobuf3"\n'))
+    assert "'pipelines.p.format'" in message and "avro" in message
+
+
+def test_an_in_memory_registry_is_refused_for_a_command_that_runs_alone(tmp_path):
+    config = load_config(write(tmp_path, with_registry('[app.schema_registry]\nurl = "mock://t"\n')), environ={})
+    with pytest.raises(ConfigError, match="sluice worker needs a registry server's http"):
+        refuse_in_memory(config, "worker")
