@@ -18,7 +18,15 @@ What is compared, on the same records:
 - now without those checks of the text (UTF-8, numbers' range, nesting): what they cost;
 - the careful path alone (orjson and numpy per event: what a batch of bad events costs);
 - for the nested input, the layout not chosen: ``history`` typed as nested lists, which msgspec
-  builds as a list per row, flattened by ``np.fromiter`` (and without the checks).
+  builds as a list per row, flattened by ``np.fromiter`` (and without the checks);
+- the same events in Avro, as a producer with a schema registry writes them (the Confluent wire
+  format: a zero byte, the schema id as 4 bytes big-endian, fastavro's ``schemaless_writer``; the
+  numbers as ``double``, so each value reads back as its JSON twin's), through sluice's path:
+  ``SchemaTranscoder.transcode`` (an in-process lookup, so no registry round trip; one event loop,
+  fetches of ``--fetch`` events, the schema fetched once in the warm-up as a running worker keeps
+  it) then ``codec.decode`` of the whole batch as JSON's;
+- the ceiling of that path: fastavro's ``schemaless_reader`` alone on the same values (the Python
+  objects, no JSON written, nothing decoded to tensors).
 
 Rounds are interleaved (each variant once per round) and the best round is reported with the
 median, since a shared machine's speed varies from one second to the next.
@@ -27,7 +35,9 @@ median, since a shared machine's speed varies from one second to the next.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import io
 import json
 import math
 import statistics
@@ -41,6 +51,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any
 
+import fastavro
 import msgspec
 import numpy as np
 import orjson
@@ -49,7 +60,9 @@ from app.demo_events import demo_events
 from models.synthetic import FEATURES, HISTORY_FIELDS, HISTORY_STEPS, SCALAR_FIELDS, account_histories, emitted
 from streams.codecs import codec, fast_decode
 from streams.codecs.codec import EventSchema, TensorField
-from streams.records import InputRecord
+from streams.codecs.schema_transcode import SchemaTranscoder, WriterSchema
+from streams.codecs.wire_format import HEADER_BYTES
+from streams.records import InputRecord, SourceRecord
 
 RESULTS = Path(__file__).parent / "results"
 FEATURES_FIELD = TensorField("features", (FEATURES,))
@@ -59,6 +72,31 @@ SCHEMAS = {
     "fraud-transformer": EventSchema("id", (FEATURES_FIELD, *(TensorField(f, ()) for f in SCALAR_FIELDS))),
     NESTED: EventSchema("id", (FEATURES_FIELD, TensorField("history", (HISTORY_STEPS, HISTORY_FIELDS)))),
 }
+AVRO_SCHEMA_ID = 7
+# The demo events' fields as a producer with a registry would declare them; numbers as double, so
+# the values read back are the JSON events' (float32 would change the text of each number).
+AVRO_DEMO: dict[str, Any] = {
+    "type": "record",
+    "name": "Transaction",
+    "namespace": "sluice.demo",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "account", "type": "string"},
+        {"name": "ts", "type": "long"},
+        {"name": "features", "type": {"type": "array", "items": "double"}},
+        *({"name": f, "type": "double"} for f in SCALAR_FIELDS),
+    ],
+}
+AVRO_NESTED: dict[str, Any] = {
+    **AVRO_DEMO,
+    "fields": [
+        *AVRO_DEMO["fields"],
+        {"name": "history", "type": {"type": "array", "items": {"type": "array", "items": "double"}}},
+    ],
+}
+JSON_ROW = "now: msgspec + np.fromiter (sluice decode)"
+AVRO_ROW = "avro (registry wire format): sluice transcode + decode"
+FASTAVRO_ROW = "avro: fastavro schemaless_reader alone (no JSON, no tensors)"
 
 
 def with_history(values: Sequence[bytes]) -> list[bytes]:
@@ -122,6 +160,64 @@ def without_text_checks(records: Sequence[InputRecord], schema: EventSchema) -> 
         fast_decode.plain_positions = checks
 
 
+class Registry:
+    """An in-process ``SchemaLookup``: the schemas by id, no network."""
+
+    def __init__(self, schemas: dict[int, dict[str, Any]]) -> None:
+        self.texts = {i: json.dumps(schema) for i, schema in schemas.items()}
+
+    async def fetch(self, schema_id: int) -> WriterSchema | None:
+        text = self.texts.get(schema_id)
+        return None if text is None else WriterSchema("AVRO", text)
+
+
+def avro_values(values: Sequence[bytes], schema: dict[str, Any]) -> list[bytes]:
+    """The JSON values as a producer with a registry writes them: the wire format's header, then Avro."""
+    parsed = fastavro.parse_schema(schema)
+    header = b"\x00" + AVRO_SCHEMA_ID.to_bytes(4, "big")
+    out = []
+    for value in values:
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, parsed, orjson.loads(value))
+        out.append(header + body.getvalue())
+    return out
+
+
+def through_transcoder(
+    records: Sequence[SourceRecord], schema: EventSchema, transcoder: SchemaTranscoder, fetch: int
+) -> Callable[[], Any]:
+    """Sluice's path for Avro events: the transcoder per fetch of ``fetch`` records, as the
+    transcoding source calls it, on one event loop; then the batch decoded as JSON events are."""
+    loop = asyncio.new_event_loop()
+
+    async def transcode() -> list[SourceRecord]:
+        out: list[SourceRecord] = []
+        for start in range(0, len(records), fetch):
+            out += await transcoder.transcode(records[start : start + fetch])
+        return out
+
+    def run() -> Any:
+        return codec.decode(loop.run_until_complete(transcode()), schema)
+
+    return run
+
+
+def fastavro_alone(values: Sequence[bytes], schema: dict[str, Any]) -> Callable[[], list[Any]]:
+    """The ceiling of the Avro path: fastavro's compiled reader on each value after its header."""
+    parsed = fastavro.parse_schema(schema)
+    reader = fastavro.schemaless_reader
+
+    def run() -> list[Any]:
+        docs = []
+        for value in values:
+            body = io.BytesIO(value)
+            body.seek(HEADER_BYTES)
+            docs.append(reader(body, parsed, None))
+        return docs
+
+    return run
+
+
 def measure(variants: dict[str, Callable[[], Any]], rounds: int, events: int) -> dict[str, dict[str, float]]:
     times: dict[str, list[float]] = {name: [] for name in variants}
     for run in variants.values():
@@ -140,15 +236,19 @@ def measure(variants: dict[str, Callable[[], Any]], rounds: int, events: int) ->
     return {name: {"best_us": min(t), "median_us": statistics.median(t)} for name, t in times.items()}
 
 
-def run(events: int, rounds: int) -> dict[str, Any]:
+def run(events: int, rounds: int, fetch: int) -> dict[str, Any]:
     keys, demo = zip(*((e.key, e.value) for e in demo_events(events, seed=3)), strict=True)
     carrying = with_history(demo)
+    avro = {False: avro_values(demo, AVRO_DEMO), True: avro_values(carrying, AVRO_NESTED)}
     results: dict[str, Any] = {
         "started": datetime.now().isoformat(sep=" ", timespec="seconds"),
         "events_per_batch": events,
         "rounds": rounds,
         "value_bytes_mean": sum(map(len, demo)) / events,
         "nested_value_bytes_mean": sum(map(len, carrying)) / events,
+        "avro_fetch_events": fetch,
+        "avro_value_bytes_mean": sum(map(len, avro[False])) / events,
+        "avro_nested_value_bytes_mean": sum(map(len, avro[True])) / events,
         "models": {},
     }
     for model, schema in SCHEMAS.items():
@@ -170,6 +270,19 @@ def run(events: int, rounds: int) -> dict[str, Any]:
             assert ids == reference.ids
             assert all(a.tobytes() == b.tobytes() for a, b in zip(inputs, reference.inputs, strict=True))
             variants["not chosen: history as nested lists, no guards"] = partial(nested, records)
+        nested_values = model == NESTED
+        avro_schema = AVRO_NESTED if nested_values else AVRO_DEMO
+        wire = avro[nested_values]
+        avro_records = [InputRecord("bench", 0, i, 0, k, v) for i, (k, v) in enumerate(zip(keys, wire, strict=True))]
+        transcoder = SchemaTranscoder("avro", Registry({AVRO_SCHEMA_ID: avro_schema}), pipeline="bench")
+        via_sluice = through_transcoder(avro_records, schema, transcoder, fetch)
+        from_avro = via_sluice()
+        assert from_avro.ids == reference.ids and not from_avro.rejects
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(from_avro.inputs, reference.inputs, strict=True))
+        reader = fastavro_alone(wire, avro_schema)
+        assert reader() == [orjson.loads(v) for v in values], "each Avro value reads back as its JSON twin"
+        variants[AVRO_ROW] = via_sluice
+        variants[FASTAVRO_ROW] = reader
         results["models"][model] = measure(variants, rounds, events)
     return results
 
@@ -183,6 +296,12 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"{results['rounds']} interleaved rounds; {NESTED}: "
         f"{results['nested_value_bytes_mean']:.0f} bytes each. Reproduce: `.venv/bin/python -m bench.decode`.",
         "",
+        f"Avro rows: the same events in the schema registry's wire format ({results['avro_value_bytes_mean']:.0f} "
+        f"bytes each, {results['avro_nested_value_bytes_mean']:.0f} with the history; numbers as double), "
+        f"transcoded by sluice in fetches of {results['avro_fetch_events']:,} on one event loop (schema already "
+        "fetched, in-process lookup), then decoded as one batch as the JSON rows are; fastavro's reader alone "
+        "is that path's ceiling.",
+        "",
     ]
     for model, variants in results["models"].items():
         before = variants["before: orjson + np.array"]["best_us"]
@@ -191,6 +310,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         for name, t in variants.items():
             lines.append(f"| {name} | {t['best_us']:.2f} | {t['median_us']:.2f} | {before / t['best_us']:.2f}x |")
         lines.append("")
+        if AVRO_ROW in variants:
+            json_us, avro_us = variants[JSON_ROW]["best_us"], variants[AVRO_ROW]["best_us"]
+            reader_us = variants[FASTAVRO_ROW]["best_us"]
+            lines += [
+                f"Avro through sluice costs {avro_us / json_us:.2f}x the JSON decode (best: {avro_us:.2f} against "
+                f"{json_us:.2f} us/event): transcoding adds {avro_us - json_us:.2f} us/event, of which fastavro's "
+                f"reader alone takes {reader_us:.2f}.",
+                "",
+            ]
     (out / "decode.md").write_text("\n".join(lines))
 
 
@@ -198,9 +326,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--fetch", type=int, default=512, help="Avro events per call of the transcoder")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    results = run(args.events, args.rounds)
+    results = run(args.events, args.rounds, args.fetch)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, args.out)
