@@ -103,11 +103,13 @@ def transcoding(config: Config, p: PipelineConfig, source: Source) -> Source:
     return TranscodingSource(source, SchemaTranscoder(p.format, lookup, pipeline=p.name))
 
 
-def refuse_in_memory(config: Config, command: str) -> None:
+def refuse_in_memory(config: Config, command: str, fmt: str | None = None) -> None:
     """A command that runs as a process of its own cannot share an in-memory registry with the
-    producers: every event would be a dead letter for an unknown schema. Say so at start."""
+    producers (or consumers): every event would be a dead letter for an unknown schema. Say so at
+    start. ``fmt``: the format the command writes (else: any pipeline reading a schema's format)."""
     registry = config.app.schema_registry
-    if registry is not None and registry.in_memory and any(p.format != "json" for p in config.pipelines):
+    uses = fmt is not None or any(p.format != "json" for p in config.pipelines)
+    if registry is not None and registry.in_memory and uses:
         raise ConfigError(
             f"{config.path}: key 'app.schema_registry.url' is {registry.url!r}, an in-memory registry that only "
             f"code in one process shares (tests); sluice {command} needs a registry server's http(s):// address"

@@ -7,13 +7,16 @@ import math
 import time
 
 import orjson
+from click import Choice
 from faust.cli import AppCommand, option
 
 from app.addresses import is_topic
 from app.demo_events import DemoEvent, demo_events
+from app.demo_formats import FORMATS, demo_writer
 from app.kafka_clients import connection, make_producer
 from app.main import app, config
 from app.progress_bar import ProgressBar
+from app.schema_registry import refuse_in_memory
 from app.topics import ensure_topics
 from streams.errors import CommandLineError, exit_on_operator_error
 
@@ -32,6 +35,15 @@ FLUSH_EVERY = 2_000
     ),
     option("--seed", type=int, default=1, show_default=True, help="Seed: the same seed gives the same events."),
     option(
+        "--format",
+        "value_format",
+        type=Choice(FORMATS),
+        default="json",
+        show_default=True,
+        help="How to write the events: JSON, or Avro / JSON Schema in the schema registry's wire format, "
+        "the schema registered under <topic>-value in [app.schema_registry].",
+    ),
+    option(
         "--labels-topic",
         default=None,
         help='Topic to also write the labels to: one {"id": ..., "label": 0 or 1} per event, keyed by its id '
@@ -39,7 +51,13 @@ FLUSH_EVERY = 2_000
     ),
 )
 async def produce(
-    self: AppCommand, count: int, topic: str | None, rate: float, seed: int, labels_topic: str | None
+    self: AppCommand,
+    count: int,
+    topic: str | None,
+    rate: float,
+    seed: int,
+    value_format: str,
+    labels_topic: str | None,
 ) -> None:
     """Produce synthetic card transactions (the demo models' input) to Kafka."""
     topic = topic or config.pipelines[0].source_topics[0]
@@ -59,6 +77,9 @@ async def produce(
         topics = [topic] if labels_topic is None else [topic, labels_topic]
         conn = connection(config)
         await ensure_topics(conn, topics, create=config.app.create_topics, partitions=config.app.topic_partitions)
+        if value_format != "json":
+            refuse_in_memory(config, "produce", value_format)
+        write = await demo_writer(config, topic, value_format)
     producer = make_producer(conn, linger_ms=5)
     await producer.start()
     also = "" if labels_topic is None else f" (labels to {labels_topic})"
@@ -72,7 +93,7 @@ async def produce(
                 delay = started + n / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            pending.append(await producer.send(topic, event.value, key=event.key))
+            pending.append(await producer.send(topic, await write(event.value), key=event.key))
             if labels_topic is not None:
                 pending.append(await producer.send(labels_topic, label_record(event), key=event.id.encode()))
             if len(pending) >= FLUSH_EVERY:
