@@ -26,6 +26,9 @@ from streams.source import Source
 if TYPE_CHECKING:
     from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
+# The registry's error codes for "schema not found": the API's 40403 (Confluent, Karapace), and the
+# 40400 confluent-kafka's in-memory registry answers. Only these 404s are the event's fault.
+SCHEMA_NOT_FOUND = (40403, 40400)
 # The in-memory registries of this process, by URL (each ``mock://`` client would otherwise be empty).
 _IN_MEMORY: dict[str, AsyncSchemaRegistryClient] = {}
 
@@ -84,12 +87,16 @@ class RegistryLookup:
         try:
             schema = await self.client.get_schema(schema_id)
         except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
+            if exc.http_status_code == 404 and exc.error_code in SCHEMA_NOT_FOUND:
                 return None
+            # Any other 404 (a proxy's page, a wrong path in the URL) says nothing of the id.
             raise RegistryUnavailable(f"the registry answered {exc.http_status_code}: {exc.error_message}") from exc
         except Exception as exc:  # a connection refused, a timeout, a TLS failure: the registry's
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        return WriterSchema(schema.schema_type or "AVRO", schema.schema_str or "")
+        if not schema.schema_str:
+            # An answer without a schema is the registry's fault (or a proxy's): asked again, never kept.
+            raise RegistryUnavailable(f"the registry's answer for schema {schema_id} holds no schema")
+        return WriterSchema(schema.schema_type or "AVRO", schema.schema_str)
 
 
 def transcoding(config: Config, p: PipelineConfig, source: Source) -> Source:
@@ -100,7 +107,8 @@ def transcoding(config: Config, p: PipelineConfig, source: Source) -> Source:
     if registry is None:  # the config's loader refuses this; a config built in code may not
         raise ConfigError(f'pipeline {p.name}: format = "{p.format}" needs an [app.schema_registry] table')
     lookup = RegistryLookup(registry_client(registry))
-    return TranscodingSource(source, SchemaTranscoder(p.format, lookup, pipeline=p.name))
+    transcoder = SchemaTranscoder(p.format, lookup, pipeline=p.name, max_json_bytes=p.schema.max_payload_bytes)
+    return TranscodingSource(source, transcoder)
 
 
 def refuse_in_memory(config: Config, command: str, fmt: str | None = None) -> None:

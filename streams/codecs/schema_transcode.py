@@ -20,7 +20,6 @@ that take no bytes (a few bytes could ask for billions of items).
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from collections import OrderedDict
@@ -30,7 +29,8 @@ from typing import Any, NamedTuple, Protocol
 import fastavro
 import orjson
 
-from streams.codecs.avro_safety import UnsafeSchema, check_safe
+from streams.codecs.avro_json import Mismatch, avro_to_json
+from streams.codecs.avro_safety import AvroBounds, UnsafeSchema, bounds_of
 from streams.codecs.wire_format import HEADER_BYTES, NotWireFormat, schema_id_of
 from streams.errors import RegistryUnavailable
 from streams.records import SourceRecord, TranscodedRecord, UndecodableRecord
@@ -45,6 +45,11 @@ UNKNOWN_FOR_S = 30.0
 # Back-off while the registry cannot be reached: doubling from the first to the last, then steady.
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 LOG_EVERY_S = 30.0
+# Requests to the registry at once, however many new ids a batch names.
+MAX_CONCURRENT_LOOKUPS = 16
+# A schema's text beyond this is refused (a registry's schemas are kilobytes).
+MAX_SCHEMA_CHARS = 256 * 1024
+DEFAULT_MAX_JSON_BYTES = 1 << 20
 
 
 class WriterSchema(NamedTuple):
@@ -64,15 +69,21 @@ class SchemaLookup(Protocol):
 class _Known(NamedTuple):
     parsed: Any  # fastavro's parsed schema, or None for a JSON Schema
     problem: str | None  # why its events are dead letters, if they all are
+    bounds: AvroBounds | None = None  # how large its records' JSON can be, by their size
 
 
 class SchemaTranscoder:
-    def __init__(self, fmt: str, lookup: SchemaLookup, *, pipeline: str = "") -> None:
+    def __init__(
+        self, fmt: str, lookup: SchemaLookup, *, pipeline: str = "", max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+    ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
         self.format = fmt
         self.lookup = lookup
         self.pipeline = pipeline
+        # The pipeline's max_payload_bytes: an Avro value that could decode to more is not decoded.
+        self.max_json_bytes = max_json_bytes
+        self._asking = asyncio.Semaphore(MAX_CONCURRENT_LOOKUPS)
         self._known: OrderedDict[int, _Known] = OrderedDict()
         self._unknown: OrderedDict[int, float] = OrderedDict()
         self._last_log = -LOG_EVERY_S
@@ -98,30 +109,43 @@ class SchemaTranscoder:
         return sorted(wanted)
 
     async def _learn(self, ids: list[int]) -> None:
+        """Every id in ``ids`` answered (its schema, or that it has none); an answer that came is kept
+        while the others are asked again."""
         pause = RETRY_FIRST_S
         waited_since = None
         while ids:
-            try:
-                found = await asyncio.gather(*(self.lookup.fetch(i) for i in ids))
-            except RegistryUnavailable as exc:
-                waited_since = waited_since or time.monotonic()
-                self._log_now(
-                    "pipeline %s: the schema registry cannot be reached (%s): the events of schema(s) %s wait "
-                    "(%.0fs so far), trying again in %.1fs; none is dead-lettered for it",
-                    self.pipeline,
-                    exc,
-                    ", ".join(map(str, ids[:5])) + (" ..." if len(ids) > 5 else ""),
-                    time.monotonic() - waited_since,
-                    pause,
-                )
-                await asyncio.sleep(pause)
-                pause = min(RETRY_MAX_S, pause * 2)
-                continue
-            for schema_id, schema in zip(ids, found, strict=True):
-                self._keep(schema_id, schema)
-            if waited_since is not None:
-                log.warning("pipeline %s: the schema registry answers again; decoding resumes", self.pipeline)
-            return
+            answers = await asyncio.gather(*(self._ask(i) for i in ids), return_exceptions=True)
+            failed: list[int] = []
+            reason: BaseException | None = None
+            for schema_id, answer in zip(ids, answers, strict=True):
+                if isinstance(answer, RegistryUnavailable):
+                    failed.append(schema_id)
+                    reason = answer
+                elif isinstance(answer, BaseException):
+                    raise answer
+                else:
+                    self._keep(schema_id, answer)
+            if not failed:
+                if waited_since is not None:
+                    log.warning("pipeline %s: the schema registry answers again; decoding resumes", self.pipeline)
+                return
+            ids = failed
+            waited_since = waited_since or time.monotonic()
+            self._log_now(
+                "pipeline %s: the schema registry cannot be reached (%s): the events of schema(s) %s wait "
+                "(%.0fs so far), trying again in %.1fs; none is dead-lettered for it",
+                self.pipeline,
+                reason,
+                ", ".join(map(str, ids[:5])) + (" ..." if len(ids) > 5 else ""),
+                time.monotonic() - waited_since,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            pause = min(RETRY_MAX_S, pause * 2)
+
+    async def _ask(self, schema_id: int) -> WriterSchema | None:
+        async with self._asking:  # a flood of ids is not a flood of connections
+            return await self.lookup.fetch(schema_id)
 
     def _keep(self, schema_id: int, schema: WriterSchema | None) -> None:
         if schema is None:
@@ -141,14 +165,18 @@ class SchemaTranscoder:
             return _Known(None, f"schema {schema_id} is a {schema.schema_type} schema; this pipeline reads {expected}")
         if self.format == "json_schema":
             return _Known(None, None)
+        if len(schema.text) > MAX_SCHEMA_CHARS:
+            return _Known(
+                None, f"schema {schema_id} is refused: {len(schema.text):,} characters (at most {MAX_SCHEMA_CHARS:,})"
+            )
         try:
             parsed = fastavro.parse_schema(orjson.loads(schema.text))
-            check_safe(parsed)
+            bounds = bounds_of(parsed)
         except UnsafeSchema as exc:
             return _Known(None, f"schema {schema_id} is refused: {exc}")
         except Exception as exc:  # noqa: BLE001 - a registry may hold anything; its events are dead letters
             return _Known(None, f"schema {schema_id} is not an Avro schema fastavro can read: {exc}")
-        return _Known(parsed, None)
+        return _Known(parsed, None, bounds)
 
     def _one(self, record: SourceRecord) -> SourceRecord:
         value = record.value
@@ -165,12 +193,19 @@ class SchemaTranscoder:
             return _dead(record, "SchemaMismatch", known.problem)
         if known.parsed is None:
             decoded = value[HEADER_BYTES:]  # JSON Schema: the JSON itself
+        elif known.bounds is not None and known.bounds.most_json(len(value)) > self.max_json_bytes:
+            return _dead(
+                record,
+                "PayloadTooLarge",
+                f"schema {schema_id}: {len(value):,} bytes could decode to {known.bounds.most_json(len(value)):,.0f} "
+                f"bytes of JSON; the limit is {self.max_json_bytes:,} (max_payload_bytes)",
+            )
         else:
             try:
-                decoded = _avro_to_json(value, known.parsed)
+                decoded = avro_to_json(value, known.parsed)
             except EOFError:
                 return _dead(record, "Truncated", f"the record ends before its schema {schema_id} does")
-            except _Mismatch as exc:
+            except Mismatch as exc:
                 return _dead(record, "SchemaMismatch", f"schema {schema_id}: {exc}")
             except Exception as exc:  # noqa: BLE001 - any fault of the bytes is the event's
                 return _dead(record, "SchemaMismatch", f"schema {schema_id} cannot read the record: {exc!r}"[:500])
@@ -190,31 +225,6 @@ class SchemaTranscoder:
         if now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
             log.warning(message, *args)
-
-
-class _Mismatch(ValueError):
-    pass
-
-
-def _avro_to_json(value: bytes, parsed: Any) -> bytes:
-    body = io.BytesIO(value)
-    body.seek(HEADER_BYTES)
-    doc = fastavro.schemaless_reader(body, parsed, None)
-    left = len(value) - body.tell()
-    if left:
-        raise _Mismatch(f"{left} byte(s) left over after the record: written with another schema?")
-    try:
-        return orjson.dumps(doc, default=_as_text)
-    except orjson.JSONEncodeError as exc:
-        raise _Mismatch(f"the record cannot be held as JSON: {exc}") from None
-
-
-def _as_text(value: Any) -> str:
-    """Avro values JSON has no type for (bytes, fixed, decimals) become text: the decoding rule
-    then says whether the model can take them (a feature must be a number)."""
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    return str(value)
 
 
 def _dead(record: SourceRecord, error: str, reason: str) -> UndecodableRecord:

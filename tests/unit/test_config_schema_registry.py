@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from app.config import load_config
-from app.schema_registry import refuse_in_memory
-from streams.errors import ConfigError
+from app.schema_registry import RegistryLookup, refuse_in_memory
+from streams.codecs.schema_transcode import WriterSchema
+from streams.errors import ConfigError, RegistryUnavailable
 from tests.unit.test_config import GOOD, error_for, write
 
 
@@ -66,3 +69,34 @@ def test_an_in_memory_registry_is_refused_for_a_command_that_runs_alone(tmp_path
     config = load_config(write(tmp_path, with_registry('[app.schema_registry]\nurl = "mock://t"\n')), environ={})
     with pytest.raises(ConfigError, match="sluice worker needs a registry server's http"):
         refuse_in_memory(config, "worker")
+
+
+class FakeClient:
+    def __init__(self, answer):
+        self.answer = answer
+
+    async def get_schema(self, schema_id):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (SchemaRegistryError(404, 40403, "Schema not found"), None),
+        (SchemaRegistryError(404, -1, "Unknown Schema Registry Error: <html>Not Found</html>"), RegistryUnavailable),
+        (SchemaRegistryError(401, 40101, "Unauthorized"), RegistryUnavailable),
+        (SchemaRegistryError(500, 50001, "Error in the backend data store"), RegistryUnavailable),
+        (ConnectionRefusedError(111, "Connection refused"), RegistryUnavailable),
+        (Schema("", "AVRO"), RegistryUnavailable),
+        (Schema('"string"', "AVRO"), WriterSchema("AVRO", '"string"')),
+    ],
+)
+async def test_only_the_registrys_schema_not_found_is_the_events_fault(answer, expected):
+    lookup = RegistryLookup(FakeClient(answer))
+    if expected is RegistryUnavailable:
+        with pytest.raises(RegistryUnavailable):
+            await lookup.fetch(7)
+    else:
+        assert await lookup.fetch(7) == expected

@@ -193,3 +193,60 @@ async def test_transcoding_does_not_block_the_loop_while_the_registry_is_away(mo
     registry.away = 0
     (out,) = await task
     assert type(out) is TranscodedRecord
+
+
+async def test_named_types_reused_in_a_tree_are_measured_once_and_refused():
+    # 2^40 nulls in zero bytes; walking each reference again would take years, not milliseconds.
+    levels = [{"type": "record", "name": "L0", "fields": [{"name": "n", "type": "null"}]}]
+    for k in range(1, 41):
+        fields = [{"name": "a", "type": levels[-1]}, {"name": "b", "type": f"L{k - 1}"}]
+        levels.append({"type": "record", "name": f"L{k}", "fields": fields})
+    (out,) = await transcoded([b"\x00\x00\x00\x00\x08"], Registry({8: levels[-1]}))
+    assert out.error == "SchemaMismatch" and "decodes to" in out.message
+
+
+async def test_a_value_that_could_decode_past_the_payload_limit_is_not_decoded():
+    wide = {"type": "record", "name": "Wide", "fields": [{"name": f"f{i}", "type": "null"} for i in range(100)]}
+    wide["fields"].append({"name": "flag", "type": "boolean"})
+    bomb = {"type": "record", "name": "Bomb", "fields": [{"name": "items", "type": {"type": "array", "items": wide}}]}
+    count = 10_000
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(bomb), {"items": [{"flag": True}] * count})
+    value = b"\x00\x00\x00\x00\x09" + body.getvalue()  # 10 kB that would decode to about 10 MB of JSON
+    transcoder = SchemaTranscoder("avro", Registry({9: bomb}), max_json_bytes=1 << 20)
+    (out,) = await transcoder.transcode([record(value)])
+    assert out.error == "PayloadTooLarge" and "the limit is 1,048,576" in out.message
+
+
+async def test_the_answers_that_came_are_kept_and_only_the_others_asked_again(monkeypatch):
+    monkeypatch.setattr(schema_transcode, "RETRY_FIRST_S", 0.001)
+
+    class HalfAway(Registry):
+        async def fetch(self, schema_id):
+            self.tried = [*getattr(self, "tried", []), schema_id]
+            if schema_id == 2 and self.tried.count(2) < 3:
+                raise RegistryUnavailable("timeout")
+            return await super().fetch(schema_id)
+
+    registry = HalfAway({1: EVENT_V1, 2: EVENT_V2})
+    docs = {"id": "a", "features": [1.0, 2.0, 3.0]}
+    out = await transcoded([avro(1, EVENT_V1, docs), avro(2, EVENT_V2, docs)], registry)
+    assert [type(r) for r in out] == [TranscodedRecord, TranscodedRecord]
+    assert registry.tried.count(1) == 1 and registry.tried.count(2) == 3
+
+
+async def test_a_flood_of_new_ids_is_asked_a_few_at_a_time(monkeypatch):
+    at_once = {"now": 0, "most": 0}
+
+    class Counting(Registry):
+        async def fetch(self, schema_id):
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+            await asyncio.sleep(0)
+            at_once["now"] -= 1
+            return None
+
+    values = [b"\x00" + struct.pack(">I", i) + b"x" for i in range(500)]
+    out = await transcoded(values, Counting({}))
+    assert {r.error for r in out} == {"UnknownSchema"}
+    assert at_once["most"] <= schema_transcode.MAX_CONCURRENT_LOOKUPS
