@@ -123,6 +123,7 @@ def _shadow_runner(config: Config, p: PipelineConfig, spec: ModelSpec, shadow: S
         functools.partial(_warm, config, p, spec, threads=1),
         what=f"pipeline {p.name}'s shadow {shadow.name}",
         nice=SHADOW_NICE,
+        timeout_s=p.roles.breaker.timeout_s,
     )
     runner.start()
     return runner

@@ -11,18 +11,22 @@ copy) and the predictions cross a pipe.
 The child loads the model itself, from a picklable ``factory`` (the same loader, checks and
 warm-up as in the worker): it says it is ready, or why not, before ``start`` returns. A child that
 dies (a crash in native code, killed for memory) fails the batch it had and is started again at a
-later batch, after ``RESTART_AFTER_S``; a child that hangs is killed when the runner is closed,
-which a thread never can be.
+later batch, after ``RESTART_AFTER_S``; a child that does not answer a batch within ``timeout_s``
+is killed (which a thread never can be) and started again the same way, and one still scoring
+when the runner closes is terminated. A child never outlives the worker, even one killed outright.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -31,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.inference_thread import InferenceThread
-from streams.errors import ModelError, ModelLoadError
+from streams.errors import ModelError, ModelLoadError, ModelTimeout
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,10 @@ log = logging.getLogger(__name__)
 RESTART_AFTER_S = 30.0
 # How long a start may take: spawning an interpreter, importing torch, loading and warming up.
 START_TIMEOUT_S = 300.0
-# How long a closing child may take to leave on its own before it is terminated, then killed.
+# How long a terminated child may take to leave before it is killed.
 CLOSE_GRACE_S = 2.0
+# Linux's prctl option: the signal the kernel sends this process when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 class BatchScorer(Protocol):
@@ -58,10 +64,17 @@ class BatchScorer(Protocol):
 class ProcessRunner:
     """A ``Runner`` whose model lives in a child process at priority ``nice``; ``what`` names it in errors."""
 
-    def __init__(self, factory: Callable[[], BatchScorer], *, what: str, nice: int = 0) -> None:
+    def __init__(
+        self, factory: Callable[[], BatchScorer], *, what: str, nice: int = 0, timeout_s: float | None = None
+    ) -> None:
         self._factory = factory
         self.what = what
         self.nice = nice
+        # A batch not answered in this long: the child is killed (a process, unlike a thread, can
+        # be) and started again later; the batch fails with ModelTimeout. None: waits as long as it takes.
+        self.timeout_s = timeout_s
+        self._closed = False
+        self._lock = threading.Lock()  # the child's life (start, loss, close) changes under it
         self._name = self._version = ""
         self._process: Any = None
         self._conn: Connection | None = None
@@ -85,7 +98,10 @@ class ProcessRunner:
         context = multiprocessing.get_context("spawn")  # never fork a process with threads
         parent, child = context.Pipe()
         process = context.Process(
-            target=_serve, args=(child, self._factory, self.nice), name=f"sluice-{self.what}", daemon=True
+            target=_serve,
+            args=(child, self._factory, self.nice, os.getpid()),
+            name=f"sluice-{self.what}",
+            daemon=True,
         )
         process.start()
         child.close()
@@ -103,13 +119,19 @@ class ProcessRunner:
             _stop(process, parent)
             raise ModelLoadError(reply[1])
         self._name, self._version = reply[1], reply[2]
-        self._process, self._conn = process, parent
+        with self._lock:
+            if self._closed:  # closed while it started (a restart): it must not outlive the runner
+                _stop(process, parent)
+                raise ModelError(f"{self.what}: closed")
+            self._process, self._conn = process, parent
 
     async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, self._call, list(inputs))
 
     def _call(self, inputs: list[np.ndarray]) -> np.ndarray:
+        if self._closed:
+            raise ModelError(f"{self.what}: closed")
         if self._conn is None:
             self._restart()
         conn = self._conn
@@ -117,6 +139,9 @@ class ProcessRunner:
         self._busy = True
         try:
             conn.send(("predict", inputs))
+            if self.timeout_s is not None and not conn.poll(self.timeout_s):
+                self._lost()
+                raise ModelTimeout(f"{self.what}: no answer in {self.timeout_s:g} s: its process was ended")
             reply = conn.recv()
         except (EOFError, OSError) as exc:
             self._lost()
@@ -137,31 +162,30 @@ class ProcessRunner:
         self._died_at = None
 
     def _lost(self) -> None:
-        if self._process is not None and self._conn is not None:
-            _stop(self._process, self._conn, ask=False)
-        self._conn, self._died_at = None, time.monotonic()
+        with self._lock:
+            if self._process is not None and self._conn is not None:
+                _stop(self._process, self._conn)
+            self._conn, self._died_at = None, time.monotonic()
 
     def close(self) -> None:
-        """Ask the child to leave, or terminate it while it scores (a model stuck in a batch never
-        answers); the batch it had fails."""
+        """End the child, scoring or not (a model stuck in a batch never answers); the batch it had fails."""
         self._io.shutdown(wait=False, cancel_futures=True)
-        if self._process is not None and self._conn is not None:
-            if self._busy:
-                log.warning("%s: its process was still scoring a batch when closed: terminated", self.what)
-            _stop(self._process, self._conn, ask=not self._busy)
-        self._conn = None
+        with self._lock:
+            self._closed = True
+            if self._process is not None and self._conn is not None:
+                if self._busy:
+                    log.warning("%s: its process was still scoring a batch when closed: terminated", self.what)
+                _stop(self._process, self._conn)
+            self._conn = None
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
 
 
-def _stop(process: Any, conn: Connection, *, ask: bool = True) -> None:
-    """End the child: asked to leave when the pipe is free (``ask``), else terminated, then killed.
-    The pipe is closed only once the child is gone, so a thread waiting on it reads the end of it."""
-    if ask:
-        with contextlib.suppress(OSError, ValueError):  # gone already
-            conn.send(("close",))
-        process.join(CLOSE_GRACE_S)
+def _stop(process: Any, conn: Connection) -> None:
+    """End the child: terminated (it keeps nothing worth a goodbye, and the pipe may be another
+    thread's), then killed. The pipe is closed only once the child is gone, so a thread waiting on
+    it reads the end of it."""
     if process.is_alive():
         process.terminate()
         process.join(CLOSE_GRACE_S)
@@ -178,10 +202,11 @@ def _exit(process: Any) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
-def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int) -> None:
+def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int, parent: int) -> None:
     """The child: load the model, say so, then score each batch sent until told to close (or orphaned)."""
     # Ctrl-C reaches the whole process group: the worker decides when its models stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(parent)
     if nice > 0 and hasattr(os, "nice"):
         # Before any thread starts: torch's threads inherit it. A container may forbid it; the
         # model then competes as any process does.
@@ -196,8 +221,8 @@ def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int) -> N
     while True:
         try:
             message = conn.recv()
-        except (EOFError, OSError):
-            return  # the worker is gone
+        except Exception:  # noqa: BLE001 - the worker is gone, or the pipe holds what it never sent
+            return
         if message[0] != "predict":
             return
         try:
@@ -205,3 +230,13 @@ def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int) -> N
         except Exception as exc:  # noqa: BLE001 - the batch fails, the model stays
             reply = ("error", f"{type(exc).__name__}: {exc}")
         conn.send(reply)
+
+
+def _die_with(parent: int) -> None:
+    """A worker killed outright (SIGKILL, the OOM killer) cannot end its children: on Linux the
+    kernel ends this one with it; elsewhere it ends at its next read of the closed pipe."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the worker died before the line above took effect
+        os._exit(0)

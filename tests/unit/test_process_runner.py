@@ -4,15 +4,21 @@ file in the child costs a batch or a clear load error, never the worker's proces
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models import process_runner
 from models.process_runner import ProcessRunner
-from streams.errors import ModelError, ModelLoadError
+from streams.errors import ModelError, ModelLoadError, ModelTimeout
 from tests import process_scorers
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -83,3 +89,46 @@ def _wait_for(path, timeout_s: float = 60.0) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.01)
+
+
+async def test_a_batch_not_answered_in_time_ends_the_child_which_starts_again_later(runner, monkeypatch, tmp_path):
+    monkeypatch.setattr(process_runner, "CLOSE_GRACE_S", 0.2)
+    monkeypatch.setenv("SLUICE_TEST_HANG_MARKER", str(tmp_path / "hanging"))
+    r = runner()
+    r.timeout_s = 0.5
+    hung = r._process
+    with pytest.raises(ModelTimeout, match=r"no answer in 0\.5 s"):
+        await r.predict([np.array([[-2.0]], dtype=np.float32)])
+    assert not hung.is_alive(), "a process, unlike a thread, can be ended"
+    monkeypatch.setattr(process_runner, "RESTART_AFTER_S", 0.0)
+    assert (await r.predict([np.array([[4.0]], dtype=np.float32)])).tolist() == [4.0]
+
+
+def test_a_child_ends_with_a_worker_killed_outright(tmp_path):
+    script = (
+        "import sys, time\n"
+        "from models.process_runner import ProcessRunner\n"
+        "from tests import process_scorers\n"
+        "r = ProcessRunner(process_scorers.row_sums, what='s')\n"
+        "r.start()\n"
+        "print(r._process.pid, flush=True)\n"
+        "time.sleep(3600)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True) as worker:
+        try:
+            child = int(worker.stdout.readline())
+        finally:
+            worker.kill()
+    deadline = time.monotonic() + 30
+    while _alive(child):
+        assert time.monotonic() < deadline, "the model's process outlived its worker"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
