@@ -57,6 +57,7 @@ import numpy as np
 import orjson
 
 from app.demo_events import demo_events
+from app.demo_formats import DEMO_AVRO
 from models.synthetic import FEATURES, HISTORY_FIELDS, HISTORY_STEPS, SCALAR_FIELDS, account_histories, emitted
 from streams.codecs import codec, fast_decode
 from streams.codecs.codec import EventSchema, TensorField
@@ -75,18 +76,7 @@ SCHEMAS = {
 AVRO_SCHEMA_ID = 7
 # The demo events' fields as a producer with a registry would declare them; numbers as double, so
 # the values read back are the JSON events' (float32 would change the text of each number).
-AVRO_DEMO: dict[str, Any] = {
-    "type": "record",
-    "name": "Transaction",
-    "namespace": "sluice.demo",
-    "fields": [
-        {"name": "id", "type": "string"},
-        {"name": "account", "type": "string"},
-        {"name": "ts", "type": "long"},
-        {"name": "features", "type": {"type": "array", "items": "double"}},
-        *({"name": f, "type": "double"} for f in SCALAR_FIELDS),
-    ],
-}
+AVRO_DEMO: dict[str, Any] = DEMO_AVRO  # what `sluice produce --format avro` registers
 AVRO_NESTED: dict[str, Any] = {
     **AVRO_DEMO,
     "fields": [

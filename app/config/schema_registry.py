@@ -38,15 +38,6 @@ class SchemaRegistryConfig:
 def load_schema_registry(t: Table, base: Path) -> SchemaRegistryConfig:
     """The ``[app.schema_registry]`` table ``t``; relative file paths are relative to ``base``."""
 
-    def file(name: str) -> Path | None:
-        value = t.text(name, None)
-        if value is None:
-            return None
-        path = Path(value) if Path(value).is_absolute() else base / value
-        if not path.is_file():
-            raise t.fail(name, value, f"an existing file (looked at {path})")
-        return path
-
     url = t.text("url")
     if not url.startswith(SCHEMES) or len(url) <= len("mock://") or any(c.isspace() for c in url):
         raise t.fail("url", url, "a registry's address: http://HOST:PORT, https://HOST:PORT or mock://NAME")
@@ -55,9 +46,9 @@ def load_schema_registry(t: Table, base: Path) -> SchemaRegistryConfig:
         username_env=t.text("username_env", None),
         password_env=t.text("password_env", None),
         token_env=t.text("token_env", None),
-        ca_file=file("ca_file"),
-        cert_file=file("cert_file"),
-        key_file=file("key_file"),
+        ca_file=t.file("ca_file", base),
+        cert_file=t.file("cert_file", base),
+        key_file=t.file("key_file", base),
         timeout_ms=t.integer("timeout_ms", DEFAULT_TIMEOUT_MS, minimum=1, maximum=600_000),
     )
     t.done()

@@ -44,15 +44,6 @@ class SecurityConfig:
 def load_security(t: Table, base: Path) -> SecurityConfig:
     """The ``[app.security]`` table ``t``; relative file paths are relative to ``base``, the config's folder."""
 
-    def file(name: str) -> Path | None:
-        value = t.text(name, None)
-        if value is None:
-            return None
-        path = Path(value) if Path(value).is_absolute() else base / value
-        if not path.is_file():
-            raise t.fail(name, value, f"an existing file (looked at {path})")
-        return path
-
     protocol = t.choice("protocol", PROTOCOLS, "PLAINTEXT")
     # Keys the protocol would not use are a mistake, not a default: a user who set a SASL password
     # or a CA file believes the connection is authenticated or encrypted.
@@ -73,9 +64,9 @@ def load_security(t: Table, base: Path) -> SecurityConfig:
         sasl_mechanism=t.choice("sasl_mechanism", SASL_MECHANISMS, None) if "sasl_mechanism" in t.data else None,
         sasl_username_env=t.text("sasl_username_env", None),
         sasl_password_env=t.text("sasl_password_env", None),
-        ssl_cafile=file("ssl_cafile"),
-        ssl_certfile=file("ssl_certfile"),
-        ssl_keyfile=file("ssl_keyfile"),
+        ssl_cafile=t.file("ssl_cafile", base),
+        ssl_certfile=t.file("ssl_certfile", base),
+        ssl_keyfile=t.file("ssl_keyfile", base),
         ssl_key_password_env=t.text("ssl_key_password_env", None),
         ssl_check_hostname=t.flag("ssl_check_hostname", True),
     )

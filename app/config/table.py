@@ -98,6 +98,16 @@ class Table:
             raise self.fail(name, value, f"one of {list(choices)}")
         return value
 
+    def file(self, name: str, base: Path) -> Path | None:
+        """An existing file the key names (relative to ``base``, the config's folder), or None if unset."""
+        value = self.text(name, None)
+        if value is None:
+            return None
+        path = Path(value) if Path(value).is_absolute() else base / value
+        if not path.is_file():
+            raise self.fail(name, value, f"an existing file (looked at {path})")
+        return path
+
     def table(self, name: str, default: Any = ...) -> Table:
         value = self.get(name, dict, "a table", {} if default is not ... else ...)
         return Table(self.path, self.key(name), value)
