@@ -94,7 +94,13 @@ class ProcessRunner:
         return self._version
 
     def start(self) -> None:
-        """Start the child and wait until its model is loaded (blocking); ``ModelLoadError`` if it is not."""
+        """Start the child and wait until its model is loaded (blocking); ``ModelLoadError`` if it is not.
+
+        Started from the runner's own I/O thread, as a restart is: Linux ends a child whose parent
+        *thread* exits (``_die_with``), and that thread lives as long as the runner."""
+        self._io.submit(self._start_here).result()
+
+    def _start_here(self) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a process with threads
         parent, child = context.Pipe()
         process = context.Process(
@@ -158,7 +164,7 @@ class ProcessRunner:
             raise ModelError(f"{self.what}: its process exited; started again in {RESTART_AFTER_S - waited:.0f} s")
         log.warning("%s: starting its process again after it exited", self.what)
         self._died_at = time.monotonic()  # a failed start waits as long as a death
-        self.start()
+        self._start_here()  # on the I/O thread already
         self._died_at = None
 
     def _lost(self) -> None:
@@ -234,7 +240,8 @@ def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int, pare
 
 def _die_with(parent: int) -> None:
     """A worker killed outright (SIGKILL, the OOM killer) cannot end its children: on Linux the
-    kernel ends this one with it; elsewhere it ends at its next read of the closed pipe."""
+    kernel ends this one with it (strictly: with the thread that started it, hence ``start``);
+    elsewhere it ends at its next read of the closed pipe."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,3 +133,16 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+async def test_the_child_outlives_the_thread_that_asked_for_it(runner):
+    # Linux ends a child with the thread that started it: started from a short-lived thread, the
+    # shadow's process would die with that thread, not with the worker.
+    made: list[ProcessRunner] = []
+    starter = threading.Thread(target=lambda: made.append(runner()))
+    starter.start()
+    await asyncio.to_thread(starter.join)  # that thread has ended
+    (r,) = made
+    await asyncio.sleep(0.5)  # what a SIGKILL from its end would need to land
+    assert r._process.is_alive()
+    assert (await r.predict([np.array([[2.0]], dtype=np.float32)])).tolist() == [2.0]
