@@ -70,6 +70,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
         raise ConfigError(f"{path}: key 'pipelines' has no pipeline: expected at least one [pipelines.NAME] table")
     check_rekeyed_names(path, pipelines)
     check_formats(path, app, pipelines)
+    check_output_formats(path, app, pipelines)
     root.done()
     return Config(path=path, app=app, pipelines=pipelines)
 
@@ -88,4 +89,14 @@ def check_formats(path: Path, app: AppConfig, pipelines: Sequence[PipelineConfig
             raise ConfigError(
                 f'{path}: pipeline {p.name}: format = "{p.format}" with state.key_field is not supported yet '
                 "(the re-keying stage reads JSON): key the records by the field when producing them"
+            )
+
+
+def check_output_formats(path: Path, app: AppConfig, pipelines: Sequence[PipelineConfig]) -> None:
+    """Predictions written as Avro need the registry their schema is registered with."""
+    for p in pipelines:
+        if p.output_format != "json" and app.schema_registry is None:
+            raise ConfigError(
+                f"{path}: key 'pipelines.{p.name}.output_format' is \"{p.output_format}\", which needs the schema "
+                "registry: add an [app.schema_registry] table with its url"
             )

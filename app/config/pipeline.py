@@ -28,7 +28,9 @@ from streams.flow.stateful_inputs import ModelInput
 from streams.records import HeaderPolicy
 
 # How input values may be written: JSON, or a schema registry's wire format.
-FORMATS = ("json", "avro", "json_schema")
+FORMATS = ("json", "avro", "protobuf", "json_schema")
+# How predictions are written: JSON, or Avro in the registry's wire format (``app.avro_outputs``).
+OUTPUT_FORMATS = ("json", "avro")
 # Below this a dead letter could not even hold the start of a typical event.
 MIN_COPY_BYTES = 256
 # Everything in a dead letter but the copies: the reason (at most 2,000 characters, which
@@ -82,8 +84,10 @@ class PipelineConfig:
     rekey: RekeyConfig | None = None
     # The models beside the champion (canary, fallback, shadows) and the champion's circuit breaker.
     roles: RolesConfig = field(default_factory=RolesConfig)
-    # How input values are written: "json", or a schema registry's wire format ("avro", "json_schema").
+    # How input values are written: "json", or a schema registry's wire format ("avro", "protobuf", "json_schema").
     format: str = "json"
+    # How predictions are written: "json", or "avro" with a schema registered under "<output topic>-value".
+    output_format: str = "json"
 
     @property
     def source_topics(self) -> tuple[str, ...]:
@@ -132,6 +136,7 @@ def load_pipeline(t: Table, name: str, base: Path, app_id: str) -> PipelineConfi
         changelog_topic=load_changelog_topic(t, state, group_id),
         emit_features=_emit_features(t, state),
         format=t.choice("format", FORMATS, "json"),
+        output_format=t.choice("output_format", OUTPUT_FORMATS, "json"),
         max_batch_size=t.integer("max_batch_size", 512, minimum=1, maximum=MAX_BATCH_SIZE),
         poll_ms=t.integer("poll_ms", 100, minimum=1, maximum=MAX_POLL_MS),
         # inf: no deadline (batches as large as max_batch_size allows, nothing ever late).
