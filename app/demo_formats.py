@@ -1,4 +1,4 @@
-"""The demo events in a schema registry's formats (``sluice produce --format avro|json_schema``).
+"""The demo events in a schema registry's formats (``sluice produce --format avro|protobuf|json_schema``).
 
 The demo's schema is registered under the topic's value subject (``<topic>-value``, the
 TopicNameStrategy every Confluent-compatible client uses by default) and each event written with
@@ -13,6 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 
 from app.config import Config
 from app.schema_registry import registry_client
@@ -48,7 +52,15 @@ DEMO_JSON_SCHEMA = {
     },
     "required": ["id", "features"],
 }
-FORMATS = ("json", "avro", "json_schema")
+FORMATS = ("json", "avro", "protobuf", "json_schema")
+# The same fields in Protobuf, as this .proto file declares them (built here, as protoc would):
+#   syntax = "proto3"; package sluice.demo;
+#   message Transaction { string id = 1; string account = 2; int64 ts = 3; repeated double features = 4;
+#                         double amount = 5; double merchant_risk = 6; double foreign = 7; }
+DEMO_PROTO_FIELDS = (
+    ("id", "TYPE_STRING"), ("account", "TYPE_STRING"), ("ts", "TYPE_INT64"), ("features", "TYPE_DOUBLE"),
+    ("amount", "TYPE_DOUBLE"), ("merchant_risk", "TYPE_DOUBLE"), ("foreign", "TYPE_DOUBLE"),
+)  # fmt: skip
 
 Writer = Callable[[bytes], Awaitable[bytes]]
 
@@ -69,6 +81,17 @@ async def demo_writer(config: Config, topic: str, fmt: str) -> Writer:
         from confluent_kafka.schema_registry._async.avro import AsyncAvroSerializer
 
         serializer = await AsyncAvroSerializer(client, schema_str=json.dumps(DEMO_AVRO))
+    elif fmt == "protobuf":
+        from confluent_kafka.schema_registry._async.protobuf import AsyncProtobufSerializer
+
+        message = demo_proto_message()
+        protobuf = await AsyncProtobufSerializer(message, client, {"use.deprecated.format": False})
+        context = SerializationContext(topic, MessageField.VALUE)
+
+        async def write_proto(value: bytes) -> bytes:
+            return bytes(await protobuf(message(**orjson.loads(value)), context))
+
+        return await _registered(write_proto, registry.url, fmt, topic)
     else:
         from confluent_kafka.schema_registry._async.json_schema import AsyncJSONSerializer
 
@@ -78,14 +101,32 @@ async def demo_writer(config: Config, topic: str, fmt: str) -> Writer:
     async def write(value: bytes) -> bytes:
         return bytes(await serializer(orjson.loads(value), context))
 
+    return await _registered(write, registry.url, fmt, topic)
+
+
+async def _registered(write: Writer, url: str, fmt: str, topic: str) -> Writer:
     try:
         await write(_FIRST)  # registers the schema: a registry away or refusing is one line now
     except Exception as exc:  # noqa: BLE001 - the client raises its own kinds, and httpx's
         raise OperatorError(
-            f"the schema registry at {registry.url} did not take the demo's {fmt} schema for subject "
+            f"the schema registry at {url} did not take the demo's {fmt} schema for subject "
             f"{topic}-value: {type(exc).__name__}: {exc}"
         ) from None
     return write
+
+
+def demo_proto_message() -> type[Message]:
+    """The demo's Protobuf message class, built from its descriptor as generated code would be."""
+    file = descriptor_pb2.FileDescriptorProto(name="sluice/demo/transaction.proto", package="sluice.demo")
+    file.syntax = "proto3"
+    message = file.message_type.add(name="Transaction")
+    field = descriptor_pb2.FieldDescriptorProto
+    for number, (name, kind) in enumerate(DEMO_PROTO_FIELDS, start=1):
+        label = field.LABEL_REPEATED if name == "features" else field.LABEL_OPTIONAL
+        message.field.add(name=name, number=number, type=getattr(field, kind), label=label)
+    pool = DescriptorPool()
+    pool.Add(file)
+    return GetMessageClass(pool.FindMessageTypeByName("sluice.demo.Transaction"))
 
 
 async def _as_is(value: bytes) -> bytes:

@@ -12,12 +12,15 @@ events decoded before the batcher sees them.
 
 from __future__ import annotations
 
+import base64
 import os
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.config import Config, PipelineConfig
 from app.config.schema_registry import SchemaRegistryConfig
+from streams.codecs.proto_schema import MAX_FILES, WELL_KNOWN_NAMES
 from streams.codecs.schema_transcode import SchemaTranscoder, WriterSchema
 from streams.codecs.transcoding_source import TranscodingSource
 from streams.errors import ConfigError, RegistryUnavailable
@@ -29,8 +32,11 @@ if TYPE_CHECKING:
 # The registry's error codes for "schema not found": the API's 40403 (Confluent, Karapace), and the
 # 40400 confluent-kafka's in-memory registry answers. Only these 404s are the event's fault.
 SCHEMA_NOT_FOUND = (40403, 40400)
+# ... and for an imported file's subject or version: 40401, 40402.
+IMPORT_NOT_FOUND = (40401, 40402, *SCHEMA_NOT_FOUND)
 # The in-memory registries of this process, by URL (each ``mock://`` client would otherwise be empty).
 _IN_MEMORY: dict[str, AsyncSchemaRegistryClient] = {}
+T = TypeVar("T")
 
 
 def registry_client(registry: SchemaRegistryConfig) -> AsyncSchemaRegistryClient:
@@ -76,27 +82,72 @@ def _secret(name: str) -> str:
 
 class RegistryLookup:
     """``streams.codecs.schema_transcode.SchemaLookup`` over the client: a 404 is an unknown id
-    (the event's fault); anything else, the registry's (``RegistryUnavailable``)."""
+    (the event's fault); anything else, the registry's (``RegistryUnavailable``).
 
-    def __init__(self, client: AsyncSchemaRegistryClient) -> None:
+    With ``serialized`` (Protobuf), schemas are asked for in their serialized form (a base64
+    ``FileDescriptorProto``, the registry's ``format=serialized``), with the files they import."""
+
+    def __init__(self, client: AsyncSchemaRegistryClient, *, serialized: bool = False) -> None:
         self.client = client
+        self.fmt = "serialized" if serialized else None
 
     async def fetch(self, schema_id: int) -> WriterSchema | None:
+        schema = await self._asking(f"schema {schema_id}", self.client.get_schema(schema_id, fmt=self.fmt))
+        if schema is None:
+            return None
+        schema_type = schema.schema_type or "AVRO"
+        references: tuple[tuple[str, str | None], ...] = ()
+        if schema_type == "PROTOBUF" and self.fmt == "serialized":
+            _check_serialized(schema_id, schema.schema_str)
+            references = await self._imports(schema, {})
+        return WriterSchema(schema_type, schema.schema_str, references)
+
+    async def _imports(self, schema: Any, found: dict[str, str | None]) -> tuple[tuple[str, str | None], ...]:
+        """The files ``schema`` imports, each after the files it imports itself (at most a bound
+        more than ``MAX_FILES``, which the reader refuses)."""
+        for ref in schema.references or ():
+            if ref.name in found or ref.name in WELL_KNOWN_NAMES or len(found) > MAX_FILES:
+                continue
+            found[ref.name] = None  # a cycle of imports ends here
+            asked = self.client.get_version(ref.subject, ref.version, True, self.fmt)
+            registered = await self._asking(f"{ref.subject} version {ref.version}", asked, IMPORT_NOT_FOUND)
+            if registered is not None:
+                await self._imports(registered.schema, found)
+                found.pop(ref.name)  # after its own imports
+                found[ref.name] = registered.schema.schema_str
+        return tuple(found.items())
+
+    async def _asking(
+        self, what: str, request: Awaitable[T], not_found: tuple[int, ...] = SCHEMA_NOT_FOUND
+    ) -> T | None:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
-            schema = await self.client.get_schema(schema_id)
+            answer = await request
         except SchemaRegistryError as exc:
-            if exc.http_status_code == 404 and exc.error_code in SCHEMA_NOT_FOUND:
+            if exc.http_status_code == 404 and exc.error_code in not_found:
                 return None
             # Any other 404 (a proxy's page, a wrong path in the URL) says nothing of the id.
             raise RegistryUnavailable(f"the registry answered {exc.http_status_code}: {exc.error_message}") from exc
         except Exception as exc:  # a connection refused, a timeout, a TLS failure: the registry's
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        if not schema.schema_str:
+        text = getattr(answer, "schema_str", None) or getattr(getattr(answer, "schema", None), "schema_str", None)
+        if not text:
             # An answer without a schema is the registry's fault (or a proxy's): asked again, never kept.
-            raise RegistryUnavailable(f"the registry's answer for schema {schema_id} holds no schema")
-        return WriterSchema(schema.schema_type or "AVRO", schema.schema_str)
+            raise RegistryUnavailable(f"the registry's answer for {what} holds no schema")
+        return answer
+
+
+def _check_serialized(schema_id: int, text: str) -> None:
+    """A registry that answers ``.proto`` source for ``format=serialized`` cannot serve Protobuf
+    to sluice; that is the registry's fault, not the events': they wait, and the log says why."""
+    try:
+        base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeError):
+        raise RegistryUnavailable(
+            f"the registry answered schema {schema_id} as .proto source, not in the serialized form sluice asks "
+            "for (format=serialized, which Confluent's registry and Karapace serve)"
+        ) from None
 
 
 def transcoding(config: Config, p: PipelineConfig, source: Source) -> Source:
@@ -106,7 +157,7 @@ def transcoding(config: Config, p: PipelineConfig, source: Source) -> Source:
     registry = config.app.schema_registry
     if registry is None:  # the config's loader refuses this; a config built in code may not
         raise ConfigError(f'pipeline {p.name}: format = "{p.format}" needs an [app.schema_registry] table')
-    lookup = RegistryLookup(registry_client(registry))
+    lookup = RegistryLookup(registry_client(registry), serialized=p.format == "protobuf")
     transcoder = SchemaTranscoder(p.format, lookup, pipeline=p.name, max_json_bytes=p.schema.max_payload_bytes)
     return TranscodingSource(source, transcoder)
 

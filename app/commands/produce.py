@@ -40,7 +40,7 @@ FLUSH_EVERY = 2_000
         type=Choice(FORMATS),
         default="json",
         show_default=True,
-        help="How to write the events: JSON, or Avro / JSON Schema in the schema registry's wire format, "
+        help="How to write the events: JSON, or Avro / Protobuf / JSON Schema in the schema registry's wire format, "
         "the schema registered under <topic>-value in [app.schema_registry].",
     ),
     option(

@@ -1,9 +1,10 @@
-"""Events written with a schema registry (Avro, JSON Schema), given to the pipeline as JSON objects.
+"""Events written with a schema registry (Avro, Protobuf, JSON Schema), given to the pipeline as JSON objects.
 
 Each value names its writer's schema by id (``streams.codecs.wire_format``). The schemas of a
 batch are fetched before it is decoded (``SchemaLookup``, the registry's client: ``app.schema_registry``)
-and kept; then each Avro value is read with fastavro's compiled reader and written as the JSON object
-it encodes, so every later step (the decoding rule, per-key features, dead letters, the backfill) is
+and kept; then each value is read by its schema's reader (``streams.codecs.avro_json``: fastavro's
+compiled reader; ``streams.codecs.proto_json``: Protobuf's) and written as the JSON object it
+encodes, so every later step (the decoding rule, per-key features, dead letters, the backfill) is
 the one JSON events take, and an Avro event and its JSON twin score the same. A JSON Schema value
 is the JSON after its header.
 
@@ -12,9 +13,9 @@ byte), ``UnknownSchema`` (the registry has no such id), ``Truncated``, ``SchemaM
 left over, or a value JSON cannot hold). Faults that are not the event's never are: while the
 registry cannot be reached the batch waits, retried with back-off (``RegistryUnavailable``).
 
-Hostile schemas are refused before they decode anything (``UnsafeSchema``): a recursive one (a
-value could nest as deep as it has bytes, past the C reader's stack), and arrays or maps of items
-that take no bytes (a few bytes could ask for billions of items).
+Hostile Avro schemas are refused before they decode anything (``streams.codecs.avro_safety``),
+and a value of any format that could decode to more JSON than the pipeline's ``max_payload_bytes``
+is a dead letter (``PayloadTooLarge``) before it is read.
 """
 
 from __future__ import annotations
@@ -24,20 +25,18 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-import fastavro
-import orjson
-
-from streams.codecs.avro_json import Mismatch, avro_to_json
-from streams.codecs.avro_safety import AvroBounds, UnsafeSchema, bounds_of
-from streams.codecs.wire_format import HEADER_BYTES, NotWireFormat, schema_id_of
+from streams.codecs.avro_json import AvroReader
+from streams.codecs.proto_json import ProtoReader
+from streams.codecs.wire_format import HEADER_BYTES, BadSchema, NotWireFormat, Unreadable, WriterSchema, schema_id_of
 from streams.errors import RegistryUnavailable
 from streams.records import SourceRecord, TranscodedRecord, UndecodableRecord
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("avro", "json_schema")
+FORMATS = ("avro", "protobuf", "json_schema")
+SCHEMA_TYPES = {"avro": "AVRO", "protobuf": "PROTOBUF", "json_schema": "JSON"}
 # Schemas kept by id (a registry holds a few hundred; an id no registry knows is kept as unknown).
 MAX_SCHEMAS = 10_000
 # An id the registry did not know is asked again after this long (it may have been registered since).
@@ -47,16 +46,7 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 LOG_EVERY_S = 30.0
 # Requests to the registry at once, however many new ids a batch names.
 MAX_CONCURRENT_LOOKUPS = 16
-# A schema's text beyond this is refused (a registry's schemas are kilobytes).
-MAX_SCHEMA_CHARS = 256 * 1024
 DEFAULT_MAX_JSON_BYTES = 1 << 20
-
-
-class WriterSchema(NamedTuple):
-    """A schema as the registry keeps it: its type ("AVRO", "JSON", "PROTOBUF") and text."""
-
-    schema_type: str
-    text: str
 
 
 class SchemaLookup(Protocol):
@@ -66,10 +56,20 @@ class SchemaLookup(Protocol):
         ...
 
 
+class RecordReader(Protocol):
+    def read(self, value: bytes) -> bytes:
+        """The JSON object ``value`` (header included) encodes; ``Unreadable`` saying why not."""
+        ...
+
+
+class _JsonSchemaReader:
+    def read(self, value: bytes) -> bytes:
+        return value[HEADER_BYTES:]  # the JSON itself, which the decoding rule reads like any other
+
+
 class _Known(NamedTuple):
-    parsed: Any  # fastavro's parsed schema, or None for a JSON Schema
+    reader: RecordReader | None
     problem: str | None  # why its events are dead letters, if they all are
-    bounds: AvroBounds | None = None  # how large its records' JSON can be, by their size
 
 
 class SchemaTranscoder:
@@ -160,23 +160,17 @@ class SchemaTranscoder:
             self._known.popitem(last=False)
 
     def _prepared(self, schema_id: int, schema: WriterSchema) -> _Known:
-        expected = "AVRO" if self.format == "avro" else "JSON"
+        expected = SCHEMA_TYPES[self.format]
         if schema.schema_type != expected:
             return _Known(None, f"schema {schema_id} is a {schema.schema_type} schema; this pipeline reads {expected}")
-        if self.format == "json_schema":
-            return _Known(None, None)
-        if len(schema.text) > MAX_SCHEMA_CHARS:
-            return _Known(
-                None, f"schema {schema_id} is refused: {len(schema.text):,} characters (at most {MAX_SCHEMA_CHARS:,})"
-            )
         try:
-            parsed = fastavro.parse_schema(orjson.loads(schema.text))
-            bounds = bounds_of(parsed)
-        except UnsafeSchema as exc:
-            return _Known(None, f"schema {schema_id} is refused: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a registry may hold anything; its events are dead letters
-            return _Known(None, f"schema {schema_id} is not an Avro schema fastavro can read: {exc}")
-        return _Known(parsed, None, bounds)
+            if self.format == "avro":
+                return _Known(AvroReader(schema_id, schema.text, self.max_json_bytes), None)
+            if self.format == "protobuf":
+                return _Known(ProtoReader(schema_id, schema, self.max_json_bytes), None)
+        except BadSchema as exc:
+            return _Known(None, str(exc))
+        return _Known(_JsonSchemaReader(), None)
 
     def _one(self, record: SourceRecord) -> SourceRecord:
         value = record.value
@@ -189,26 +183,12 @@ class SchemaTranscoder:
         known = self._known.get(schema_id)
         if known is None:
             return _dead(record, "UnknownSchema", f"schema {schema_id} is not in the schema registry")
-        if known.problem is not None:
-            return _dead(record, "SchemaMismatch", known.problem)
-        if known.parsed is None:
-            decoded = value[HEADER_BYTES:]  # JSON Schema: the JSON itself
-        elif known.bounds is not None and known.bounds.most_json(len(value)) > self.max_json_bytes:
-            return _dead(
-                record,
-                "PayloadTooLarge",
-                f"schema {schema_id}: {len(value):,} bytes could decode to {known.bounds.most_json(len(value)):,.0f} "
-                f"bytes of JSON; the limit is {self.max_json_bytes:,} (max_payload_bytes)",
-            )
-        else:
-            try:
-                decoded = avro_to_json(value, known.parsed)
-            except EOFError:
-                return _dead(record, "Truncated", f"the record ends before its schema {schema_id} does")
-            except Mismatch as exc:
-                return _dead(record, "SchemaMismatch", f"schema {schema_id}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - any fault of the bytes is the event's
-                return _dead(record, "SchemaMismatch", f"schema {schema_id} cannot read the record: {exc!r}"[:500])
+        if known.reader is None:
+            return _dead(record, "SchemaMismatch", known.problem or f"schema {schema_id} cannot be read")
+        try:
+            decoded = known.reader.read(value)
+        except Unreadable as exc:
+            return _dead(record, exc.error, exc.reason)
         return TranscodedRecord(
             record.topic,
             record.partition,

@@ -8,6 +8,8 @@ mode and Redpanda's all write this.)
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 MAGIC = 0
 HEADER_BYTES = 5
 
@@ -28,3 +30,26 @@ def schema_id_of(value: bytes) -> int:
         hint = ' (a JSON value? set format = "json")' if value[:1] == b"{" else ""
         raise NotWireFormat(f"the value starts with {shown}, not the registry wire format's zero byte{hint}")
     return int.from_bytes(value[1:HEADER_BYTES], "big")
+
+
+class Unreadable(ValueError):
+    """A value its schema cannot read: a dead letter with ``error`` (its kind) and the reason."""
+
+    def __init__(self, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+
+
+class BadSchema(ValueError):
+    """A schema whose every event is a dead letter (refused as unsafe, or not of the pipeline's format)."""
+
+
+class WriterSchema(NamedTuple):
+    """A schema as the registry keeps it: its type ("AVRO", "JSON", "PROTOBUF"), its text, and for
+    Protobuf the files it imports (``references``: name and text, imported ones first; None for one
+    the registry does not have)."""
+
+    schema_type: str
+    text: str
+    references: tuple[tuple[str, str | None], ...] = ()

@@ -1,5 +1,5 @@
-"""Avro events with a schema registry, against the real broker: written by confluent-kafka's own
-serializer (not sluice's code), scored live and by a backfill exactly as their JSON twins are, a
+"""Avro and Protobuf events with a schema registry, against the real broker: written by confluent-kafka's
+own serializers (not sluice's code), scored live and by a backfill exactly as their JSON twins are, a
 schema evolved mid-stream, each malformed kind dead-lettered with its reason, and a registry that
 cannot answer making events wait, never dead letters.
 
@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 import fastavro
 import orjson
 from confluent_kafka.schema_registry._async.avro import AsyncAvroSerializer
+from confluent_kafka.schema_registry._async.protobuf import AsyncProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from app.backfill_run import backfill_run
@@ -44,6 +45,7 @@ from tests.integration.kafka_helpers import (
     wait_for_log,
     write_config,
 )
+from tests.integration.user_protos import payment_messages
 
 V1 = {
     "type": "record",
@@ -60,12 +62,12 @@ V1 = {
 V2 = {**V1, "fields": [*V1["fields"], {"name": "channel", "type": "string", "default": "web"}]}
 
 
-def configs(tmp_path, kafka, topics, registry_url: str, name: str):
+def configs(tmp_path, kafka, topics, registry_url: str, name: str, fmt: str = "avro"):
     avro = write_config(
         tmp_path,
         bootstrap=kafka,
         pipeline=name,
-        extra='format = "avro"\n',
+        extra=f'format = "{fmt}"\n',
         app_extra=f'schema_registry = {{ url = "{registry_url}" }}\n',
         **topics,
     )
@@ -207,3 +209,63 @@ async def test_a_worker_whose_registry_refuses_connections_says_why_and_dead_let
         assert not await read_topic(kafka, topics["output_topic"], expected=1, within_s=0.5)
     text = log.read_text()
     assert "none is dead-lettered for it" in text and "Connect" in text, "the log says why, in words"
+
+
+async def written_protobuf(config_path, topic: str, events, versions) -> list[tuple[bytes, bytes]]:
+    """Each event as confluent-kafka's Protobuf serializer writes it: the user's message classes
+    (``tests.integration.user_protos``, as protoc generates them), the imported file registered as
+    a reference, the message named by its index in the file (the second message: ``[1]``)."""
+    client = registry_client(load_config(config_path).app.schema_registry)
+    conf = {"use.deprecated.format": False}
+    serializers = [(cls, await AsyncProtobufSerializer(cls, client, conf)) for cls in versions]
+    context = SerializationContext(topic, MessageField.VALUE)
+    out = []
+    for i, event in enumerate(events):
+        doc = orjson.loads(event.value)
+        cls, serialize = serializers[i * len(versions) // len(events)]
+        message = cls(id=doc["id"], account=doc["account"], ts=doc["ts"], features=doc["features"], channel=1)
+        message.at.FromMilliseconds(doc["ts"])
+        out.append((event.key, await serialize(message, context)))
+    return out
+
+
+async def test_protobuf_events_score_live_and_by_backfill_as_their_json_twins_across_a_schema_change(kafka, tmp_path):
+    name = "proto"
+    topics = topics_for(unique("proto"))
+    proto_config, json_config = configs(tmp_path, kafka, topics, f"mock://{unique('registry')}", name, "protobuf")
+    events = list(demo_events(300, seed=64))
+    expected = (await score_async(json_config, name, [e.value for e in events])).scores()
+    records = await written_protobuf(proto_config, topics["input_topic"], events, payment_messages())
+    assert len({v[1:5] for _, v in records}) == 2, "two schema ids: the schema evolved mid-stream"
+    good = records[0][1]
+    assert good[5:7] == b"\x02\x02", "the message's indexes: one index, 1 (zigzag varints)"
+    malformed = [
+        (b"k", events[0].value),  # JSON on a Protobuf topic: no magic byte
+        (b"k", b"\x00" + struct.pack(">I", 987_655) + good[5:]),  # an id the registry does not have
+        (b"k", good[: len(good) // 2]),  # cut inside its features
+        (b"k", good[:5] + b"\x02\x0a" + good[7:]),  # a message index the file does not have
+    ]
+    await create_topics(proto_config, name)
+    await produce_raw(kafka, topics["input_topic"], records[:150] + malformed + records[150:])
+
+    async with running(proto_config, name):
+        served = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=90)
+        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=len(malformed), within_s=30)
+    bodies = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["prediction"] for r in served}
+    assert bodies.keys() == expected.keys()
+    assert all(abs(bodies[i] - expected[i]) < 1e-6 for i in expected), "the same features, the same scores"
+    letters = sorted((orjson.loads(r.value) for r in dead), key=lambda d: d["source"]["offset"])
+    assert [d["error"] for d in letters] == ["NotWireFormat", "UnknownSchema", "SchemaMismatch", "SchemaMismatch"]
+    assert "schema 987655" in letters[1]["reason"]
+    assert "demo.Payment" in letters[2]["reason"] and "truncated" in letters[2]["reason"]
+    assert "no message at indexes [5]" in letters[3]["reason"]
+
+    run, specs = await checked_run(
+        load_config(proto_config), name, None, f"file:{tmp_path / 'history.jsonl'}", None, None, None, "1/1",
+        tmp_path / "state",
+    )  # fmt: skip
+    summary = await backfill_run(load_config(proto_config), run, specs)
+    assert (summary.scored, summary.dead_lettered) == (len(events), len(malformed))
+    replayed = [orjson.loads(line) for line in (tmp_path / "history.jsonl").read_bytes().splitlines()]
+    history = {d["id"]: d["prediction"] for d in replayed if "prediction" in d}
+    assert all(abs(history[i] - bodies[i]) < 1e-6 for i in expected), "a backfill scores history as live did"

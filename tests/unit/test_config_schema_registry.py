@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
-from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry import RegisteredSchema, Schema, SchemaReference
 from confluent_kafka.schema_registry.error import SchemaRegistryError
+from google.protobuf import descriptor_pb2
 
 from app.config import load_config
 from app.schema_registry import RegistryLookup, refuse_in_memory
@@ -75,7 +78,7 @@ class FakeClient:
     def __init__(self, answer):
         self.answer = answer
 
-    async def get_schema(self, schema_id):
+    async def get_schema(self, schema_id, fmt=None):
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
@@ -100,3 +103,53 @@ async def test_only_the_registrys_schema_not_found_is_the_events_fault(answer, e
             await lookup.fetch(7)
     else:
         assert await lookup.fetch(7) == expected
+
+
+class FakeProtobufRegistry:
+    """Serialized Protobuf schemas by id, and by subject and version for those imported."""
+
+    def __init__(self, schemas, versions):
+        self.schemas, self.versions, self.asked = schemas, versions, []
+
+    async def get_schema(self, schema_id, fmt=None):
+        self.asked.append(fmt)
+        return self.schemas[schema_id]
+
+    async def get_version(self, subject, version, deleted=False, fmt=None):
+        self.asked.append(fmt)
+        if (subject, version) not in self.versions:
+            raise SchemaRegistryError(404, 40401, "Subject not found")
+        return RegisteredSchema(subject, version, 1, None, self.versions[subject, version])
+
+
+def proto_text(name: str) -> str:
+    return base64.b64encode(descriptor_pb2.FileDescriptorProto(name=name).SerializeToString()).decode()
+
+
+async def test_a_protobuf_schema_comes_serialized_with_its_imports_each_after_its_own():
+    ref = SchemaReference
+    main = Schema(proto_text("m"), "PROTOBUF", [ref("a.proto", "a", 1), ref("google/protobuf/timestamp.proto", "t", 1)])
+    registry = FakeProtobufRegistry(
+        {7: main, 8: Schema(proto_text("m"), "PROTOBUF", [ref("gone.proto", "gone", 3)])},
+        {
+            ("a", 1): Schema(proto_text("a"), "PROTOBUF", [ref("b.proto", "b", 2)]),
+            ("b", 2): Schema(proto_text("b"), "PROTOBUF"),
+        },
+    )
+    lookup = RegistryLookup(registry, serialized=True)
+    found = await lookup.fetch(7)
+    assert [name for name, _ in found.references] == ["b.proto", "a.proto"], (
+        "imported files first, known types not asked"
+    )
+    assert set(registry.asked) == {"serialized"}
+    missing = await lookup.fetch(8)
+    assert missing.references == (("gone.proto", None),), (
+        "a missing import is the schema's fault: its events are dead letters"
+    )
+
+
+async def test_a_registry_answering_proto_source_instead_of_serialized_is_the_registrys_fault():
+    source = 'syntax = "proto3"; message Payment { string id = 1; }'
+    lookup = RegistryLookup(FakeClient(Schema(source, "PROTOBUF")), serialized=True)
+    with pytest.raises(RegistryUnavailable, match="format=serialized"):
+        await lookup.fetch(7)
