@@ -25,7 +25,7 @@ def config_with_registry(tmp_path):
     return load_config(write(tmp_path, text), environ={})
 
 
-@pytest.mark.parametrize("fmt", ["avro", "json_schema"])
+@pytest.mark.parametrize("fmt", ["avro", "protobuf", "json_schema"])
 async def test_demo_events_in_a_registry_format_decode_to_what_their_json_decodes_to(tmp_path, fmt):
     config = config_with_registry(tmp_path)
     write_value = await demo_writer(config, "payments", fmt)
@@ -34,7 +34,7 @@ async def test_demo_events_in_a_registry_format_decode_to_what_their_json_decode
     assert all(r.value[:1] == b"\x00" for r in wire), "the registry's wire format"
     client = registry_client(config.app.schema_registry)
     assert await client.get_subjects() == ["payments-value"], "registered under the topic's value subject"
-    transcoder = SchemaTranscoder(fmt, RegistryLookup(client))
+    transcoder = SchemaTranscoder(fmt, RegistryLookup(client, serialized=fmt == "protobuf"))
     from_wire = decode(await transcoder.transcode(wire), SCHEMA)
     from_json = decode([InputRecord("payments", 0, i, 0, e.key, e.value) for i, e in enumerate(events)], SCHEMA)
     assert not from_wire.rejects and from_wire.ids == from_json.ids
