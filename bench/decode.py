@@ -26,7 +26,10 @@ What is compared, on the same records:
   fetches of ``--fetch`` events, the schema fetched once in the warm-up as a running worker keeps
   it) then ``codec.decode`` of the whole batch as JSON's;
 - the ceiling of that path: fastavro's ``schemaless_reader`` alone on the same values (the Python
-  objects, no JSON written, nothing decoded to tensors).
+  objects, no JSON written, nothing decoded to tensors);
+- the same events in Protobuf (``sluice produce --format protobuf``'s message, written as
+  confluent-kafka's serializer frames it: the header, the message index, the message), through the
+  same path, and Protobuf's compiled parser (upb) alone on them (messages, no JSON, no tensors).
 
 Rounds are interleaved (each variant once per round) and the best round is reported with the
 median, since a shared machine's speed varies from one second to the next.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
 import io
 import json
@@ -57,7 +61,7 @@ import numpy as np
 import orjson
 
 from app.demo_events import demo_events
-from app.demo_formats import DEMO_AVRO
+from app.demo_formats import DEMO_AVRO, demo_proto_message
 from models.synthetic import FEATURES, HISTORY_FIELDS, HISTORY_STEPS, SCALAR_FIELDS, account_histories, emitted
 from streams.codecs import codec, fast_decode
 from streams.codecs.codec import EventSchema, TensorField
@@ -87,6 +91,9 @@ AVRO_NESTED: dict[str, Any] = {
 JSON_ROW = "now: msgspec + np.fromiter (sluice decode)"
 AVRO_ROW = "avro (registry wire format): sluice transcode + decode"
 FASTAVRO_ROW = "avro: fastavro schemaless_reader alone (no JSON, no tensors)"
+PROTO_ROW = "protobuf (registry wire format): sluice transcode + decode"
+UPB_ROW = "protobuf: upb parse alone (no JSON, no tensors)"
+PROTO_SCHEMA_ID = 8
 
 
 def with_history(values: Sequence[bytes]) -> list[bytes]:
@@ -153,12 +160,37 @@ def without_text_checks(records: Sequence[InputRecord], schema: EventSchema) -> 
 class Registry:
     """An in-process ``SchemaLookup``: the schemas by id, no network."""
 
-    def __init__(self, schemas: dict[int, dict[str, Any]]) -> None:
-        self.texts = {i: json.dumps(schema) for i, schema in schemas.items()}
+    def __init__(self, schemas: dict[int, WriterSchema]) -> None:
+        self.schemas = schemas
 
     async def fetch(self, schema_id: int) -> WriterSchema | None:
-        text = self.texts.get(schema_id)
-        return None if text is None else WriterSchema("AVRO", text)
+        return self.schemas.get(schema_id)
+
+
+def avro_schema(schema: dict[str, Any]) -> WriterSchema:
+    return WriterSchema("AVRO", json.dumps(schema))
+
+
+def proto_values(values: Sequence[bytes]) -> list[bytes]:
+    """The demo events as confluent-kafka's Protobuf serializer frames them (message index 0: one byte)."""
+    message = demo_proto_message()
+    header = b"\x00" + PROTO_SCHEMA_ID.to_bytes(4, "big") + b"\x00"
+    return [header + message(**orjson.loads(value)).SerializeToString() for value in values]
+
+
+def proto_schema() -> WriterSchema:
+    return WriterSchema("PROTOBUF", base64.b64encode(demo_proto_message().DESCRIPTOR.file.serialized_pb).decode())
+
+
+def upb_alone(values: Sequence[bytes]) -> Callable[[], list[Any]]:
+    """The ceiling of the Protobuf path: the compiled parser on each value after its framing."""
+    parse = demo_proto_message().FromString
+    start = HEADER_BYTES + 1
+
+    def run() -> list[Any]:
+        return [parse(value[start:]) for value in values]
+
+    return run
 
 
 def avro_values(values: Sequence[bytes], schema: dict[str, Any]) -> list[bytes]:
@@ -230,6 +262,7 @@ def run(events: int, rounds: int, fetch: int) -> dict[str, Any]:
     keys, demo = zip(*((e.key, e.value) for e in demo_events(events, seed=3)), strict=True)
     carrying = with_history(demo)
     avro = {False: avro_values(demo, AVRO_DEMO), True: avro_values(carrying, AVRO_NESTED)}
+    protos = proto_values(demo)
     results: dict[str, Any] = {
         "started": datetime.now().isoformat(sep=" ", timespec="seconds"),
         "events_per_batch": events,
@@ -239,6 +272,7 @@ def run(events: int, rounds: int, fetch: int) -> dict[str, Any]:
         "avro_fetch_events": fetch,
         "avro_value_bytes_mean": sum(map(len, avro[False])) / events,
         "avro_nested_value_bytes_mean": sum(map(len, avro[True])) / events,
+        "protobuf_value_bytes_mean": sum(map(len, protos)) / events,
         "models": {},
     }
     for model, schema in SCHEMAS.items():
@@ -261,18 +295,27 @@ def run(events: int, rounds: int, fetch: int) -> dict[str, Any]:
             assert all(a.tobytes() == b.tobytes() for a, b in zip(inputs, reference.inputs, strict=True))
             variants["not chosen: history as nested lists, no guards"] = partial(nested, records)
         nested_values = model == NESTED
-        avro_schema = AVRO_NESTED if nested_values else AVRO_DEMO
+        written = AVRO_NESTED if nested_values else AVRO_DEMO
         wire = avro[nested_values]
         avro_records = [InputRecord("bench", 0, i, 0, k, v) for i, (k, v) in enumerate(zip(keys, wire, strict=True))]
-        transcoder = SchemaTranscoder("avro", Registry({AVRO_SCHEMA_ID: avro_schema}), pipeline="bench")
+        transcoder = SchemaTranscoder("avro", Registry({AVRO_SCHEMA_ID: avro_schema(written)}), pipeline="bench")
         via_sluice = through_transcoder(avro_records, schema, transcoder, fetch)
         from_avro = via_sluice()
         assert from_avro.ids == reference.ids and not from_avro.rejects
         assert all(a.tobytes() == b.tobytes() for a, b in zip(from_avro.inputs, reference.inputs, strict=True))
-        reader = fastavro_alone(wire, avro_schema)
+        reader = fastavro_alone(wire, written)
         assert reader() == [orjson.loads(v) for v in values], "each Avro value reads back as its JSON twin"
         variants[AVRO_ROW] = via_sluice
         variants[FASTAVRO_ROW] = reader
+        if not nested_values:  # the demo's Protobuf message has no history
+            proto = [InputRecord("bench", 0, i, 0, k, v) for i, (k, v) in enumerate(zip(keys, protos, strict=True))]
+            proto_transcoder = SchemaTranscoder("protobuf", Registry({PROTO_SCHEMA_ID: proto_schema()}), pipeline="b")
+            via_proto = through_transcoder(proto, schema, proto_transcoder, fetch)
+            from_proto = via_proto()
+            assert from_proto.ids == reference.ids and not from_proto.rejects
+            assert all(a.tobytes() == b.tobytes() for a, b in zip(from_proto.inputs, reference.inputs, strict=True))
+            variants[PROTO_ROW] = via_proto
+            variants[UPB_ROW] = upb_alone(protos)
         results["models"][model] = measure(variants, rounds, events)
     return results
 
@@ -290,7 +333,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"bytes each, {results['avro_nested_value_bytes_mean']:.0f} with the history; numbers as double), "
         f"transcoded by sluice in fetches of {results['avro_fetch_events']:,} on one event loop (schema already "
         "fetched, in-process lookup), then decoded as one batch as the JSON rows are; fastavro's reader alone "
-        "is that path's ceiling.",
+        "is that path's ceiling. Protobuf rows: the same events as `sluice produce --format protobuf` writes them "
+        f"({results['protobuf_value_bytes_mean']:.0f} bytes each), the same path; upb's parser alone is its ceiling.",
         "",
     ]
     for model, variants in results["models"].items():
@@ -307,6 +351,13 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 f"Avro through sluice costs {avro_us / json_us:.2f}x the JSON decode (best: {avro_us:.2f} against "
                 f"{json_us:.2f} us/event): transcoding adds {avro_us - json_us:.2f} us/event, of which fastavro's "
                 f"reader alone takes {reader_us:.2f}.",
+                "",
+            ]
+        if PROTO_ROW in variants:
+            json_us, proto_us = variants[JSON_ROW]["best_us"], variants[PROTO_ROW]["best_us"]
+            lines += [
+                f"Protobuf through sluice costs {proto_us / json_us:.2f}x the JSON decode (best: {proto_us:.2f} "
+                f"us/event); upb's parser alone takes {variants[UPB_ROW]['best_us']:.2f}.",
                 "",
             ]
     (out / "decode.md").write_text("\n".join(lines))
