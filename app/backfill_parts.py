@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.avro_outputs import register_outputs
 from app.backfill_args import Run, shadow_target
 from app.build import (
     FETCH_BYTES_PER_PARTITION,
@@ -114,6 +115,8 @@ async def opened_sink(config: Config, conn: Connection, run: Run) -> AsyncIterat
     if target.kind == "kafka":
         outputs = [target.target, p.dead_letter_topic, *([shadow.target] if shadow else [])]
         await ensure_topics(conn, outputs, create=config.app.create_topics, partitions=config.app.topic_partitions)
+        # Avro outputs: the schema registered under the target topic's subject (files stay JSON).
+        avro = await register_outputs(config, p, target.target, emit_features=run.emit_features)
         kafka_sink = await build_kafka_sink(conn, outputs, "backfill")
         await kafka_sink.start()
         try:
@@ -123,7 +126,7 @@ async def opened_sink(config: Config, conn: Connection, run: Run) -> AsyncIterat
                 if shadow
                 else None
             )
-            topics = PipelineTopics(output=target.target, dead_letter=p.dead_letter_topic)
+            topics = PipelineTopics(output=target.target, dead_letter=p.dead_letter_topic, avro=avro)
             yield BackfillSink(kafka_sink, topics, _no_sink_state, shadows)
         finally:
             await kafka_sink.stop()

@@ -20,6 +20,7 @@ from models.fit import check_fits
 from models.loading import LoadedModel, ModelSpec, load_model
 from models.protocol import Runner
 from models.runner import TorchRunner
+from streams.codecs.avro_outputs import AvroOutputs
 from streams.errors import ModelLoadError, ModelOutputError, StateError
 from streams.features.folders import make_own_folder, remove_stale
 from streams.features.rocks_store import RocksStore
@@ -28,6 +29,7 @@ from streams.features.step import FeatureStep
 from streams.features.store import KeyedStore
 from streams.flow.batcher import Batcher, BatchPolicy
 from streams.flow.cost_model import CostModel, reference_sizes
+from streams.flow.delivery import Delivery, Replacement
 from streams.flow.pipeline import Pipeline, PipelineTopics, Sink
 from streams.flow.roles import Roles
 from streams.flow.shadow import Shadow
@@ -35,6 +37,7 @@ from streams.flow.stateful_inputs import StatefulInputs
 from streams.kafka.fetch_pacing import FetchPacing
 from streams.kafka.sink import KafkaSink
 from streams.kafka.transactions import PartitionTransactions, StateInTransactions, TransactionalSink
+from streams.records import OutputRecord
 
 Mode = Literal["live", "backfill"]
 
@@ -106,18 +109,21 @@ def build_pipeline(
     emit_features: bool = False,
     state: StatefulInputs | None = None,
     shadows: Sequence[Shadow] = (),
+    avro: AvroOutputs | None = None,
 ) -> Pipeline:
     """The pipeline of ``mode``: a backfill keys outputs by source position (a re-run overwrites on
-    a compacted topic) and writes where ``topics`` say; the worker keys them like their input.
+    a compacted topic) and writes where ``topics`` say; the worker keys them like their input, to
+    the output topic, as JSON or, with ``avro``, Avro (``app.avro_outputs``).
     A pipeline with per-key features gets its features step (``state``, or one built here), with
     an empty state: the worker restores it from the changelog as
     partitions are assigned, the backfill rebuilds it."""
-    return Pipeline(
+    topics = topics or PipelineTopics(output=pipeline.output_topic, dead_letter=pipeline.dead_letter_topic, avro=avro)
+    built = Pipeline(
         name=pipeline.name,
         schema=pipeline.schema,
         runner=runner,
         sink=sink,
-        topics=topics or PipelineTopics(output=pipeline.output_topic, dead_letter=pipeline.dead_letter_topic),
+        topics=topics,
         key_by_position=mode == "backfill",
         dead_letter_copy_bytes=pipeline.dead_letter_copy_bytes,
         headers=pipeline.headers,
@@ -125,6 +131,19 @@ def build_pipeline(
         emit_features=emit_features,
         shadows=shadows,
     )
+    if topics.avro is not None:
+        # An Avro output the broker refuses for good still names its source in its minimal dead letter.
+        built.delivery.replacement = avro_replacement(built.delivery, topics.avro)
+    return built
+
+
+def avro_replacement(delivery: Delivery, avro: AvroOutputs) -> Replacement:
+    """``delivery``'s minimal dead letter for a refused output, read as its JSON twin when it is Avro."""
+
+    def replacement(refused: OutputRecord, reason: str, now_ms: int) -> OutputRecord:
+        return delivery.minimal_dead_letter(refused._replace(value=avro.as_json(refused.value)), reason, now_ms)
+
+    return replacement
 
 
 def build_stateful_inputs(pipeline: PipelineConfig, mode: Mode) -> StatefulInputs | None:

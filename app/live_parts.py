@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.avro_outputs import register_outputs
 from app.build import (
     FETCH_BYTES_PER_PARTITION,
     build_batcher,
@@ -118,7 +119,10 @@ async def build_live(
             conn, [p.roles.shadow_topic, p.dead_letter_topic], "live", client_id=f"sluice-{p.name}-shadows"
         )
     shadows = build_shadows(p, role_runners, shadow_sink, book) if shadow_sink else ()
-    pipeline = build_pipeline(p, roles, scored_to, "live", emit_features=p.emit_features, state=state, shadows=shadows)
+    avro = await register_outputs(config, p, p.output_topic, emit_features=p.emit_features)
+    pipeline = build_pipeline(
+        p, roles, scored_to, "live", emit_features=p.emit_features, state=state, shadows=shadows, avro=avro
+    )
     driver = Driver(
         transcoding(config, p, source),
         pipeline,

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import faust
 
+from app.avro_outputs import register_outputs
 from app.build import load_checked_model
 from app.config import Config, dead_letters_too_big, state_too_big
 from app.decision_log import ensure_decisions_topic
@@ -33,6 +34,8 @@ def prepare_worker(app: faust.App, config: Config) -> dict[str, PipelineService]
     and that the broker and the topics are there, so a mistake is one clear line (an
     ``OperatorError``), not a crash from inside the worker later."""
     refuse_in_memory(config, "worker")
+    if any(p.output_format != "json" for p in config.pipelines):
+        refuse_in_memory(config, "worker", "avro")  # its schema registered where no consumer could read it
     models: dict[str, LoadedModel] = {}
     for p in config.pipelines:
         try:
@@ -72,7 +75,8 @@ def web_address(app: faust.App, config: Config) -> str:
 
 def check_topics(config: Config, services: Mapping[str, PipelineService]) -> None:
     """Reach the broker, make sure every pipeline's topics and the model decisions topic exist
-    (or are created), and check that dead letters fit the dead-letter topics.
+    (or are created), check that dead letters fit the dead-letter topics, and register the schema
+    of Avro outputs (a registry that refuses it is one line now, not a pipeline failing to start).
 
     Runs on its own event loop in a helper thread: Faust's loop is not running yet, and
     must not be touched before the worker starts it.
@@ -95,6 +99,7 @@ def check_topics(config: Config, services: Mapping[str, PipelineService]) -> Non
                 problem = state_too_big(p, limit)
                 if problem:
                     raise ConfigError(f"{config.path}: {problem}")
+            await register_outputs(config, p, p.output_topic, emit_features=p.emit_features)
         return await max_message_bytes(conn, wanted)
 
     with ThreadPoolExecutor(max_workers=1) as pool:

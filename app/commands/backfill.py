@@ -166,6 +166,8 @@ async def backfill(
                 labels=labels,
                 report=report,
             )
+            if run.sink.kind == "kafka" and run.pipeline.output_format != "json":
+                refuse_in_memory(config, "backfill", "avro")  # Avro outputs no other process could read
             summary = await backfill_run(config, run, specs)
     except ModelError as exc:
         if not exc.retriable:

@@ -1,5 +1,6 @@
 """``sluice watch``: print predictions (or dead letters) as they arrive on a topic; with
-``--compare``, each model's evidence side by side, read from the workers' ``/metrics``."""
+``--compare``, each model's evidence side by side, read from the workers' ``/metrics``. Avro
+outputs (``output_format = "avro"``) are read by their schema, from the config's registry."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import orjson
 from faust.cli import AppCommand, option
 
+from app.avro_outputs import WireValues
 from app.kafka_clients import connection, make_consumer
 from app.main import app, config
 from app.model_compare import Evidence, read_workers, render, worker_problem
@@ -126,6 +128,7 @@ async def watch(
     # read_committed: a worker with delivery = "exactly_once" writes in transactions, and only
     # committed ones are its outputs (an aborted one is scored again, by it or another worker).
     consumer = make_consumer(conn, isolation_level="read_committed")
+    values = WireValues(config.app.schema_registry)
     await start_consumer(consumer)
     try:
         tail = Tail(consumer, [Partition(topic, p) for p in partitions])
@@ -141,15 +144,21 @@ async def watch(
             for record in await tail.next_batch(room, timeout_ms=200, reread_room=room or 500):
                 if type(record) is UndecodableRecord:
                     print(f"UNDECODABLE {record.topic}[{record.partition}]@{record.offset}: {record.reason}")
+                    seen += 1
+                    continue
+                body, unreadable = await values.as_json(record.value)  # Avro outputs as their JSON
+                if unreadable is not None:
+                    print(f"UNREADABLE {record.topic}[{record.partition}]@{record.offset}: {unreadable}", flush=True)
                 elif summary:
-                    timing = timing_of(record.value)
+                    timing = timing_of(body)
                     if timing is not None:  # a dead letter or anything else has no latency
                         timings.append(timing)
                 else:
-                    print(describe(record.value), flush=True)
+                    print(describe(body), flush=True)
                 seen += 1
     finally:
         await stop_consumer(consumer)
+        await values.close()
     if summary:
         print(summarise(topic, timings, budget_of(topic)))
 

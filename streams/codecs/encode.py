@@ -1,13 +1,16 @@
-"""Predictions in, JSON records out: one output per scored event, a whole batch at a time."""
+"""Predictions in, JSON records out (or Avro: ``streams.codecs.avro_outputs``): one output per scored
+event, a whole batch at a time."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
+from streams.codecs.avro_outputs import AvroOutputs, avro_ids, nullable
 from streams.records import OutputRecord, SourceRecord
 
 if TYPE_CHECKING:
@@ -31,14 +34,28 @@ def encode_predictions(
     headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]] | None = None,
     features: dict[str, np.ndarray] | None = None,
     extra: dict[str, Any] | None = None,
+    avro: AvroOutputs | None = None,
 ) -> list[OutputRecord]:
-    """One JSON output per scored record, keyed like its input so per-key order holds downstream,
-    or by its source position (``topic:partition:offset``), so that scoring the same record
-    again writes the same key (a backfill re-run overwrites on a compacted topic). Each output
-    carries ``headers_of(record)`` as its headers (none by default). With ``features`` (arrays by
-    name, row for row), each output carries its event's values under ``"features"``: a backfill's
-    outputs are then a training set with the features the model was served. ``extra`` fields, the
-    same for the whole batch, go into every output (which role scored it, and why a fallback did)."""
+    """One JSON output per scored record (Avro in the registry's wire format, with ``avro``), keyed
+    like its input so per-key order holds downstream, or by its source position
+    (``topic:partition:offset``), so that scoring the same record again writes the same key (a
+    backfill re-run overwrites on a compacted topic). Each output carries ``headers_of(record)`` as
+    its headers (none by default). With ``features`` (arrays by name, row for row), each output
+    carries its event's values under ``"features"``: a backfill's outputs are then a training set
+    with the features the model was served. ``extra`` fields, the same for the whole batch, go into
+    every output (which role scored it, and why a fallback did)."""
+    if avro is not None and predictions.ndim == 1 and not features and np.isfinite(predictions).all():
+        # The common case again (see _encode_scalars): written from byte templates, not a dict each.
+        rows, ids = decoded.rows.tolist(), avro_ids(decoded.ids)
+        bodies = avro.encode_scalars(records, rows, ids, predictions, model_name, model_version, now_ms, extra)
+        return _records(records, rows, bodies, topic, key_by_position, headers_of or _no_headers)
+    if avro is not None:
+        # The same documents as JSON's general path, NaN and infinities as null as orjson writes them.
+        return _encode_general(
+            records, replace(decoded, ids=avro_ids(decoded.ids)), nullable(predictions), topic, model_name,
+            model_version, now_ms, key_by_position, headers_of or _no_headers,
+            {name: nullable(array) for name, array in features.items()} if features else None, extra, avro,
+        )  # fmt: skip
     if features or extra:
         return _encode_general(
             records, decoded, predictions.tolist(), topic, model_name, model_version, now_ms,
@@ -135,13 +152,16 @@ def _encode_general(
     headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
     features: dict[str, list[Any]] | None = None,
     extra: dict[str, Any] | None = None,
+    avro: AvroOutputs | None = None,
 ) -> list[OutputRecord]:
-    # Several outputs per event, NaN/inf (which orjson writes as null), features or extra fields: a dict per event.
-    out = []
-    for i, (row, event_id, prediction) in enumerate(zip(decoded.rows.tolist(), decoded.ids, values, strict=True)):
+    # Several outputs per event, NaN/inf (which orjson writes as null), features or extra fields, or
+    # Avro: a dict per event.
+    rows = decoded.rows.tolist()
+    docs = []
+    for i, (row, event_id, prediction) in enumerate(zip(rows, decoded.ids, values, strict=True)):
         record = records[row]
         more = {"features": {name: column[i] for name, column in features.items()}} if features else {}
-        body = orjson.dumps(
+        docs.append(
             {
                 "id": event_id,
                 "prediction": prediction,
@@ -154,6 +174,22 @@ def _encode_general(
                 **(extra or {}),
             }
         )
+    bodies = avro.encode(docs) if avro is not None else list(map(orjson.dumps, docs))
+    return _records(records, rows, bodies, topic, key_by_position, headers_of)
+
+
+def _records(
+    records: Sequence[SourceRecord],
+    rows: list[int],
+    bodies: list[bytes],
+    topic: str,
+    key_by_position: bool,
+    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
+) -> list[OutputRecord]:
+    """The output of each of ``rows`` with its value, keyed like its input (or by its position)."""
+    out = []
+    for row, body in zip(rows, bodies, strict=True):
+        record = records[row]
         key = position_key(record) if key_by_position else record.key
         out.append(OutputRecord(topic, key, body, record.partition, headers_of(record)))
     return out

@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from models.protocol import Runner
+from streams.codecs.avro_outputs import AvroOutputs
 from streams.codecs.codec import Decoded, EventSchema, Reject, decode, encode_predictions
 from streams.codecs.dead_letters import DEFAULT_MAX_COPY_BYTES, encode_dead_letters
 from streams.flow.delivery import Delivery, Sink
@@ -95,6 +96,7 @@ def expire(decoded: Decoded, expired: Sequence[int]) -> Decoded:
 class PipelineTopics:
     output: str
     dead_letter: str
+    avro: AvroOutputs | None = None  # outputs in Avro, by the schema registered for ``output`` (else JSON)
 
 
 class Pipeline:
@@ -196,6 +198,7 @@ class Pipeline:
                     headers_of=self.headers_of,
                     features=part.features if self.emit_features else None,
                     extra=group.output_fields(),
+                    avro=self.topics.avro,
                 )
         errors: dict[str, int] = {}
         if rejects:
@@ -223,8 +226,7 @@ class Pipeline:
                 max_copy_bytes=self.dead_letter_copy_bytes,
                 headers_of=self.headers_of,
             )
-        outcome = BatchOutcome(len(records), scored, len(rejects), infer_seconds, errors)
-        return Scored(outputs, outcome)
+        return Scored(outputs, BatchOutcome(len(records), scored, len(rejects), infer_seconds, errors))
 
     async def _checked(
         self, records: Sequence[SourceRecord], group: Scoring, rejects: list[Reject]
@@ -240,9 +242,7 @@ class Pipeline:
                 Failure(int(kept[row]), "the model returned NaN or infinity for this event")
                 for row in non_finite.tolist()
             ]
-            keep = np.ones(len(predictions), dtype=bool)
-            keep[non_finite] = False
-            predictions, kept = predictions[keep], kept[keep]
+            predictions, kept = np.delete(predictions, non_finite, axis=0), np.delete(kept, non_finite)
         if self.stateful is not None:
             self.stateful.remember(part, kept, predictions, group.version)
         if failures:
