@@ -25,6 +25,7 @@ from app.config import Config, PipelineConfig, RekeyConfig
 from app.crash_hooks import KillInOpenTransaction, kill_in_rekey_transaction_after
 from app.driver_task import stop_driver
 from app.kafka_clients import Consumer, connection
+from app.schema_registry import transcoding
 from app.topics import partitions_of, timestamp_window_ms
 from streams.errors import TopicMissingError
 from streams.flow.cost_model import CostModel
@@ -114,7 +115,9 @@ class RekeyService(Service):
         )
         progress = TransactionCommits(transactions, interval_ms=p.transaction_interval_ms, on_committed=on_committed)
         cost = CostModel(fallback_seconds_per_event=REKEY_SECONDS_PER_EVENT)
-        self.driver = driver = Driver(source, stage, build_batcher(p, cost, "live"), progress, metrics=self.metrics)
+        # Events read by their schema are keyed by a field of the JSON they encode, and routed as they were written.
+        read = transcoding(self.config, p, source)
+        self.driver = driver = Driver(read, stage, build_batcher(p, cost, "live"), progress, metrics=self.metrics)
         self.metrics.probe = driver  # the input topic's lag, the queue, lost outputs
         self.life = self._partition_life(source, driver, transactions)
         source.subscribe(on_revoke=self.life.revoke, on_assign=self.life.assign)

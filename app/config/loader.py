@@ -76,7 +76,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, environ: Mapping
 
 
 def check_formats(path: Path, app: AppConfig, pipelines: Sequence[PipelineConfig]) -> None:
-    """A pipeline reading a registry's wire format needs the registry, and (for now) no re-keying stage."""
+    """A pipeline reading a registry's wire format needs the registry."""
     for p in pipelines:
         if p.format == "json":
             continue
@@ -84,11 +84,6 @@ def check_formats(path: Path, app: AppConfig, pipelines: Sequence[PipelineConfig
             raise ConfigError(
                 f'{path}: pipeline {p.name} reads format = "{p.format}", which needs the schema registry: '
                 "add an [app.schema_registry] table with its url"
-            )
-        if p.rekey is not None:
-            raise ConfigError(
-                f'{path}: pipeline {p.name}: format = "{p.format}" with state.key_field is not supported yet '
-                "(the re-keying stage reads JSON): key the records by the field when producing them"
             )
 
 

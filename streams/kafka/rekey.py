@@ -144,7 +144,8 @@ class Rekeying:
                 OutputRecord(
                     topic,
                     key,
-                    record.value,
+                    # As the producer wrote it: an event read by its schema goes on in its wire format.
+                    getattr(record, "wire_value", None) or record.value,
                     record.partition,
                     (*headers, (SOURCE_HEADER, position)),
                     to_partition=key_hash(key) % partitions,

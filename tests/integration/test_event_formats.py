@@ -30,11 +30,13 @@ from app.decision_log import ensure_decisions_topic
 from app.demo_events import demo_events
 from app.kafka_clients import connection
 from app.pipeline_service import PipelineService
+from app.rekey_service import RekeyService
 from app.schema_registry import registry_client
 from app.testing import score_async
-from app.topics import ensure_topics
+from app.topics import ensure_changelog, ensure_repartition, ensure_topics
 from streams.codecs import schema_transcode
 from streams.errors import RegistryUnavailable
+from streams.metrics import PipelineMetrics
 from tests.integration.kafka_helpers import (
     free_port,
     produce_raw,
@@ -45,6 +47,8 @@ from tests.integration.kafka_helpers import (
     wait_for_log,
     write_config,
 )
+from tests.integration.test_rekey import unkeyed_events
+from tests.integration.test_state import FEATURES
 from tests.integration.user_protos import payment_messages
 
 V1 = {
@@ -269,3 +273,79 @@ async def test_protobuf_events_score_live_and_by_backfill_as_their_json_twins_ac
     replayed = [orjson.loads(line) for line in (tmp_path / "history.jsonl").read_bytes().splitlines()]
     history = {d["id"]: d["prediction"] for d in replayed if "prediction" in d}
     assert all(abs(history[i] - bodies[i]) < 1e-6 for i in expected), "a backfill scores history as live did"
+
+
+# The re-keying tests' events (tests.integration.test_rekey), in Avro: keyed by their ``acct`` field.
+ACCOUNT_EVENT = {
+    "type": "record",
+    "name": "AccountEvent",
+    "namespace": "demo",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "features", "type": {"type": "array", "items": "double"}},
+        {"name": "amount", "type": "double"},
+        {"name": "foreign", "type": "boolean"},
+        {"name": "merchant", "type": "long"},
+        {"name": "acct", "type": "string"},
+    ],
+}
+
+
+async def test_avro_events_keyed_by_a_field_are_rekeyed_in_their_wire_format_and_live_equals_backfill(kafka, tmp_path):
+    name = "avrokeyed"
+    topics = topics_for(unique("avro-keyed"))
+    app_id = unique(f"{name}-app")
+    registry = f"mock://{unique('registry')}"
+    config_path = write_config(
+        tmp_path,
+        bootstrap=kafka,
+        pipeline=name,
+        extra='format = "avro"\nemit_features = true\ncommit_interval_ms = 300\n'
+        + FEATURES.format(name=name, store='key_field = "acct"'),
+        app_extra=f'schema_registry = {{ url = "{registry}" }}\n',
+        app_id=app_id,
+        **topics,
+    )
+    config = load_config(config_path)
+    p = config.pipeline(name)
+    assert p.rekey is not None
+    events = unkeyed_events(400, seed=65)
+    client = registry_client(config.app.schema_registry)
+    serialize = await AsyncAvroSerializer(client, schema_str=json.dumps(ACCOUNT_EVENT))
+    context = SerializationContext(topics["input_topic"], MessageField.VALUE)
+    values = [await serialize(orjson.loads(value), context) for _, value, _ in events]
+    conn = connection(config)
+    await ensure_topics(conn, p.topics, create=True, partitions=3)
+    await ensure_repartition(conn, p.rekey.topic, p.rekey.source_topic, create=True, timeout_s=15.0)
+    await ensure_changelog(conn, p.changelog_topic, p.input_topics[0], create=True, timeout_s=15.0)
+    await ensure_decisions_topic(conn, config.app.decisions_topic, create=True)
+    # Unkeyed (spread at random), one JSON value among them: a dead letter at the re-keying stage.
+    await produce_raw(kafka, topics["input_topic"], [(None, v) for v in values[:200]] + [(None, b'{"acct": "a"}')])
+    await produce_raw(kafka, topics["input_topic"], [(None, v) for v in values[200:]])
+
+    rekey = RekeyService(config, p, PipelineMetrics(f"{name}-rekey"))
+    service = PipelineService(config, p, rekey=rekey)
+    await service.start()
+    try:
+        served = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=120, idle=1)
+        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=1, within_s=30)
+    finally:
+        await service.stop()
+    routed = await read_topic(kafka, p.rekey.topic, expected=len(events), within_s=30)
+    assert {r.value for r in routed} == set(values), "routed as written: the Avro wire format, untouched"
+    key_of = {v: orjson.loads(e[1])["acct"].encode() for v, e in zip(values, events, strict=True)}
+    assert all(r.key == key_of[r.value] for r in routed), "each keyed by its acct field"
+    [letter] = [orjson.loads(r.value) for r in dead]
+    assert letter["error"] == "NotWireFormat" and letter["source"]["topic"] == topics["input_topic"]
+    live = {orjson.loads(r.value)["id"]: orjson.loads(r.value) for r in served}
+    assert live.keys() == {orjson.loads(v)["id"] for _, v, _ in events}
+
+    run, specs = await checked_run(
+        config, name, None, f"file:{tmp_path / 'history.jsonl'}", None, None, None, "1/1", tmp_path / "state", True
+    )
+    summary = await backfill_run(config, run, specs)
+    assert summary.scored == len(events)
+    replayed = [orjson.loads(line) for line in (tmp_path / "history.jsonl").read_bytes().splitlines()]
+    for body in replayed:
+        assert body["features"] == live[body["id"]]["features"], "per-key features rebuilt by the replay"
+        assert abs(body["prediction"] - live[body["id"]]["prediction"]) < 1e-6
