@@ -102,9 +102,11 @@ class WireValues:
         if value is None or len(value) < HEADER_BYTES or value[0] != MAGIC:
             return value, None
         schema_id = int.from_bytes(value[1:HEADER_BYTES], "big")
-        if schema_id not in self._schemas:
-            self._schemas[schema_id] = await self._schema(schema_id)
-        schema = self._schemas[schema_id]
+        schema = self._schemas.get(schema_id)
+        if schema is None:
+            schema, kept = await self._schema(schema_id)
+            if kept:  # a registry that did not answer is asked again at the next value
+                self._schemas[schema_id] = schema
         if schema is JSON_SCHEMA:
             return value[HEADER_BYTES:], None
         if isinstance(schema, str):
@@ -114,26 +116,30 @@ class WireValues:
         except Exception as exc:  # noqa: BLE001 - whatever a topic holds is one line, never a traceback
             return None, f"schema {schema_id} cannot read the value: {type(exc).__name__}: {exc}"[:300]
 
-    async def _schema(self, schema_id: int) -> Any:
+    async def _schema(self, schema_id: int) -> tuple[Any, bool]:
+        """The schema (or why its values cannot be read), and whether that answer is kept."""
         if self.registry is None:
-            return f"written with schema {schema_id} of a registry: add [app.schema_registry] to the config to read it"
+            return (
+                f"written with schema {schema_id} of a registry: add [app.schema_registry] to the config to read it",
+                True,
+            )
         if self._client is None:
             self._client = registry_client(self.registry)
         try:
             schema = await self._client.get_schema(schema_id)
         except Exception as exc:  # noqa: BLE001 - an unknown id, a registry away: said, not raised
             reason = " ".join(str(exc).split())[:300]
-            return f"schema {schema_id}: the registry {self.registry.url} did not answer it: {reason}"
+            return f"schema {schema_id}: the registry {self.registry.url} did not answer it: {reason}", False
         if schema.schema_type == "JSON":
-            return JSON_SCHEMA
+            return JSON_SCHEMA, True
         if schema.schema_type not in (None, "AVRO") or not schema.schema_str:
-            return f"schema {schema_id} is {schema.schema_type}, which sluice watch does not read"
+            return f"schema {schema_id} is {schema.schema_type}, which sluice watch does not read", True
         try:
             parsed = fastavro.parse_schema(json.loads(schema.schema_str))
             check_safe(parsed)  # recursive schemas, items of no bytes: refused before any value is read
         except Exception as exc:  # noqa: BLE001
-            return f"schema {schema_id} is not one sluice reads: {exc}"[:300]
-        return parsed
+            return f"schema {schema_id} is not one sluice reads: {exc}"[:300], True
+        return parsed, True
 
     async def close(self) -> None:
         if self._client is not None and self.registry is not None and not self.registry.in_memory:

@@ -96,11 +96,12 @@ class RegistryLookup:
         if schema is None:
             return None
         schema_type = schema.schema_type or "AVRO"
+        text = schema.schema_str or ""  # never empty: ``_asking`` counts an empty answer as the registry's fault
         references: tuple[tuple[str, str | None], ...] = ()
         if schema_type == "PROTOBUF" and self.fmt == "serialized":
-            _check_serialized(schema_id, schema.schema_str)
+            _check_serialized(schema_id, text)
             references = await self._imports(schema, {})
-        return WriterSchema(schema_type, schema.schema_str, references)
+        return WriterSchema(schema_type, text, references)
 
     async def _imports(self, schema: Any, found: dict[str, str | None]) -> tuple[tuple[str, str | None], ...]:
         """The files ``schema`` imports, each after the files it imports itself (at most a bound

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from streams.codecs.avro_json import as_text
-from streams.codecs.proto_schema import ProtoBounds, ProtoSchema, bounds_of
+from streams.codecs.proto_schema import ProtoBounds, ProtoSchema, bounds_of, defaults_json
 from streams.codecs.wire_format import HEADER_BYTES, Unreadable, WriterSchema
 
 # A message nested deeper in its file than this is not a schema anyone writes.
@@ -44,14 +44,18 @@ class ProtoReader:
 
     def read(self, value: bytes) -> bytes:
         indexes, start = message_indexes(value)
+        try:
+            return self._read(indexes, value, start)
+        except (Unreadable, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a crafted value or schema makes fail is the event's
+            reason = f"schema {self.schema_id} cannot read the record: {exc!r}"[:500]
+            raise Unreadable("SchemaMismatch", reason) from None
+
+    def _read(self, indexes: tuple[int, ...], value: bytes, start: int) -> bytes:
         cls, convert, bounds = self._message(indexes)
-        most = bounds.most_json(len(value))
-        if most > self.max_json_bytes:
-            raise Unreadable(
-                "PayloadTooLarge",
-                f"schema {self.schema_id}: {len(value):,} bytes could decode to {most:,.0f} bytes of JSON; "
-                f"the limit is {self.max_json_bytes:,} (max_payload_bytes)",
-            )
+        # Past the coarse bound: parsed first (its memory is the size of its bytes), then counted exactly below.
+        count_first = bounds.most_json(len(value)) > self.max_json_bytes
         try:
             message = cls.FromString(value[start:])
         except DecodeError as exc:
@@ -60,11 +64,39 @@ class ProtoReader:
                 f"schema {self.schema_id}: the record is not a {cls.DESCRIPTOR.full_name} ({exc}): "
                 f"truncated, or written with another schema?",
             ) from None
+        if count_first:
+            # The coarse bound assumed every two bytes a message of the largest kind; count the ones present.
+            most = bounds.top + self._nested_json(message) + bounds.ratio * len(value)
+            if most > self.max_json_bytes:
+                raise Unreadable(
+                    "PayloadTooLarge",
+                    f"schema {self.schema_id}: {len(value):,} bytes could decode to {most:,.0f} bytes of JSON; "
+                    f"the limit is {self.max_json_bytes:,} (max_payload_bytes)",
+                )
         try:
             return orjson.dumps(convert(message), default=as_text)
         except (orjson.JSONEncodeError, RecursionError) as exc:
             reason = f"schema {self.schema_id}: the record cannot be held as JSON: {exc}"
             raise Unreadable("SchemaMismatch", reason) from None
+
+    def _nested_json(self, message: Message) -> int:
+        """The JSON of every message nested in ``message`` with its fields at their defaults: the
+        part of the decoded size that does not grow with the bytes (the fields' values do)."""
+        total = 0
+        for field, held in message.ListFields():
+            kind = field.message_type
+            if kind is None:
+                continue
+            if field.is_repeated and kind.GetOptions().map_entry:
+                value_kind = kind.fields_by_name.get("value")
+                if value_kind is None or value_kind.message_type is None:
+                    continue
+                items: Any = held.values()
+            else:
+                items = held if field.is_repeated else (held,)
+            for item in items:
+                total += defaults_json(item.DESCRIPTOR) + self._nested_json(item)
+        return total
 
     def _message(self, indexes: tuple[int, ...]) -> tuple[type[Message], Converter, ProtoBounds]:
         known = self._messages.get(indexes)
@@ -101,7 +133,7 @@ class ProtoReader:
         name = field.name
         value_of = self._value_of(field)
         entry = field.message_type
-        if field.is_repeated and entry is not None and entry.GetOptions().map_entry:
+        if field.is_repeated and entry is not None and entry.GetOptions().map_entry and "value" in entry.fields_by_name:
             value_field = entry.fields_by_name["value"]
             item = self._value_of(value_field) or _as_is
             return lambda msg: {str(k): item(v) for k, v in getattr(msg, name).items()}

@@ -35,7 +35,7 @@ from google.protobuf import (
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
 
-from streams.codecs.wire_format import BadSchema, WriterSchema
+from streams.codecs.wire_format import BadSchema, MissingImport, WriterSchema
 
 # Protobuf's well-known types, each after the files it imports (a registry's serializers do not
 # register these: every reader has them).
@@ -47,9 +47,9 @@ WELL_KNOWN_NAMES = frozenset(m.DESCRIPTOR.name for m in WELL_KNOWN)
 # Files one schema may import, and its text: far beyond what a registry's schemas use.
 MAX_FILES = 64
 MAX_SCHEMA_CHARS = 1 << 20
-# JSON bytes one wire byte can become at most, enums aside: a string's byte escaped as \\u00XX,
-# a float's four bytes printed in 24 characters.
-PRIMITIVE_RATIO = 6
+# JSON bytes one wire byte can become at most, enums aside: a float's four bytes printed in up to
+# 24 characters and a comma (a string's byte escaped as \\u00XX is 6).
+PRIMITIVE_RATIO = 7
 DEFAULT_JSON = {FieldDescriptor.TYPE_BOOL: 5, FieldDescriptor.TYPE_STRING: 2, FieldDescriptor.TYPE_BYTES: 2}
 
 
@@ -69,6 +69,11 @@ class ProtoSchema:
         self.schema_id = schema_id
         if len(writer.references) > MAX_FILES:
             raise BadSchema(f"schema {schema_id} imports {len(writer.references)} files (at most {MAX_FILES})")
+        size = len(writer.text) + sum(len(text or "") for _, text in writer.references)
+        if size > MAX_SCHEMA_CHARS:
+            raise BadSchema(
+                f"schema {schema_id} and its imports are {size:,} characters (at most {MAX_SCHEMA_CHARS:,})"
+            )
         self.pool = DescriptorPool()
         for module in WELL_KNOWN:
             self.pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
@@ -76,7 +81,7 @@ class ProtoSchema:
             if name in WELL_KNOWN_NAMES:
                 continue
             if text is None:
-                raise BadSchema(f"schema {schema_id} imports {name}, which the schema registry does not have")
+                raise MissingImport(f"schema {schema_id} imports {name}, which the schema registry does not have")
             self._add(name, text)
         self.file = self._add(f"sluice-schema-{schema_id}.proto", writer.text)
 
@@ -122,11 +127,12 @@ def bounds_of(message: Descriptor) -> ProtoBounds:
                 todo.append(field.message_type)
             if field.enum_type is not None:  # one byte can name the longest value
                 ratio = max(ratio, 4 + max((len(v.name) for v in field.enum_type.values), default=0))
-    nested = max((_defaults_json(d) for d in reachable.values()), default=0)
-    return ProtoBounds(_defaults_json(message), nested, ratio)
+    nested = max((defaults_json(d) for d in reachable.values()), default=0)
+    return ProtoBounds(defaults_json(message), nested, ratio)
 
 
-def _defaults_json(message: Descriptor) -> int:
+def defaults_json(message: Descriptor) -> int:
+    """The JSON bytes of a message of this type with every field at its default (or null)."""
     size = 2
     for field in message.fields:
         if field.is_repeated or field.message_type is not None:

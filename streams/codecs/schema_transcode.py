@@ -29,7 +29,15 @@ from typing import NamedTuple, Protocol
 
 from streams.codecs.avro_json import AvroReader
 from streams.codecs.proto_json import ProtoReader
-from streams.codecs.wire_format import HEADER_BYTES, BadSchema, NotWireFormat, Unreadable, WriterSchema, schema_id_of
+from streams.codecs.wire_format import (
+    HEADER_BYTES,
+    BadSchema,
+    MissingImport,
+    NotWireFormat,
+    Unreadable,
+    WriterSchema,
+    schema_id_of,
+)
 from streams.errors import RegistryUnavailable
 from streams.records import SourceRecord, TranscodedRecord, UndecodableRecord
 
@@ -70,6 +78,7 @@ class _JsonSchemaReader:
 class _Known(NamedTuple):
     reader: RecordReader | None
     problem: str | None  # why its events are dead letters, if they all are
+    ask_again_at: float | None = None  # when a problem that may pass (a missing import) is asked about again
 
 
 class SchemaTranscoder:
@@ -101,7 +110,8 @@ class SchemaTranscoder:
             if type(record) is UndecodableRecord or not value or len(value) < HEADER_BYTES or value[0] != 0:
                 continue
             schema_id = int.from_bytes(value[1:HEADER_BYTES], "big")
-            if schema_id in self._known:
+            known = self._known.get(schema_id)
+            if known is not None and (known.ask_again_at is None or now < known.ask_again_at):
                 continue
             asked = self._unknown.get(schema_id)
             if asked is None or now - asked >= UNKNOWN_FOR_S:
@@ -168,6 +178,8 @@ class SchemaTranscoder:
                 return _Known(AvroReader(schema_id, schema.text, self.max_json_bytes), None)
             if self.format == "protobuf":
                 return _Known(ProtoReader(schema_id, schema, self.max_json_bytes), None)
+        except MissingImport as exc:
+            return _Known(None, str(exc), time.monotonic() + UNKNOWN_FOR_S)
         except BadSchema as exc:
             return _Known(None, str(exc))
         return _Known(_JsonSchemaReader(), None)

@@ -45,6 +45,10 @@ class BadSchema(ValueError):
     """A schema whose every event is a dead letter (refused as unsafe, or not of the pipeline's format)."""
 
 
+class MissingImport(BadSchema):
+    """A schema importing a file the registry did not have when asked: asked again later, as an unknown id is."""
+
+
 class WriterSchema(NamedTuple):
     """A schema as the registry keeps it: its type ("AVRO", "JSON", "PROTOBUF"), its text, and for
     Protobuf the files it imports (``references``: name and text, imported ones first; None for one

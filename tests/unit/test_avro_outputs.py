@@ -365,3 +365,28 @@ def test_a_worker_registering_avro_outputs_in_an_in_memory_registry_stops_with_o
     path = avro_config(tmp_path, "mock://nobody-else-sees-it").path
     line = one_line_exit_2(run_cli("--config", str(path), "worker"))
     assert line.startswith(f"sluice worker: {path}: key 'app.schema_registry.url' is 'mock://nobody-else-sees-it'")
+
+
+async def test_watch_asks_a_registry_that_did_not_answer_again_at_the_next_value(monkeypatch):
+    from confluent_kafka.schema_registry import Schema
+
+    from app import avro_outputs
+    from app.config.schema_registry import SchemaRegistryConfig
+
+    schema = {"type": "record", "name": "R", "fields": [{"name": "id", "type": "string"}]}
+    answers: list[object] = [ConnectionRefusedError(111, "Connection refused"), Schema(json.dumps(schema), "AVRO")]
+
+    class Flaky:
+        async def get_schema(self, schema_id):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setattr(avro_outputs, "registry_client", lambda registry: Flaky())
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(schema), {"id": "a"})
+    value = b"\x00\x00\x00\x00\x09" + body.getvalue()
+    values = WireValues(SchemaRegistryConfig(url="http://127.0.0.1:1"))
+    assert (await values.as_json(value))[1] is not None, "the registry away: said, for this value"
+    assert await values.as_json(value) == (b'{"id":"a"}', None), "asked again, and read"

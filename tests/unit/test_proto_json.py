@@ -15,7 +15,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from google.protobuf.message_factory import GetMessageClass
 
 from streams.codecs.proto_json import message_indexes
-from streams.codecs.proto_schema import bounds_of
+from streams.codecs.proto_schema import bounds_of, defaults_json
 from streams.codecs.schema_transcode import SchemaTranscoder, WriterSchema
 from streams.codecs.wire_format import Unreadable
 from streams.records import InputRecord, TranscodedRecord, UndecodableRecord
@@ -187,18 +187,66 @@ async def test_nesting_past_the_parsers_limit_is_a_dead_letter_and_shallower_nes
     assert doc["id"] == "40" and doc["child"] is None
 
 
-async def test_a_value_that_could_decode_past_the_payload_limit_is_refused_before_it_is_read():
+async def test_a_value_that_could_decode_past_the_payload_limit_is_refused_and_a_smaller_one_is_read():
     many = Event(id="e")
     for _ in range(2_000):
         many.items.add()  # two bytes each, a whole message of JSON each
     value = wire(many)
     bounds = bounds_of(Event.DESCRIPTOR)
-    assert bounds.most_json(len(value)) >= len(orjson.dumps({"items": [{"x": 0.0}] * 2_000}))
-    (refused,) = await transcoded([value], max_json_bytes=int(bounds.most_json(len(value))) - 1)
+    # Past the coarse bound (every two bytes a message of the largest kind), the messages present are counted.
+    exact = bounds.top + 2_000 * defaults_json(Inner.DESCRIPTOR) + bounds.ratio * len(value)
+    assert len(orjson.dumps({"items": [{"x": 0.0}] * 2_000})) <= exact < bounds.most_json(len(value))
+    (refused,) = await transcoded([value], max_json_bytes=int(exact) - 1)
     assert type(refused) is UndecodableRecord and refused.error == "PayloadTooLarge"
     assert "max_payload_bytes" in refused.message
-    (read,) = await transcoded([value], max_json_bytes=int(bounds.most_json(len(value))) + 1)
+    (read,) = await transcoded([value], max_json_bytes=int(exact) + 1)
     assert len(orjson.loads(read.value)["items"]) == 2_000
+
+
+def proto2_file(*, with_value: bool = True) -> str:
+    """syntax = "proto2"; message M { map<string, int32> m = 1; } (proto2 does not check UTF-8);
+    without ``value``, an entry a crafted schema marks as a map's though its value is named otherwise."""
+    file = descriptor_pb2.FileDescriptorProto(name="p2.proto", package="p2", syntax="proto2")
+    message = file.message_type.add(name="M")
+    entry = message.nested_type.add(name="MEntry")
+    entry.options.map_entry = True
+    field(entry, "key", 1, F.TYPE_STRING)
+    field(entry, "value" if with_value else "val", 2, F.TYPE_INT32)
+    field(message, "m", 1, F.TYPE_MESSAGE, ".p2.M.MEntry", repeated=True)
+    return base64.b64encode(file.SerializeToString()).decode()
+
+
+@pytest.mark.parametrize("with_value", [True, False], ids=["map", "a map entry without a value"])
+async def test_what_a_crafted_schema_or_value_makes_fail_is_one_dead_letter(with_value):
+    entry = b"\x0a\x01\xff\x10\x01"  # key: one byte that is not UTF-8
+    value = b"\x00\x00\x00\x00\x01\x00" + b"\x0a" + bytes([len(entry)]) + entry
+    good = b"\x00\x00\x00\x00\x01\x00" + b"\x0a\x05\x0a\x01a\x10\x01"
+    bad_out, good_out = await transcoded(
+        [value, good], {1: WriterSchema("PROTOBUF", proto2_file(with_value=with_value))}
+    )
+    assert type(bad_out) is UndecodableRecord and bad_out.error == "SchemaMismatch" and "schema 1" in bad_out.message
+    if with_value:
+        assert type(good_out) is TranscodedRecord, "the rest of the batch is read"
+    else:  # the schema's fault: each of its events is a dead letter, and nothing raises
+        assert type(good_out) is UndecodableRecord and good_out.error == "SchemaMismatch"
+
+
+async def test_a_wide_nested_message_does_not_make_ordinary_events_too_large():
+    file = descriptor_pb2.FileDescriptorProto(name="w.proto", package="w", syntax="proto3")
+    item = file.message_type.add(name="LineItem")
+    for number in range(1, 31):
+        field(item, f"merchant_category_code_{number:02d}", number, F.TYPE_STRING)
+    order = file.message_type.add(name="Order")
+    field(order, "items", 1, F.TYPE_MESSAGE, ".w.LineItem", repeated=True)
+    pool = DescriptorPool()
+    pool.Add(file)
+    order_class = GetMessageClass(pool.FindMessageTypeByName("w.Order"))
+    message = order_class()
+    for _ in range(200):
+        message.items.add(merchant_category_code_01="5411")
+    schemas = {1: WriterSchema("PROTOBUF", base64.b64encode(file.SerializeToString()).decode())}
+    (out,) = await transcoded([wire(message, indexes=b"\x02\x02")], schemas)
+    assert type(out) is TranscodedRecord and len(orjson.loads(out.value)["items"]) == 200
 
 
 async def test_the_bound_holds_for_the_costliest_values_of_each_kind():
@@ -214,3 +262,25 @@ async def test_the_bound_holds_for_the_costliest_values_of_each_kind():
 def test_unreadable_carries_its_kind():
     exc = Unreadable("Truncated", "why")
     assert (exc.error, exc.reason, str(exc)) == ("Truncated", "why", "why")
+
+
+async def test_a_schema_whose_import_was_missing_is_asked_again_later(monkeypatch):
+    from streams.codecs import schema_transcode
+
+    answers = [WriterSchema("PROTOBUF", TEXT, (("late.proto", None),)), WriterSchema("PROTOBUF", TEXT)]
+
+    class Late:
+        async def fetch(self, schema_id: int) -> WriterSchema | None:
+            return answers.pop(0)
+
+    clock = [1_000.0]
+    monkeypatch.setattr(schema_transcode.time, "monotonic", lambda: clock[0])
+    transcoder = SchemaTranscoder("protobuf", Late())
+    value = InputRecord("t", 0, 0, 0, b"k", wire(Event(id="e")))
+    (first,) = await transcoder.transcode([value])
+    assert type(first) is UndecodableRecord and "imports late.proto" in first.message
+    (still,) = await transcoder.transcode([value])
+    assert type(still) is UndecodableRecord and answers, "not asked again at once"
+    clock[0] += schema_transcode.UNKNOWN_FOR_S
+    (later,) = await transcoder.transcode([value])
+    assert type(later) is TranscodedRecord and not answers
