@@ -10,7 +10,7 @@ import fastavro
 import orjson
 
 from streams.codecs.avro_safety import AvroBounds, UnsafeSchema, bounds_of
-from streams.codecs.wire_format import HEADER_BYTES, BadSchema, Unreadable
+from streams.codecs.wire_format import HEADER_BYTES, BadSchema, Unreadable, check_size
 
 # A schema's text beyond this is refused (a registry's schemas are kilobytes).
 MAX_SCHEMA_CHARS = 256 * 1024
@@ -38,13 +38,7 @@ class AvroReader:
         self.max_json_bytes = max_json_bytes
 
     def read(self, value: bytes) -> bytes:
-        most = self.bounds.most_json(len(value))
-        if most > self.max_json_bytes:
-            raise Unreadable(
-                "PayloadTooLarge",
-                f"schema {self.schema_id}: {len(value):,} bytes could decode to {most:,.0f} bytes of JSON; "
-                f"the limit is {self.max_json_bytes:,} (max_payload_bytes)",
-            )
+        check_size(self.schema_id, len(value), self.bounds.most_json(len(value)), self.max_json_bytes)
         try:
             return avro_to_json(value, self.parsed)
         except EOFError:

@@ -22,7 +22,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from streams.codecs.avro_json import as_text
 from streams.codecs.proto_schema import ProtoBounds, ProtoSchema, bounds_of, defaults_json
-from streams.codecs.wire_format import HEADER_BYTES, Unreadable, WriterSchema
+from streams.codecs.wire_format import HEADER_BYTES, Unreadable, WriterSchema, check_size
 
 # A message nested deeper in its file than this is not a schema anyone writes.
 MAX_INDEXES = 32
@@ -67,12 +67,7 @@ class ProtoReader:
         if count_first:
             # The coarse bound assumed every two bytes a message of the largest kind; count the ones present.
             most = bounds.top + self._nested_json(message) + bounds.ratio * len(value)
-            if most > self.max_json_bytes:
-                raise Unreadable(
-                    "PayloadTooLarge",
-                    f"schema {self.schema_id}: {len(value):,} bytes could decode to {most:,.0f} bytes of JSON; "
-                    f"the limit is {self.max_json_bytes:,} (max_payload_bytes)",
-                )
+            check_size(self.schema_id, len(value), most, self.max_json_bytes)
         try:
             return orjson.dumps(convert(message), default=as_text)
         except (orjson.JSONEncodeError, RecursionError) as exc:

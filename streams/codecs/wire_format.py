@@ -41,6 +41,16 @@ class Unreadable(ValueError):
         self.reason = reason
 
 
+def check_size(schema_id: int, wire_bytes: int, most_json: float, limit: int) -> None:
+    """``Unreadable`` (``PayloadTooLarge``) if a value of ``wire_bytes`` could decode to more JSON than ``limit``."""
+    if most_json > limit:
+        raise Unreadable(
+            "PayloadTooLarge",
+            f"schema {schema_id}: {wire_bytes:,} bytes could decode to {most_json:,.0f} bytes of JSON; "
+            f"the limit is {limit:,} (max_payload_bytes)",
+        )
+
+
 class BadSchema(ValueError):
     """A schema whose every event is a dead letter (refused as unsafe, or not of the pipeline's format)."""
 

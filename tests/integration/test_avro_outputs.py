@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
 
 import orjson
 from confluent_kafka import Consumer
@@ -23,13 +22,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from app.backfill_run import backfill_run
 from app.commands.backfill import checked_run
 from app.config import load_config
-from app.decision_log import ensure_decisions_topic
 from app.demo_events import demo_events
-from app.kafka_clients import connection
-from app.pipeline_service import PipelineService
 from app.schema_registry import registry_client
 from app.testing import score_async
-from app.topics import ensure_topics
 from streams.codecs.avro_outputs import output_schema
 from tests.integration.kafka_helpers import (
     free_port,
@@ -40,28 +35,10 @@ from tests.integration.kafka_helpers import (
     unique,
     write_config,
 )
+from tests.integration.test_event_formats import create_topics, running
 from tests.one_line import one_line_exit_2
 
 OPTIONAL = ("role", "fallback", "fallback_reason")
-
-
-async def create_topics(config_path, name: str) -> None:
-    """What the worker's start-up checks create: the pipeline's topics and the decisions topic."""
-    config = load_config(config_path)
-    await ensure_topics(connection(config), config.pipeline(name).topics, create=True, partitions=3)
-    await ensure_decisions_topic(connection(config), config.app.decisions_topic, create=True)
-
-
-@asynccontextmanager
-async def running(config_path, name: str):
-    """The worker's pipeline service for ``name``, in this process, started and stopped."""
-    config = load_config(config_path)
-    service = PipelineService(config, config.pipeline(name))
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
 
 
 def consume(bootstrap: str, topic: str, count: int, within_s: float = 30) -> list[bytes]:

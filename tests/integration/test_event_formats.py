@@ -111,6 +111,34 @@ async def written(config_path, topic: str, events, schemas) -> list[tuple[bytes,
     return out
 
 
+async def live_and_backfill(kafka, tmp_path, config_path, name, topics, records, malformed, expected):
+    """``records`` (with ``malformed`` in the middle) scored by the worker's pipeline service, then
+    replayed by a backfill: the outputs must equal ``expected`` (their JSON twins' scores) both ways.
+    Returns the dead letters, by source offset."""
+    await create_topics(config_path, name)
+    half = len(records) // 2
+    await produce_raw(kafka, topics["input_topic"], records[:half] + malformed + records[half:])
+    async with running(config_path, name):
+        served = await read_topic(kafka, topics["output_topic"], expected=len(records), within_s=90)
+        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=len(malformed), within_s=30)
+    bodies = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["prediction"] for r in served}
+    assert bodies.keys() == expected.keys()
+    assert all(abs(bodies[i] - expected[i]) < 1e-6 for i in expected), "the same features, the same scores"
+
+    run, specs = await checked_run(
+        load_config(config_path), name, None, f"file:{tmp_path / 'history.jsonl'}", None, None, None, "1/1",
+        tmp_path / "state",
+    )  # fmt: skip
+    summary = await backfill_run(load_config(config_path), run, specs)
+    assert (summary.scored, summary.dead_lettered) == (len(records), len(malformed))
+    replayed = [orjson.loads(line) for line in (tmp_path / "history.jsonl").read_bytes().splitlines()]
+    history = {d["id"]: d["prediction"] for d in replayed if "prediction" in d}
+    assert all(abs(history[i] - bodies[i]) < 1e-6 for i in expected), "a backfill scores history as live did"
+    letters = sorted((orjson.loads(r.value) for r in dead), key=lambda d: d["source"]["offset"])
+    assert all(d.get("value_base64") or d.get("value") for d in letters), "the bytes the topic held"
+    return letters
+
+
 async def test_avro_events_score_live_and_by_backfill_as_their_json_twins_across_a_schema_change(kafka, tmp_path):
     name = "avro"
     topics = topics_for(unique("avro"))
@@ -126,30 +154,10 @@ async def test_avro_events_score_live_and_by_backfill_as_their_json_twins_across
         (b"k", good[:-6]),  # truncated
         (b"k", good + b"\x01\x02"),  # bytes left over: another schema's record
     ]
-    await create_topics(avro_config, name)
-    await produce_raw(kafka, topics["input_topic"], records[:150] + malformed + records[150:])
-
-    async with running(avro_config, name):
-        served = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=90)
-        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=len(malformed), within_s=30)
-    bodies = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["prediction"] for r in served}
-    assert bodies.keys() == expected.keys()
-    assert all(abs(bodies[i] - expected[i]) < 1e-6 for i in expected), "the same features, the same scores"
-    letters = sorted((orjson.loads(r.value) for r in dead), key=lambda d: d["source"]["offset"])
+    letters = await live_and_backfill(kafka, tmp_path, avro_config, name, topics, records, malformed, expected)
     assert {d["error"] for d in letters} == {"NotWireFormat", "UnknownSchema", "Truncated", "SchemaMismatch"}
     unknown = next(d for d in letters if d["error"] == "UnknownSchema")
     assert "schema 987654" in unknown["reason"]
-    assert all(d.get("value_base64") or d.get("value") for d in letters), "the bytes the topic held"
-
-    run, specs = await checked_run(
-        load_config(avro_config), name, None, f"file:{tmp_path / 'history.jsonl'}", None, None, None, "1/1",
-        tmp_path / "state",
-    )  # fmt: skip
-    summary = await backfill_run(load_config(avro_config), run, specs)
-    assert (summary.scored, summary.dead_lettered) == (len(events), len(malformed))
-    replayed = [orjson.loads(line) for line in (tmp_path / "history.jsonl").read_bytes().splitlines()]
-    history = {d["id"]: d["prediction"] for d in replayed if "prediction" in d}
-    assert all(abs(history[i] - bodies[i]) < 1e-6 for i in expected), "a backfill scores history as live did"
 
 
 async def test_while_the_registry_cannot_answer_valid_events_wait_and_none_is_dead_lettered(
@@ -249,30 +257,11 @@ async def test_protobuf_events_score_live_and_by_backfill_as_their_json_twins_ac
         (b"k", good[: len(good) // 2]),  # cut inside its features
         (b"k", good[:5] + b"\x02\x0a" + good[7:]),  # a message index the file does not have
     ]
-    await create_topics(proto_config, name)
-    await produce_raw(kafka, topics["input_topic"], records[:150] + malformed + records[150:])
-
-    async with running(proto_config, name):
-        served = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=90)
-        dead = await read_topic(kafka, topics["dead_letter_topic"], expected=len(malformed), within_s=30)
-    bodies = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["prediction"] for r in served}
-    assert bodies.keys() == expected.keys()
-    assert all(abs(bodies[i] - expected[i]) < 1e-6 for i in expected), "the same features, the same scores"
-    letters = sorted((orjson.loads(r.value) for r in dead), key=lambda d: d["source"]["offset"])
+    letters = await live_and_backfill(kafka, tmp_path, proto_config, name, topics, records, malformed, expected)
     assert [d["error"] for d in letters] == ["NotWireFormat", "UnknownSchema", "SchemaMismatch", "SchemaMismatch"]
     assert "schema 987655" in letters[1]["reason"]
     assert "demo.Payment" in letters[2]["reason"] and "truncated" in letters[2]["reason"]
     assert "no message at indexes [5]" in letters[3]["reason"]
-
-    run, specs = await checked_run(
-        load_config(proto_config), name, None, f"file:{tmp_path / 'history.jsonl'}", None, None, None, "1/1",
-        tmp_path / "state",
-    )  # fmt: skip
-    summary = await backfill_run(load_config(proto_config), run, specs)
-    assert (summary.scored, summary.dead_lettered) == (len(events), len(malformed))
-    replayed = [orjson.loads(line) for line in (tmp_path / "history.jsonl").read_bytes().splitlines()]
-    history = {d["id"]: d["prediction"] for d in replayed if "prediction" in d}
-    assert all(abs(history[i] - bodies[i]) < 1e-6 for i in expected), "a backfill scores history as live did"
 
 
 # The re-keying tests' events (tests.integration.test_rekey), in Avro: keyed by their ``acct`` field.
