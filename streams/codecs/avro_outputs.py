@@ -11,8 +11,9 @@ NaN and infinity, which JSON outputs write as null.
 
 ``AvroOutputs`` writes a batch's records, each as a zero byte, the 4-byte big-endian id the
 registry gave the schema, then the record in Avro binary: fastavro's compiled writer, into one
-buffer, or for the common case (one finite number per event, no features) byte templates
-(``streams.codecs.avro_scalars``, 4x faster). Consumers read them with their registry's
+buffer. The common case (one finite number per event, no features) is written from byte templates
+instead (``streams.codecs.avro_scalars``, 4x faster; ``encode_predictions`` picks it), with the
+header and optional fields kept here. Consumers read them with their registry's
 deserializer, as any other Avro topic.
 """
 
@@ -28,9 +29,7 @@ import fastavro
 import numpy as np
 import orjson
 
-from streams.codecs.avro_scalars import scalar_outputs
 from streams.codecs.wire_format import HEADER_BYTES, MAGIC
-from streams.records import SourceRecord
 
 # What Avro's long holds: an integer id beyond it (JSON ids go up to 2**64 - 1) is written as its text.
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
@@ -123,23 +122,6 @@ class AvroOutputs:
         self.header = bytes([MAGIC]) + schema_id.to_bytes(4, "big")
         # The optional fields, in the schema's order: what follows latency_ms in every record.
         self.optional = [f["name"] for f in schema["fields"] if isinstance(f["type"], list) and f["type"][0] == "null"]
-
-    def encode_scalars(
-        self,
-        records: Sequence[SourceRecord],
-        rows: list[int],
-        ids: list[Any],
-        predictions: np.ndarray,
-        model_name: str,
-        model_version: str,
-        now_ms: int,
-        extra: dict[str, Any] | None,
-    ) -> list[bytes]:
-        """``encode`` for one finite prediction per event and no features, without a dict per event."""
-        return scalar_outputs(
-            self.header, records, rows, ids, predictions,
-            model_name=model_name, model_version=model_version, now_ms=now_ms, optional=self.optional, extra=extra,
-        )  # fmt: skip
 
     def encode(self, docs: Iterable[dict[str, Any]]) -> list[bytes]:
         """Each of ``docs`` (an output as its JSON would hold it) in the wire format."""

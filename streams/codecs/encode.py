@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 from streams.codecs.avro_outputs import AvroOutputs, avro_ids, nullable
+from streams.codecs.avro_scalars import scalar_outputs
 from streams.records import OutputRecord, SourceRecord
 
 if TYPE_CHECKING:
@@ -47,7 +48,10 @@ def encode_predictions(
     if avro is not None and predictions.ndim == 1 and not features and np.isfinite(predictions).all():
         # The common case again (see _encode_scalars): written from byte templates, not a dict each.
         rows, ids = decoded.rows.tolist(), avro_ids(decoded.ids)
-        bodies = avro.encode_scalars(records, rows, ids, predictions, model_name, model_version, now_ms, extra)
+        bodies = scalar_outputs(
+            avro.header, records, rows, ids, predictions, model_name=model_name, model_version=model_version,
+            now_ms=now_ms, optional=avro.optional, extra=extra,
+        )  # fmt: skip
         return _records(records, rows, bodies, topic, key_by_position, headers_of or _no_headers)
     if avro is not None:
         # The same documents as JSON's general path, NaN and infinities as null as orjson writes them.
