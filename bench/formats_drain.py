@@ -28,8 +28,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from app.config import load_config
 from app.decision_log import ensure_decisions_topic
 from app.demo_formats import demo_writer
@@ -44,7 +42,10 @@ from bench.latency import (
     create_topics,
     drain_rate,
     events,
+    ids_of,
     produce,
+    read_outputs,
+    wait_for_outputs,
     write_sluice_config,
 )
 
@@ -56,39 +57,6 @@ async def encoded(
 ) -> list[tuple[bytes, bytes]]:
     write = await demo_writer(load_config(config_path), topic, fmt)
     return [(key, await write(value)) for key, value in items]
-
-
-async def appended_times(topic: str, count: int, timeout_s: float) -> list[int]:
-    """The append times of ``topic``'s first ``count`` records, waiting for them."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        times: list[int] = []
-        deadline = time.monotonic() + timeout_s
-        while len(times) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
-            times += [r.timestamp for records in batch.values() for r in records]
-        return times
-    finally:
-        await consumer.stop()
-
-
-async def wait_for_end(topic: str, count: int, timeout_s: float) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if sum((await consumer.end_offsets(tps)).values()) >= count:
-                return
-            await asyncio.sleep(0.25)
-        raise TimeoutError(f"{topic}: fewer than {count:,} outputs after {timeout_s:.0f}s")
-    finally:
-        await consumer.stop()
 
 
 async def drain(model: str, fmt: str, count: int, tag: str, workdir: Path) -> tuple[float, float]:
@@ -104,7 +72,8 @@ async def drain(model: str, fmt: str, count: int, tag: str, workdir: Path) -> tu
         "[pipelines.", f'[app.schema_registry]\nurl = "mock://{tag}"\n\n[pipelines.', 1
     )
     config_path.write_text(text)
-    await produce(topic_in, await encoded(config_path, topic_in, fmt, events(count, seed=11)))
+    items = events(count, seed=11)
+    await produce(topic_in, await encoded(config_path, topic_in, fmt, items))
     config = load_config(config_path)
     p = config.pipeline("bench")
     await ensure_topics(BOOTSTRAP, p.topics, create=True, partitions=PARTITIONS)
@@ -114,10 +83,13 @@ async def drain(model: str, fmt: str, count: int, tag: str, workdir: Path) -> tu
     service = PipelineService(config, p)
     await service.start()
     try:
-        await wait_for_end(topic_out, count, timeout_s=max(120.0, count / 2_000))
+        await wait_for_outputs(topic_out, count, timeout_s=max(120.0, count / 2_000))
     finally:
         await service.stop()
-    return drain_rate(await appended_times(topic_out, count, timeout_s=120))
+    outputs = await read_outputs(topic_out, ids_of(items), timeout_s=120)
+    if len(outputs) < count:
+        raise TimeoutError(f"{topic_out}: {len(outputs):,} of {count:,} outputs")
+    return drain_rate(appended for _, appended in outputs.values())
 
 
 async def run(models: list[str], seconds: float, first: int, most: int, rounds: int) -> dict[str, Any]:

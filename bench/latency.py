@@ -174,15 +174,18 @@ async def end_offsets(topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def wait_for_outputs(topic: str, count: int, timeout_s: float, worker: subprocess.Popen[bytes]) -> None:
+async def wait_for_outputs(
+    topic: str, count: int, timeout_s: float, worker: subprocess.Popen[bytes] | None = None
+) -> None:
     """Until ``topic`` holds at least ``count`` records, asking only for its end offsets, or
-    ``worker`` has stopped (a peer that could not start: its log says why)."""
+    ``worker`` (a process, if the outputs come from one) has stopped (a peer that could not
+    start: its log says why)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and worker.poll() is None:
+        while time.monotonic() < deadline and (worker is None or worker.poll() is None):
             if sum((await consumer.end_offsets(tps)).values()) >= count:
                 return
             await asyncio.sleep(0.25)
