@@ -41,6 +41,7 @@ class ProtoReader:
         # By message indexes: its class, its converter and its bounds (a file has few messages).
         self._messages: dict[tuple[int, ...], tuple[type[Message], Converter, ProtoBounds]] = {}
         self._converters: dict[str, Converter] = {}
+        self._defaults: dict[str, int] = {}  # defaults_json by message type, for _nested_json
 
     def read(self, value: bytes) -> bytes:
         indexes, start = message_indexes(value)
@@ -90,7 +91,11 @@ class ProtoReader:
             else:
                 items = held if field.is_repeated else (held,)
             for item in items:
-                total += defaults_json(item.DESCRIPTOR) + self._nested_json(item)
+                descriptor = item.DESCRIPTOR
+                fixed = self._defaults.get(descriptor.full_name)
+                if fixed is None:
+                    fixed = self._defaults[descriptor.full_name] = defaults_json(descriptor)
+                total += fixed + self._nested_json(item)
         return total
 
     def _message(self, indexes: tuple[int, ...]) -> tuple[type[Message], Converter, ProtoBounds]:
