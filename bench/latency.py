@@ -58,7 +58,7 @@ DRAIN_SECONDS = 10.0
 DRAIN_MARGIN = 1.25
 FIRST_BACKLOG = {"fraud-mlp": 20_000, "fraud-transformer": 5_000}
 MAX_BACKLOG = 1_500_000
-STRATEGIES = ("adaptive", "take", "per-event", "quix", "quix-sink")
+STRATEGIES = ("adaptive", "minimal", "take", "per-event", "quix", "quix-sink")
 FAUST_MODES = {"take": "take", "per-event": "per_event"}
 QUIX_MODES = {"quix": "per_event", "quix-sink": "sink"}
 
@@ -235,6 +235,9 @@ def start_worker(
             "info",
             "--without-web",
         ]
+    elif strategy == "minimal":
+        env.update(peer_env(model, topic_in, topic_out))
+        cmd = [sys.executable, "-m", "bench.minimal"]
     elif strategy in QUIX_MODES:
         # Its state directory is a temporary one that bench.quix_peers removes on exit.
         env.update(peer_env(model, topic_in, topic_out), BENCH_MODE=QUIX_MODES[strategy], BENCH_COUNT=str(stop_after))

@@ -11,6 +11,7 @@ LABELS = {
     "quix": "one event at a time (Quix Streams app)",
     "quix-sink": "Quix BatchingSink batches (commit every 256 or 10 ms)",
     "adaptive": "sluice adaptive batcher",
+    "minimal": "minimal pipeline by hand (bench.minimal: no commits, dead letters, budget, headers, metrics)",
 }
 
 
@@ -95,6 +96,12 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
                 f"sluice's drain is {drain['adaptive'] / reads['getmany_orjson']:.2f} of getmany + orjson + np.array "
                 f"and {drain['adaptive'] / reads['getmany']:.2f} of getmany alone, "
                 "on the same backlog in the same run.",
+            ]
+        if drain.get("adaptive") and drain.get("minimal"):
+            lines += [
+                "",
+                f"sluice's drain is **{drain['adaptive'] / drain['minimal']:.2f}** of the minimal pipeline's "
+                "(the same job by hand, without sluice's guarantees), in the same run.",
             ]
         if not entry["points"]:
             lines.append("")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from itertools import compress, repeat
+from operator import eq, itemgetter
+
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from streams.records import OutputRecord
@@ -11,6 +15,10 @@ from streams.records import OutputRecord
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 # A record batch's header, plus the per-record varints, attributes and timestamp delta.
 _BATCH_OVERHEAD_BYTES = 61 + 32
+# OutputRecord's fields by position: map() over them runs in C, where a loop would run once per event.
+_TOPIC, _KEY, _VALUE, _PARTITION, _HEADERS, _TO_PARTITION = (itemgetter(i) for i in range(6))
+# What an output without headers appends: aiokafka wants a list and only reads it.
+_NO_HEADERS: list[tuple[str, bytes]] = []
 
 
 def target_partition(record: OutputRecord, count: int) -> int | None:
@@ -30,3 +38,59 @@ def record_size(record: OutputRecord) -> int:
 def append(batch: BatchBuilder, record: OutputRecord) -> object:
     """Add ``record`` to ``batch``; None if the batch is full."""
     return batch.append(key=record.key, value=record.value, timestamp=record.timestamp, headers=list(record.headers))
+
+
+def oversized(records: Sequence[OutputRecord], limit_of: Callable[[str], int]) -> list[tuple[OutputRecord, str]]:
+    """The records over their topic's size limit, each with the reason.
+
+    Checked record by record only when the batch's longest key and longest value together,
+    with no headers anywhere, could exceed the smallest limit: outputs are far smaller than
+    a megabyte, so a batch is usually cleared at once."""
+    if records and not any(map(_HEADERS, records)):
+        keys = max(map(len, filter(None, map(_KEY, records))), default=0)
+        longest = max(map(len, map(_VALUE, records))) + keys + _BATCH_OVERHEAD_BYTES
+        if longest <= min(map(limit_of, set(map(_TOPIC, records)))):
+            return []
+    return [
+        (record, f"the record is over {limit_of(record.topic)} bytes, the topic's limit")
+        for record in records
+        if record_size(record) > limit_of(record.topic)
+    ]
+
+
+def by_partition(
+    records: Sequence[OutputRecord], counts: Mapping[str, int]
+) -> dict[tuple[str, int | None], list[OutputRecord]]:
+    """The records by (topic, target partition), each group in the order given (per-key order).
+
+    Outputs follow their inputs' partitions and a batch holds a few: one pass per partition
+    (in C) picks its records, where a dict lookup per record cost more than the rest of the send."""
+    topics = set(map(_TOPIC, records))
+    if len(topics) != 1 or any(p is not None for p in set(map(_TO_PARTITION, records))):
+        groups: dict[tuple[str, int | None], list[OutputRecord]] = {}
+        for record in records:
+            groups.setdefault((record.topic, target_partition(record, counts[record.topic])), []).append(record)
+        return groups
+    (topic,) = topics
+    count = counts[topic]
+    partitions = list(map(_PARTITION, records))
+    present = set(partitions)
+    if len(present) == 1:
+        (partition,) = present
+        return {(topic, None if partition is None else partition % count): list(records)}
+    groups = {}
+    for partition in sorted(present, key=lambda p: -1 if p is None else p):
+        target = None if partition is None else partition % count
+        groups.setdefault((topic, target), []).extend(compress(records, map(eq, partitions, repeat(partition))))
+    return groups
+
+
+def fill(batch: BatchBuilder, records: Sequence[OutputRecord], start: int) -> int:
+    """Append ``records[start:]`` to ``batch`` until it is full: the index of the first left out
+    (``len(records)`` when all went in). An empty batch always takes its first record."""
+    add = batch.append
+    for i in range(start, len(records)):
+        _, key, value, _, headers, _, timestamp = records[i]
+        if add(key=key, value=value, timestamp=timestamp, headers=list(headers) if headers else _NO_HEADERS) is None:
+            return i
+    return len(records)

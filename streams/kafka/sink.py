@@ -38,7 +38,7 @@ from aiokafka.errors import (
 )
 
 from streams.errors import DeliveryFailed, OutputRefused
-from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, append, record_size, target_partition
+from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, append, by_partition, fill, oversized, target_partition
 from streams.records import OutputRecord
 
 log = logging.getLogger(__name__)
@@ -127,19 +127,15 @@ class KafkaSink:
         return _delivery_failed_on_kafka_errors(acknowledged)
 
     async def _send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
-        by_partition: dict[tuple[str, int | None], list[OutputRecord]] = {}
-        refused: list[tuple[OutputRecord, str]] = []
-        limits = {topic: self.limit(topic) for topic in {record.topic for record in records}}
-        counts = {topic: await self._partitions(topic) for topic in limits}
-        for record in records:
-            if record_size(record) > limits[record.topic]:
-                refused.append((record, f"the record is over {limits[record.topic]} bytes, the topic's limit"))
-                continue
-            by_partition.setdefault((record.topic, target_partition(record, counts[record.topic])), []).append(record)
+        refused = oversized(records, self.limit)
+        if refused:
+            gone = {id(record) for record, _ in refused}
+            records = [record for record in records if id(record) not in gone]
+        counts = {topic: await self._partitions(topic) for topic in {record.topic for record in records}}
         sent: list[tuple[list[OutputRecord], asyncio.Future[object]]] = []
         async with self._sending:
             generation = self._generation
-            for (topic, partition), group in by_partition.items():
+            for (topic, partition), group in by_partition(records, counts).items():
                 if partition is None:
                     for record in group:
                         future = await self.producer.send(
@@ -151,18 +147,14 @@ class KafkaSink:
                         )
                         sent.append(([record], future))
                     continue
-                batch = self.producer.create_batch()
-                members: list[OutputRecord] = []
-                for record in group:
-                    if append(batch, record) is None:
-                        # Full: ship it and start the next one (order within the partition holds).
-                        batch.close()
-                        sent.append((members, await self.producer.send_batch(batch, topic, partition=partition)))
-                        batch, members = self.producer.create_batch(), []
-                        append(batch, record)
-                    members.append(record)
-                batch.close()
-                sent.append((members, await self.producer.send_batch(batch, topic, partition=partition)))
+                start = 0
+                while start < len(group):
+                    # A full batch ships and the next one starts (order within the partition holds).
+                    batch = self.producer.create_batch()
+                    stop = fill(batch, group, start)
+                    batch.close()
+                    sent.append((group[start:stop], await self.producer.send_batch(batch, topic, partition=partition)))
+                    start = stop
         return self._acknowledged(sent, refused, generation)
 
     async def _acknowledged(

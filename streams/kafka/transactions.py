@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from streams.errors import Fenced, OutputRefused, SluiceError, TransactionFailed
-from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, append, record_size, target_partition
+from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, fill, record_size, target_partition
 from streams.records import OutputRecord, Partition
 
 log = logging.getLogger(__name__)
@@ -228,15 +228,12 @@ class TransactionalSink:
                 for record in group:
                     by_target.setdefault(target_partition(record, count), []).append(record)  # type: ignore[arg-type]
                 for partition, records_there in by_target.items():
-                    batch = producer.create_batch()
-                    for record in records_there:
-                        if append(batch, record) is None:
-                            batch.close()
-                            sent.append(await producer.send_batch(batch, topic, partition=partition))
-                            batch = producer.create_batch()
-                            append(batch, record)
-                    batch.close()
-                    sent.append(await producer.send_batch(batch, topic, partition=partition))
+                    start = 0
+                    while start < len(records_there):
+                        batch = producer.create_batch()
+                        start = fill(batch, records_there, start)
+                        batch.close()
+                        sent.append(await producer.send_batch(batch, topic, partition=partition))
         except KafkaError as exc:
             raise self.transactions.fail(_failure(exc, "sending outputs")) from exc
         if dropped:
