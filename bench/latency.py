@@ -75,6 +75,9 @@ class LoadPoint:
     p99_ms: float
     p999_ms: float
     saturated: bool
+    # CPU per offered event (/proc, user + system), from the first event sent to the last output read:
+    worker_cpu_us: float = 0.0  # the worker's, every thread
+    generator_cpu_us: float = 0.0  # this process's: the load generator (and the reader of the outputs)
 
 
 def events(count: int, seed: int) -> list[tuple[bytes, bytes]]:
@@ -176,21 +179,38 @@ async def end_offsets(topic: str) -> dict[int, int]:
 
 async def wait_for_outputs(
     topic: str, count: int, timeout_s: float, worker: subprocess.Popen[bytes] | None = None
-) -> None:
+) -> float:
     """Until ``topic`` holds at least ``count`` records, asking only for its end offsets, or
     ``worker`` (a process, if the outputs come from one) has stopped (a peer that could not
-    start: its log says why)."""
+    start: its log says why). Returns the worker's CPU microseconds per output (``/proc``)
+    from the first poll that saw outputs to the last: its start-up is not in it (0.0 without
+    a worker)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
     await consumer.start()
+    first: tuple[int, float] | None = None
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and (worker is None or worker.poll() is None):
-            if sum((await consumer.end_offsets(tps)).values()) >= count:
-                return
+            done = sum((await consumer.end_offsets(tps)).values())
+            used = cpu_seconds(worker.pid) if worker is not None else 0.0
+            if first is None and done:
+                first = (done, used)
+            if done >= count:
+                return (used - first[1]) / (done - first[0]) * 1e6 if first and done > first[0] else 0.0
             await asyncio.sleep(0.25)
+        return 0.0
     finally:
         await consumer.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) process ``pid`` used so far, from ``/proc``; 0.0 without it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str, *, more: str = "") -> None:
@@ -322,6 +342,7 @@ class Drain:
     topic_in: str
     topic_out: str
     worker: subprocess.Popen[bytes]
+    cpu_us_per_event: float = 0.0  # the worker's CPU (every thread) per output while it drained
 
 
 async def drain(model: str, strategy: str, workdir: Path, *, tag: str, count: int, drain_only: bool) -> Drain:
@@ -335,17 +356,17 @@ async def drain(model: str, strategy: str, workdir: Path, *, tag: str, count: in
     await produce(topic_in, backlog)
     stop_after = count if drain_only and strategy in QUIX_MODES else 0
     worker = start_worker(strategy, model, topic_in, topic_out, workdir, stop_after=stop_after)
-    await wait_for_outputs(topic_out, count, timeout_s=300, worker=worker)
+    cpu_us = await wait_for_outputs(topic_out, count, timeout_s=300, worker=worker)
     outputs = await read_outputs(topic_out, ids_of(backlog), timeout_s=300 if worker.poll() is None else 60)
     rate, span_s = drain_rate(t for _, t in outputs.values())
     print(
         f"  {model:18s} {strategy:10s} drains a backlog of {count:,} at {rate:,.0f}/s "
-        f"in {span_s:.1f} s ({len(outputs):,} of its outputs read back)",
+        f"in {span_s:.1f} s ({len(outputs):,} of its outputs read back; {cpu_us:.1f} CPU µs/event)",
         flush=True,
     )
     if stop_after:
         print(f"  {model:18s} {strategy:10s} {own_report(worker, workdir / f'{model}-{strategy}.log')}")
-    return Drain(count, len(outputs), rate, span_s, topic_in, topic_out, worker)
+    return Drain(count, len(outputs), rate, span_s, topic_in, topic_out, worker, cpu_us)
 
 
 async def saturation(
@@ -403,14 +424,25 @@ def own_report(worker: subprocess.Popen[bytes], log: Path, timeout_s: float = 60
 
 
 async def load_point(
-    model: str, strategy: str, fraction: float, rate: float, topic_in: str, topic_out: str, seconds: float, seed: int
+    model: str,
+    strategy: str,
+    fraction: float,
+    rate: float,
+    topic_in: str,
+    topic_out: str,
+    seconds: float,
+    seed: int,
+    worker_pid: int | None = None,
 ) -> LoadPoint:
     warm_up_s = min(3.0, seconds / 4)
     count = max(20, int(rate * seconds))
     items = events(count, seed=seed)
     start = await end_offsets(topic_out)
+    worker_cpu, own_cpu = cpu_seconds(worker_pid) if worker_pid else 0.0, time.process_time()
     achieved = await produce(topic_in, items, rate=rate)
     ours = await read_outputs(topic_out, ids_of(items), timeout_s=max(30.0, seconds * 3), start=start)
+    worker_cpu = (cpu_seconds(worker_pid) - worker_cpu) / count * 1e6 if worker_pid else 0.0
+    own_cpu = (time.process_time() - own_cpu) / count * 1e6
     stamps = sorted(ours.values())
     first_ts = stamps[0][0] if stamps else 0
     latencies = np.array([out - inp for inp, out in stamps if inp >= first_ts + warm_up_s * 1000], dtype=np.float64)
@@ -430,11 +462,14 @@ async def load_point(
         float(p99),
         float(p999),
         bool(saturated),
+        float(worker_cpu),
+        float(own_cpu),
     )
     flag = "  SATURATED" if saturated else ""
     print(
         f"  {model:18s} {strategy:10s} {fraction:>4.0%} of saturation ({rate:,.0f}/s): "
-        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, p99.9 {p999:.1f} ms, {completed:.1%} scored{flag}",
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, p99.9 {p999:.1f} ms, {completed:.1%} scored, "
+        f"CPU µs/event: worker {worker_cpu:.1f}, generator {own_cpu:.1f}{flag}",
         flush=True,
     )
     return point
@@ -481,6 +516,7 @@ async def run(
             "drain_per_s": {},
             "drain_backlog": {},
             "drain_seconds": {},
+            "drain_cpu_us_per_event": {},
             "points": [],
         }
         reference = 0.0
@@ -512,6 +548,7 @@ async def run(
             entry["drain_per_s"][strategy] = drain  # type: ignore[index]
             entry["drain_backlog"][strategy] = done.backlog  # type: ignore[index]
             entry["drain_seconds"][strategy] = done.seconds  # type: ignore[index]
+            entry["drain_cpu_us_per_event"][strategy] = done.cpu_us_per_event  # type: ignore[index]
             if strategy == "adaptive":
                 # The same backlog, read again (as long as a drain) by the ceilings that owe nothing to sluice's code.
                 reads = await read_ceilings(BOOTSTRAP, model, topic_in, done.backlog, min_seconds=drain_seconds)
@@ -527,7 +564,15 @@ async def run(
                     reference = reference or rate
                     for i, fraction in enumerate(fractions):
                         point = await load_point(
-                            model, strategy, fraction, fraction * reference, topic_in, topic_out, seconds, seed=100 + i
+                            model,
+                            strategy,
+                            fraction,
+                            fraction * reference,
+                            topic_in,
+                            topic_out,
+                            seconds,
+                            seed=100 + i,
+                            worker_pid=worker.pid,
                         )
                         entry["points"].append(asdict(point))  # type: ignore[attr-defined]
             finally:

@@ -108,15 +108,16 @@ def write_latency_report(results: dict[str, Any], out: Path) -> None:
             continue
         lines += [
             "",
-            "| strategy | load | offered/s | achieved/s | scored | p50 ms | p99 ms | p99.9 ms |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| strategy | load | offered/s | achieved/s | scored | p50 ms | p99 ms | p99.9 ms "
+            "| worker CPU µs/event | generator CPU µs/event |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for p in entry["points"]:
             flag = " SATURATED" if p["saturated"] else ""
             lines.append(
                 f"| {LABELS[p['strategy']]} | {p['fraction']:.0%}{flag} | {p['offered_per_s']:,.0f} | "
                 f"{p['achieved_per_s']:,.0f} | {p['completed']:.1%} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | "
-                f"{p['p999_ms']:.1f} |"
+                f"{p['p999_ms']:.1f} | {p.get('worker_cpu_us', 0.0):.1f} | {p.get('generator_cpu_us', 0.0):.1f} |"
             )
         lines.append("")
     if any(entry["points"] for entry in results["models"].values()):
@@ -129,7 +130,9 @@ def _drained(entry: dict[str, Any], strategy: str, min_seconds: float) -> str:
     """A drain row's label: its backlog and how long it lasted (first output to last)."""
     seconds = entry["drain_seconds"][strategy]
     short = f", under {min_seconds:g} s" if seconds < min_seconds else ""
-    return f"draining {entry['drain_backlog'][strategy]:,} events in {seconds:.1f} s{short}"
+    cpu = entry.get("drain_cpu_us_per_event", {}).get(strategy)
+    cpu_text = f", {cpu:.1f} CPU µs/event" if cpu else ""
+    return f"draining {entry['drain_backlog'][strategy]:,} events in {seconds:.1f} s{short}{cpu_text}"
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

@@ -108,21 +108,14 @@ def _encode_scalars(
         b'"event_ts":%d,"latency_ms":%d}'
     )
     prediction_json, _ = json_each(values)
-    topic_json: dict[str, bytes] = {}
-    topic_key: dict[str, bytes] = {}
-    out: list[OutputRecord] = []
-    append = out.append
-    for row, event_id, prediction in zip(decoded.rows.tolist(), id_json, prediction_json, strict=True):
-        record = records[row]
-        source = record.topic
-        if source not in topic_json:
-            topic_json[source] = dumps(source)
-            topic_key[source] = source.encode().replace(b"%", b"%%") + b":%d:%d"
-        partition, offset, timestamp = record.partition, record.offset, record.timestamp
-        body = template % (event_id, prediction, topic_json[source], partition, offset, timestamp, now_ms - timestamp)
-        key = topic_key[source] % (partition, offset) if key_by_position else record.key
-        append(OutputRecord(topic, key, body, partition, headers_of(record)))
-    return out
+    rows = decoded.rows.tolist()
+    scored = records if len(rows) == len(records) else [records[row] for row in rows]  # rows are sorted, unique
+    topic_json = {source: dumps(source) for source in {record.topic for record in scored}}
+    bodies = [
+        template % (event_id, prediction, topic_json[r.topic], r.partition, r.offset, r.timestamp, now_ms - r.timestamp)
+        for r, event_id, prediction in zip(scored, id_json, prediction_json, strict=True)
+    ]
+    return _outputs(scored, bodies, topic, key_by_position, headers_of)
 
 
 def json_each(values: list[Any]) -> tuple[list[bytes], bool]:
@@ -191,9 +184,28 @@ def _records(
     headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
 ) -> list[OutputRecord]:
     """The output of each of ``rows`` with its value, keyed like its input (or by its position)."""
-    out = []
-    for row, body in zip(rows, bodies, strict=True):
-        record = records[row]
-        key = position_key(record) if key_by_position else record.key
-        out.append(OutputRecord(topic, key, body, record.partition, headers_of(record)))
-    return out
+    scored = records if len(rows) == len(records) else [records[row] for row in rows]  # rows are sorted, unique
+    return _outputs(scored, bodies, topic, key_by_position, headers_of)
+
+
+def _outputs(
+    scored: Sequence[SourceRecord],
+    bodies: list[bytes],
+    topic: str,
+    key_by_position: bool,
+    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
+) -> list[OutputRecord]:
+    """The output of each scored record with its value, keyed like its input (or by its position).
+
+    Built with ``tuple.__new__``: a named tuple's own constructor is a Python function, which
+    cost as much as filling the value's template."""
+    new = tuple.__new__
+    if key_by_position:
+        return [
+            new(OutputRecord, (topic, position_key(r), body, r.partition, headers_of(r), None, None))
+            for r, body in zip(scored, bodies, strict=True)
+        ]
+    return [
+        new(OutputRecord, (topic, r.key, body, r.partition, headers_of(r), None, None))
+        for r, body in zip(scored, bodies, strict=True)
+    ]
