@@ -321,6 +321,9 @@ def sluice_cli() -> SluiceGroup:
 
 
 def main() -> None:
+    from app.kafka_clients import hush_unread_connection_errors
+
+    hush_unread_connection_errors()
     rest, path = take_config_option(sys.argv[1:])
     sys.argv = [sys.argv[0], *with_fast_loop(rest)]
     if path:

@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from app.config import Config, SecurityConfig
 from streams.errors import ConfigError
@@ -157,6 +157,28 @@ async def why_unreachable(conn: Connection, timeout_s: float) -> str:
         return str(exc) or type(exc).__name__
     connection.close()
     return "it answered a direct connection, but not a metadata request"
+
+
+class _UnreadConnectionErrors(logging.Filter):
+    """Drops asyncio's report of a connection error that nobody read.
+
+    asyncio reports a future whose exception was never read, traceback and all, when the future
+    is collected, which may be as the process exits. The Kafka client leaves one behind when a
+    TLS broker refuses the connection after the handshake (a mutual-TLS listener's "bad
+    certificate" alert arrives on the first read): the start-up check has already said why in
+    one line, and the traceback would break that one line, at a time no caller can scope."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        unread = record.getMessage().startswith("Future exception was never retrieved")
+        return not (unread and isinstance(error, OSError | KafkaConnectionError))
+
+
+def hush_unread_connection_errors() -> None:
+    """Install ``_UnreadConnectionErrors`` on asyncio's logger (once per process)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnreadConnectionErrors) for f in logger.filters):
+        logger.addFilter(_UnreadConnectionErrors())
 
 
 @contextlib.contextmanager

@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import logging
 import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from app.config import load_config
-from app.kafka_clients import connection, describe, make_admin, make_consumer, make_producer
+from app.kafka_clients import (
+    connection,
+    describe,
+    hush_unread_connection_errors,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from streams.errors import ConfigError
 from tests.unit.test_config import GOOD, error_for, write
 
@@ -177,3 +186,26 @@ def test_a_ca_file_that_holds_no_certificate_is_named_at_start(tmp_path, pki):
     config = load_config(write(tmp_path, with_security(table)), environ={})
     with pytest.raises(ConfigError, match=r"key 'app.security.ssl_cafile' \(.*client.key\): not a PEM file of CA"):
         connection(config, environ={})
+
+
+def _unread_report(error: BaseException) -> logging.LogRecord:
+    """What asyncio's default exception handler logs for a collected future whose error nobody read."""
+    return logging.LogRecord(
+        "asyncio", logging.ERROR, __file__, 1, "Future exception was never retrieved\nfuture: <Future>", None,
+        (type(error), error, None),
+    )  # fmt: skip
+
+
+def test_asyncio_reports_of_unread_connection_errors_are_dropped_and_nothing_else() -> None:
+    hush_unread_connection_errors()
+    hush_unread_connection_errors()  # once per process, however often called
+    logger = logging.getLogger("asyncio")
+    assert sum(type(f).__name__ == "_UnreadConnectionErrors" for f in logger.filters) == 1
+    tls_alert = ssl.SSLError(1, "[SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate")
+    assert not logger.filter(_unread_report(tls_alert))
+    assert not logger.filter(_unread_report(ConnectionResetError()))
+    assert not logger.filter(_unread_report(KafkaConnectionError("closed")))
+    assert logger.filter(_unread_report(ValueError("a bug, not the network")))
+    pending = "Task was destroyed but it is pending!"
+    other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, pending, None, None)
+    assert logger.filter(other)
