@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from itertools import compress, repeat
 from operator import eq, itemgetter
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from streams.records import OutputRecord
@@ -94,3 +96,20 @@ def fill(batch: BatchBuilder, records: Sequence[OutputRecord], start: int) -> in
         if add(key=key, value=value, timestamp=timestamp, headers=list(headers) if headers else _NO_HEADERS) is None:
             return i
     return len(records)
+
+
+async def send_in_batches(
+    producer: AIOKafkaProducer, records: list[OutputRecord], topic: str, partition: int
+) -> list[tuple[list[OutputRecord], asyncio.Future[object]]]:
+    """Hand ``records`` to the producer for ``topic``'s ``partition`` in as many record batches as
+    they fill, in order (order within the partition holds): each batch's records and the future
+    of its acknowledgement."""
+    sent = []
+    start = 0
+    while start < len(records):
+        batch = producer.create_batch()
+        stop = fill(batch, records, start)
+        batch.close()
+        sent.append((records[start:stop], await producer.send_batch(batch, topic, partition=partition)))
+        start = stop
+    return sent

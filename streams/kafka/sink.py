@@ -38,7 +38,14 @@ from aiokafka.errors import (
 )
 
 from streams.errors import DeliveryFailed, OutputRefused
-from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, append, by_partition, fill, oversized, target_partition
+from streams.kafka.batches import (
+    DEFAULT_MAX_RECORD_BYTES,
+    append,
+    by_partition,
+    oversized,
+    send_in_batches,
+    target_partition,
+)
 from streams.records import OutputRecord
 
 log = logging.getLogger(__name__)
@@ -147,14 +154,7 @@ class KafkaSink:
                         )
                         sent.append(([record], future))
                     continue
-                start = 0
-                while start < len(group):
-                    # A full batch ships and the next one starts (order within the partition holds).
-                    batch = self.producer.create_batch()
-                    stop = fill(batch, group, start)
-                    batch.close()
-                    sent.append((group[start:stop], await self.producer.send_batch(batch, topic, partition=partition)))
-                    start = stop
+                sent += await send_in_batches(self.producer, group, topic, partition)
         return self._acknowledged(sent, refused, generation)
 
     async def _acknowledged(

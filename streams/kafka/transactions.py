@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from streams.errors import Fenced, OutputRefused, SluiceError, TransactionFailed
-from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, fill, record_size, target_partition
+from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, oversized, send_in_batches, target_partition
 from streams.records import OutputRecord, Partition
 
 log = logging.getLogger(__name__)
@@ -200,10 +200,11 @@ class TransactionalSink:
         if self.transactions.failed is not None:
             raise self.transactions.failed
         refused: list[tuple[OutputRecord, str]] = []
+        too_large = {id(record): reason for record, reason in oversized(records, self.limit)}
         groups: dict[tuple[int, str], list[OutputRecord]] = {}
         for record in records:
-            if record_size(record) > self.limit(record.topic):
-                refused.append((record, f"the record is over {self.limit(record.topic)} bytes, the topic's limit"))
+            if id(record) in too_large:
+                refused.append((record, too_large[id(record)]))
                 continue
             if record.key is None and record.topic in self._compacted:
                 refused.append((record, f"{record.topic} is compacted: it refuses records without a key"))
@@ -228,12 +229,7 @@ class TransactionalSink:
                 for record in group:
                     by_target.setdefault(target_partition(record, count), []).append(record)  # type: ignore[arg-type]
                 for partition, records_there in by_target.items():
-                    start = 0
-                    while start < len(records_there):
-                        batch = producer.create_batch()
-                        start = fill(batch, records_there, start)
-                        batch.close()
-                        sent.append(await producer.send_batch(batch, topic, partition=partition))
+                    sent += [future for _, future in await send_in_batches(producer, records_there, topic, partition)]
         except KafkaError as exc:
             raise self.transactions.fail(_failure(exc, "sending outputs")) from exc
         if dropped:
