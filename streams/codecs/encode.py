@@ -52,7 +52,7 @@ def encode_predictions(
             avro.header, records, rows, ids, predictions, model_name=model_name, model_version=model_version,
             now_ms=now_ms, optional=avro.optional, extra=extra,
         )  # fmt: skip
-        return _records(records, rows, bodies, topic, key_by_position, headers_of or _no_headers)
+        return _records(_scored(records, rows), bodies, topic, key_by_position, headers_of or _no_headers)
     if avro is not None:
         # The same documents as JSON's general path, NaN and infinities as null as orjson writes them.
         return _encode_general(
@@ -108,14 +108,13 @@ def _encode_scalars(
         b'"event_ts":%d,"latency_ms":%d}'
     )
     prediction_json, _ = json_each(values)
-    rows = decoded.rows.tolist()
-    scored = records if len(rows) == len(records) else [records[row] for row in rows]  # rows are sorted, unique
+    scored = _scored(records, decoded.rows.tolist())
     topic_json = {source: dumps(source) for source in {record.topic for record in scored}}
     bodies = [
         template % (event_id, prediction, topic_json[r.topic], r.partition, r.offset, r.timestamp, now_ms - r.timestamp)
         for r, event_id, prediction in zip(scored, id_json, prediction_json, strict=True)
     ]
-    return _outputs(scored, bodies, topic, key_by_position, headers_of)
+    return _records(scored, bodies, topic, key_by_position, headers_of)
 
 
 def json_each(values: list[Any]) -> tuple[list[bytes], bool]:
@@ -172,23 +171,15 @@ def _encode_general(
             }
         )
     bodies = avro.encode(docs) if avro is not None else list(map(orjson.dumps, docs))
-    return _records(records, rows, bodies, topic, key_by_position, headers_of)
+    return _records(_scored(records, rows), bodies, topic, key_by_position, headers_of)
+
+
+def _scored(records: Sequence[SourceRecord], rows: list[int]) -> Sequence[SourceRecord]:
+    """The records at ``rows`` (sorted and unique: all of them when as many)."""
+    return records if len(rows) == len(records) else [records[row] for row in rows]
 
 
 def _records(
-    records: Sequence[SourceRecord],
-    rows: list[int],
-    bodies: list[bytes],
-    topic: str,
-    key_by_position: bool,
-    headers_of: Callable[[SourceRecord], Sequence[tuple[str, bytes]]],
-) -> list[OutputRecord]:
-    """The output of each of ``rows`` with its value, keyed like its input (or by its position)."""
-    scored = records if len(rows) == len(records) else [records[row] for row in rows]  # rows are sorted, unique
-    return _outputs(scored, bodies, topic, key_by_position, headers_of)
-
-
-def _outputs(
     scored: Sequence[SourceRecord],
     bodies: list[bytes],
     topic: str,
