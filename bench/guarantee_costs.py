@@ -43,7 +43,7 @@ from streams.flow.batcher import Batcher, BatchPolicy
 from streams.flow.cost_model import CostModel
 from streams.flow.live_stats import LiveStats
 from streams.flow.pipeline import Pipeline, PipelineTopics
-from streams.kafka.batches import by_partition, fill, oversized
+from streams.kafka.batches import DEFAULT_MAX_RECORD_BYTES, by_partition, fill, oversized
 from streams.kafka.group_commits import GroupCommits
 from streams.metrics import PipelineMetrics
 from streams.records import OutputRecord, header_picker
@@ -63,21 +63,10 @@ def consumer_records(count: int, *, headers: bool) -> list[ConsumerRecord[bytes,
     ]
 
 
-def per_event_us(step: Callable[[], object], events: int, seconds: float, rounds: int) -> float:
-    """The best round's thread CPU microseconds per event of ``step`` (it handles ``events``)."""
-    best = float("inf")
-    for _ in range(rounds):
-        calls, started, wall = 0, time.thread_time(), time.perf_counter()
-        # A round lasts ``seconds`` of wall time: a step that waits (on the inference thread) uses little CPU here.
-        while time.perf_counter() - wall < seconds or not calls:
-            step()
-            calls += 1
-        best = min(best, (time.thread_time() - started) / (calls * events) * 1e6)
-    return best
-
-
-async def per_event_us_async(step: Callable[[], Awaitable[object]], events: int, seconds: float, rounds: int) -> float:
-    """``per_event_us`` of a coroutine function, awaited in one task (no event loop turn per call)."""
+async def per_event_us(step: Callable[[], Awaitable[object]], events: int, seconds: float, rounds: int) -> float:
+    """The best round's thread CPU microseconds per event of ``step`` (it handles ``events``), awaited
+    in one task (no event loop turn per call). A round lasts ``seconds`` of wall time: a step that
+    waits (on the inference thread) uses little CPU here."""
     best = float("inf")
     for _ in range(rounds):
         calls, started, wall = 0, time.thread_time(), time.perf_counter()
@@ -117,8 +106,14 @@ def stages(model: str, seconds: float, rounds: int) -> list[dict[str, Any]]:
     )
     stateful = pipeline.stateful is not None
 
+    def time_async(step: Callable[[], Awaitable[object]]) -> float:
+        return loop.run_until_complete(per_event_us(step, BATCH, seconds, rounds))
+
     def time_it(step: Callable[[], object]) -> float:
-        return per_event_us(step, BATCH, seconds, rounds)
+        async def awaited() -> object:
+            return step()
+
+        return time_async(awaited)
 
     # The minimal pipeline's steps.
     decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(HistoryEvent if stateful else Event)
@@ -172,7 +167,7 @@ def stages(model: str, seconds: float, rounds: int) -> list[dict[str, Any]]:
 
     def frame(outputs: list[OutputRecord]) -> object:
         # KafkaSink._send's work before the network: the size limits, the partitions, the appends.
-        oversized(outputs, lambda topic: 1 << 20)
+        oversized(outputs, lambda topic: DEFAULT_MAX_RECORD_BYTES)
         for group in by_partition(outputs, {"out": 2}).values():
             fill(new_batch(PRODUCER_SETTINGS["live"]["max_batch_size"]), group, 0)
         return None
@@ -203,9 +198,6 @@ def stages(model: str, seconds: float, rounds: int) -> list[dict[str, Any]]:
         metrics.acknowledged(BATCH, latencies / 1000, 0)
         stats.record(events=BATCH, scored=BATCH, dead_lettered=0, latencies_ms=latencies, late=0)
         return None
-
-    def time_async(step: Callable[[], Awaitable[object]]) -> float:
-        return loop.run_until_complete(per_event_us_async(step, BATCH, seconds, rounds))
 
     def score_inline() -> Awaitable[object]:
         return pipeline.finish(records, decoded)

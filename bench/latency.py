@@ -42,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app.config.pipeline_toml import DEMO_STATE, write_pipeline_config
 from app.demo_events import demo_events
 from bench.ceilings import drop_topics, model_alone, read_ceilings, transport_alone
+from bench.cpu_accounting import process_ticks
 from models.registry import DEMO_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,10 +208,10 @@ async def wait_for_outputs(
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system, every thread) process ``pid`` used so far, from ``/proc``; 0.0 without it."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_ticks(stat) / os.sysconf("SC_CLK_TCK")
 
 
 def write_sluice_config(path: Path, model: str, topic_in: str, topic_out: str, *, more: str = "") -> None:
