@@ -69,21 +69,29 @@ def by_partition(
     (in C) picks its records, where a dict lookup per record cost more than the rest of the send."""
     topics = set(map(_TOPIC, records))
     if len(topics) != 1 or any(p is not None for p in set(map(_TO_PARTITION, records))):
-        groups: dict[tuple[str, int | None], list[OutputRecord]] = {}
-        for record in records:
-            groups.setdefault((record.topic, target_partition(record, counts[record.topic])), []).append(record)
-        return groups
+        return _by_partition_each(records, counts)
     (topic,) = topics
     count = counts[topic]
     partitions = list(map(_PARTITION, records))
-    present = set(partitions)
+    present = list(dict.fromkeys(partitions))  # in order of first appearance, as the loop below makes groups
+    targets = [None if partition is None else partition % count for partition in present]
     if len(present) == 1:
-        (partition,) = present
-        return {(topic, None if partition is None else partition % count): list(records)}
-    groups = {}
-    for partition in sorted(present, key=lambda p: -1 if p is None else p):
-        target = None if partition is None else partition % count
-        groups.setdefault((topic, target), []).extend(compress(records, map(eq, partitions, repeat(partition))))
+        return {(topic, targets[0]): list(records)}
+    if len(set(targets)) < len(targets):
+        # Two input partitions share an output partition: their records interleave as given.
+        return _by_partition_each(records, counts)
+    return {
+        (topic, target): list(compress(records, map(eq, partitions, repeat(partition))))
+        for partition, target in zip(present, targets, strict=True)
+    }
+
+
+def _by_partition_each(
+    records: Sequence[OutputRecord], counts: Mapping[str, int]
+) -> dict[tuple[str, int | None], list[OutputRecord]]:
+    groups: dict[tuple[str, int | None], list[OutputRecord]] = {}
+    for record in records:
+        groups.setdefault((record.topic, target_partition(record, counts[record.topic])), []).append(record)
     return groups
 
 

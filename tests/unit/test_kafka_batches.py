@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from aiokafka.producer.message_accumulator import BatchBuilder
+from hypothesis import given
+from hypothesis import strategies as st
 
-from streams.kafka.batches import by_partition, fill, oversized, record_size
+from streams.kafka.batches import by_partition, fill, oversized, record_size, target_partition
 from streams.records import OutputRecord
 
 
@@ -32,9 +34,15 @@ def test_headers_count_toward_the_limit() -> None:
 
 
 def test_records_are_grouped_by_partition_each_in_the_order_given() -> None:
-    records = [out(0, b"a"), out(1, b"b"), out(0, b"c"), out(3, b"d")]
+    records = [out(1, b"a"), out(0, b"b"), out(1, b"c"), out(0, b"d")]
     groups = by_partition(records, {"out": 2})
-    assert groups == {("out", 0): [records[0], records[2]], ("out", 1): [records[1], records[3]]}
+    assert list(groups.items()) == [(("out", 1), [records[0], records[2]]), (("out", 0), [records[1], records[3]])]
+
+
+def test_input_partitions_sharing_an_output_partition_keep_their_records_interleaved_as_given() -> None:
+    records = [out(3, b"1"), out(0, b"2"), out(3, b"3"), out(1, b"4")]
+    groups = by_partition(records, {"out": 3})
+    assert groups == {("out", 0): [records[0], records[1], records[2]], ("out", 1): [records[3]]}
 
 
 def test_a_batch_from_one_partition_is_one_group() -> None:
@@ -66,3 +74,23 @@ def test_fill_stops_at_a_full_batch_and_the_next_batch_takes_the_rest() -> None:
 
 def test_an_empty_batch_takes_a_record_larger_than_itself() -> None:
     assert fill(BatchBuilder(100, 0), [out(0, bytes(1000)), out(0)], 0) == 1
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["out", "dlq"]),
+            st.one_of(st.none(), st.integers(0, 5)),
+            st.one_of(st.none(), st.integers(0, 5)),
+        ),
+        max_size=30,
+    ),
+    st.integers(1, 4),
+)
+def test_grouping_is_the_per_record_loops_exactly(fields: list[tuple[str, int | None, int | None]], count: int) -> None:
+    records = [OutputRecord(topic, b"k", bytes([i]), p, (), to) for i, (topic, p, to) in enumerate(fields)]
+    counts = {"out": count, "dlq": count + 1}
+    expected: dict[tuple[str, int | None], list[OutputRecord]] = {}
+    for record in records:
+        expected.setdefault((record.topic, target_partition(record, counts[record.topic])), []).append(record)
+    assert list(by_partition(records, counts).items()) == list(expected.items())
