@@ -171,7 +171,7 @@ class _UnreadConnectionErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         unread = record.getMessage().startswith("Future exception was never retrieved")
-        return not (unread and isinstance(error, OSError | KafkaConnectionError))
+        return not (unread and isinstance(error, ssl.SSLError | ConnectionError | KafkaConnectionError))
 
 
 def hush_unread_connection_errors() -> None:

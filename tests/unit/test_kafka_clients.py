@@ -206,6 +206,7 @@ def test_asyncio_reports_of_unread_connection_errors_are_dropped_and_nothing_els
     assert not logger.filter(_unread_report(ConnectionResetError()))
     assert not logger.filter(_unread_report(KafkaConnectionError("closed")))
     assert logger.filter(_unread_report(ValueError("a bug, not the network")))
+    assert logger.filter(_unread_report(TimeoutError()))  # an OSError, but no refused connection
     pending = "Task was destroyed but it is pending!"
     other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, pending, None, None)
     assert logger.filter(other)
