@@ -238,7 +238,6 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """A worker of ``strategy`` on the topics; ``stop_after`` events (Quix peers only: they
     can stop on their own) or until ``stop_worker``."""
-    log = (workdir / f"{model}-{strategy}.log").open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if strategy == "adaptive":
         config = workdir / f"{model}.toml"
@@ -280,7 +279,8 @@ def start_worker(
             "info",
             "--without-web",
         ]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with (workdir / f"{model}-{strategy}.log").open("wb") as log:  # the worker has its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def peer_env(model: str, topic_in: str, topic_out: str) -> dict[str, str]:
