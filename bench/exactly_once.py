@@ -65,11 +65,11 @@ def start_worker(tag: str, model: str, delivery: str, workdir: Path) -> subproce
         extra=f"latency_budget_ms = {BUDGET_MS}\nmax_batch_size = 512\n{delivery}",
     )
     cmd = [sys.executable, "-m", "app.cli", "--config", str(config), "--datadir", str(workdir / f"{tag}-data")]
-    log = (workdir / f"{tag}.log").open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [*cmd, "worker", "-l", "info", "--without-web"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    with (workdir / f"{tag}.log").open("wb") as log:  # the worker has its own copy of the descriptor
+        return subprocess.Popen(
+            [*cmd, "worker", "-l", "info", "--without-web"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 async def visible_latency(topic_in: str, topic_out: str, rate: float, seconds: float) -> tuple[float, float]:
