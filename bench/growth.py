@@ -336,6 +336,8 @@ def main() -> int:
     parser.add_argument("--prefix", default="bench-growth", help="prefix of the run's topic names")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if min([*args.keys, *args.partitions, args.backlog, args.rounds, args.memory_partitions], default=0) < 1:
+        parser.error("--keys, --partitions, --backlog, --rounds and --memory-partitions must be at least 1")
     args.command = " ".join(["python -m bench.growth", *sys.argv[1:]])
     args.tag = f"{args.prefix}-{int(time.time())}"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.drain_profile import OTHER, STAGES, report, stage_of, stage_shares, summary
+from bench.drain_profile import OTHER, STAGES, WAITING, report, stage_of, stage_shares, summary
 
 TORCH = "Linear.forward (torch/nn/modules/linear.py:125)"
 RUNNER = "InferenceThread._run (models/inference_thread.py:52)"
@@ -35,6 +35,11 @@ MINIMAL_LOOP = "run (bench/minimal.py:140)"
         ),
         (("Feeder.run (streams/flow/feeder.py:40)", "getmany (aiokafka/consumer/consumer.py:1200)"), named("fetch")),
         (("Acknowledger.run (streams/flow/acknowledger.py:63)",), named("acknowledgements")),
+        (
+            ("commit (streams/kafka/group_commits.py:40)", "commit (aiokafka/consumer/group_coordinator.py:9)"),
+            named("acknowledgements"),
+        ),
+        (("Faust.run (faust/streams.py:10)",), OTHER),
         ((MINIMAL_LOOP,), named("engine loop")),
         (("Worker.execute_from_commandline (mode/worker.py:264)",), OTHER),
     ],
@@ -43,10 +48,12 @@ def test_a_stack_is_the_stage_of_its_innermost_marked_frame(frames: tuple[str, .
     assert stage_of(stack(*frames)) == stage
 
 
-def test_shares_count_busy_samples_and_skip_empty_stacks() -> None:
-    raw = "\n".join([f"{stack(RUNNER, TORCH)} 30", f"{stack('run (bench/minimal.py:1)')} 10", " 50", "garbage"])
-    shares, total = stage_shares(raw)
-    assert total == 40
+def test_shares_count_busy_samples_and_skip_empty_stacks_and_the_inference_threads_waits() -> None:
+    waits = f"{stack('Thread.run (threading.py:982)', RUNNER)} 7"
+    raw = "\n".join([f"{stack(RUNNER, TORCH)} 30", f"{stack('run (bench/minimal.py:1)')} 10", " 50", "garbage", waits])
+    shares, total, waiting = stage_shares(raw)
+    assert WAITING in RUNNER
+    assert (total, waiting) == (40, 7)
     assert shares["model (torch)"] == pytest.approx(0.75)
     assert sum(shares.values()) == pytest.approx(1.0)
     assert set(shares) == {name for name, _ in STAGES} | {OTHER}
