@@ -32,7 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,15 +81,6 @@ OTHER = "other (Faust, the event loop itself, the rest)"
 WAITING = "InferenceThread._run (models/inference_thread.py"
 
 
-@dataclass
-class Profiled:
-    strategy: str
-    per_s: float  # the plain drain's rate
-    cpu_us: float  # the plain drain's CPU per event
-    samples: int
-    shares: dict[str, float]
-
-
 def stage_of(stack: str) -> str:
     """The stage of a py-spy raw stack (frames outermost first, ``;``-separated)."""
     for frame in reversed(stack.split(";")):
@@ -118,14 +108,9 @@ def stage_shares(raw: str) -> tuple[dict[str, float], int, int]:
 
 
 async def plain_drain(strategy: str, workdir: Path, tag: str, count: int) -> tuple[float, float]:
-    try:
-        drained = await latency.drain("fraud-mlp", strategy, workdir, tag=tag, count=count, drain_only=True)
-        stop_worker(drained.worker)
-    finally:
-        await drop_topics(BOOTSTRAP, tag)
-    if drained.read_back < count or drained.cpu_us_per_event <= 0:
-        log = (workdir / f"fraud-mlp-{strategy}.log").read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"the {strategy} drain scored {drained.read_back:,} of {count:,}:\n{log}")
+    drained = await latency.drain_and_stop("fraud-mlp", strategy, workdir, tag=tag, count=count)
+    if drained.cpu_us_per_event <= 0:
+        raise RuntimeError(f"the {strategy} drain was over before its CPU could be measured: a larger --backlog")
     return drained.per_s, drained.cpu_us_per_event
 
 
@@ -151,7 +136,7 @@ async def sampled_drain(strategy: str, workdir: Path, tag: str, count: int) -> s
         await latency.wait_for_outputs(topic_out, 1, timeout_s=120, worker=worker)
         spy = start_sampler(worker.pid, raw)
         await latency.wait_for_outputs(topic_out, count, timeout_s=300, worker=worker)
-        scored = sum((await latency.end_offsets(topic_out)).values())
+        scored = await latency.outputs_on(topic_out)
         spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled, and stops
         await asyncio.to_thread(spy.wait, 60)
     finally:

@@ -41,7 +41,15 @@ import bench.exactly_once as exactly_once
 import bench.latency as latency
 from app.demo_events import demo_events
 from bench.ceilings import drop_topics
-from bench.latency import BOOTSTRAP, RESULTS, create_topics, end_offsets, stop_worker, wait_for_outputs
+from bench.latency import (
+    BOOTSTRAP,
+    RESULTS,
+    create_topics,
+    log_tail,
+    outputs_on,
+    stop_worker,
+    wait_for_outputs,
+)
 from bench.state import STATE, machine, produce_by_key, progress, state_lines
 
 MODEL = "fraud-mlp"
@@ -89,10 +97,6 @@ def keyed_events(start: int, count: int, seed: int = 1) -> list[tuple[bytes, byt
     return keyed([(e.key, e.value) for e in demo_events(count, seed=seed, start=start)], start)
 
 
-def log_tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
-
-
 def logged_ready(log: Path) -> bool:
     return b"ready:" in (log.read_bytes() if log.exists() else b"")
 
@@ -105,10 +109,6 @@ async def wait_ready(worker: subprocess.Popen[bytes], log: Path, timeout_s: floa
             raise RuntimeError(f"the worker never logged ready: (exit {worker.poll()}):\n{log_tail(log)}")
         await asyncio.sleep(0.2)
     return time.perf_counter() - started
-
-
-async def outputs_on(topic: str) -> int:
-    return sum((await end_offsets(topic)).values())
 
 
 async def watch_outputs(what: str, topic: str, total: int, started: float, every_s: float = 10.0) -> None:
@@ -179,13 +179,8 @@ async def throughput(strategy: str, partitions: int, round_: int, args: argparse
     own = workdir / tag  # start_worker's config, data and log go in the workdir it is given
     own.mkdir()
     try:
-        done = await latency.drain(MODEL, strategy, own, tag=tag, count=args.backlog, drain_only=True)
-        stop_worker(done.worker)
-        if done.read_back < done.backlog:
-            tail = log_tail(own / f"{MODEL}-{strategy}.log")
-            raise RuntimeError(f"{strategy} at {partitions} partitions scored {done.read_back:,}:\n{tail}")
+        done = await latency.drain_and_stop(MODEL, strategy, own, tag=tag, count=args.backlog)
     finally:
-        await drop_topics(BOOTSTRAP, f"{tag}-")
         shutil.rmtree(own, ignore_errors=True)
     return {
         "partitions": partitions,

@@ -370,6 +370,30 @@ async def drain(model: str, strategy: str, workdir: Path, *, tag: str, count: in
     return Drain(count, len(outputs), rate, span_s, topic_in, topic_out, worker, cpu_us)
 
 
+async def drain_and_stop(model: str, strategy: str, workdir: Path, *, tag: str, count: int) -> Drain:
+    """``drain`` (drain-only), then the worker stopped and the drain's topics deleted, whatever
+    happened; raises with the end of the worker's log if it scored fewer than ``count`` events."""
+    try:
+        drained = await drain(model, strategy, workdir, tag=tag, count=count, drain_only=True)
+        stop_worker(drained.worker)
+    finally:
+        await drop_topics(BOOTSTRAP, f"{tag}-")
+    if drained.read_back < count:
+        tail = log_tail(workdir / f"{model}-{strategy}.log")
+        raise RuntimeError(f"{model} {strategy} scored {drained.read_back:,} of {count:,}:\n{tail}")
+    return drained
+
+
+def log_tail(log: Path) -> str:
+    """The end of a worker's log, for an error that says why it failed."""
+    return log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
+
+
+async def outputs_on(topic: str) -> int:
+    """Records on ``topic`` so far (the sum of its end offsets)."""
+    return sum((await end_offsets(topic)).values())
+
+
 async def saturation(
     model: str,
     strategy: str,

@@ -47,7 +47,7 @@ from app.config.table import Table
 from app.kafka_clients import make_consumer
 from app.topics import as_connection, ensure_changelog
 from bench.ceilings import drop_topics
-from bench.latency import BOOTSTRAP, RESULTS, ROOT, create_topics, events, ids_of, output_rate, read_outputs
+from bench.latency import BOOTSTRAP, RESULTS, ROOT, create_topics, events, ids_of, log_tail, output_rate, read_outputs
 from streams.features.spec import StateSpec
 from streams.features.step import FeatureStep
 from streams.kafka.changelog import Changelog
@@ -200,8 +200,7 @@ async def _drain(tag: str, label: str, items: list, wanted: set[str], workdir: P
             await asyncio.wait([reading], timeout=1)
             if worker.poll() is not None and not reading.done():
                 reading.cancel()
-                tail = log.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"the {label} worker exited ({worker.returncode}) mid-drain:\n{tail}")
+                raise RuntimeError(f"the {label} worker exited ({worker.returncode}) mid-drain:\n{log_tail(log)}")
         outputs = reading.result()
     finally:
         latency.stop_worker(worker)  # its last commit flushes the changelog
