@@ -19,6 +19,7 @@ from typing import Literal, TypeVar
 from app.build import build_runner, load_checked_model
 from app.config import Config, PipelineConfig
 from app.config.roles import ShadowConfig
+from app.shadow_process import ShadowWriter
 from models.loading import LoadedModel
 from models.process_runner import ProcessRunner
 from models.protocol import Runner
@@ -124,6 +125,8 @@ def _shadow_runner(config: Config, p: PipelineConfig, spec: ModelSpec, shadow: S
         what=f"pipeline {p.name}'s shadow {shadow.name}",
         nice=SHADOW_NICE,
         timeout_s=p.roles.breaker.timeout_s,
+        # Its process writes its records too: the worker only hands each batch over.
+        aside=functools.partial(ShadowWriter, config, p),
     )
     runner.start()
     return runner
@@ -184,6 +187,10 @@ def build_shadows(p: PipelineConfig, runners: RoleRunners, sink: Sink, book: Mod
             threshold=p.roles.decision_threshold,
             queue_batches=shadow.queue_batches,
             timeout_s=p.roles.breaker.timeout_s,
+            gather_s=shadow.gather_ms / 1000,
+            # A gathered batch at most as large as the champion's largest.
+            gather_rows=p.max_batch_size,
+            aside=runner if isinstance(runner, ProcessRunner) and runner.aside is not None else None,
         )
         for shadow, runner in runners.shadows
     ]

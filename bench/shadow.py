@@ -35,6 +35,7 @@ from bench.latency import (
     BUDGET_MS,
     PARTITIONS,
     ROOT,
+    cpu_seconds,
     create_topics,
     end_offsets,
     events,
@@ -88,20 +89,37 @@ async def measure(
         await produce(topic_in, warm)
         await wait_for_outputs(topic_out, len(warm), timeout_s=120, worker=worker)
         points = []
+        children = child_pids(worker.pid)  # the shadow's process, when it has one
         for fraction, rate in rates:
             shadow_start = await end_offsets(f"{topic_out}-shadow")
-            point = await load_point(MODEL, variant, fraction, rate, topic_in, topic_out, seconds, seed)
+            child_cpu = sum(cpu_seconds(pid) for pid in children)
+            point = await load_point(
+                MODEL, variant, fraction, rate, topic_in, topic_out, seconds, seed, worker_pid=worker.pid
+            )
             entry: dict[str, object] = {**point.__dict__, "variant": variant}
             if shadow:
                 offered = int(max(20, int(rate * seconds)))
                 after = await end_offsets(f"{topic_out}-shadow")
                 scored = sum(after.values()) - sum(shadow_start.values())
                 entry["shadow_scored_share"] = scored / offered
+                # The shadow's own process's CPU per offered event (a thread's is in the worker's).
+                entry["shadow_cpu_us"] = (sum(cpu_seconds(pid) for pid in children) - child_cpu) / offered * 1e6
             points.append(entry)
             seed += 1
         return points
     finally:
         stop_worker(worker)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's ``/proc/PID/task/*/children``); none elsewhere."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(x) for x in children.read_text().split()]
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return found
 
 
 def summary(points: list[dict[str, object]], fractions: list[float]) -> list[dict[str, float]]:
@@ -112,7 +130,7 @@ def summary(points: list[dict[str, object]], fractions: list[float]) -> list[dic
             mine = [p for p in points if p["fraction"] == fraction and p["variant"] == label]
             if not mine:
                 continue
-            for q in ("p50_ms", "p99_ms"):
+            for q in ("p50_ms", "p99_ms", "worker_cpu_us"):
                 values = np.array([float(p[q]) for p in mine])  # type: ignore[arg-type]
                 row[f"{label}_{q}_median"] = float(np.median(values))
                 row[f"{label}_{q}_min"] = float(values.min())
@@ -122,6 +140,7 @@ def summary(points: list[dict[str, object]], fractions: list[float]) -> list[dic
             shares = [float(p["shadow_scored_share"]) for p in mine]  # type: ignore[arg-type]
             if shares:
                 row[f"{label}_scored_share"] = float(np.median(shares))
+                row[f"{label}_shadow_cpu_us"] = float(np.median([float(p.get("shadow_cpu_us", 0.0)) for p in mine]))  # type: ignore[arg-type]
         rows.append(row)
     return rows
 
@@ -137,8 +156,9 @@ def markdown(results: dict[str, object]) -> str:
         f"round; the champion drains a backlog at {results['drain_per_s']:,.0f}/s. Median over rounds "
         "(min-max in brackets). Command: `python -m bench.shadow`.",
         "",
-        "| load | offered/s | shadow | p50 | p99 | events the shadow scored |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| load | offered/s | shadow | p50 | p99 | worker CPU µs/event | events the shadow scored "
+        "| its process's CPU µs/event |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, (_, rate) in zip(results["summary"], results["rates"], strict=True):  # type: ignore[call-overload]
 
@@ -149,9 +169,10 @@ def markdown(results: dict[str, object]) -> str:
             if f"{label}_p50_ms_median" not in row:
                 continue
             share = f"{row[f'{label}_scored_share']:.0%}" if label != "alone" else "-"
+            own = f"{row[f'{label}_shadow_cpu_us']:.1f}" if label == "process" else "-"
             lines.append(
                 f"| {row['fraction']:.0%} | {rate:,.0f} | {SHOWN[label]} | {cell(label, 'p50_ms')} | "
-                f"{cell(label, 'p99_ms')} | {share} |"
+                f"{cell(label, 'p99_ms')} | {row[f'{label}_worker_cpu_us_median']:.1f} | {share} | {own} |"
             )
     lines += [
         "",

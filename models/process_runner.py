@@ -45,6 +45,10 @@ RESTART_AFTER_S = 30.0
 START_TIMEOUT_S = 300.0
 # How long a terminated child may take to leave before it is killed.
 CLOSE_GRACE_S = 2.0
+# How long an idle child told to stop may take to finish what its ``aside`` sends, before it is terminated.
+LEAVE_S = 10.0
+# The lowest nice value: a process asking for it also gets the idle scheduling class.
+LOWEST_NICE = 19
 # Linux's prctl option: the signal the kernel sends this process when its parent dies.
 PR_SET_PDEATHSIG = 1
 
@@ -61,13 +65,31 @@ class BatchScorer(Protocol):
     def predict_now(self, inputs: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
+class Aside(Protocol):
+    """What ``aside`` builds in the child, after the model loads: told each batch's predictions and
+    the ``extra`` the worker sent with its inputs (a shadow's process writes its records with it);
+    what it returns goes back with the predictions. ``close``: the child is told to stop."""
+
+    def __call__(self, predictions: np.ndarray, extra: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 class ProcessRunner:
     """A ``Runner`` whose model lives in a child process at priority ``nice``; ``what`` names it in errors."""
 
     def __init__(
-        self, factory: Callable[[], BatchScorer], *, what: str, nice: int = 0, timeout_s: float | None = None
+        self,
+        factory: Callable[[], BatchScorer],
+        *,
+        what: str,
+        nice: int = 0,
+        timeout_s: float | None = None,
+        aside: Callable[[str, str], Aside] | None = None,
     ) -> None:
         self._factory = factory
+        # Built in the child from the model's name and version (``Aside``); None: predictions only.
+        self.aside = aside
         self.what = what
         self.nice = nice
         # A batch not answered in this long: the child is killed (a process, unlike a thread, can
@@ -105,7 +127,7 @@ class ProcessRunner:
         parent, child = context.Pipe()
         process = context.Process(
             target=_serve,
-            args=(child, self._factory, self.nice, os.getpid()),
+            args=(child, self._factory, self.nice, os.getpid(), self.aside),
             name=f"sluice-{self.what}",
             daemon=True,
         )
@@ -132,19 +154,25 @@ class ProcessRunner:
             self._process, self._conn = process, parent
 
     async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, self._call, list(inputs))
+        return (await self.predict_with(inputs, None))[0]
 
-    def _call(self, inputs: list[np.ndarray]) -> np.ndarray:
+    async def predict_with(self, inputs: Sequence[np.ndarray], extra: Any) -> tuple[np.ndarray, Any]:
+        """The predictions, and what the child's ``aside`` made of them and ``extra`` (None without one)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, self._call, list(inputs), extra)
+
+    def _call(self, inputs: list[np.ndarray], extra: Any) -> tuple[np.ndarray, Any]:
         if self._closed:
             raise ModelError(f"{self.what}: closed")
         if self._conn is None:
             self._restart()
-        conn = self._conn
-        assert conn is not None
-        self._busy = True
+        with self._lock:  # a close meanwhile: the pipe is no longer this thread's
+            if self._closed or self._conn is None:
+                raise ModelError(f"{self.what}: closed")
+            conn = self._conn
+            self._busy = True
         try:
-            conn.send(("predict", inputs))
+            conn.send(("predict", inputs, extra))
             if self.timeout_s is not None and not conn.poll(self.timeout_s):
                 self._lost()
                 raise ModelTimeout(f"{self.what}: no answer in {self.timeout_s:g} s: its process was ended")
@@ -156,7 +184,7 @@ class ProcessRunner:
             self._busy = False
         if reply[0] == "error":
             raise ModelError(reply[1])
-        return np.asarray(reply[1])
+        return np.asarray(reply[1]), reply[2]
 
     def _restart(self) -> None:
         waited = time.monotonic() - (self._died_at or 0.0)
@@ -181,11 +209,20 @@ class ProcessRunner:
             if self._process is not None and self._conn is not None:
                 if self._busy:
                     log.warning("%s: its process was still scoring a batch when closed: terminated", self.what)
+                else:
+                    _ask_to_leave(self._process, self._conn)
                 _stop(self._process, self._conn)
             self._conn = None
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _ask_to_leave(process: Any, conn: Connection) -> None:
+    """Tell an idle child to stop, and give it ``LEAVE_S`` to: its ``aside`` may have records to send."""
+    with contextlib.suppress(OSError, ValueError):
+        conn.send(("close",))
+        process.join(LEAVE_S)
 
 
 def _stop(process: Any, conn: Connection) -> None:
@@ -208,7 +245,13 @@ def _exit(process: Any) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
-def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int, parent: int) -> None:
+def _serve(
+    conn: Connection,
+    factory: Callable[[], BatchScorer],
+    nice: int,
+    parent: int,
+    aside_factory: Callable[[str, str], Aside] | None = None,
+) -> None:
     """The child: load the model, say so, then score each batch sent until told to close (or orphaned)."""
     # Ctrl-C reaches the whole process group: the worker decides when its models stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -218,12 +261,28 @@ def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int, pare
         # model then competes as any process does.
         with contextlib.suppress(OSError):
             os.nice(nice)
+    if nice >= LOWEST_NICE and hasattr(os, "sched_setscheduler"):
+        # The lowest priority asked for: Linux's idle class as well, which runs only on a core
+        # nothing else wants (nice 19 still takes a small share, ~1/70th, of a core the worker is
+        # on, and cannot defer to it at once). Inherited by the threads started after it; never
+        # refused to an unprivileged process, which may lower its own priority.
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         model = factory()
+        aside = None if aside_factory is None else aside_factory(model.name, model.version)
     except Exception as exc:  # noqa: BLE001 - told to the parent, which reports it as a load error
         conn.send(("failed", str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", model.name, model.version))
+    try:
+        _score_until_told(conn, model, aside)
+    finally:
+        if aside is not None:
+            aside.close()
+
+
+def _score_until_told(conn: Connection, model: BatchScorer, aside: Aside | None) -> None:
     while True:
         try:
             message = conn.recv()
@@ -231,8 +290,11 @@ def _serve(conn: Connection, factory: Callable[[], BatchScorer], nice: int, pare
             return
         if message[0] != "predict":
             return
+        reply: tuple[Any, ...]
         try:
-            reply: tuple[str, Any] = ("ok", model.predict_now(message[1]))
+            predictions = model.predict_now(message[1])
+            extra = message[2] if len(message) > 2 else None
+            reply = ("ok", predictions, None if aside is None or extra is None else aside(predictions, extra))
         except Exception as exc:  # noqa: BLE001 - the batch fails, the model stays
             reply = ("error", f"{type(exc).__name__}: {exc}")
         conn.send(reply)

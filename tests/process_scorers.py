@@ -40,6 +40,13 @@ def not_loadable() -> RowSums:
     raise ModelLoadError("model broken v1 could not be read: truncated file")
 
 
+def scheduling_policy() -> RowSums:
+    """A scorer whose score is the process's scheduling policy (Linux's ``SCHED_*`` number)."""
+    scorer = RowSums()
+    scorer.predict_now = lambda inputs: np.full(len(inputs[0]), os.sched_getscheduler(0), dtype=np.float32)  # type: ignore[method-assign]
+    return scorer
+
+
 def priority() -> RowSums:
     """A scorer whose score is the process's nice value (its priority as the child set it)."""
     scorer = RowSums()

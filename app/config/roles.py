@@ -29,6 +29,8 @@ MIN_TIMEOUT_S = 1.0
 NO_BUDGET_TIMEOUT_S = 60.0
 MAX_TIMEOUT_MS = 3_600_000.0
 MAX_QUEUE_BATCHES = 1024
+# A shadow gathers the champion's batches at most this long (its records are evidence, not decisions).
+MAX_GATHER_MS = 10_000
 MAX_SHADOW_NAME = 100
 
 
@@ -47,6 +49,8 @@ class ShadowConfig:
     queue_batches: int = 4
     # "process" (its own interpreter: never holds the worker's GIL) or "thread" (no extra process).
     isolation: str = "process"
+    # Live, the champion's batches are gathered this long into one of the shadow's (streams.flow.shadow_gather).
+    gather_ms: int = 100
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,9 @@ def _shadow(t: Table, name: str, base: Path) -> ShadowConfig:
         )
     queue = t.integer("queue_batches", 4, minimum=1, maximum=MAX_QUEUE_BATCHES)
     isolation = t.choice("isolation", ("process", "thread"), "process")
+    gather_ms = t.integer("gather_ms", 100, minimum=0, maximum=MAX_GATHER_MS)
     spec = load_model(t, base)
-    return ShadowConfig(name, _versioned(t, spec if spec.name else _named(spec, name)), queue, isolation)
+    return ShadowConfig(name, _versioned(t, spec if spec.name else _named(spec, name)), queue, isolation, gather_ms)
 
 
 def _fallback(t: Table, base: Path) -> FallbackConfig:

@@ -8,7 +8,9 @@ is full it skips the whole batch and counts it (``wait=False``); a backfill, whi
 budget to keep, waits for room instead so every event is scored by every model (``wait=True``).
 
 Its predictions go to the shadow topic, keyed like the served outputs, each with the shadow's
-name and version and the served model's score beside it (``streams.codecs.shadow_encode``).
+name and version and the served model's score beside it (``streams.flow.shadow_records``),
+written where the model runs: by the shadow's own process when its runner records them itself
+(``Aside``: the worker then only hands the batch over), else on this event loop.
 They are evidence, not decisions: sent at least once while the worker runs, but not covered
 by the input's commits or transactions (waiting for them would delay the champion), so a
 crash may lose a few; their agreement with the served model is counted as they are scored.
@@ -19,23 +21,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from models.protocol import Runner
-from streams.codecs.shadow_encode import encode_shadow
-from streams.errors import ModelTimeout, OutputRefused
+from streams.errors import ModelTimeout
 from streams.flow.breaker import timed
-from streams.flow.delivery import Delivery, Sink
+from streams.flow.delivery import Sink
 from streams.flow.model_stats import Agreement, ModelStats
 from streams.flow.scored_groups import OnScored, ScoredGroup
-from streams.records import OutputRecord
+from streams.flow.shadow_gather import Gatherer
+from streams.flow.shadow_records import ShadowRecords, checked, positions
 
 log = logging.getLogger(__name__)
 
 # At most one log line per this many seconds about a shadow's failures or skips.
 LOG_EVERY_S = 30.0
+
+
+class Aside(Protocol):
+    """A runner that writes the shadow's records itself, where its model runs (a process of its
+    own): handed a batch's inputs and what the records say beside each prediction, it returns the
+    predictions and how many records it lost since it last said."""
+
+    async def predict_with(self, inputs: Sequence[np.ndarray], extra: Any) -> tuple[np.ndarray, Any]: ...
 
 
 class Shadow:
@@ -53,6 +64,9 @@ class Shadow:
         key_by_position: bool = False,
         timeout_s: float | None = None,
         on_scored: OnScored | None = None,
+        gather_s: float = 0.0,
+        gather_rows: int = 4096,
+        aside: Aside | None = None,
     ) -> None:
         self.runner = runner
         # Told each batch's predictions as they are made (a backfill's evaluation collects them).
@@ -61,28 +75,28 @@ class Shadow:
         # Whether the served models have more events waiting (the driver's queue): set by whoever
         # runs the pipeline live; never busy by default.
         self.champion_busy: Callable[[], bool] = lambda: False
-        # Its outputs go through a delivery of its own on the pipeline's sink: sent again while the
-        # destination is away, like any output, but one refused for good is lost evidence
-        # (``lost_outputs``), never a dead letter: its event was served, and a dead letter would say
-        # that it was not. So this delivery never writes a dead letter, and names no topic for one.
-        self._delivery = Delivery(
-            _CountingRefusals(sink, self._refused),
-            pipeline=pipeline,
-            dead_letter_topic="",
-            max_copy_bytes=0,
-            clock_ms=_never_called,
-            label=f"{pipeline} (shadow {runner.name})",
+        # ``runner`` itself when it writes the records (its own process has the producer); else
+        # they are written here, through a delivery of their own on the pipeline's sink.
+        self.aside = aside
+        self._records = ShadowRecords(
+            sink, topic=topic, pipeline=pipeline, name=runner.name, key_by_position=key_by_position
         )
+        self._lost_aside = 0
         self.topic = topic
         self.stats = stats
         if stats.agreement is None:
             stats.agreement = Agreement(threshold)
         self.wait = wait
-        self.key_by_position = key_by_position
         self._queue: asyncio.Queue[ScoredGroup | None] = asyncio.Queue(maxsize=max(1, queue_batches))
+        # Live, the champion's batches are gathered into fewer, larger ones (streams.flow.shadow_gather).
+        self._gathered = Gatherer(self._ready, gather_s=gather_s, max_rows=gather_rows)
         self._task: asyncio.Task[None] | None = None
         self._last_log = -LOG_EVERY_S
-        self.lost_outputs = 0
+
+    @property
+    def lost_outputs(self) -> int:
+        """Records of this shadow the shadow topic never got (refused, or undeliverable)."""
+        return self._records.lost_outputs + self._lost_aside
 
     @property
     def name(self) -> str:
@@ -93,7 +107,8 @@ class Shadow:
             self._task = asyncio.create_task(self._run(), name=f"sluice-shadow-{self.runner.name}")
 
     async def offer(self, group: ScoredGroup) -> None:
-        """Queue a scored batch for the shadow; live, a full queue skips it (counted) instead of waiting."""
+        """Queue a scored batch for the shadow. Live, batches are gathered first (``gather_s``), and a
+        gathered batch that finds the queue full is skipped (counted) instead of waiting."""
         if not len(group.rows):
             return
         self.start()
@@ -105,6 +120,9 @@ class Shadow:
         if self.wait:
             await self._queue.put(group)
             return
+        self._gathered.offer(group)
+
+    def _ready(self, group: ScoredGroup) -> None:
         try:
             self._queue.put_nowait(group)
         except asyncio.QueueFull:
@@ -128,11 +146,13 @@ class Shadow:
     async def _score(self, job: ScoredGroup) -> None:
         started = time.perf_counter()
         try:
-            predictions = np.asarray(await self._timed.predict(job.inputs))
-            if predictions.ndim == 0 or len(predictions) != len(job.rows):
-                raise ValueError(f"{predictions.size} prediction(s) for {len(job.rows)} events")
-            if predictions.dtype.kind not in "biuf" or predictions.size < len(predictions):
-                raise ValueError(f"no number per event: {predictions.dtype} predictions of shape {predictions.shape}")
+            if self.aside is not None:
+                extra = (positions(job.records, job.rows), job.ids, job.served, job.served_name, job.served_version)
+                raw, lost = await self.aside.predict_with(job.inputs, extra)
+                self._lost_aside += int(lost or 0)
+            else:
+                raw = await self._timed.predict(job.inputs)
+            predictions = checked(raw, len(job.rows))
         except Exception as exc:  # noqa: BLE001 - a shadow's failure is evidence, never the pipeline's
             self.stats.failed(timed_out=isinstance(exc, ModelTimeout))
             self._log_now("shadow %s v%s failed a batch (not retried): %s", self.runner.name, self.runner.version, exc)
@@ -142,35 +162,17 @@ class Shadow:
             self.stats.agreement.observe(predictions, job.served)
         if self.on_scored is not None:
             self.on_scored(job.records, job.rows, job.ids, predictions)
-        outputs = encode_shadow(
-            job.records,
-            job.rows,
-            job.ids,
-            predictions,
-            job.served,
-            topic=self.topic,
-            name=self.runner.name,
-            version=self.runner.version,
-            served_name=job.served_name,
-            served_version=job.served_version,
-            key_by_position=self.key_by_position,
-        )
-        try:
-            await self._delivery.deliver(outputs)
-        except Exception as exc:  # noqa: BLE001 - see the module's docstring: evidence, not decisions
-            self.lost_outputs += len(outputs)
-            self._log_now(
-                "shadow %s: %d output(s) not delivered to %s: %s", self.runner.name, len(outputs), self.topic, exc
+        if self.aside is None:
+            await self._records.record(
+                job.records,
+                job.rows,
+                job.ids,
+                predictions,
+                job.served,
+                version=self.runner.version,
+                served_name=job.served_name,
+                served_version=job.served_version,
             )
-
-    def _refused(self, refused: Sequence[tuple[OutputRecord, str]]) -> None:
-        self.lost_outputs += len(refused)
-        self._log_now(
-            "shadow %s: %d output(s) refused for good by the destination (%s), not sent again",
-            self.runner.name,
-            len(refused),
-            refused[0][1],
-        )
 
     def _log_now(self, message: str, *args: object) -> None:
         now = time.monotonic()
@@ -182,6 +184,7 @@ class Shadow:
         """Score what is queued, then stop the task (a backfill's last batches; a worker's stop)."""
         if self._task is None:
             return
+        self._gathered.flush()
         await self._queue.put(None)
         task, self._task = self._task, None
         await task  # cancelling the caller (a stop's deadline) cancels the shadow, and is never swallowed
@@ -189,24 +192,3 @@ class Shadow:
     async def aclose(self) -> None:
         await self.drain()
         await self.runner.aclose()
-
-
-def _never_called() -> int:
-    raise AssertionError("a shadow's delivery never makes a dead letter: its refusals are counted as lost")
-
-
-class _CountingRefusals:
-    """A shadow's sink: what ``sink`` refuses for good is handed to ``on_refused`` instead of raising."""
-
-    def __init__(self, sink: Sink, on_refused: Callable[[Sequence[tuple[OutputRecord, str]]], None]) -> None:
-        self.sink = sink
-        self.on_refused = on_refused
-
-    async def send(self, records: Sequence[OutputRecord]) -> Awaitable[None]:
-        return self._counted(await self.sink.send(records))
-
-    async def _counted(self, acknowledged: Awaitable[None]) -> None:
-        try:
-            await acknowledged
-        except OutputRefused as refused:
-            self.on_refused(refused.refused)

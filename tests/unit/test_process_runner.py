@@ -49,6 +49,14 @@ async def test_the_child_runs_at_the_priority_asked_for(runner):
     assert (await r.predict([np.zeros((2, 1), dtype=np.float32)])).tolist() == [19.0, 19.0]
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling class")
+async def test_the_lowest_priority_is_also_the_idle_scheduling_class(runner):
+    lowest = runner(process_scorers.scheduling_policy, nice=19)
+    assert (await lowest.predict([np.zeros((1, 1), dtype=np.float32)])).tolist() == [float(os.SCHED_IDLE)]
+    ordinary = runner(process_scorers.scheduling_policy, nice=5)
+    assert (await ordinary.predict([np.zeros((1, 1), dtype=np.float32)])).tolist() == [float(os.SCHED_OTHER)]
+
+
 def test_a_model_that_does_not_load_is_a_load_error_with_the_childs_reason(runner):
     with pytest.raises(ModelLoadError, match="model broken v1 could not be read: truncated file"):
         runner(process_scorers.not_loadable)
