@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A batch's records in one send: nothing else shares this process's loop.
+WHOLE_BATCH = 1 << 30
 # Batches sent and not yet acknowledged before the next waits for the oldest.
 MAX_PENDING = 8
 # How long starting the producer, and leaving, may take.
@@ -54,14 +56,16 @@ class ShadowWriter:
         try:
             topic = p.roles.shadow_topic
             self._sink = self._wait(
-                build_kafka_sink(connection(config), [topic], "live", client_id=f"sluice-{p.name}-shadow-{name}"),
+                # A backfill's producer settings: evidence can wait a few milliseconds, and
+                # larger produce requests cost the broker (often the worker's host) less CPU.
+                build_kafka_sink(connection(config), [topic], "backfill", client_id=f"sluice-{p.name}-shadow-{name}"),
                 START_S,
             )
             self._wait(self._sink.start(), START_S)
         except BaseException:
             self._end_loop()
             raise
-        self._records = ShadowRecords(self._sink, topic=topic, pipeline=p.name, name=name)
+        self._records = ShadowRecords(self._sink, topic=topic, pipeline=p.name, name=name, slice_rows=WHOLE_BATCH)
         self._pending: deque[concurrent.futures.Future[None]] = deque()
         self._told = 0
 

@@ -13,6 +13,8 @@ variant (the order alternates between rounds, so drift in the machine does not f
 warms it up, then offers each load open loop for ``--seconds``. Latency is the broker's:
 input CreateTime to output LogAppendTime (``bench.latency.load_point``). The shadow's side:
 how many of the offered events it scored (its topic), the rest skipped whole batches.
+The control `burner` runs no shadow but a process at the shadow's priority burning all the CPU
+it gets: what any process using the spare CPU costs the champion on this machine.
 Results: bench/results/shadow.{md,json}.
 """
 
@@ -54,8 +56,25 @@ REPEAT = 10
 
 
 # Without a shadow; with one in its own process; with one on a thread of the worker.
-VARIANTS = ("alone", "process", "thread")
-SHOWN = {"alone": "none", "process": "own process", "thread": "worker's thread"}
+# And, as a control, no shadow but a process of the shadow's priority using all the CPU it gets:
+# what any process taking the spare CPU costs the champion on this machine.
+VARIANTS = ("alone", "process", "thread", "burner")
+SHADOWS = ("process", "thread")
+SHOWN = {
+    "alone": "none",
+    "process": "own process",
+    "thread": "worker's thread",
+    "burner": "none; a CPU burner at the shadow's priority",
+}
+# The control: one thread of numpy matrix products (like a model's), at nice 19 in the idle class.
+BURNER = """
+import os, numpy as np
+os.nice(19)
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+a = np.random.default_rng(0).standard_normal((256, 256), dtype=np.float32)
+while True:
+    a = np.tanh(a @ a.T * 0.01)
+"""
 
 
 def write_config(path: Path, topic_in: str, topic_out: str, *, variant: str) -> None:
@@ -63,7 +82,7 @@ def write_config(path: Path, topic_in: str, topic_out: str, *, variant: str) -> 
         f'shadows.heavy = {{ class = "bench.shadow_model:RepeatedMLP", state_dict = "{WEIGHTS}", '
         f'version = "x{REPEAT}", init_args = {{ repeat = {REPEAT} }}, isolation = "{variant}" }}\n'
     )
-    write_sluice_config(path, MODEL, topic_in, topic_out, more="" if variant == "alone" else heavy)
+    write_sluice_config(path, MODEL, topic_in, topic_out, more=heavy if variant in SHADOWS else "")
 
 
 def start(config: Path, workdir: Path, tag: str) -> subprocess.Popen[bytes]:
@@ -74,41 +93,71 @@ def start(config: Path, workdir: Path, tag: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def start_burner() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", BURNER], env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 async def measure(
     variant: str, rates: list[tuple[float, float]], seconds: float, workdir: Path, tag: str, seed: int
 ) -> list[dict[str, object]]:
-    shadow = variant != "alone"
+    shadow = variant in SHADOWS
     topic_in, topic_out = f"{tag}-in", f"{tag}-out"
     await create_topics([topic_in])
     await create_topics([topic_out, f"{topic_out}-shadow"], log_append=True)
     config = workdir / f"{tag}.toml"
     write_config(config, topic_in, topic_out, variant=variant)
     worker = start(config, workdir, tag)
+    burner: subprocess.Popen[bytes] | None = None
     try:
         warm = events(2_000, seed=seed)
         await produce(topic_in, warm)
         await wait_for_outputs(topic_out, len(warm), timeout_s=120, worker=worker)
         points = []
         children = child_pids(worker.pid)  # the shadow's process, when it has one
+        if variant == "burner":
+            burner = start_burner()
+            children = [burner.pid]
+        broker = broker_pid()
         for fraction, rate in rates:
             shadow_start = await end_offsets(f"{topic_out}-shadow")
             child_cpu = sum(cpu_seconds(pid) for pid in children)
+            broker_cpu = cpu_seconds(broker) if broker else 0.0
             point = await load_point(
                 MODEL, variant, fraction, rate, topic_in, topic_out, seconds, seed, worker_pid=worker.pid
             )
             entry: dict[str, object] = {**point.__dict__, "variant": variant}
+            # The broker's CPU per offered event (on this machine it shares the cores with the worker).
+            entry["broker_cpu_us"] = (
+                (cpu_seconds(broker) - broker_cpu) / max(20, int(rate * seconds)) * 1e6 if broker else 0.0
+            )
             if shadow:
                 offered = int(max(20, int(rate * seconds)))
                 after = await end_offsets(f"{topic_out}-shadow")
                 scored = sum(after.values()) - sum(shadow_start.values())
                 entry["shadow_scored_share"] = scored / offered
-                # The shadow's own process's CPU per offered event (a thread's is in the worker's).
+            if children:
+                # The shadow's own process's (or the burner's) CPU per offered event (a thread's is in the worker's).
+                offered = int(max(20, int(rate * seconds)))
                 entry["shadow_cpu_us"] = (sum(cpu_seconds(pid) for pid in children) - child_cpu) / offered * 1e6
             points.append(entry)
             seed += 1
         return points
     finally:
+        if burner is not None:
+            burner.kill()
+            burner.wait()
         stop_worker(worker)
+
+
+def broker_pid() -> int | None:
+    """The local broker's process (``docker/kafka-local``'s), if this machine runs it."""
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"kafka.Kafka" in stat.read_bytes():
+                return int(stat.parent.name)
+        except OSError:
+            continue
+    return None
 
 
 def child_pids(pid: int) -> list[int]:
@@ -130,16 +179,17 @@ def summary(points: list[dict[str, object]], fractions: list[float]) -> list[dic
             mine = [p for p in points if p["fraction"] == fraction and p["variant"] == label]
             if not mine:
                 continue
-            for q in ("p50_ms", "p99_ms", "worker_cpu_us"):
+            for q in ("p50_ms", "p99_ms", "worker_cpu_us", "broker_cpu_us"):
                 values = np.array([float(p[q]) for p in mine])  # type: ignore[arg-type]
                 row[f"{label}_{q}_median"] = float(np.median(values))
                 row[f"{label}_{q}_min"] = float(values.min())
                 row[f"{label}_{q}_max"] = float(values.max())
-        for label in VARIANTS[1:]:
+        for label in VARIANTS:
             mine = [p for p in points if p["fraction"] == fraction and p["variant"] == label]
-            shares = [float(p["shadow_scored_share"]) for p in mine]  # type: ignore[arg-type]
+            shares = [float(p["shadow_scored_share"]) for p in mine if "shadow_scored_share" in p]  # type: ignore[arg-type]
             if shares:
                 row[f"{label}_scored_share"] = float(np.median(shares))
+            if any("shadow_cpu_us" in p for p in mine):
                 row[f"{label}_shadow_cpu_us"] = float(np.median([float(p.get("shadow_cpu_us", 0.0)) for p in mine]))  # type: ignore[arg-type]
         rows.append(row)
     return rows
@@ -156,9 +206,9 @@ def markdown(results: dict[str, object]) -> str:
         f"round; the champion drains a backlog at {results['drain_per_s']:,.0f}/s. Median over rounds "
         "(min-max in brackets). Command: `python -m bench.shadow`.",
         "",
-        "| load | offered/s | shadow | p50 | p99 | worker CPU µs/event | events the shadow scored "
-        "| its process's CPU µs/event |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| load | offered/s | shadow | p50 | p99 | CPU µs/event: worker | broker | shadow's process "
+        "| events the shadow scored |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, (_, rate) in zip(results["summary"], results["rates"], strict=True):  # type: ignore[call-overload]
 
@@ -168,11 +218,12 @@ def markdown(results: dict[str, object]) -> str:
         for label in VARIANTS:
             if f"{label}_p50_ms_median" not in row:
                 continue
-            share = f"{row[f'{label}_scored_share']:.0%}" if label != "alone" else "-"
-            own = f"{row[f'{label}_shadow_cpu_us']:.1f}" if label == "process" else "-"
+            share = f"{row[f'{label}_scored_share']:.0%}" if f"{label}_scored_share" in row else "-"
+            own = f"{row[f'{label}_shadow_cpu_us']:.1f}" if f"{label}_shadow_cpu_us" in row else "-"
             lines.append(
                 f"| {row['fraction']:.0%} | {rate:,.0f} | {SHOWN[label]} | {cell(label, 'p50_ms')} | "
-                f"{cell(label, 'p99_ms')} | {row[f'{label}_worker_cpu_us_median']:.1f} | {share} | {own} |"
+                f"{cell(label, 'p99_ms')} | {row[f'{label}_worker_cpu_us_median']:.1f} | "
+                f"{row[f'{label}_broker_cpu_us_median']:.1f} | {own} | {share} |"
             )
     lines += [
         "",
