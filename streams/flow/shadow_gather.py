@@ -62,14 +62,6 @@ class Gatherer:
         groups, self._groups, self._rows = self._groups, [], 0
         self.ready(merge(groups))
 
-    def discard(self) -> int:
-        """Forget what is gathered (a shadow let go); how many events that was."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        dropped, self._groups, self._rows = self._rows, [], 0
-        return dropped
-
 
 def joinable(first: ScoredGroup, group: ScoredGroup) -> bool:
     """Whether ``group`` can be scored in one batch with ``first`` (and recorded as the same served model's)."""

@@ -44,6 +44,7 @@ demo = "fraud-mlp"
 version = "s1"
 queue_batches = 8
 isolation = "thread"
+gather_ms = 20
 
 [pipelines.p.breaker]
 timeout_ms = 250
@@ -60,6 +61,7 @@ cooldown_ms = 1500
     assert roles.fallback is not None and roles.fallback.constant == 0.5 and roles.fallback.model is None
     (shadow,) = roles.shadows
     assert (shadow.name, shadow.model.version, shadow.queue_batches, shadow.isolation) == ("cand", "s1", 8, "thread")
+    assert shadow.gather_ms == 20
     assert (roles.breaker.timeout_s, roles.breaker.failures, roles.breaker.cooldown_s) == (0.25, 2, 1.5)
     assert roles.timeout_set and roles.shadow_topic == "evidence" and roles.decision_threshold == 0.7
     assert "evidence" in p.topics, "the shadow topic is checked and created with the others"
@@ -84,6 +86,8 @@ cooldown_ms = 1500
         ('[pipelines.p.shadows]\ncand = "fraud-mlp"\n', "'pipelines.p.shadows.cand' has value 'fraud-mlp'"),
         ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\nqueue_batches = 0\n', "queue_batches"),
         ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\nisolation = "fork"\n', "'pipelines.p.shadows.c.isolation'"),
+        ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\ngather_ms = -1\n', "'pipelines.p.shadows.c.gather_ms'"),
+        ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\ngather_ms = 60000\n', "'pipelines.p.shadows.c.gather_ms'"),
         # Names a promotion's decision would carry, and no worker read back (or an empty label).
         ('[pipelines.p.shadows."a\\nb"]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),
         ('[pipelines.p.shadows.""]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),

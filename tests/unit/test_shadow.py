@@ -314,3 +314,53 @@ def test_model_stats_histograms_leave_out_scores_that_are_not_real_numbers():
     stats.scored(np.array([0.1, np.nan, 0.9], dtype=np.float32), 0.001)
     assert stats.events == 3 and stats.batches == 1
     assert stats.scores.count == 2 and stats.scores.sum == pytest.approx(1.0)
+
+
+async def test_a_live_shadow_scores_the_champions_small_batches_gathered_into_one():
+    slow = Slow()
+    shadow, sink, pipeline = shadowed_pipeline(slow, gather_s=3600, gather_rows=6)
+    for b in range(3):
+        await pipeline.process(events(2, start=2 * b))  # three batches of two: six rows, handed over
+    await asyncio.wait_for(shadow.drain(), 10)
+    assert slow.batches == [6], "one call of the shadow's model for the three batches"
+    assert [s["id"] for s in sink.decoded(SHADOW_TOPIC)] == list(range(6))
+    assert [s["source"]["offset"] for s in sink.decoded(SHADOW_TOPIC)] == list(range(6))
+
+
+async def test_a_stopping_shadow_scores_what_it_had_gathered():
+    slow = Slow()
+    shadow, sink, pipeline = shadowed_pipeline(slow, gather_s=3600, gather_rows=1000)
+    await pipeline.process(events(3))
+    assert slow.batches == [], "still gathering"
+    await asyncio.wait_for(shadow.drain(), 10)
+    assert [s["id"] for s in sink.decoded(SHADOW_TOPIC)] == [0, 1, 2]
+
+
+class WritesItsOwn(Slow):
+    """A runner that writes the shadow's records itself (a shadow's process): it keeps what it is
+    handed and says it lost ``lost`` records each time."""
+
+    def __init__(self, lost: int) -> None:
+        super().__init__(offset=0.25)
+        self.lost = lost
+        self.extras: list[object] = []
+
+    async def predict_with(self, inputs: Sequence[np.ndarray], extra: object) -> tuple[np.ndarray, object]:
+        self.extras.append(extra)
+        return await self.predict(inputs), self.lost
+
+
+async def test_a_runner_that_writes_the_records_gets_what_they_carry_and_its_losses_are_counted():
+    runner = WritesItsOwn(lost=2)
+    shadow, sink, pipeline = shadowed_pipeline(runner, aside=runner)
+    await pipeline.process(events(3))
+    await pipeline.process(events(2, start=3))
+    await asyncio.wait_for(shadow.drain(), 10)
+    assert sink.on(SHADOW_TOPIC) == [], "written where the model runs, not here"
+    assert shadow.lost_outputs == 4 and (shadow.stats.batches, shadow.stats.events) == (2, 5)
+    positions, ids, served, served_name, served_version = runner.extras[1]  # type: ignore[misc]
+    assert [(p.topic, p.partition, p.offset, p.key) for p in positions] == [
+        (r.topic, r.partition, r.offset, r.key) for r in events(2, start=3)
+    ]
+    assert ids == [3, 4] and served.tolist() == [4.0, 5.0] and (served_name, served_version) == ("champ", "1")
+    assert shadow.stats.agreement is not None and shadow.stats.agreement.mean_abs_diff == pytest.approx(0.25)
