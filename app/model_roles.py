@@ -41,6 +41,8 @@ R = TypeVar("R", bound=Runner)
 # A shadow's thread runs at the lowest priority: when the host's cores are busy, the champion,
 # the event loop and a broker beside them go first, and the shadow falls behind (and skips).
 SHADOW_NICE = 19
+# The shortest inference timeout a shadow gets (see shadow_timeout_s).
+SHADOW_MIN_TIMEOUT_S = 30.0
 # A backfill without a configured timeout still notices a hung model, long after any healthy batch.
 BACKFILL_TIMEOUT_S = 300.0
 
@@ -124,12 +126,20 @@ def _shadow_runner(config: Config, p: PipelineConfig, spec: ModelSpec, shadow: S
         functools.partial(_warm, config, p, spec, threads=1),
         what=f"pipeline {p.name}'s shadow {shadow.name}",
         nice=SHADOW_NICE,
-        timeout_s=p.roles.breaker.timeout_s,
+        timeout_s=shadow_timeout_s(p),
         # Its process writes its records too: the worker only hands each batch over.
         aside=functools.partial(ShadowWriter, config, p),
     )
     runner.start()
     return runner
+
+
+def shadow_timeout_s(p: PipelineConfig) -> float | None:
+    """A shadow's inference timeout: the champion's, but never under ``SHADOW_MIN_TIMEOUT_S``. A
+    shadow runs at the lowest priority on gathered batches, so on a busy host it may wait long for
+    a core; ending its process then (and loading the model again) would cost more than waiting."""
+    champion = p.roles.breaker.timeout_s
+    return None if champion is None else max(champion, SHADOW_MIN_TIMEOUT_S)
 
 
 def _or_none(p: PipelineConfig, table: str, load: Callable[[], R]) -> R | None:
@@ -186,7 +196,7 @@ def build_shadows(p: PipelineConfig, runners: RoleRunners, sink: Sink, book: Mod
             stats=book.of("shadow", runner.name, runner.version),
             threshold=p.roles.decision_threshold,
             queue_batches=shadow.queue_batches,
-            timeout_s=p.roles.breaker.timeout_s,
+            timeout_s=shadow_timeout_s(p),
             gather_s=shadow.gather_ms / 1000,
             # A gathered batch at most as large as the champion's largest.
             gather_rows=p.max_batch_size,

@@ -204,7 +204,9 @@ def markdown(results: dict[str, object]) -> str:
         'of its own (the default) or on a thread of the worker (`isolation = "thread"`). '
         f"{results['rounds']} rounds of {results['seconds']:.0f} s per point, a fresh worker per variant and "
         f"round; the champion drains a backlog at {results['drain_per_s']:,.0f}/s. Median over rounds "
-        "(min-max in brackets). Command: `python -m bench.shadow`.",
+        "(min-max in brackets). Command: `python -m bench.shadow --rounds "
+        f"{results['rounds']} --seconds {results['seconds']:g} --fractions "
+        f"{','.join(f'{f:g}' for f in results['fractions'])}`.",
         "",
         "| load | offered/s | shadow | p50 | p99 | CPU µs/event: worker | broker | shadow's process "
         "| events the shadow scored |",
@@ -227,7 +229,11 @@ def markdown(results: dict[str, object]) -> str:
             )
     lines += [
         "",
-        "Every point's raw figures, saturation flags included, are in `shadow.json`.",
+        "CPU is per offered event, from `/proc`: the worker's (every thread, a thread shadow's included), "
+        "the broker's, and the shadow's own process's (or the control's). The control runs no shadow but a "
+        "process at the shadow's priority (nice 19, idle class) burning all the CPU it gets: what any "
+        "process using the spare CPU costs the champion on this machine. Every point's raw figures, "
+        "saturation flags included, are in `shadow.json`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -256,6 +262,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "cpus": os.cpu_count(),
         "rounds": args.rounds,
         "seconds": args.seconds,
+        "fractions": args.fractions,
         "drain_per_s": drained.per_s,
         "rates": rates,
         "points": points,

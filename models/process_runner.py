@@ -49,6 +49,8 @@ CLOSE_GRACE_S = 2.0
 LEAVE_S = 10.0
 # The lowest nice value: a process asking for it also gets the idle scheduling class.
 LOWEST_NICE = 19
+# How a child's log lines look on the worker's stderr.
+CHILD_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 # Linux's prctl option: the signal the kernel sends this process when its parent dies.
 PR_SET_PDEATHSIG = 1
 
@@ -202,10 +204,10 @@ class ProcessRunner:
             self._conn, self._died_at = None, time.monotonic()
 
     def close(self) -> None:
-        """End the child, scoring or not (a model stuck in a batch never answers); the batch it had fails."""
-        self._io.shutdown(wait=False, cancel_futures=True)
+        """End the child, scoring or not (a model stuck in a batch never answers); the batch it had
+        fails. An idle child is asked to leave first, so its ``aside`` can finish what it sends."""
         with self._lock:
-            self._closed = True
+            self._closed = True  # a batch not yet begun fails at once from here
             if self._process is not None and self._conn is not None:
                 if self._busy:
                     log.warning("%s: its process was still scoring a batch when closed: terminated", self.what)
@@ -213,6 +215,9 @@ class ProcessRunner:
                     _ask_to_leave(self._process, self._conn)
                 _stop(self._process, self._conn)
             self._conn = None
+        # Only now: Linux ends the child with the thread that started it (``_die_with``), which
+        # must therefore outlive the child's goodbye.
+        self._io.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -255,6 +260,9 @@ def _serve(
     """The child: load the model, say so, then score each batch sent until told to close (or orphaned)."""
     # Ctrl-C reaches the whole process group: the worker decides when its models stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A spawned interpreter has no logging set up: its warnings (an aside's lost records) go to the
+    # worker's stderr, each line naming this process.
+    logging.basicConfig(level=logging.WARNING, format=CHILD_LOG_FORMAT)
     _die_with(parent)
     if nice > 0 and hasattr(os, "nice"):
         # Before any thread starts: torch's threads inherit it. A container may forbid it; the

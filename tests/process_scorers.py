@@ -52,3 +52,23 @@ def priority() -> RowSums:
     scorer = RowSums()
     scorer.predict_now = lambda inputs: np.full(len(inputs[0]), os.nice(0), dtype=np.float32)  # type: ignore[method-assign]
     return scorer
+
+
+class Tally:
+    """An aside: counts the events it is told of, and returns the running count; when closed, it
+    takes ``linger_s`` (records still in flight) and then writes the count to the file ``report``."""
+
+    def __init__(self, report: str, linger_s: float, name: str, version: str) -> None:
+        self.report = report
+        self.linger_s = linger_s
+        self.label = f"{name} v{version}"
+        self.events = 0
+
+    def __call__(self, predictions: np.ndarray, extra: object) -> int:
+        self.events += len(predictions)
+        return self.events
+
+    def close(self) -> None:
+        time.sleep(self.linger_s)
+        with open(self.report, "w") as out:
+            out.write(f"{self.label}: {self.events}")

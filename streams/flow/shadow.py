@@ -10,7 +10,7 @@ budget to keep, waits for room instead so every event is scored by every model (
 Its predictions go to the shadow topic, keyed like the served outputs, each with the shadow's
 name and version and the served model's score beside it (``streams.flow.shadow_records``),
 written where the model runs: by the shadow's own process when its runner records them itself
-(``Aside``: the worker then only hands the batch over), else on this event loop.
+(``RecordingRunner``: the worker then only hands the batch over), else on this event loop.
 They are evidence, not decisions: sent at least once while the worker runs, but not covered
 by the input's commits or transactions (waiting for them would delay the champion), so a
 crash may lose a few; their agreement with the served model is counted as they are scored.
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 LOG_EVERY_S = 30.0
 
 
-class Aside(Protocol):
+class RecordingRunner(Protocol):
     """A runner that writes the shadow's records itself, where its model runs (a process of its
     own): handed a batch's inputs and what the records say beside each prediction, it returns the
     predictions and how many records it lost since it last said."""
@@ -66,7 +66,7 @@ class Shadow:
         on_scored: OnScored | None = None,
         gather_s: float = 0.0,
         gather_rows: int = 4096,
-        aside: Aside | None = None,
+        aside: RecordingRunner | None = None,
     ) -> None:
         self.runner = runner
         # Told each batch's predictions as they are made (a backfill's evaluation collects them).
@@ -182,11 +182,13 @@ class Shadow:
 
     async def drain(self) -> None:
         """Score what is queued, then stop the task (a backfill's last batches; a worker's stop)."""
-        if self._task is None:
-            return
         self._gathered.flush()
+        if self._task is None and self._queue.empty():
+            return
+        self.start()  # a gathered batch flushed just now is scored before the task stops
         await self._queue.put(None)
         task, self._task = self._task, None
+        assert task is not None
         await task  # cancelling the caller (a stop's deadline) cancels the shadow, and is never swallowed
 
     async def aclose(self) -> None:

@@ -43,8 +43,8 @@ class Gatherer:
         return self._rows
 
     def offer(self, group: ScoredGroup) -> None:
-        if self._groups and not joinable(self._groups[0], group):
-            self.flush()
+        if self._groups and (not joinable(self._groups[0], group) or self._rows + len(group.rows) > self.max_rows):
+            self.flush()  # never past max_rows, unless a group alone is
         self._groups.append(group)
         self._rows += len(group.rows)
         if self._rows >= self.max_rows or self.gather_s <= 0:

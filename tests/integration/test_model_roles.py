@@ -20,6 +20,7 @@ from tests.integration.kafka_helpers import (
     read_topic,
     run_sluice,
     running_worker,
+    scrape,
     tally,
     topics_for,
     unique,
@@ -165,6 +166,23 @@ async def test_a_canary_scores_a_sticky_share_of_keys_live_and_in_a_backfill(kaf
     )
 
 
+async def shadow_counts(port: int, *, until: int, within_s: float = 60) -> tuple[int, int]:
+    """The shadow's scored and skipped events from the worker's /metrics, once they add up to ``until``."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        samples = await asyncio.to_thread(scrape, port)
+        counts = [0.0, 0.0]
+        for (name, labels), value in samples.items():
+            if dict(labels).get("role") == "shadow":
+                if name == "sluice_model_events_total":
+                    counts[0] += value
+                elif name == "sluice_model_skipped_events_total":
+                    counts[1] += value
+        if sum(counts) >= until or asyncio.get_running_loop().time() > deadline:
+            return int(counts[0]), int(counts[1])
+        await asyncio.sleep(0.2)
+
+
 @pytest.mark.parametrize("isolation", ["process", "thread"])
 async def test_a_slow_shadow_leaves_the_champions_outputs_as_they_are_and_scores_what_it_does_not_skip(
     kafka, tmp_path, isolation
@@ -179,17 +197,22 @@ async def test_a_slow_shadow_leaves_the_champions_outputs_as_they_are_and_scores
     events = list(demo_events(2000, seed=44))
     expected = (await score_async(config, "sh", [e.value for e in events])).scores()
     log = tmp_path / "worker.log"
-    with running_worker(config, log, ready_text="pipeline sh: ready", web_port=free_port()):
+    port = free_port()
+    with running_worker(config, log, ready_text="pipeline sh: ready", web_port=port):
         await produce_in_steps(kafka, topics["input_topic"], events, steps=10)
         served = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=90)
-        shadow = await read_topic(kafka, f"{topics['output_topic']}-shadow", expected=len(events), within_s=10)
+        # Every event offered to the shadow is scored or skipped (counted): wait until all are.
+        scored, skipped = await shadow_counts(port, until=len(events))
+        shadow = await read_topic(kafka, f"{topics['output_topic']}-shadow", expected=scored, within_s=30)
+    assert scored + skipped == len(events) and scored > 0
 
     bodies = {orjson.loads(r.value)["id"]: orjson.loads(r.value) for r in served}
     assert set(bodies) == set(expected)
     # Equal but for float rounding: batches of another size sum in another order.
     assert all(abs(bodies[i]["prediction"] - expected[i]) < 1e-5 and "role" not in bodies[i] for i in expected)
     shadows = [orjson.loads(r.value) for r in shadow]
-    assert shadows, "the shadow scored something"
+    # A record for every event the shadow scored (written by its own process, or on the worker's loop).
+    assert len({s["id"] for s in shadows}) == scored
     for s in shadows:
         assert s["shadow"] is True and s["model_version"] == "s1"
         assert s["served"]["prediction"] == bodies[s["id"]]["prediction"], "the served score beside it"

@@ -4,6 +4,7 @@ file in the child costs a batch or a clear load error, never the worker's proces
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -26,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def runner():
     runners: list[ProcessRunner] = []
 
-    def make(factory=process_scorers.row_sums, nice: int = 0) -> ProcessRunner:
-        r = ProcessRunner(factory, what="shadow s", nice=nice)
+    def make(factory=process_scorers.row_sums, nice: int = 0, aside=None) -> ProcessRunner:
+        r = ProcessRunner(factory, what="shadow s", nice=nice, aside=aside)
         runners.append(r)
         r.start()
         return r
@@ -55,6 +56,19 @@ async def test_the_lowest_priority_is_also_the_idle_scheduling_class(runner):
     assert (await lowest.predict([np.zeros((1, 1), dtype=np.float32)])).tolist() == [float(os.SCHED_IDLE)]
     ordinary = runner(process_scorers.scheduling_policy, nice=5)
     assert (await ordinary.predict([np.zeros((1, 1), dtype=np.float32)])).tolist() == [float(os.SCHED_OTHER)]
+
+
+async def test_an_aside_in_the_child_is_told_each_batch_and_may_finish_when_the_runner_closes(runner, tmp_path):
+    report = tmp_path / "report"
+    r = runner(aside=functools.partial(process_scorers.Tally, str(report), 0.5))
+    batch = [np.ones((3, 2), dtype=np.float32)]
+    predictions, told = await r.predict_with(batch, extra="positions")
+    assert predictions.tolist() == [2.0, 2.0, 2.0] and told == 3
+    assert (await r.predict_with(batch, extra="positions"))[1] == 6
+    assert (await r.predict(batch)).tolist() == [2.0, 2.0, 2.0], "without extra: predictions only, aside not told"
+    await r.aclose()
+    # Closed while idle: the child was asked to leave, and its aside finished (it took 0.5 s).
+    assert report.read_text() == "row-sums v3: 6"
 
 
 def test_a_model_that_does_not_load_is_a_load_error_with_the_childs_reason(runner):

@@ -54,8 +54,11 @@ async def test_batches_are_handed_over_when_they_reach_max_rows():
     gatherer = Gatherer(ready.append, gather_s=3600, max_rows=4)
     gatherer.offer(group([1, 2], [0, 1]))
     assert ready == [] and gatherer.pending_rows == 2
-    gatherer.offer(group([3, 4, 5], [0, 1, 2]))
-    assert [len(g.rows) for g in ready] == [5] and gatherer.pending_rows == 0
+    gatherer.offer(group([3, 4], [0, 1]))
+    assert [len(g.rows) for g in ready] == [4] and gatherer.pending_rows == 0
+    gatherer.offer(group([5, 6, 7], [0, 1, 2]))
+    gatherer.offer(group([8, 9], [0, 1]))  # would make 5: the three go first, never past max_rows
+    assert [len(g.rows) for g in ready] == [4, 3] and gatherer.pending_rows == 2
 
 
 async def test_a_partial_gathering_is_handed_over_when_its_time_is_up():
