@@ -73,6 +73,7 @@ class ShadowWriter:
         self._records = ShadowRecords(self._sink, topic=topic, pipeline=p.name, name=name, slice_rows=WHOLE_BATCH)
         self._pending: deque[concurrent.futures.Future[None]] = deque()
         self._unsent = 0  # records never handed to the producer (counted here, not by ShadowRecords)
+        self._failed = 0  # records of sends that raised (counted on the loop's thread)
         self._told = 0
 
     def __call__(self, predictions: np.ndarray, extra: Any) -> int:
@@ -106,7 +107,8 @@ class ShadowWriter:
             sent = asyncio.run_coroutine_threadsafe(record, self._loop)
             sent.add_done_callback(functools.partial(self._count_failure, len(positions)))
             self._pending.append(sent)
-        lost = self._records.lost_outputs + self._unsent  # ints, whole when read from either thread
+        # Each counter has one writer (this thread, or the loop's): read whole from the other.
+        lost = self._records.lost_outputs + self._failed + self._unsent
         new, self._told = lost - self._told, lost
         return new
 
@@ -114,7 +116,7 @@ class ShadowWriter:
         # ``record`` counts what the broker refuses or never takes; anything else it raised
         # (an encoding error) left its records unsent.
         if not sent.cancelled() and sent.exception() is not None:
-            self._unsent += records
+            self._failed += records
             log.warning("shadow %s: %d record(s) not sent: %r", self._records.name, records, sent.exception())
 
     def close(self) -> None:

@@ -14,6 +14,11 @@ dies (a crash in native code, killed for memory) fails the batch it had and is s
 later batch, after ``RESTART_AFTER_S``; a child that does not answer a batch within ``timeout_s``
 is killed (which a thread never can be) and started again the same way, and one still scoring
 when the runner closes is terminated. A child never outlives the worker, even one killed outright.
+
+An ``aside`` (a second picklable factory) puts more of the work in the child: built there after
+the model loads, it is handed each batch's predictions and what the worker sent with the inputs
+(a shadow's process writes the shadow's records with them: ``app.shadow_process``); an idle
+child is asked to leave at close, so its aside can finish, before it is terminated.
 """
 
 from __future__ import annotations
