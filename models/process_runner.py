@@ -306,7 +306,7 @@ def _score_until_told(conn: Connection, model: BatchScorer, aside: Aside | None)
         reply: tuple[Any, ...]
         try:
             predictions = model.predict_now(message[1])
-            extra = message[2] if len(message) > 2 else None
+            extra = message[2]
             reply = ("ok", predictions, None if aside is None or extra is None else aside(predictions, extra))
         except Exception as exc:  # noqa: BLE001 - the batch fails, the model stays
             reply = ("error", f"{type(exc).__name__}: {exc}")

@@ -19,7 +19,6 @@ crash may lose a few; their agreement with the served model is counted as they a
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -34,11 +33,6 @@ from streams.flow.model_stats import Agreement, ModelStats
 from streams.flow.scored_groups import OnScored, ScoredGroup
 from streams.flow.shadow_gather import Gatherer
 from streams.flow.shadow_records import ShadowRecords, checked, positions
-
-log = logging.getLogger(__name__)
-
-# At most one log line per this many seconds about a shadow's failures or skips.
-LOG_EVERY_S = 30.0
 
 
 class RecordingRunner(Protocol):
@@ -91,7 +85,6 @@ class Shadow:
         # Live, the champion's batches are gathered into fewer, larger ones (streams.flow.shadow_gather).
         self._gathered = Gatherer(self._ready, gather_s=gather_s, max_rows=gather_rows)
         self._task: asyncio.Task[None] | None = None
-        self._last_log = -LOG_EVERY_S
 
     @property
     def lost_outputs(self) -> int:
@@ -127,7 +120,7 @@ class Shadow:
             self._queue.put_nowait(group)
         except asyncio.QueueFull:
             self.stats.skipped(len(group.rows))
-            self._log_now(
+            self._records.log_now(
                 "shadow %s v%s is behind: skipped a batch of %d event(s) (%d batch(es) skipped so far)",
                 self.runner.name,
                 self.runner.version,
@@ -141,7 +134,7 @@ class Shadow:
                 await self._score(job)
             except Exception as exc:  # noqa: BLE001 - dead, the task would leave a backfill waiting for room forever
                 self.stats.failed(timed_out=False)
-                self._log_now("shadow %s v%s lost a batch: %r", self.runner.name, self.runner.version, exc)
+                self._records.log_now("shadow %s v%s lost a batch: %r", self.runner.name, self.runner.version, exc)
 
     async def _score(self, job: ScoredGroup) -> None:
         started = time.perf_counter()
@@ -155,7 +148,9 @@ class Shadow:
             predictions = checked(raw, len(job.rows))
         except Exception as exc:  # noqa: BLE001 - a shadow's failure is evidence, never the pipeline's
             self.stats.failed(timed_out=isinstance(exc, ModelTimeout))
-            self._log_now("shadow %s v%s failed a batch (not retried): %s", self.runner.name, self.runner.version, exc)
+            self._records.log_now(
+                "shadow %s v%s failed a batch (not retried): %s", self.runner.name, self.runner.version, exc
+            )
             return
         self.stats.scored(predictions, time.perf_counter() - started)
         if self.stats.agreement is not None:
@@ -173,12 +168,6 @@ class Shadow:
                 served_name=job.served_name,
                 served_version=job.served_version,
             )
-
-    def _log_now(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY_S:
-            self._last_log = now
-            log.warning(message, *args)
 
     async def drain(self) -> None:
         """Score what is queued, then stop the task (a backfill's last batches; a worker's stop)."""

@@ -136,18 +136,20 @@ class ShadowRecords:
 
     def _lost(self, count: int, exc: Exception) -> None:
         self.lost_outputs += count
-        self._log_now("shadow %s: %d output(s) not delivered to %s: %s", self.name, count, self.topic, exc)
+        self.log_now("shadow %s: %d output(s) not delivered to %s: %s", self.name, count, self.topic, exc)
 
     def _refused(self, refused: Sequence[tuple[OutputRecord, str]]) -> None:
         self.lost_outputs += len(refused)
-        self._log_now(
+        self.log_now(
             "shadow %s: %d output(s) refused for good by the destination (%s), not sent again",
             self.name,
             len(refused),
             refused[0][1],
         )
 
-    def _log_now(self, message: str, *args: object) -> None:
+    def log_now(self, message: str, *args: object) -> None:
+        """A warning about this shadow, unless one was logged in the last ``LOG_EVERY_S`` (its
+        ``Shadow`` logs its failures and skips here too: one shadow, one pace)."""
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
