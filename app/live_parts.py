@@ -135,6 +135,8 @@ async def build_live(
     for shadow in shadows:
         # Queued past the next full batch: the champion is busy, and the shadow skips.
         shadow.champion_busy = lambda: len(driver.batcher) > p.max_batch_size
+    if shadows:
+        driver.dispatcher.while_scoring = role_runners.shadows_paused
     life = _partition_life(conn, source, driver, transactions, state, changelog, lambda s: transcoding(config, p, s))
     source.subscribe(on_revoke=life.revoke, on_assign=life.assign)
     return LiveParts(source, sink, driver, life, state, changelog, shadow_sink)

@@ -10,9 +10,10 @@ takes at most one core from the champion and never holds the worker's interprete
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
@@ -57,6 +58,20 @@ class RoleRunners:
 
     def all(self) -> list[Runner]:
         return [r for r in (self.canary, self.fallback, *(s for _, s in self.shadows)) if r is not None]
+
+    @contextlib.contextmanager
+    def shadows_paused(self) -> Iterator[None]:
+        """The shadows' processes stopped meanwhile (``models.process_pause``): live, while the
+        champion scores a batch. Those of ``pause_while_champion_scores = false`` run on; the list
+        is read each time, so a shadow a decision let go is no longer paused."""
+        paused = [r for c, r in self.shadows if c.pause_while_champion_scores and isinstance(r, ProcessRunner)]
+        for runner in paused:
+            runner.pause()
+        try:
+            yield
+        finally:
+            for runner in paused:
+                runner.resume()
 
     async def aclose(self) -> None:
         for runner in self.all():

@@ -33,7 +33,7 @@ import numpy as np
 from app.build import build_kafka_sink
 from app.config import Config, PipelineConfig
 from app.kafka_clients import connection
-from streams.flow.shadow_records import ShadowRecords, checked
+from streams.flow.shadow_records import ShadowRecords, as_positions, checked
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class ShadowWriter:
     def __call__(self, predictions: np.ndarray, extra: Any) -> int:
         """Hand the batch's records to the producer, never waiting for the broker (the worker times
         this call as the model's); how many records were lost since the last call."""
-        positions, ids, served, served_name, served_version = extra
+        rows, ids, served, served_name, served_version = extra
+        positions = as_positions(rows)
         scores = checked(predictions, len(positions))
         while self._pending and self._pending[0].done():
             self._pending.popleft()

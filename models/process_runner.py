@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.inference_thread import InferenceThread
+from models.process_pause import Pause
 from streams.errors import ModelError, ModelLoadError, ModelTimeout
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ LOWEST_NICE = 19
 CHILD_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 # Linux's prctl option: the signal the kernel sends this process when its parent dies.
 PR_SET_PDEATHSIG = 1
+# How often a batch's wait for its answer looks at the time the child spent paused (``_answered``).
+ANSWER_POLL_S = 0.5
 
 
 class BatchScorer(Protocol):
@@ -107,6 +110,8 @@ class ProcessRunner:
         self._name = self._version = ""
         self._process: Any = None
         self._conn: Connection | None = None
+        # Stops the child while the champion scores (``pause``); a new one per child.
+        self._pause: Pause | None = None
         self._died_at: float | None = None
         # Whether a batch is between its send and its answer: the pipe then belongs to the I/O thread.
         self._busy = False
@@ -158,7 +163,17 @@ class ProcessRunner:
             if self._closed:  # closed while it started (a restart): it must not outlive the runner
                 _stop(process, parent)
                 raise ModelError(f"{self.what}: closed")
-            self._process, self._conn = process, parent
+            self._process, self._conn, self._pause = process, parent, Pause(process.pid or 0)
+
+    def pause(self) -> None:
+        """Stop the child until ``resume`` (the champion scores a batch meanwhile); nests. Called
+        from the event loop, never blocks; a batch it scores waits, its timeout not counting."""
+        if self._pause is not None and not self._closed:
+            self._pause.hold()
+
+    def resume(self) -> None:
+        if self._pause is not None:
+            self._pause.release()
 
     async def predict(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         return (await self.predict_with(inputs, None))[0]
@@ -176,11 +191,11 @@ class ProcessRunner:
         with self._lock:  # a close meanwhile: the pipe is no longer this thread's
             if self._closed or self._conn is None:
                 raise ModelError(f"{self.what}: closed")
-            conn = self._conn
+            conn, pause = self._conn, self._pause
             self._busy = True
         try:
             conn.send(("predict", inputs, extra))
-            if self.timeout_s is not None and not conn.poll(self.timeout_s):
+            if self.timeout_s is not None and not _answered(conn, self.timeout_s, pause):
                 self._lost()
                 raise ModelTimeout(f"{self.what}: no answer in {self.timeout_s:g} s: its process was ended")
             reply = conn.recv()
@@ -205,8 +220,16 @@ class ProcessRunner:
     def _lost(self) -> None:
         with self._lock:
             if self._process is not None and self._conn is not None:
-                _stop(self._process, self._conn)
+                self._let_go()
             self._conn, self._died_at = None, time.monotonic()
+
+    def _let_go(self) -> None:
+        """End the current child (holding ``_lock``): continued first, if paused, then stopped."""
+        if self._pause is not None:
+            self._pause.close()
+            self._pause = None
+        if self._conn is not None:
+            _stop(self._process, self._conn)
 
     def close(self) -> None:
         """End the child, scoring or not (a model stuck in a batch never answers); the batch it had
@@ -214,11 +237,13 @@ class ProcessRunner:
         with self._lock:
             self._closed = True  # a batch not yet begun fails at once from here
             if self._process is not None and self._conn is not None:
+                if self._pause is not None:
+                    self._pause.close()  # a stopped child can neither finish a batch nor leave
                 if self._busy:
                     log.warning("%s: its process was still scoring a batch when closed: terminated", self.what)
                 else:
                     _ask_to_leave(self._process, self._conn)
-                _stop(self._process, self._conn)
+                self._let_go()
             self._conn = None
         # Only now: Linux ends the child with the thread that started it (``_die_with``), which
         # must therefore outlive the child's goodbye.
@@ -226,6 +251,20 @@ class ProcessRunner:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _answered(conn: Connection, timeout_s: float, pause: Pause | None) -> bool:
+    """Whether the child answers within ``timeout_s`` of its own time: the time it spends paused
+    while the champion scores does not count (at full load it may be paused most of the time)."""
+    paused_before = pause.stopped_s() if pause is not None else 0.0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        paused = pause.stopped_s() - paused_before if pause is not None else 0.0
+        left = deadline + paused - time.monotonic()
+        if left <= 0:
+            return False
+        if conn.poll(min(left, ANSWER_POLL_S)):
+            return True
 
 
 def _ask_to_leave(process: Any, conn: Connection) -> None:

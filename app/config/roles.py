@@ -51,6 +51,8 @@ class ShadowConfig:
     isolation: str = "process"
     # Live, the champion's batches are gathered this long into one of the shadow's (streams.flow.shadow_gather).
     gather_ms: int = 100
+    # Live, its process is stopped while the champion scores a batch (models.process_pause).
+    pause_while_champion_scores: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,10 @@ def _shadow(t: Table, name: str, base: Path) -> ShadowConfig:
     queue = t.integer("queue_batches", 4, minimum=1, maximum=MAX_QUEUE_BATCHES)
     isolation = t.choice("isolation", ("process", "thread"), "process")
     gather_ms = t.integer("gather_ms", 100, minimum=0, maximum=MAX_GATHER_MS)
+    paused = t.flag("pause_while_champion_scores", True)
     spec = load_model(t, base)
-    return ShadowConfig(name, _versioned(t, spec if spec.name else _named(spec, name)), queue, isolation, gather_ms)
+    model = _versioned(t, spec if spec.name else _named(spec, name))
+    return ShadowConfig(name, model, queue, isolation, gather_ms, paused)
 
 
 def _fallback(t: Table, base: Path) -> FallbackConfig:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,6 +78,9 @@ class Dispatcher:
         self.clock_ms = clock_ms
         self.metrics = metrics
         self.lock = asyncio.Lock()
+        # Entered while a batch is scored and handed to the producer: live, the shadows' processes
+        # are paused meanwhile (``app.shadow_pause``), so the spare CPU they use is never the batch's.
+        self.while_scoring: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
         self.model_error: ModelError | None = None
         self._prepared: deque[_Prepared] = deque()
         self._stopping = asyncio.Event()
@@ -108,7 +112,8 @@ class Dispatcher:
                 continue
             async with self.lock:
                 if self._prepared:  # else a rebalance gave the batch back meanwhile
-                    await self._score_one()
+                    with self.while_scoring():
+                        await self._score_one()
             if self.model_error is not None:
                 await self._wait_for_the_model()
 

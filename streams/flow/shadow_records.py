@@ -12,7 +12,9 @@ a dead letter: its event was served, and a dead letter would say that it was not
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
@@ -43,12 +45,21 @@ class Position(NamedTuple):
     timestamp: int
     key: bytes | None
     value: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def positions(records: Sequence[SourceRecord], rows: np.ndarray) -> list[Position]:
-    return [
-        Position(r.topic, r.partition, r.offset, r.timestamp, r.key) for r in map(records.__getitem__, rows.tolist())
-    ]
+# A record's position as a plain tuple, read in C: what crosses the pipe to a shadow's process.
+# (A list of NamedTuples pickles at ~1 µs per row, on the worker's GIL; plain tuples ~5x faster.)
+_POSITION_FIELDS = operator.attrgetter("topic", "partition", "offset", "timestamp", "key")
+
+
+def positions(records: Sequence[SourceRecord], rows: np.ndarray) -> list[tuple[Any, ...]]:
+    """The positions of ``records`` at ``rows`` as plain tuples (``as_positions`` makes them records)."""
+    return list(map(_POSITION_FIELDS, map(records.__getitem__, rows.tolist())))
+
+
+def as_positions(rows: Sequence[tuple[Any, ...]]) -> list[Position]:
+    return list(itertools.starmap(Position, rows))
 
 
 def checked(predictions: Any, events: int) -> np.ndarray:

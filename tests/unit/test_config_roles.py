@@ -45,6 +45,7 @@ version = "s1"
 queue_batches = 8
 isolation = "thread"
 gather_ms = 20
+pause_while_champion_scores = false
 
 [pipelines.p.breaker]
 timeout_ms = 250
@@ -61,7 +62,7 @@ cooldown_ms = 1500
     assert roles.fallback is not None and roles.fallback.constant == 0.5 and roles.fallback.model is None
     (shadow,) = roles.shadows
     assert (shadow.name, shadow.model.version, shadow.queue_batches, shadow.isolation) == ("cand", "s1", 8, "thread")
-    assert shadow.gather_ms == 20
+    assert shadow.gather_ms == 20 and shadow.pause_while_champion_scores is False
     assert (roles.breaker.timeout_s, roles.breaker.failures, roles.breaker.cooldown_s) == (0.25, 2, 1.5)
     assert roles.timeout_set and roles.shadow_topic == "evidence" and roles.decision_threshold == 0.7
     assert "evidence" in p.topics, "the shadow topic is checked and created with the others"
@@ -88,6 +89,10 @@ cooldown_ms = 1500
         ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\nisolation = "fork"\n', "'pipelines.p.shadows.c.isolation'"),
         ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\ngather_ms = -1\n', "'pipelines.p.shadows.c.gather_ms'"),
         ('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\ngather_ms = 60000\n', "'pipelines.p.shadows.c.gather_ms'"),
+        (
+            '[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\npause_while_champion_scores = "no"\n',
+            "'pipelines.p.shadows.c.pause_while_champion_scores' has value 'no'",
+        ),
         # Names a promotion's decision would carry, and no worker read back (or an empty label).
         ('[pipelines.p.shadows."a\\nb"]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),
         ('[pipelines.p.shadows.""]\ndemo = "fraud-mlp"\n', "a shadow's name must be 1 to 100 printable"),
@@ -99,6 +104,14 @@ cooldown_ms = 1500
 )
 def test_a_wrong_role_key_names_the_key_and_what_it_expects(tmp_path, text, expected):
     assert expected in error_for(tmp_path, with_roles(text))
+
+
+def test_a_shadow_left_to_its_defaults(tmp_path):
+    text = with_roles('[pipelines.p.shadows.c]\ndemo = "fraud-mlp"\n')
+    (p,) = load_config(write(tmp_path, text), environ={}).pipelines
+    (shadow,) = p.roles.shadows
+    assert (shadow.queue_batches, shadow.isolation, shadow.gather_ms) == (4, "process", 100)
+    assert shadow.pause_while_champion_scores is True
 
 
 def test_a_bad_shadow_topic_is_refused(tmp_path):

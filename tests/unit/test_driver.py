@@ -264,3 +264,30 @@ async def test_a_failure_handed_to_the_driver_stops_it_with_that_error():
     driver.fail(PartitionOutOfOrder("cannot move in[0] (running) to assigned"))
     with pytest.raises(PartitionOutOfOrder):
         await asyncio.wait_for(running, 10)
+
+
+async def test_each_batch_is_scored_and_handed_over_inside_while_scoring():
+    records = events(60)
+    driver, sink, _, _ = make_driver(records, live=False, per_fetch=9, max_batch_size=8)
+    entered: list[int] = []  # outputs already sent when each scoring began, then when it ended
+    inside = False
+
+    class Scoring:
+        def __enter__(self) -> None:
+            nonlocal inside
+            assert not inside, "never nested"
+            inside = True
+            entered.append(len(sink.records))
+
+        def __exit__(self, *exc: object) -> None:
+            nonlocal inside
+            inside = False
+            entered.append(len(sink.records))
+
+    driver.dispatcher.while_scoring = Scoring
+    await asyncio.wait_for(driver.run(), 10)
+    assert not inside and len(sink.records) == 60
+    starts, ends = entered[::2], entered[1::2]
+    assert len(starts) >= 60 // 8, "entered once per batch"
+    assert all(end > start for start, end in zip(starts, ends, strict=True)), "each batch's outputs sent inside"
+    assert starts[1:] == ends[:-1], "no output sent outside it"

@@ -19,6 +19,7 @@ from models import process_runner
 from models.process_runner import ProcessRunner
 from streams.errors import ModelError, ModelLoadError, ModelTimeout
 from tests import process_scorers
+from tests.fakes import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,3 +169,67 @@ async def test_the_child_outlives_the_thread_that_asked_for_it(runner):
     await asyncio.sleep(0.5)  # what a SIGKILL from its end would need to land
     assert r._process.is_alive()
     assert (await r.predict([np.array([[2.0]], dtype=np.float32)])).tolist() == [2.0]
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc: T when stopped."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_for_state(pid: int, stopped: bool, timeout_s: float = 30.0) -> None:
+    # A signal reaches another process asynchronously: wait for it to land.
+    deadline = time.monotonic() + timeout_s
+    while (_state(pid) == "T") != stopped:
+        assert time.monotonic() < deadline, f"process {pid} never {'stopped' if stopped else 'continued'}"
+        time.sleep(0.01)
+
+
+linux_pidfd = pytest.mark.skipif(
+    not (hasattr(os, "pidfd_open") and Path("/proc/self/stat").exists()), reason="Linux pidfds and /proc"
+)
+
+
+@linux_pidfd
+async def test_a_paused_child_is_stopped_until_resumed_and_pauses_nest(runner):
+    r = runner()
+    pid = r._process.pid
+    r.pause()
+    r.pause()
+    _wait_for_state(pid, stopped=True)
+    r.resume()
+    assert _state(pid) == "T", "still held by the outer pause"
+    r.resume()
+    _wait_for_state(pid, stopped=False)
+    assert (await r.predict([np.ones((2, 2), dtype=np.float32)])).tolist() == [2.0, 2.0]
+
+
+@linux_pidfd
+async def test_a_batch_waits_for_a_paused_child_and_the_pause_does_not_count_against_its_timeout(runner):
+    r = runner()
+    r.timeout_s = 0.3
+    pid = r._process.pid
+    r.pause()
+    _wait_for_state(pid, stopped=True)
+    task = asyncio.ensure_future(r.predict([np.ones((1, 3), dtype=np.float32)]))
+    await until(lambda: r._busy, "the batch is in the pipe, its timeout running")
+    await asyncio.sleep(1.0)  # three timeouts long, all of it paused
+    assert not task.done(), "a paused child is waited for, not ended"
+    assert r._process.is_alive()
+    r.resume()
+    assert (await task).tolist() == [3.0]
+
+
+@linux_pidfd
+async def test_a_runner_closed_while_its_child_is_paused_lets_it_finish_and_leave(runner, tmp_path):
+    report = tmp_path / "report"
+    r = runner(aside=functools.partial(process_scorers.Tally, str(report), 0.0))
+    await r.predict_with([np.ones((2, 1), dtype=np.float32)], extra="positions")
+    process = r._process
+    r.pause()
+    _wait_for_state(process.pid, stopped=True)
+    await r.aclose()
+    # Continued, then asked to leave: its aside finished (a stopped child would have been terminated).
+    assert report.read_text() == "row-sums v3: 2"
+    assert process.exitcode == 0
+    r.pause()  # after close: nothing to stop, and no error
+    r.resume()

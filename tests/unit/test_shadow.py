@@ -17,6 +17,7 @@ from streams.flow.model_stats import Agreement, ModelStats
 from streams.flow.pipeline import Pipeline
 from streams.flow.roles import Roles
 from streams.flow.shadow import Shadow
+from streams.flow.shadow_records import as_positions
 from streams.records import OutputRecord
 from streams.testing import CollectingSink
 from tests.fakes import SumRunner, until
@@ -359,8 +360,8 @@ async def test_a_runner_that_writes_the_records_gets_what_they_carry_and_its_los
     assert sink.on(SHADOW_TOPIC) == [], "written where the model runs, not here"
     assert shadow.lost_outputs == 4 and (shadow.stats.batches, shadow.stats.events) == (2, 5)
     positions, ids, served, served_name, served_version = runner.extras[1]  # type: ignore[misc]
-    assert [(p.topic, p.partition, p.offset, p.key) for p in positions] == [
-        (r.topic, r.partition, r.offset, r.key) for r in events(2, start=3)
-    ]
+    # Plain tuples cross the pipe (cheap to pickle); the process makes them records again.
+    assert positions == [(r.topic, r.partition, r.offset, r.timestamp, r.key) for r in events(2, start=3)]
+    assert [(p.topic, p.offset, p.value) for p in as_positions(positions)] == [("in", 3, None), ("in", 4, None)]
     assert ids == [3, 4] and served.tolist() == [4.0, 5.0] and (served_name, served_version) == ("champ", "1")
     assert shadow.stats.agreement is not None and shadow.stats.agreement.mean_abs_diff == pytest.approx(0.25)
