@@ -1,6 +1,8 @@
 """Does a shadow delay the champion? End-to-end latency at the same offered loads, with and
 without a shadow ten times as costly as the champion, in alternating rounds, against the real broker:
-the shadow in a process of its own (the default) and on a thread of the worker (``isolation = "thread"``).
+the shadow in a process of its own (the default), the same without its pause while the champion
+scores (``pause_while_champion_scores = false``: variant ``unpaused``), and on a thread of the worker
+(``isolation = "thread"``).
 
     docker/kafka-local start
     .venv/bin/python -m bench.shadow                       # 3 rounds, 10 s per load point
@@ -58,11 +60,12 @@ REPEAT = 10
 # Without a shadow; with one in its own process; with one on a thread of the worker.
 # And, as a control, no shadow but a process of the shadow's priority using all the CPU it gets:
 # what any process taking the spare CPU costs the champion on this machine.
-VARIANTS = ("alone", "process", "thread", "burner")
-SHADOWS = ("process", "thread")
+VARIANTS = ("alone", "process", "unpaused", "thread", "burner")
+SHADOWS = ("process", "unpaused", "thread")
 SHOWN = {
     "alone": "none",
     "process": "own process",
+    "unpaused": "own process, not paused while the champion scores",
     "thread": "worker's thread",
     "burner": "none; a CPU burner at the shadow's priority",
 }
@@ -78,9 +81,12 @@ while True:
 
 
 def write_config(path: Path, topic_in: str, topic_out: str, *, variant: str) -> None:
+    isolation = "thread" if variant == "thread" else "process"
+    paused = "false" if variant == "unpaused" else "true"
     heavy = (
         f'shadows.heavy = {{ class = "bench.shadow_model:RepeatedMLP", state_dict = "{WEIGHTS}", '
-        f'version = "x{REPEAT}", init_args = {{ repeat = {REPEAT} }}, isolation = "{variant}" }}\n'
+        f'version = "x{REPEAT}", init_args = {{ repeat = {REPEAT} }}, isolation = "{isolation}", '
+        f"pause_while_champion_scores = {paused} }}\n"
     )
     write_sluice_config(path, MODEL, topic_in, topic_out, more=heavy if variant in SHADOWS else "")
 

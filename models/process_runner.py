@@ -19,6 +19,9 @@ An ``aside`` (a second picklable factory) puts more of the work in the child: bu
 the model loads, it is handed each batch's predictions and what the worker sent with the inputs
 (a shadow's process writes the shadow's records with them: ``app.shadow_process``); an idle
 child is asked to leave at close, so its aside can finish, before it is terminated.
+
+``pause``/``resume`` stop the child while the worker's champion scores a batch
+(``models.process_pause``); a batch's timeout counts only the time the child was not paused.
 """
 
 from __future__ import annotations
