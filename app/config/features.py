@@ -5,14 +5,16 @@
     inputs = [{ field = "features", shape = [32] }, { feature = "history" }]
 
 An input is an event field with a shape, or a per-key feature declared under
-``[pipelines.NAME.state.features]`` (read by ``app.config.state``).
+``[pipelines.NAME.state.features]`` (read by ``app.config.state``). A field nested in objects
+is named by its path, a list of keys: ``{ field = ["payload", "features"], shape = [32] }``
+reads ``{"payload": {"features": [...]}}`` (a string is always one key, dots and all).
 """
 
 from __future__ import annotations
 
 import math
 
-from app.config.table import Table
+from app.config.table import CONTROL, Table
 from streams.codecs.codec import EventSchema
 from streams.errors import ConfigError
 from streams.features.spec import StateSpec
@@ -45,17 +47,48 @@ def load_inputs(t: Table, state: StateSpec | None, state_key: str, max_payload: 
                     f"(an event of max_payload_bytes {max_payload:,} holds no more)"
                 )
                 raise entry.fail("shape", shape, expected)
-            inputs.append(ModelInput(entry.text("field"), tuple(shape)))
+            name, path = _field(entry)
+            inputs.append(ModelInput(name, tuple(shape), path=path))
         entry.done()
+    paths: dict[str, tuple[str, ...]] = {}
+    for one in inputs:
+        if not one.from_state and paths.setdefault(one.name, one.path) != one.path:
+            raise ConfigError(
+                f"{t.path}: two inputs of '{t.key('inputs')}' are named {one.name!r}, one a nested path and one a "
+                "key with dots: name them apart"
+            )
     if state is not None:
         shapes = {i.name: i.shape for i in inputs if not i.from_state}
         for name in state.fields:
+            if paths.get(name, ()) != ():
+                raise ConfigError(
+                    f"{t.path}: the features under [{state_key}] read the top-level field {name!r}, and an input of "
+                    f"'{t.key('inputs')}' has that name as a nested path: name them apart"
+                )
             if shapes.get(name, ()) != ():
                 raise ConfigError(
                     f"{t.path}: field {name!r} is a model input of shape {list(shapes[name])} in '{t.key('inputs')}' "
                     f"and a number the features under [{state_key}] read: expected one number per event"
                 )
     return tuple(inputs)
+
+
+# The deepest path a nested field may have.
+MAX_FIELD_DEPTH = 16
+
+
+def _field(entry: Table) -> tuple[str, tuple[str, ...]]:
+    """An input field's name and, for one nested in objects, its path (the keys, outermost first)."""
+    expected = f"a non-empty string, or a list of 1 to {MAX_FIELD_DEPTH} of them (a path into nested objects)"
+    value = entry.get("field", (str, list), expected)
+    if isinstance(value, str):
+        return entry.text("field"), ()
+    if not 0 < len(value) <= MAX_FIELD_DEPTH or not all(isinstance(k, str) and k.strip() for k in value):
+        raise entry.fail("field", value, expected)
+    if any(CONTROL.search(k) for k in value):
+        raise entry.fail("field", value, "keys without control characters")
+    keys = tuple(value)
+    return ".".join(keys), (keys if len(keys) > 1 else ())
 
 
 def _feature_input(entry: Table, state: StateSpec | None, state_key: str) -> ModelInput:

@@ -94,9 +94,7 @@ def decode_one(value: bytes | None, schema: EventSchema) -> tuple[Any, list[np.n
         raise _BadEvent("WrongType", f"field {schema.id_field!r} must be a string or an integer")
     arrays = []
     for spec in schema.inputs:
-        if spec.field not in doc:
-            raise _BadEvent("MissingField", f"field {spec.field!r} is missing")
-        value_of_field = doc[spec.field]
+        value_of_field = _at(doc, spec.keys, spec.field)
         try:
             raw = np.asarray(value_of_field)
         except ValueError:
@@ -118,6 +116,19 @@ def decode_one(value: bytes | None, schema: EventSchema) -> tuple[Any, list[np.n
             raise _BadEvent("NonFinite", f"field {spec.field!r} holds NaN or infinity")
         arrays.append(array)
     return event_id, arrays
+
+
+def _at(doc: dict[str, Any], keys: tuple[str, ...], name: str) -> Any:
+    """The value at ``keys`` in ``doc``: each key but the last names an object the next is in."""
+    value: Any = doc
+    for depth, key in enumerate(keys):
+        if type(value) is not dict:
+            where = ".".join(keys[:depth])
+            raise _BadEvent("WrongType", f"field {name!r}: {where!r} must be an object, holding {key!r}")
+        if key not in value:
+            raise _BadEvent("MissingField", f"field {name!r} is missing")
+        value = value[key]
+    return value
 
 
 def _only_numbers(value: Any) -> bool:

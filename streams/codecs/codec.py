@@ -51,10 +51,19 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TensorField:
-    """One model input: the event field it is read from and its shape per event."""
+    """One model input: the event field it is read from and its shape per event.
+
+    ``field`` names it (in errors and to the model's other parts); ``path``, when set, is where
+    it is in the event: the keys of the objects it is nested in, then its own (``field`` is
+    then the keys joined by dots)."""
 
     field: str
     shape: tuple[int, ...]
+    path: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.path or (self.field,)
 
 
 @dataclass(frozen=True)
@@ -187,10 +196,10 @@ def _concatenate(parts: list[tuple[int, Decoded]], schema: EventSchema) -> Decod
 def fast_decoder(schema: EventSchema) -> FastDecoder | None:
     """The msgspec decoder of ``schema``'s fields, or None where one struct cannot hold them
     (an input read from the id field, or one field read twice): the careful path decodes those."""
-    names = [schema.id_field, *(spec.field for spec in schema.inputs)]
-    if len(set(names)) < len(names):
-        return None
-    return FastDecoder(schema.id_field, [(spec.field, spec.shape) for spec in schema.inputs])
+    paths = [(schema.id_field,), *(spec.keys for spec in schema.inputs)]
+    if any(a[: len(b)] == b for i, a in enumerate(paths) for j, b in enumerate(paths) if i != j):
+        return None  # one field read twice, or one nested in another
+    return FastDecoder(schema.id_field, [(spec.keys, spec.shape) for spec in schema.inputs])
 
 
 def _decode_fast(records: Sequence[SourceRecord], schema: EventSchema) -> Decoded:

@@ -67,15 +67,16 @@ MSGSPEC_REFUSED = (msgspec.DecodeError, ValueError, RecursionError)
 class FastDecoder:
     """Decodes the events it can vouch for; see the module docstring."""
 
-    def __init__(self, id_field: str, inputs: Sequence[tuple[str, tuple[int, ...]]]) -> None:
-        fields: list[tuple[str, Any, Any]] = [("event_id", str | int, msgspec.field(name=id_field))]
+    def __init__(self, id_field: str, inputs: Sequence[tuple[tuple[str, ...], tuple[int, ...]]]) -> None:
+        """``inputs``: where each input is (its keys, nested objects' first) and its shape. No
+        path may be another's, or begin with it (``codec.fast_decoder`` leaves those to the careful path)."""
+        tree: _Tree = {id_field: ("event_id", str | int)}
         self._inputs: list[tuple[attrgetter[Any], tuple[int, ...], int, bytes | None]] = []
-        for k, (name, shape) in enumerate(inputs):
+        for k, (keys, shape) in enumerate(inputs):
             skeleton = _skeleton(shape) if len(shape) > 1 else None
-            fields.append((f"input{k}", _typed(shape) if skeleton is None else msgspec.Raw, msgspec.field(name=name)))
-            self._inputs.append((attrgetter(f"input{k}"), shape, math.prod(shape), skeleton))
-        event = msgspec.defstruct("Event", fields, gc=False)
-        self._decode = msgspec.json.Decoder(event).decode
+            attribute = _place(tree, keys, f"input{k}", _typed(shape) if skeleton is None else msgspec.Raw)
+            self._inputs.append((attrgetter(attribute), shape, math.prod(shape), skeleton))
+        self._decode = msgspec.json.Decoder(_struct("Event", tree)).decode
         self._numbers = msgspec.json.Decoder(list[float | bool]).decode
         self._ids = attrgetter("event_id")
 
@@ -157,6 +158,33 @@ class FastDecoder:
             skipped = set(refused)
             positions = [p for k, p in enumerate(positions) if k not in skipped]
         return objects, positions
+
+
+# The fields of a struct to generate, by JSON key: a leaf's attribute name and type, or the
+# fields of the nested object's own struct.
+_Tree = dict[str, "tuple[str, Any] | _Tree"]
+
+
+def _place(tree: _Tree, keys: tuple[str, ...], name: str, typed: Any) -> str:
+    """Put a leaf at ``keys`` in ``tree``; the dotted attribute path that reads it from a struct."""
+    node = tree
+    attributes = []
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        assert isinstance(child, dict), "a path nested in another: codec.fast_decoder does not get here"
+        attributes.append(f"n{list(node).index(key)}")
+        node = child
+    node[keys[-1]] = (name, typed)
+    return ".".join([*attributes, name])
+
+
+def _struct(name: str, tree: _Tree) -> Any:
+    """A msgspec struct of ``tree``'s fields (a nested object's own struct for each subtree)."""
+    fields = []
+    for k, (key, node) in enumerate(tree.items()):
+        attribute, typed = (f"n{k}", _struct(f"{name}_{k}", node)) if isinstance(node, dict) else node
+        fields.append((attribute, typed, msgspec.field(name=key)))
+    return msgspec.defstruct(name, fields, gc=False)
 
 
 def _typed(shape: tuple[int, ...]) -> Any:

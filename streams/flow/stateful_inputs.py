@@ -27,11 +27,13 @@ class ModelInput:
     name: str
     shape: tuple[int, ...]
     from_state: bool = False
+    # An event field nested in objects: its keys, outermost first (``name`` is them joined by dots).
+    path: tuple[str, ...] = ()
 
 
 def decoded_fields(inputs: Sequence[ModelInput], state_fields: Sequence[str]) -> tuple[TensorField, ...]:
     """What to decode from each event: the model's event inputs, then each state field not among them."""
-    fields = [TensorField(i.name, i.shape) for i in inputs if not i.from_state]
+    fields = [TensorField(i.name, i.shape, i.path) for i in inputs if not i.from_state]
     known = {f.field for f in fields}
     return tuple(fields + [TensorField(name, ()) for name in state_fields if name not in known])
 

@@ -160,6 +160,62 @@ async def test_avro_events_score_live_and_by_backfill_as_their_json_twins_across
     assert "schema 987654" in unknown["reason"]
 
 
+# The features one record deeper: read with ``field = ["payment", "features"]``.
+NESTED = {
+    "type": "record",
+    "name": "Envelope",
+    "namespace": "demo",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "ts", "type": "long"},
+        {
+            "name": "payment",
+            "type": {
+                "type": "record",
+                "name": "Payment",
+                "fields": [
+                    {"name": "account", "type": "string"},
+                    {"name": "features", "type": {"type": "array", "items": "double"}},
+                ],
+            },
+        },
+    ],
+}
+
+
+async def test_avro_events_with_their_features_in_a_nested_record_score_as_their_json_twins(kafka, tmp_path):
+    name = "nested"
+    topics = topics_for(unique("nested"))
+    registry = f"mock://{unique('registry')}"
+    avro_config = write_config(
+        tmp_path,
+        bootstrap=kafka,
+        pipeline=name,
+        inputs='[{ field = ["payment", "features"], shape = [32] }]',
+        extra='format = "avro"\n',
+        app_extra=f'schema_registry = {{ url = "{registry}" }}\n',
+        **topics,
+    )
+    (tmp_path / "json").mkdir()
+    json_config = write_config(tmp_path / "json", bootstrap=kafka, pipeline=name, **topics)
+    events = list(demo_events(200, seed=67))
+    expected = (await score_async(json_config, name, [e.value for e in events])).scores()
+    client = registry_client(load_config(avro_config).app.schema_registry)
+    serialize = await AsyncAvroSerializer(client, schema_str=json.dumps(NESTED))
+    context = SerializationContext(topics["input_topic"], MessageField.VALUE)
+    records = []
+    for event in events:
+        doc = orjson.loads(event.value)
+        payment = {"account": doc["account"], "features": doc["features"]}
+        envelope = {"id": doc["id"], "ts": doc["ts"], "payment": payment}
+        records.append((event.key, await serialize(envelope, context)))
+    flat = await AsyncAvroSerializer(client, schema_str=json.dumps(V1))  # the features not where the config says
+    stray = {k: orjson.loads(events[0].value)[k] for k in ("id", "account", "ts", "features")}
+    malformed = [(b"k", await flat(stray, context))]
+    letters = await live_and_backfill(kafka, tmp_path, avro_config, name, topics, records, malformed, expected)
+    assert [(d["error"], d["reason"]) for d in letters] == [("MissingField", "field 'payment.features' is missing")]
+
+
 async def test_while_the_registry_cannot_answer_valid_events_wait_and_none_is_dead_lettered(
     kafka, tmp_path, monkeypatch
 ):

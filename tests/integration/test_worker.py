@@ -7,7 +7,9 @@ from pathlib import Path
 import orjson
 
 from app.demo_events import demo_events
+from app.testing import score_async
 from tests.integration.kafka_helpers import (
+    produce_raw,
     read_topic,
     run_sluice,
     running_worker,
@@ -77,3 +79,29 @@ def test_a_missing_topic_stops_the_worker_with_its_name_when_creating_is_off(kaf
     assert "Traceback" not in result.stderr
     assert f"{name}-in" in result.stderr
     assert "create_topics = true" in result.stderr
+
+
+async def test_a_worker_reads_features_nested_in_json_objects_by_their_path(kafka, tmp_path):
+    name = unique("nested")
+    topics = {"input_topic": f"{name}-in", "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq"}
+    inputs = '[{ field = ["payment", "features"], shape = [32] }]'
+    config = write_config(tmp_path, bootstrap=kafka, pipeline="nested", inputs=inputs, **topics)
+    events = list(demo_events(100, seed=13))
+    nested = []
+    for event in events:
+        doc = orjson.loads(event.value)
+        doc["payment"] = {"features": doc.pop("features"), "account": doc["account"]}
+        nested.append((event.key, orjson.dumps(doc)))
+    flat = (b"k", events[0].value)  # the features where the config does not look
+    with running_worker(config, tmp_path / "worker.log", ready_text="pipeline nested: scoring"):
+        await produce_raw(kafka, topics["input_topic"], [*nested[:50], flat, *nested[50:]])
+        outputs = await read_topic(kafka, topics["output_topic"], expected=len(events), within_s=90)
+        (dead,) = await read_topic(kafka, topics["dead_letter_topic"], expected=1, within_s=30)
+    (tmp_path / "json").mkdir()
+    twin = write_config(tmp_path / "json", bootstrap=kafka, pipeline="nested", **topics)
+    expected = (await score_async(twin, "nested", [e.value for e in events])).scores()
+    scores = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["prediction"] for r in outputs}
+    assert scores.keys() == expected.keys()
+    assert all(abs(scores[i] - expected[i]) < 1e-6 for i in expected), "the same features, the same scores"
+    letter = orjson.loads(dead.value)
+    assert (letter["error"], letter["reason"]) == ("MissingField", "field 'payment.features' is missing")

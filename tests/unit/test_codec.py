@@ -560,3 +560,87 @@ def test_the_fast_path_never_vouches_for_what_the_careful_path_would_not_score(v
         )
         together = vouched(values, schema)
         assert together == [i for i, v in enumerate(values) if vouched([v], schema) == [0]]
+
+
+# Fields nested in objects (``field = ["payload", "features"]`` in the config).
+NESTED = EventSchema(
+    "id",
+    (
+        TensorField("payload.features", (3,), ("payload", "features")),
+        TensorField("payload.meta.amount", (), ("payload", "meta", "amount")),
+        TensorField("flat", ()),
+    ),
+    1 << 20,
+)
+
+
+def test_a_nested_field_is_read_by_its_path_and_each_fault_on_the_way_is_named():
+    values = [
+        b'{"id":1,"payload":{"features":[1,2,3],"meta":{"amount":5,"x":"y"},"other":{}},"flat":2}',
+        b'{"id":2,"payload":{"features":[1,2,3]},"flat":2}',
+        b'{"id":3,"payload":null,"flat":2}',
+        b'{"id":4,"payload":[1],"flat":2}',
+        b'{"id":5,"payload":{"features":[1,2,3],"meta":7},"flat":2}',
+        b'{"id":6,"payload":{"features":[1,2,"a"],"meta":{"amount":1}},"flat":2}',
+        b'{"id":7,"flat":2}',
+        b'{"id":8,"payload":{"meta":{"amount":1},"features":[4,5,6]},"flat":3,"payload.features":[0,0,0]}',
+    ]
+    assert vouched(values, NESTED) == [0, 7]
+    decoded = decode([record(i, v) for i, v in enumerate(values)], NESTED)
+    assert decoded.ids == [1, 8]
+    assert decoded.inputs[0].tolist() == [[1, 2, 3], [4, 5, 6]] and decoded.inputs[1].tolist() == [5, 1]
+    assert [(r.index, r.error, r.message) for r in decoded.rejects] == [
+        (1, "MissingField", "field 'payload.meta.amount' is missing"),
+        (2, "WrongType", "field 'payload.features': 'payload' must be an object, holding 'features'"),
+        (3, "WrongType", "field 'payload.features': 'payload' must be an object, holding 'features'"),
+        (4, "WrongType", "field 'payload.meta.amount': 'payload.meta' must be an object, holding 'amount'"),
+        (5, "WrongType", "field 'payload.features' must hold only numbers, shape [3]"),
+        (6, "MissingField", "field 'payload.features' is missing"),
+    ]
+
+
+def test_a_path_inside_another_input_is_decoded_by_the_careful_path():
+    inside = EventSchema("id", (TensorField("p", (1,)), TensorField("p.q", (), ("p", "q"))))
+    assert codec.fast_decoder(inside) is None
+    assert codec.fast_decoder(EventSchema("id", (TensorField("id.q", (), ("id", "q")),))) is None
+    decoded = decode([record(0, b'{"id":"a","p":{"q":1}}')], inside)
+    assert [r.error for r in decoded.rejects] == ["WrongType"]
+
+
+_amounts = st.builds(lambda n: '{"amount":' + n + "}", _numbers)
+_nested_values = st.one_of(
+    _amounts,
+    _amounts,
+    _amounts,
+    _unread_tokens,
+    st.just("{}"),
+    st.builds(lambda n, k: "{" + k + ":" + n + "}", _numbers, st.sampled_from(['"amount"', '"\\u0061mount"', '"x"'])),
+)
+
+
+def _one_in(n: int) -> st.SearchStrategy[bool]:
+    # Not integers(0, n - 1) == 0: hypothesis favours small integers, and that one would be 0 far too often.
+    return st.sampled_from([False] * (n - 1) + [True])
+
+
+@st.composite
+def _nested_documents(draw: st.DrawFn) -> bytes:
+    count = draw(st.sampled_from([3, 3, 3, 2]))
+    features = "[" + ",".join(draw(st.lists(_features_tokens, min_size=count, max_size=count))) + "]"
+    inner = [f'"features":{features}', f'"meta":{draw(_nested_values)}']
+    inner += [f"{draw(_keys)}:{draw(_unread_tokens)}" for _ in range(draw(st.integers(0, 2)))]
+    payload = "{" + ",".join(draw(st.permutations(inner))) + "}"
+    if draw(_one_in(7)):
+        payload = draw(_unread_tokens)
+    pairs = ['"id":"x"', f'"payload":{payload}', f'"flat":{draw(_numbers)}']
+    if draw(_one_in(5)):
+        pairs.append(f'"payload":{draw(st.sampled_from([payload, "null", "{}"]))}')  # a duplicate key: the last counts
+    pairs = [p for p in pairs if not draw(_one_in(15))]
+    return ("{" + ",".join(draw(st.permutations(pairs))) + "}").encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_nested_documents(), min_size=1, max_size=6))
+def test_for_nested_fields_too_the_fast_path_vouches_only_for_what_the_careful_path_scores(values):
+    together = vouched(values, NESTED)
+    assert together == [i for i, v in enumerate(values) if vouched([v], NESTED) == [0]]

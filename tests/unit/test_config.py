@@ -259,3 +259,33 @@ def test_tls_settings_load_with_a_tls_protocol(tmp_path, protocol):
         tmp_path / "client.key",
     )
     assert security.ssl_key_password_env == "KEY_PASSWORD" and security.ssl_check_hostname is False
+
+
+def _with_inputs(inputs: str) -> str:
+    return GOOD.replace('inputs = [{ field = "features", shape = [32] }]', f"inputs = {inputs}")
+
+
+def test_a_field_nested_in_objects_is_named_by_its_path(tmp_path):
+    text = _with_inputs('[{ field = ["payload", "features"], shape = [32] }, { field = ["a.b"], shape = [] }]')
+    (p,) = load_config(write(tmp_path, text), environ={}).pipelines
+    nested, dotted = p.schema.inputs
+    assert (nested.field, nested.keys, nested.shape) == ("payload.features", ("payload", "features"), (32,))
+    assert (dotted.field, dotted.keys) == ("a.b", ("a.b",)), "a string (or a one-key path) is one key, dots and all"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "expected"),
+    [
+        ("[{ field = [], shape = [1] }]", "'pipelines.p.features.inputs[0].field' has value []"),
+        ('[{ field = ["a", ""], shape = [1] }]', "'pipelines.p.features.inputs[0].field'"),
+        ('[{ field = ["a", 1], shape = [1] }]', "'pipelines.p.features.inputs[0].field'"),
+        ('[{ field = ["a\\u0000"], shape = [1] }]', "keys without control characters"),
+        ("[{ field = [" + ", ".join(['"k"'] * 17) + "], shape = [1] }]", "a list of 1 to 16 of them"),
+        (
+            '[{ field = ["a", "b"], shape = [1] }, { field = "a.b", shape = [1] }]',
+            "two inputs of 'pipelines.p.features.inputs' are named 'a.b'",
+        ),
+    ],
+)
+def test_a_bad_field_path_names_the_key(tmp_path, inputs, expected):
+    assert expected in error_for(tmp_path, _with_inputs(inputs))
