@@ -64,10 +64,12 @@ class RoleRunners:
         """The shadows' processes stopped meanwhile (``models.process_pause``): live, while the
         champion scores a batch. Those of ``pause_while_champion_scores = false`` run on; the list
         is read each time, so a shadow a decision let go is no longer paused."""
-        paused = [r for c, r in self.shadows if c.pause_while_champion_scores and isinstance(r, ProcessRunner)]
-        for runner in paused:
-            runner.pause()
+        wanted = [r for c, r in self.shadows if c.pause_while_champion_scores and isinstance(r, ProcessRunner)]
+        paused: list[ProcessRunner] = []
         try:
+            for runner in wanted:
+                runner.pause()
+                paused.append(runner)
             yield
         finally:
             for runner in paused:

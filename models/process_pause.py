@@ -18,11 +18,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 
 
 class Pause:
-    """Stops and continues one child process; ``hold``/``release`` nest (the outermost pair counts)."""
+    """Stops and continues one child process; ``hold``/``release`` nest (the outermost pair counts).
+
+    Thread-safe: the event loop holds and releases, the runner's threads close it and read the
+    time stopped; the lock is held only for a signal's system call."""
 
     def __init__(self, pid: int) -> None:
         self._fd: int | None = None
@@ -32,42 +36,49 @@ class Pause:
         self._holds = 0
         self._since: float | None = None
         self._stopped_s = 0.0
+        self._lock = threading.Lock()
 
     @property
     def supported(self) -> bool:
         return self._fd is not None
 
     def hold(self) -> None:
-        self._holds += 1
-        if self._holds == 1 and self._signal(signal.SIGSTOP):
-            self._since = time.monotonic()
+        with self._lock:
+            self._holds += 1
+            if self._holds == 1 and self._signal(signal.SIGSTOP):
+                self._since = time.monotonic()
 
     def release(self) -> None:
-        if self._holds == 0:
-            return
-        self._holds -= 1
-        if self._holds == 0:
-            self._continue()
+        with self._lock:
+            if self._holds == 0:
+                return
+            self._holds -= 1
+            if self._holds == 0:
+                self._continue()
 
     def stopped_s(self) -> float:
-        """Seconds the child has spent stopped so far (read from any thread: one writer, floats)."""
-        since = self._since
-        return self._stopped_s + (time.monotonic() - since if since is not None else 0.0)
+        """Seconds the child has spent stopped so far."""
+        with self._lock:
+            since = self._since
+            return self._stopped_s + (time.monotonic() - since if since is not None else 0.0)
 
     def close(self) -> None:
-        """Continue the child if it is stopped (a stopped child cannot leave politely), and forget it."""
-        self._holds = 0
-        self._continue()
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Continue the child (a stopped child can neither leave politely nor die of SIGTERM), and
+        forget it: a closed ``Pause`` signals nothing, so its fd's number, reused, is never signalled."""
+        with self._lock:
+            self._holds = 0
+            self._continue()
+            self._signal(signal.SIGCONT)  # whatever stopped it
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _continue(self) -> None:
-        since, self._since = self._since, None
-        if since is not None:
+        if self._since is not None:
             self._signal(signal.SIGCONT)
-            self._stopped_s += time.monotonic() - since
+            self._stopped_s += time.monotonic() - self._since
+            self._since = None
 
     def _signal(self, signum: int) -> bool:
         if self._fd is None:

@@ -64,6 +64,9 @@ CHILD_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(mess
 PR_SET_PDEATHSIG = 1
 # How often a batch's wait for its answer looks at the time the child spent paused (``_answered``).
 ANSWER_POLL_S = 0.5
+# The most time paused a batch's timeout discounts, in timeouts: a child paused at every batch of a
+# champion under a backlog still has its hang noticed (within this many timeouts more).
+MAX_PAUSED_TIMEOUTS = 3.0
 
 
 class BatchScorer(Protocol):
@@ -148,6 +151,22 @@ class ProcessRunner:
         )
         process.start()
         child.close()
+        pause = Pause(process.pid or 0)  # at once: if it dies, another runner's start may reap it
+        if not pause.supported:
+            _say_once_unpausable(self.what)
+        try:
+            self._wait_until_ready(process, parent)
+        except BaseException:
+            pause.close()
+            raise
+        with self._lock:
+            if self._closed:  # closed while it started (a restart): it must not outlive the runner
+                pause.close()
+                _stop(process, parent)
+                raise ModelError(f"{self.what}: closed")
+            self._process, self._conn, self._pause = process, parent, pause
+
+    def _wait_until_ready(self, process: Any, parent: Connection) -> None:
         try:
             if not parent.poll(START_TIMEOUT_S):
                 raise ModelLoadError(f"{self.what}: its process did not load the model in {START_TIMEOUT_S:.0f} s")
@@ -162,11 +181,6 @@ class ProcessRunner:
             _stop(process, parent)
             raise ModelLoadError(reply[1])
         self._name, self._version = reply[1], reply[2]
-        with self._lock:
-            if self._closed:  # closed while it started (a restart): it must not outlive the runner
-                _stop(process, parent)
-                raise ModelError(f"{self.what}: closed")
-            self._process, self._conn, self._pause = process, parent, Pause(process.pid or 0)
 
     def pause(self) -> None:
         """Stop the child until ``resume`` (the champion scores a batch meanwhile); nests. Called
@@ -258,12 +272,13 @@ class ProcessRunner:
 
 def _answered(conn: Connection, timeout_s: float, pause: Pause | None) -> bool:
     """Whether the child answers within ``timeout_s`` of its own time: the time it spends paused
-    while the champion scores does not count (at full load it may be paused most of the time)."""
+    while the champion scores does not count (at full load it may be paused most of the time), up
+    to ``MAX_PAUSED_TIMEOUTS`` timeouts of it (a hung child may be paused as often as a busy one)."""
     paused_before = pause.stopped_s() if pause is not None else 0.0
     deadline = time.monotonic() + timeout_s
     while True:
         paused = pause.stopped_s() - paused_before if pause is not None else 0.0
-        left = deadline + paused - time.monotonic()
+        left = deadline + min(paused, MAX_PAUSED_TIMEOUTS * timeout_s) - time.monotonic()
         if left <= 0:
             return False
         if conn.poll(min(left, ANSWER_POLL_S)):
@@ -283,11 +298,27 @@ def _stop(process: Any, conn: Connection) -> None:
     it reads the end of it."""
     if process.is_alive():
         process.terminate()
+        with contextlib.suppress(OSError):  # not reaped yet: its pid is still its own
+            os.kill(process.pid, signal.SIGCONT)  # a stopped process's SIGTERM waits for it
         process.join(CLOSE_GRACE_S)
     if process.is_alive():
         process.kill()
         process.join()
     conn.close()
+
+
+_told_unpausable = False
+
+
+def _say_once_unpausable(what: str) -> None:
+    global _told_unpausable
+    if not _told_unpausable:
+        _told_unpausable = True
+        log.warning(
+            "%s: this system cannot pause a process through a pidfd (Linux 5.3 or later, allowed by the "
+            "container's seccomp profile): shadows run while the champion scores, and may slow it",
+            what,
+        )
 
 
 def _exit(process: Any) -> str:

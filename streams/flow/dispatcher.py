@@ -78,7 +78,8 @@ class Dispatcher:
         self.clock_ms = clock_ms
         self.metrics = metrics
         self.lock = asyncio.Lock()
-        # Entered while a batch is scored and handed to the producer: live, the shadows' processes
+        # Entered while a batch is scored and handed to the producer (not while its acknowledgements
+        # are waited for): live, the shadows' processes
         # are paused meanwhile (``app.shadow_pause``), so the spare CPU they use is never the batch's.
         self.while_scoring: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
         self.model_error: ModelError | None = None
@@ -112,8 +113,7 @@ class Dispatcher:
                 continue
             async with self.lock:
                 if self._prepared:  # else a rebalance gave the batch back meanwhile
-                    with self.while_scoring():
-                        await self._score_one()
+                    await self._score_one()
             if self.model_error is not None:
                 await self._wait_for_the_model()
 
@@ -146,6 +146,13 @@ class Dispatcher:
         self._prepared.append(_Prepared(batch, decoded, time.perf_counter() - started, expired))
 
     async def _score_one(self) -> None:
+        with contextlib.ExitStack() as scope:
+            scope.enter_context(self.while_scoring())
+            await self._score_one_in(scope)
+
+    async def _score_one_in(self, scope: contextlib.ExitStack) -> None:
+        """Score the next batch inside ``scope`` (``while_scoring``), which ends once its outputs are
+        handed over: waiting for the broker's acknowledgements takes no CPU, and pauses no shadow."""
         job = self._prepared.popleft()
         started = time.perf_counter()
         # Per-key features need the state of every batch before this one: computed here, in order.
@@ -166,6 +173,7 @@ class Dispatcher:
             self._model_down(exc, job.batch)
             return
         shipment = await self.pipeline.delivery.send(scored.outputs)
+        scope.close()
         self.batcher.observe(len(job.batch), job.decode_seconds + time.perf_counter() - started)
         self.metrics.scored_batch(len(job.batch), scored.outcome.infer_seconds, scored.outcome.errors)
         if self.model_error is not None:

@@ -291,3 +291,29 @@ async def test_each_batch_is_scored_and_handed_over_inside_while_scoring():
     assert len(starts) >= 60 // 8, "entered once per batch"
     assert all(end > start for start, end in zip(starts, ends, strict=True)), "each batch's outputs sent inside"
     assert starts[1:] == ends[:-1], "no output sent outside it"
+
+
+async def test_the_wait_for_acknowledgements_is_outside_while_scoring():
+    driver, sink, _, _ = make_driver(events(40), live=False, per_fetch=9, max_batch_size=8)
+    inside = False
+    put_inside: list[bool] = []
+
+    class Scoring:
+        def __enter__(self) -> None:
+            nonlocal inside
+            inside = True
+
+        def __exit__(self, *exc: object) -> None:
+            nonlocal inside
+            inside = False
+
+    put = driver.dispatcher.acknowledger.put
+
+    async def watched_put(in_flight):  # type: ignore[no-untyped-def]
+        put_inside.append(inside)
+        await put(in_flight)
+
+    driver.dispatcher.while_scoring = Scoring
+    driver.dispatcher.acknowledger.put = watched_put  # type: ignore[method-assign]
+    await asyncio.wait_for(driver.run(), 10)
+    assert len(sink.records) == 40 and put_inside and not any(put_inside), "a shadow is not paused for the broker"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -233,3 +235,42 @@ async def test_a_runner_closed_while_its_child_is_paused_lets_it_finish_and_leav
     assert process.exitcode == 0
     r.pause()  # after close: nothing to stop, and no error
     r.resume()
+
+
+def test_a_batch_paused_without_end_still_times_out():
+    # A hung child paused at every batch of a champion under a backlog: the pause's credit is capped.
+    class AlwaysPaused:
+        def stopped_s(self) -> float:
+            return time.monotonic() * 1000  # paused all the time, and more
+
+    class Silent:
+        def poll(self, timeout_s: float) -> bool:
+            time.sleep(timeout_s)
+            return False
+
+    assert process_runner._answered(Silent(), 0.02, AlwaysPaused()) is False  # type: ignore[arg-type]
+
+
+@linux_pidfd
+async def test_a_runner_closed_while_something_else_stopped_its_child_continues_it_first(runner, tmp_path):
+    report = tmp_path / "report"
+    r = runner(aside=functools.partial(process_scorers.Tally, str(report), 0.0))
+    await r.predict_with([np.ones((1, 1), dtype=np.float32)], extra="positions")
+    process = r._process
+    os.kill(process.pid, signal.SIGSTOP)  # not through its Pause: a race, or an operator
+    _wait_for_state(process.pid, stopped=True)
+    await r.aclose()
+    assert report.read_text() == "row-sums v3: 1" and process.exitcode == 0, "continued, then it left politely"
+
+
+@linux_pidfd
+def test_a_stopped_child_is_ended_by_sigterm_not_left_for_sigkill(monkeypatch):
+    monkeypatch.setattr(process_runner, "CLOSE_GRACE_S", 30.0)
+    context = multiprocessing.get_context("spawn")
+    parent, _child = context.Pipe()
+    process = context.Process(target=time.sleep, args=(3600,), daemon=True)
+    process.start()
+    os.kill(process.pid, signal.SIGSTOP)
+    _wait_for_state(process.pid, stopped=True)
+    process_runner._stop(process, parent)
+    assert process.exitcode == -signal.SIGTERM
