@@ -26,6 +26,7 @@ from app.topics import partitions_of
 from models.evaluation import Evaluation, evaluate
 from streams.backfill.checkpoint import Checkpoint
 from streams.backfill.score_table import ScoreTable, labels_by_hash
+from streams.codecs.transcoded import json_value
 from streams.errors import CommandLineError, TopicMissingError
 from streams.flow.scored_groups import OnScored, ServedRecorder
 from streams.records import SourceRecord
@@ -67,7 +68,7 @@ class Evidence:
         self._champion[slots] = np.asarray(p).reshape(len(rows), -1)[:, 0]
         if isinstance(self.labels, FieldLabels):
             label_of = self.labels.label_of
-            self.table.record_labels(slots, [label_of(records[i].value) for i in rows.tolist()])
+            self.table.record_labels(slots, [label_of(json_value(records[i])) for i in rows.tolist()])
         else:
             self.table.record_ids(slots, ids)
 

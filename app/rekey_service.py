@@ -116,7 +116,7 @@ class RekeyService(Service):
         progress = TransactionCommits(transactions, interval_ms=p.transaction_interval_ms, on_committed=on_committed)
         cost = CostModel(fallback_seconds_per_event=REKEY_SECONDS_PER_EVENT)
         # Events read by their schema are keyed by a field of the JSON they encode, and routed as they were written.
-        read = transcoding(self.config, p, source)
+        read = transcoding(self.config, p, source, picks=False)
         self.driver = driver = Driver(read, stage, build_batcher(p, cost, "live"), progress, metrics=self.metrics)
         self.metrics.probe = driver  # the input topic's lag, the queue, lost outputs
         self.life = self._partition_life(source, driver, transactions)

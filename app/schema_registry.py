@@ -151,15 +151,20 @@ def _check_serialized(schema_id: int, text: str) -> None:
         ) from None
 
 
-def transcoding(config: Config, p: PipelineConfig, source: Source) -> Source:
-    """``source`` as pipeline ``p`` reads it: decoded by schema unless its format is JSON."""
+def transcoding(config: Config, p: PipelineConfig, source: Source, *, picks: bool = True) -> Source:
+    """``source`` as pipeline ``p`` reads it: decoded by schema unless its format is JSON. With
+    ``picks``, the pipeline's fields are taken from records as read where their schema allows
+    (``streams.codecs.field_picks``): for a reader of those fields alone (the pipeline's decoder);
+    a reader of other fields (the re-keying stage's key) gets every record as JSON."""
     if p.format == "json":
         return source
     registry = config.app.schema_registry
     if registry is None:  # the config's loader refuses this; a config built in code may not
         raise ConfigError(f'pipeline {p.name}: format = "{p.format}" needs an [app.schema_registry] table')
     lookup = RegistryLookup(registry_client(registry), serialized=p.format == "protobuf")
-    transcoder = SchemaTranscoder(p.format, lookup, pipeline=p.name, max_json_bytes=p.schema.max_payload_bytes)
+    transcoder = SchemaTranscoder(
+        p.format, lookup, pipeline=p.name, max_json_bytes=p.schema.max_payload_bytes, fields=p.schema if picks else None
+    )
     return TranscodingSource(source, transcoder)
 
 

@@ -105,6 +105,23 @@ class TranscodedRecord:
     wire_value: bytes | None = None
 
 
+class ReadRecord(NamedTuple):
+    """A record in a schema's wire format whose event id and model inputs were taken from it as
+    read (``streams.codecs.field_picks``): ``event`` holds them, and ``value`` is what the topic
+    held. ``reader`` writes the JSON the record would otherwise have had, for an event the decoder
+    hands back (``streams.codecs.transcoded.as_json``). A tuple: a fetch makes one per event."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    event: tuple[object, ...]
+    reader: object
+
+
 # Which input headers an output carries: all of them, none, or those whose names are listed.
 HeaderPolicy = Literal["all", "none"] | tuple[str, ...]
 

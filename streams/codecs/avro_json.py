@@ -1,16 +1,22 @@
 """Avro records in the registry's wire format, read with fastavro's compiled reader by their
-writer's schema and written as the JSON objects they encode (``streams.codecs.schema_transcode``)."""
+writer's schema and written as the JSON objects they encode (``streams.codecs.schema_transcode``),
+or, where the schema allows, with the pipeline's fields taken from them as read
+(``streams.codecs.field_picks``)."""
 
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
 import orjson
 
 from streams.codecs.avro_safety import AvroBounds, UnsafeSchema, bounds_of
+from streams.codecs.field_picks import Event, avro_pick
 from streams.codecs.wire_format import HEADER_BYTES, BadSchema, Unreadable, check_size
+
+if TYPE_CHECKING:
+    from streams.codecs.codec import EventSchema
 
 # A schema's text beyond this is refused (a registry's schemas are kilobytes).
 MAX_SCHEMA_CHARS = 256 * 1024
@@ -24,7 +30,7 @@ class AvroReader:
     """Reads the records of one Avro schema; refuses a value that could decode to more JSON than
     ``max_json_bytes`` before reading it (``streams.codecs.avro_safety``)."""
 
-    def __init__(self, schema_id: int, text: str, max_json_bytes: int) -> None:
+    def __init__(self, schema_id: int, text: str, max_json_bytes: int, fields: EventSchema | None = None) -> None:
         if len(text) > MAX_SCHEMA_CHARS:
             raise BadSchema(f"schema {schema_id} is refused: {len(text):,} characters (at most {MAX_SCHEMA_CHARS:,})")
         try:
@@ -36,6 +42,22 @@ class AvroReader:
             raise BadSchema(f"schema {schema_id} is not an Avro schema fastavro can read: {exc}") from None
         self.schema_id = schema_id
         self.max_json_bytes = max_json_bytes
+        self._pick = None if fields is None else avro_pick(self.parsed, fields)
+        # The longest value whose JSON surely fits (``bounds.most_json`` solved for the wire bytes).
+        ratio = self.bounds.ratio
+        self._most_wire = (max_json_bytes - self.bounds.fixed) / ratio if ratio > 0 else float("inf")
+
+    def read_event(self, value: bytes) -> Event | None:
+        """The pipeline's fields of ``value`` as read, or None: the JSON path (``read``) decides it."""
+        if self._pick is None or len(value) > self._most_wire:
+            return None
+        body = io.BytesIO(value)
+        body.seek(HEADER_BYTES)
+        try:
+            doc = fastavro.schemaless_reader(body, self.parsed, None)
+        except Exception:  # noqa: BLE001 - its fault is named by the JSON path
+            return None
+        return self._pick(doc) if body.tell() == len(value) else None
 
     def read(self, value: bytes) -> bytes:
         check_size(self.schema_id, len(value), self.bounds.most_json(len(value)), self.max_json_bytes)

@@ -31,7 +31,8 @@ import numpy as np
 from streams.codecs.careful_decode import decode_each
 from streams.codecs.encode import encode_predictions, position_key
 from streams.codecs.fast_decode import FastDecoder
-from streams.records import SourceRecord, UndecodableRecord
+from streams.codecs.read_columns import decode_read
+from streams.records import ReadRecord, SourceRecord, UndecodableRecord
 
 if TYPE_CHECKING:
     from streams.features.step import StateUpdate
@@ -159,6 +160,8 @@ def decode(records: Sequence[SourceRecord], schema: EventSchema, skip: Sequence[
     if len(slices) > 1:
         return _concatenate([(start, decode(records[start:stop], schema)) for start, stop in slices], schema)
     with _gc_paused():
+        if ReadRecord in set(map(type, records)):  # events of a schema, their fields already taken
+            return decode_read(records, schema, _decode_fast)
         return _decode_fast(records, schema)
 
 

@@ -1,5 +1,6 @@
 """Protobuf records in the registry's wire format, written as the JSON objects they encode
-(``streams.codecs.schema_transcode``).
+(``streams.codecs.schema_transcode``), or, where the schema allows, with the pipeline's fields taken
+from the parsed message (``streams.codecs.field_picks``).
 
 After the schema id come the message's indexes in the schema's file (zigzag varints: a count,
 then the indexes; a lone zero byte is ``[0]``, the first message), then the message, parsed by
@@ -13,7 +14,7 @@ own JSON mapping, which quotes them: a feature must be a number), enums by name,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -21,9 +22,15 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from streams.codecs.avro_json import as_text
+from streams.codecs.field_picks import Event, Pick, proto_pick
 from streams.codecs.proto_schema import ProtoBounds, ProtoSchema, bounds_of, defaults_json
 from streams.codecs.wire_format import HEADER_BYTES, Unreadable, WriterSchema, check_size
 
+if TYPE_CHECKING:
+    from streams.codecs.codec import EventSchema
+
+# The message indexes a lone zero byte stands for.
+FIRST_MESSAGE: tuple[int, ...] = (0,)
 # A message nested deeper in its file than this is not a schema anyone writes.
 MAX_INDEXES = 32
 
@@ -34,14 +41,45 @@ class ProtoReader:
     """Reads the records of one Protobuf schema; refuses a value that could decode to more JSON
     than ``max_json_bytes`` before reading it (``streams.codecs.proto_schema``)."""
 
-    def __init__(self, schema_id: int, writer: WriterSchema, max_json_bytes: int) -> None:
+    def __init__(
+        self, schema_id: int, writer: WriterSchema, max_json_bytes: int, fields: EventSchema | None = None
+    ) -> None:
         self.schema = ProtoSchema(schema_id, writer)
         self.schema_id = schema_id
         self.max_json_bytes = max_json_bytes
+        self.fields = fields
+        # By message indexes: its class, its pick (``field_picks``) and the longest value it may take.
+        self._picks: dict[tuple[int, ...], tuple[type[Message], Pick | None, float]] = {}
         # By message indexes: its class, its converter and its bounds (a file has few messages).
         self._messages: dict[tuple[int, ...], tuple[type[Message], Converter, ProtoBounds]] = {}
         self._converters: dict[str, Converter] = {}
         self._defaults: dict[str, int] = {}  # defaults_json by message type, for _nested_json
+
+    def read_event(self, value: bytes) -> Event | None:
+        """The pipeline's fields of ``value`` as read, or None: the JSON path (``read``) decides it."""
+        if self.fields is None:
+            return None
+        try:
+            if value[HEADER_BYTES] == 0:  # a lone zero: the file's first message, as most are
+                indexes, start = FIRST_MESSAGE, HEADER_BYTES + 1
+            else:
+                indexes, start = message_indexes(value)
+            known = self._picks.get(indexes)
+            if known is None:
+                known = self._picks[indexes] = self._pick_for(indexes)
+            cls, pick, most_wire = known
+            if pick is None or len(value) > most_wire:  # past it, the JSON path checks its size
+                return None
+            return pick(cls.FromString(value[start:]))
+        except Exception:  # noqa: BLE001 - its fault is named by the JSON path
+            return None
+
+    def _pick_for(self, indexes: tuple[int, ...]) -> tuple[type[Message], Pick | None, float]:
+        cls, _, bounds = self._message(indexes)
+        assert self.fields is not None
+        per_byte = bounds.nested / 2 + bounds.ratio
+        most_wire = (self.max_json_bytes - bounds.top) / per_byte if per_byte > 0 else float("inf")
+        return cls, proto_pick(cls.DESCRIPTOR, self.fields), most_wire
 
     def read(self, value: bytes) -> bytes:
         indexes, start = message_indexes(value)

@@ -25,21 +25,24 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from streams.codecs.avro_json import AvroReader
 from streams.codecs.proto_json import ProtoReader
+from streams.codecs.transcoded import as_json, dead, picked
 from streams.codecs.wire_format import (
     HEADER_BYTES,
     BadSchema,
     MissingImport,
     NotWireFormat,
-    Unreadable,
     WriterSchema,
     schema_id_of,
 )
 from streams.errors import RegistryUnavailable
-from streams.records import SourceRecord, TranscodedRecord, UndecodableRecord
+from streams.records import SourceRecord, UndecodableRecord
+
+if TYPE_CHECKING:
+    from streams.codecs.codec import EventSchema
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +72,17 @@ class RecordReader(Protocol):
         """The JSON object ``value`` (header included) encodes; ``Unreadable`` saying why not."""
         ...
 
+    def read_event(self, value: bytes) -> tuple[object, ...] | None:
+        """The pipeline's fields of ``value`` as read (``streams.codecs.field_picks``), or None."""
+        ...
+
 
 class _JsonSchemaReader:
     def read(self, value: bytes) -> bytes:
         return value[HEADER_BYTES:]  # the JSON itself, which the decoding rule reads like any other
+
+    def read_event(self, value: bytes) -> None:
+        return None  # its JSON is decoded as any JSON event's
 
 
 class _Known(NamedTuple):
@@ -83,7 +93,13 @@ class _Known(NamedTuple):
 
 class SchemaTranscoder:
     def __init__(
-        self, fmt: str, lookup: SchemaLookup, *, pipeline: str = "", max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+        self,
+        fmt: str,
+        lookup: SchemaLookup,
+        *,
+        pipeline: str = "",
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        fields: EventSchema | None = None,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
@@ -92,6 +108,8 @@ class SchemaTranscoder:
         self.pipeline = pipeline
         # The pipeline's max_payload_bytes: an Avro value that could decode to more is not decoded.
         self.max_json_bytes = max_json_bytes
+        # The pipeline's schema: its fields are taken from each record as read where its schema allows.
+        self.fields = fields
         self._asking = asyncio.Semaphore(MAX_CONCURRENT_LOOKUPS)
         self._known: OrderedDict[int, _Known] = OrderedDict()
         self._unknown: OrderedDict[int, float] = OrderedDict()
@@ -175,9 +193,9 @@ class SchemaTranscoder:
             return _Known(None, f"schema {schema_id} is a {schema.schema_type} schema; this pipeline reads {expected}")
         try:
             if self.format == "avro":
-                return _Known(AvroReader(schema_id, schema.text, self.max_json_bytes), None)
+                return _Known(AvroReader(schema_id, schema.text, self.max_json_bytes, self.fields), None)
             if self.format == "protobuf":
-                return _Known(ProtoReader(schema_id, schema, self.max_json_bytes), None)
+                return _Known(ProtoReader(schema_id, schema, self.max_json_bytes, self.fields), None)
         except MissingImport as exc:
             return _Known(None, str(exc), time.monotonic() + UNKNOWN_FOR_S)
         except BadSchema as exc:
@@ -191,43 +209,19 @@ class SchemaTranscoder:
         try:
             schema_id = schema_id_of(value)
         except NotWireFormat as exc:
-            return _dead(record, "NotWireFormat", str(exc))
+            return dead(record, "NotWireFormat", str(exc))
         known = self._known.get(schema_id)
         if known is None:
-            return _dead(record, "UnknownSchema", f"schema {schema_id} is not in the schema registry")
+            return dead(record, "UnknownSchema", f"schema {schema_id} is not in the schema registry")
         if known.reader is None:
-            return _dead(record, "SchemaMismatch", known.problem or f"schema {schema_id} cannot be read")
-        try:
-            decoded = known.reader.read(value)
-        except Unreadable as exc:
-            return _dead(record, exc.error, exc.reason)
-        return TranscodedRecord(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.timestamp,
-            record.key,
-            decoded,
-            tuple(record.headers),
-            wire_value=value,
-        )
+            return dead(record, "SchemaMismatch", known.problem or f"schema {schema_id} cannot be read")
+        event = known.reader.read_event(value)
+        if event is not None:
+            return picked(record, event, known.reader)
+        return as_json(record, known.reader)
 
     def _log_now(self, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
             log.warning(message, *args)
-
-
-def _dead(record: SourceRecord, error: str, reason: str) -> UndecodableRecord:
-    return UndecodableRecord(
-        record.topic,
-        record.partition,
-        record.offset,
-        record.timestamp,
-        reason,
-        record.key,
-        record.value,
-        tuple(record.headers),
-        error=error,
-    )
