@@ -218,17 +218,20 @@ def _decode_fast(records: Sequence[SourceRecord], schema: EventSchema) -> Decode
     scored = set(rows)
     rest = [i for i in range(len(records)) if i not in scored]
     careful = _decode_careful([records[i] for i in rest], schema)
-    rejects = [Reject(rest[r.index], r.error, r.message) for r in careful.rejects]
-    if not len(careful):
-        return Decoded(rows=np.asarray(rows, dtype=np.int64), ids=ids, inputs=inputs, rejects=rejects)
-    merged = np.concatenate([np.asarray(rows, dtype=np.int64), np.asarray(rest, dtype=np.int64)[careful.rows]])
-    order = np.argsort(merged, kind="stable")
-    both_ids = ids + careful.ids
+    return merged(Decoded(np.asarray(rows, dtype=np.int64), ids, inputs), rest, careful)
+
+
+def merged(first: Decoded, rest: Sequence[int], others: Decoded) -> Decoded:
+    """``first`` (whose rows are batch indices) and ``others``, decoded from the batch's records at
+    ``rest`` (its rows and rejects index those), as one ``Decoded`` in batch order."""
+    rows = np.concatenate([first.rows, np.asarray(rest, dtype=np.int64)[others.rows]])
+    order = np.argsort(rows, kind="stable")
+    both_ids = first.ids + others.ids
     return Decoded(
-        rows=merged[order],
+        rows=rows[order],
         ids=[both_ids[i] for i in order.tolist()],
-        inputs=[np.concatenate([a, b])[order] for a, b in zip(inputs, careful.inputs, strict=True)],
-        rejects=rejects,
+        inputs=[np.concatenate([a, b])[order] for a, b in zip(first.inputs, others.inputs, strict=True)],
+        rejects=[Reject(rest[r.index], r.error, r.message) for r in others.rejects],
     )
 
 

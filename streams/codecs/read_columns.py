@@ -28,7 +28,7 @@ Decode = Callable[[Sequence[SourceRecord], "EventSchema"], "Decoded"]
 
 def decode_read(records: Sequence[SourceRecord], schema: EventSchema, decode_rest: Decode) -> Decoded:
     """``records`` decoded: the ``ReadRecord`` ones from their events, the others by ``decode_rest``."""
-    from streams.codecs.codec import Decoded, Reject  # the codec imports this module
+    from streams.codecs.codec import Decoded, merged  # the codec imports this module
 
     read = [i for i, r in enumerate(records) if type(r) is ReadRecord]
     events = [records[i].event for i in read]  # type: ignore[attr-defined]
@@ -49,13 +49,4 @@ def decode_read(records: Sequence[SourceRecord], schema: EventSchema, decode_res
     if not rest:
         return Decoded(rows=vouched, ids=ids, inputs=inputs)
     others = decode_rest([unpicked(records[i]) for i in rest], schema)
-    rejects = [Reject(rest[r.index], r.error, r.message) for r in others.rejects]
-    merged = np.concatenate([vouched, np.asarray(rest, dtype=np.int64)[others.rows]])
-    order = np.argsort(merged, kind="stable")
-    both_ids = ids + others.ids
-    return Decoded(
-        rows=merged[order],
-        ids=[both_ids[i] for i in order.tolist()],
-        inputs=[np.concatenate([a, b])[order] for a, b in zip(inputs, others.inputs, strict=True)],
-        rejects=rejects,
-    )
+    return merged(Decoded(vouched, ids, inputs), rest, others)
