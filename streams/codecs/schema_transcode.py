@@ -6,7 +6,9 @@ and kept; then each value is read by its schema's reader (``streams.codecs.avro_
 compiled reader; ``streams.codecs.proto_json``: Protobuf's) and written as the JSON object it
 encodes, so every later step (the decoding rule, per-key features, dead letters, the backfill) is
 the one JSON events take, and an Avro event and its JSON twin score the same. A JSON Schema value
-is the JSON after its header.
+is the JSON after its header. Given the pipeline's ``fields``, an event whose schema guarantees what
+that decoding would find has them taken as read instead (``streams.codecs.field_picks``: a
+``ReadRecord``), with the same result and without the JSON.
 
 Faults that are the event's are dead letters naming the schema id: ``NotWireFormat`` (no magic
 byte), ``UnknownSchema`` (the registry has no such id), ``Truncated``, ``SchemaMismatch`` (bytes
