@@ -42,22 +42,21 @@ class AvroReader:
             raise BadSchema(f"schema {schema_id} is not an Avro schema fastavro can read: {exc}") from None
         self.schema_id = schema_id
         self.max_json_bytes = max_json_bytes
+        self.fields = fields
         self._pick = None if fields is None else avro_pick(self.parsed, fields)
-        # The longest value whose JSON surely fits (``bounds.most_json`` solved for the wire bytes).
-        ratio = self.bounds.ratio
-        self._most_wire = (max_json_bytes - self.bounds.fixed) / ratio if ratio > 0 else float("inf")
 
     def read_event(self, value: bytes) -> Event | None:
         """The pipeline's fields of ``value`` as read, or None: the JSON path (``read``) decides it."""
-        if self._pick is None or len(value) > self._most_wire:
+        # The JSON path's own size check, to the byte: a value it would refuse is never picked.
+        if self._pick is None or self.bounds.most_json(len(value)) > self.max_json_bytes:
             return None
         body = io.BytesIO(value)
         body.seek(HEADER_BYTES)
         try:
             doc = fastavro.schemaless_reader(body, self.parsed, None)
+            return self._pick(doc) if body.tell() == len(value) else None
         except Exception:  # noqa: BLE001 - its fault is named by the JSON path
             return None
-        return self._pick(doc) if body.tell() == len(value) else None
 
     def read(self, value: bytes) -> bytes:
         check_size(self.schema_id, len(value), self.bounds.most_json(len(value)), self.max_json_bytes)

@@ -202,7 +202,10 @@ def fast_decoder(schema: EventSchema) -> FastDecoder | None:
     paths = [(schema.id_field,), *(spec.keys for spec in schema.inputs)]
     if any(a[: len(b)] == b for i, a in enumerate(paths) for j, b in enumerate(paths) if i != j):
         return None  # one field read twice, or one nested in another
-    return FastDecoder(schema.id_field, [(spec.keys, spec.shape) for spec in schema.inputs])
+    try:
+        return FastDecoder(schema.id_field, [(spec.keys, spec.shape) for spec in schema.inputs])
+    except ValueError:  # msgspec cannot name a field so (a key with '"' or '\\'): the careful path reads it
+        return None
 
 
 def _decode_fast(records: Sequence[SourceRecord], schema: EventSchema) -> Decoded:

@@ -77,7 +77,7 @@ def avro_pick(parsed: Any, fields: EventSchema) -> Pick | None:
     """How to take ``fields`` from the dicts fastavro reads by ``parsed``; None if it cannot be done."""
     named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
     wanted = _wanted(fields)
-    if wanted is None or _avro_depth(parsed, named, ()) is None:
+    if wanted is None or _avro_depth(parsed, named, ()) is None or _twin_names(parsed, named):
         return None
     getters = []
     for path, shape in wanted:
@@ -137,6 +137,13 @@ def _avro_leaf(node: Any, named: dict[str, Any]) -> str | None:
             return "array" if _avro_leaf(node.get("items"), named) in _AVRO_NUMBERS else None
         node = node.get("type") if len(node) == 1 else None
     return node if isinstance(node, str) and node not in named else None
+
+
+def _twin_names(parsed: Any, named: dict[str, Any]) -> bool:
+    """Whether a record of the schema has two fields of one name: fastavro reads them (its dict
+    keeps the last), while the pick would check the first one's type."""
+    field_lists = [r.get("fields", ()) for r in (parsed, *named.values()) if isinstance(r, dict)]
+    return any(len({f["name"] for f in fields}) < len(fields) for fields in field_lists)
 
 
 def _avro_depth(node: Any, named: dict[str, Any], seen: tuple[str, ...]) -> int | None:

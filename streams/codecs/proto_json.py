@@ -48,8 +48,8 @@ class ProtoReader:
         self.schema_id = schema_id
         self.max_json_bytes = max_json_bytes
         self.fields = fields
-        # By message indexes: its class, its pick (``field_picks``) and the longest value it may take.
-        self._picks: dict[tuple[int, ...], tuple[type[Message], Pick | None, float]] = {}
+        # By message indexes: its class, its pick (``field_picks``) and its size bounds.
+        self._picks: dict[tuple[int, ...], tuple[type[Message], Pick | None, ProtoBounds]] = {}
         # By message indexes: its class, its converter and its bounds (a file has few messages).
         self._messages: dict[tuple[int, ...], tuple[type[Message], Converter, ProtoBounds]] = {}
         self._converters: dict[str, Converter] = {}
@@ -67,19 +67,17 @@ class ProtoReader:
             known = self._picks.get(indexes)
             if known is None:
                 known = self._picks[indexes] = self._pick_for(indexes)
-            cls, pick, most_wire = known
-            if pick is None or len(value) > most_wire:  # past it, the JSON path checks its size
+            cls, pick, bounds = known
+            if pick is None or bounds.most_json(len(value)) > self.max_json_bytes:  # past it, the JSON path counts
                 return None
             return pick(cls.FromString(value[start:]))
         except Exception:  # noqa: BLE001 - its fault is named by the JSON path
             return None
 
-    def _pick_for(self, indexes: tuple[int, ...]) -> tuple[type[Message], Pick | None, float]:
+    def _pick_for(self, indexes: tuple[int, ...]) -> tuple[type[Message], Pick | None, ProtoBounds]:
         cls, _, bounds = self._message(indexes)
         assert self.fields is not None
-        per_byte = bounds.nested / 2 + bounds.ratio
-        most_wire = (self.max_json_bytes - bounds.top) / per_byte if per_byte > 0 else float("inf")
-        return cls, proto_pick(cls.DESCRIPTOR, self.fields), most_wire
+        return cls, proto_pick(cls.DESCRIPTOR, self.fields), bounds
 
     def read(self, value: bytes) -> bytes:
         indexes, start = message_indexes(value)

@@ -31,6 +31,10 @@ def decode_read(records: Sequence[SourceRecord], schema: EventSchema, decode_res
     from streams.codecs.codec import Decoded, merged  # the codec imports this module
 
     read = [i for i, r in enumerate(records) if type(r) is ReadRecord]
+    readers = {id(r): r for r in (records[i].reader for i in read)}  # type: ignore[attr-defined]
+    if any(getattr(reader, "fields", None) != schema for reader in readers.values()):
+        # Picked for another schema's fields (a caller decoding the records twice): not these.
+        return decode_rest([unpicked(r) for r in records], schema)
     events = [records[i].event for i in read]  # type: ignore[attr-defined]
     n = len(events)
     inputs, good = [], np.ones(n, dtype=bool)

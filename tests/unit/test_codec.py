@@ -644,3 +644,15 @@ def _nested_documents(draw: st.DrawFn) -> bytes:
 def test_for_nested_fields_too_the_fast_path_vouches_only_for_what_the_careful_path_scores(values):
     together = vouched(values, NESTED)
     assert together == [i for i, v in enumerate(values) if vouched([v], NESTED) == [0]]
+
+
+def test_a_key_msgspec_cannot_name_is_read_by_the_careful_path():
+    for schema in (
+        EventSchema("id", (TensorField('p"q.x', (), ('p"q', "x")),)),
+        EventSchema("id", (TensorField("a\\b", ()),)),
+    ):
+        assert codec.fast_decoder(schema) is None
+        key = schema.inputs[0].keys
+        doc = {"id": "e", key[0]: {key[1]: 2}} if len(key) == 2 else {"id": "e", key[0]: 2}
+        decoded = decode([record(0, orjson.dumps(doc))], schema)
+        assert decoded.ids == ["e"] and decoded.inputs[0].tolist() == [2.0]

@@ -250,3 +250,38 @@ def test_which_protobuf_fields_are_picked():
     assert type(picked[0]) is ReadRecord and picked[0].event[0::2] == ("e", 0.5)
     assert list(picked[0].event[1]) == [1.0, 2.0, 3.0] and picked[0].event[3] == 3
     assert base64.b64decode(TEXT)  # the schema the registry serves, serialized
+
+
+def _zigzag(n: int) -> bytes:
+    return bytes([(n << 1) & 0x7F])  # a small non-negative Avro int
+
+
+def test_a_record_with_two_fields_of_one_name_is_never_picked():
+    # fastavro reads it (its dict keeps the last), while a pick would check the first field's type.
+    only_x = EventSchema("id", (TensorField("x", ()),))
+    twins = {"type": "record", "name": "E", "fields": [{"name": "id", "type": "string"}]}
+    twins["fields"] += [{"name": "x", "type": "double"}, {"name": "x", "type": "string"}]
+    value = b"\x00" + struct.pack(">I", 5) + _zigzag(1) + b"a" + struct.pack("<d", 1.5) + _zigzag(3) + b"abc"
+    decoded, picked = both_ways("avro", Registry({5: twins}), [value], only_x)
+    assert type(picked[0]) is TranscodedRecord and [r.error for r in decoded.rejects] == ["WrongType"]
+    inner = {"type": "record", "name": "P", "fields": [{"name": "x", "type": "double"}]}
+    outer = {"type": "record", "name": "E", "fields": [{"name": "id", "type": "string"}]}
+    outer["fields"] += [{"name": "p", "type": inner}, {"name": "p", "type": "string"}]
+    value = b"\x00" + struct.pack(">I", 6) + _zigzag(1) + b"a" + struct.pack("<d", 1.5) + _zigzag(1) + b"s"
+    nested = EventSchema("id", (TensorField("p.x", (), ("p", "x")),))
+    decoded, _ = both_ways("avro", Registry({6: outer}), [value], nested)
+    assert [r.error for r in decoded.rejects] == ["WrongType"]
+
+
+def test_records_picked_for_other_fields_are_decoded_through_their_json():
+    schema = {"type": "record", "name": "E", "fields": [{"name": "id", "type": "string"}]}
+    schema["fields"] += [{"name": "a", "type": "double"}, {"name": "b", "type": "double"}]
+    by_a = EventSchema("id", (TensorField("a", ()),))
+    by_b = EventSchema("id", (TensorField("b", ()),))
+    records = asyncio.run(
+        SchemaTranscoder("avro", Registry({5: schema}), fields=by_a).transcode(
+            [record(avro(5, schema, {"id": "e", "a": 1.0, "b": 2.0}))]
+        )
+    )
+    assert type(records[0]) is ReadRecord
+    assert decode(records, by_b).inputs[0].tolist() == [2.0], "b, not the a it was picked for"
