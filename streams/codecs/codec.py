@@ -30,7 +30,7 @@ import numpy as np
 
 from streams.codecs.careful_decode import decode_each
 from streams.codecs.encode import encode_predictions, position_key
-from streams.codecs.fast_decode import FastDecoder
+from streams.codecs.fast_decode import FastDecoder, overlapping
 from streams.codecs.read_columns import decode_read
 from streams.records import ReadRecord, SourceRecord, UndecodableRecord
 
@@ -200,8 +200,8 @@ def fast_decoder(schema: EventSchema) -> FastDecoder | None:
     """The msgspec decoder of ``schema``'s fields, or None where one struct cannot hold them
     (an input read from the id field, or one field read twice): the careful path decodes those."""
     paths = [(schema.id_field,), *(spec.keys for spec in schema.inputs)]
-    if any(a[: len(b)] == b for i, a in enumerate(paths) for j, b in enumerate(paths) if i != j):
-        return None  # one field read twice, or one nested in another
+    if overlapping(paths):
+        return None
     try:
         return FastDecoder(schema.id_field, [(spec.keys, spec.shape) for spec in schema.inputs])
     except ValueError:  # msgspec cannot name a field so (a key with '"' or '\\'): the careful path reads it

@@ -187,6 +187,12 @@ def _struct(name: str, tree: _Tree) -> Any:
     return msgspec.defstruct(name, fields, gc=False)
 
 
+def overlapping(paths: Sequence[tuple[str, ...]]) -> bool:
+    """Whether one of ``paths`` is another, or begins with it (one field read twice, or one nested
+    in another): no struct holds both, so neither the fast path nor a pick reads them."""
+    return any(a[: len(b)] == b for i, a in enumerate(paths) for j, b in enumerate(paths) if i != j)
+
+
 def _typed(shape: tuple[int, ...]) -> Any:
     """The msgspec type of a scalar or vector field: a number, or a list of exactly ``shape[0]``."""
     if not shape:

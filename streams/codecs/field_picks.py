@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from streams.codecs.fast_decode import overlapping
+
 if TYPE_CHECKING:
     from streams.codecs.codec import EventSchema
 
@@ -62,8 +64,7 @@ def _wanted(fields: EventSchema) -> list[tuple[tuple[str, ...], tuple[int, ...] 
     an input's shape is not () or (n,)."""
     wanted: list[tuple[tuple[str, ...], tuple[int, ...] | None]] = [((fields.id_field,), None)]
     wanted += [(spec.keys, spec.shape) for spec in fields.inputs]
-    paths = [p for p, _ in wanted]
-    if any(a[: len(b)] == b for i, a in enumerate(paths) for j, b in enumerate(paths) if i != j):
+    if overlapping([p for p, _ in wanted]):
         return None
     if any(shape is not None and len(shape) > 1 for _, shape in wanted):
         return None
